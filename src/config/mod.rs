@@ -1,0 +1,477 @@
+//! The daemon's configuration: the TOML file of CONTRACT section 2.
+//!
+//! Every key is optional and has the documented default, so an empty file (or none) gives a
+//! daemon that works on a laptop. Unknown keys are refused, because a typo must never silently
+//! change how a box behaves. Errors name the offending key (`http.listen[0]: ...`) so that
+//! `tidecache check-config` can print one line an operator can act on.
+
+mod units;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, HumanDuration, Rate, parse_duration, parse_rate, parse_size};
+
+use crate::schedule::FillWindow;
+
+/// Where `tidecache serve` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tidecache/tidecache.toml";
+
+/// A configuration problem, always tied to the key that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse, or a key had the wrong type or an unknown name.
+    #[error("{key}: {message}")]
+    Parse {
+        /// The dotted key path, e.g. `limits.header_timeout`.
+        key: String,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// The values parsed but do not make sense together.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key path.
+        key: String,
+        /// What was wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Plain-HTTP viewer listeners.
+    pub http: HttpConfig,
+    /// Optional TLS viewer listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https: Option<HttpsConfig>,
+    /// The operator's listener: health, metrics, status, manifests, mode.
+    pub admin: AdminConfig,
+    /// One entry per NVMe device (`[[store]]` in the file).
+    #[serde(rename = "store")]
+    pub stores: Vec<StoreConfig>,
+    /// When the box fills and what viewers get meanwhile.
+    pub schedule: ScheduleConfig,
+    /// How the nightly fill downloads.
+    pub fill: FillConfig,
+    /// Protection against slow or abusive clients.
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            https: None,
+            admin: AdminConfig::default(),
+            stores: vec![StoreConfig {
+                path: PathBuf::from("./tidecache-data"),
+                capacity: None,
+            }],
+            schedule: ScheduleConfig::default(),
+            fill: FillConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `[http]`: viewers over plain HTTP/1.1 and HTTP/2 (h2c prior knowledge).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Addresses to accept viewers on.
+    pub listen: Vec<SocketAddr>,
+    /// `Cache-Control` sent on 200, 206 and 304 answers.
+    pub cache_control: String,
+    /// `Access-Control-Allow-Origin` for browser players; empty turns CORS headers off.
+    pub cors_allow_origin: String,
+    /// Optional key for signed viewer URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_signing_key_file: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            cache_control: "public, max-age=86400".to_owned(),
+            cors_allow_origin: "*".to_owned(),
+            url_signing_key_file: None,
+        }
+    }
+}
+
+/// `[https]`: viewers over TLS, ALPN `h2` and `http/1.1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsConfig {
+    /// Addresses to accept TLS viewers on.
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        HttpsConfig {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 443))],
+            cert: PathBuf::from("/etc/tidecache/tls/cert.pem"),
+            key: PathBuf::from("/etc/tidecache/tls/key.pem"),
+        }
+    }
+}
+
+/// `[admin]`: the operator's listener, never reachable through a viewer port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+    /// Bearer token for mutating calls; without it they are refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// When set, pushed manifests must carry a valid HMAC-SHA256 signature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hmac_key_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token_file: None,
+            hmac_key_file: None,
+        }
+    }
+}
+
+/// `[[store]]`: one content store, normally one NVMe device's file system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory that holds the store (created on first start).
+    pub path: PathBuf,
+    /// Bytes the store may use; default: free space at start plus what it holds, less a reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ByteSize>,
+}
+
+/// What viewers get while the box is not serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuringFill {
+    /// 503 with `Retry-After` until the window ends.
+    Refuse,
+    /// 302 to `schedule.fallback_url` + path.
+    Redirect,
+    /// Keep serving while filling.
+    Serve,
+}
+
+/// `[schedule]`: the local-time fill windows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// IANA time zone name, or `local`.
+    pub timezone: String,
+    /// Local wall-clock windows, `"HH:MM-HH:MM"`, possibly crossing midnight.
+    pub fill_windows: Vec<FillWindow>,
+    /// Viewer answer while filling.
+    pub during_fill: DuringFill,
+    /// Where redirects and store misses send players; empty means none.
+    pub fallback_url: String,
+    /// How long in-flight viewer responses get when serving stops.
+    pub drain: HumanDuration,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            timezone: "UTC".to_owned(),
+            fill_windows: vec![FillWindow::new(2 * 60, 6 * 60)],
+            during_fill: DuringFill::Refuse,
+            fallback_url: String::new(),
+            drain: HumanDuration(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[fill]`: how the nightly fill downloads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FillConfig {
+    /// Optional URL pulled at window start; pushed manifests work regardless.
+    pub manifest_url: String,
+    /// Transfers in flight at once.
+    pub concurrency: u32,
+    /// Cap on ingest bandwidth; 0 means unlimited.
+    pub max_rate: Rate,
+    /// Attempts per object after the first, with exponential backoff and jitter.
+    pub retries: u32,
+}
+
+impl Default for FillConfig {
+    fn default() -> Self {
+        FillConfig {
+            manifest_url: String::new(),
+            concurrency: 8,
+            max_rate: Rate { bytes_per_sec: 0 },
+            retries: 5,
+        }
+    }
+}
+
+/// `[limits]`: protection against slow, idle or abusive clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections held open at once across all viewer listeners; more are closed at accept.
+    pub max_connections: u32,
+    /// Time a client has to send a complete request head (HTTP/1) or TLS handshake.
+    pub header_timeout: HumanDuration,
+    /// A connection on which no byte moved for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// Largest request head accepted; beyond it the answer is 431.
+    pub max_header_size: ByteSize,
+    /// On SIGTERM, how long in-flight responses get before connections are cut.
+    pub shutdown_timeout: HumanDuration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            header_timeout: HumanDuration(std::time::Duration::from_secs(10)),
+            idle_timeout: HumanDuration(std::time::Duration::from_secs(60)),
+            max_header_size: ByteSize(16 * 1024),
+            shutdown_timeout: HumanDuration(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// The configuration `tidecache serve` uses without `--config`: the system file if it
+    /// exists, otherwise the built-in defaults.
+    pub fn load_default() -> Result<Config, ConfigError> {
+        let system = Path::new(DEFAULT_CONFIG_PATH);
+        if system.exists() {
+            Config::load(system)
+        } else {
+            Ok(Config::default())
+        }
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| ConfigError::Parse {
+            key: "(file)".to_owned(),
+            message: one_line(err.message()),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            ConfigError::Parse {
+                key: if key == "." { "(top level)".to_owned() } else { key },
+                message: one_line(err.inner().message()),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML, defaults filled in, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+
+    /// Checks what types alone cannot: values that parse but cannot work.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let https_listeners = self.https.as_ref().map_or(0, |https| https.listen.len());
+        if self.http.listen.is_empty() && https_listeners == 0 {
+            return Err(ConfigError::invalid(
+                "http.listen",
+                "no viewer listener: give at least one address here or in [https]",
+            ));
+        }
+        header_value("http.cache_control", &self.http.cache_control)?;
+        header_value("http.cors_allow_origin", &self.http.cors_allow_origin)?;
+        if self.stores.is_empty() {
+            return Err(ConfigError::invalid("store", "at least one [[store]] is needed"));
+        }
+        let mut seen = HashSet::new();
+        for (index, store) in self.stores.iter().enumerate() {
+            if store.path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(format!("store[{index}].path"), "is empty"));
+            }
+            if !seen.insert(&store.path) {
+                return Err(ConfigError::invalid(
+                    format!("store[{index}].path"),
+                    format!("{} is listed twice", store.path.display()),
+                ));
+            }
+        }
+        if self.schedule.timezone != "local" {
+            jiff::tz::TimeZone::get(&self.schedule.timezone).map_err(|_| {
+                ConfigError::invalid(
+                    "schedule.timezone",
+                    format!("unknown time zone {:?} (use an IANA name such as Europe/London, or \"local\")", self.schedule.timezone),
+                )
+            })?;
+        }
+        let fallback = &self.schedule.fallback_url;
+        if !fallback.is_empty() && !(fallback.starts_with("http://") || fallback.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "schedule.fallback_url",
+                format!("{fallback:?} must start with http:// or https://"),
+            ));
+        }
+        header_value("schedule.fallback_url", fallback)?;
+        if self.schedule.during_fill == DuringFill::Redirect && fallback.is_empty() {
+            return Err(ConfigError::invalid(
+                "schedule.during_fill",
+                "\"redirect\" needs schedule.fallback_url",
+            ));
+        }
+        let manifest_url = &self.fill.manifest_url;
+        if !manifest_url.is_empty()
+            && !["http://", "https://", "file://"].iter().any(|scheme| manifest_url.starts_with(scheme))
+        {
+            return Err(ConfigError::invalid(
+                "fill.manifest_url",
+                format!("{manifest_url:?} must be an http, https or file URL"),
+            ));
+        }
+        if !(1..=1024).contains(&self.fill.concurrency) {
+            return Err(ConfigError::invalid("fill.concurrency", "must be between 1 and 1024"));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::invalid("limits.max_connections", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("limits.header_timeout", self.limits.header_timeout),
+            ("limits.idle_timeout", self.limits.idle_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than zero"));
+            }
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&self.limits.max_header_size.0) {
+            return Err(ConfigError::invalid(
+                "limits.max_header_size",
+                "must be between 8KiB and 1MiB",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a string that cannot be sent as an HTTP header value.
+fn header_value(key: &str, value: &str) -> Result<(), ConfigError> {
+    http::HeaderValue::from_str(value)
+        .map(|_| ())
+        .map_err(|_| ConfigError::invalid(key, format!("{value:?} cannot be sent as an HTTP header")))
+}
+
+/// toml's messages can span lines; an operator gets one.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.http.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(config.admin.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(config.stores[0].path, PathBuf::from("./tidecache-data"));
+        assert_eq!(config.fill.concurrency, 8);
+        assert_eq!(config.limits.max_connections, 100_000);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_and_named() {
+        let err = Config::parse("[http]\nlisten = []\ncache_contrl = \"x\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cache_contrl"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_names_its_key_path() {
+        let err = Config::parse("[limits]\nheader_timeout = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("limits.header_timeout:"), "{err}");
+        let err = Config::parse("[http]\nlisten = [\"nowhere\"]\n").unwrap_err();
+        assert!(err.to_string().starts_with("http.listen"), "{err}");
+        let err = Config::parse("[[store]]\npath = \"/a\"\ncapacity = \"9 bananas\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("store[0].capacity:"), "{err}");
+    }
+
+    #[test]
+    fn stores_replace_the_default_store() {
+        let config = Config::parse(
+            "[[store]]\npath = \"/srv/nvme0\"\ncapacity = \"7TB\"\n[[store]]\npath = \"/srv/nvme1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.stores.len(), 2);
+        assert_eq!(config.stores[0].capacity, Some(ByteSize(7_000_000_000_000)));
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("[schedule]\ntimezone = \"Mars/Olympus\"\n", "schedule.timezone"),
+            ("[schedule]\nduring_fill = \"redirect\"\n", "schedule.during_fill"),
+            ("[schedule]\nfill_windows = [\"25:00-06:00\"]\n", "schedule.fill_windows[0]"),
+            ("[fill]\nconcurrency = 0\n", "fill.concurrency"),
+            ("[[store]]\npath = \"/a\"\n[[store]]\npath = \"/a\"\n", "store[1].path"),
+            ("[http]\ncache_control = \"a\\nb\"\n", "http.cache_control"),
+            ("[limits]\nmax_header_size = \"1KiB\"\n", "limits.max_header_size"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(key), "expected {key} in {err}");
+        }
+    }
+
+    #[test]
+    fn effective_config_renders_and_parses_back() {
+        let config = Config::parse("[https]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n").unwrap();
+        let again = Config::parse(&config.to_toml()).unwrap();
+        assert_eq!(config, again);
+    }
+}

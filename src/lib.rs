@@ -1,0 +1,25 @@
+//! tidecache: a push-filled video segment cache for ISP-embedded appliances.
+//!
+//! The library holds everything; `src/main.rs` only parses the command line and calls
+//! [`cli::run`]. Each module owns one concern:
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`store`]: content stores on disk, placement and the persisted index.
+//! - [`serve`]: the viewer data plane (HTTP/1.1, HTTP/2, HTTPS).
+//! - [`admin`]: the operator's listener (health, readiness, metrics, status).
+//! - [`metrics`]: the Prometheus registry and the metric names of the contract.
+//! - [`schedule`]: the mode (serving, draining, filling) and fill windows.
+//! - [`listener`]: the accept loop shared by every listener (limits, TLS, graceful shutdown).
+//! - [`daemon`]: wires the pieces together for `tidecache serve`.
+//! - [`cli`]: the command line.
+
+//pub mod admin;
+//pub mod cli;
+pub mod config;
+//pub mod daemon;
+//pub mod listener;
+//pub mod metrics;
+pub mod object_path;
+pub mod schedule;
+//pub mod serve;
+pub mod store;

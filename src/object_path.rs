@@ -1,0 +1,145 @@
+//! Object paths: the one rule set shared by viewer requests and manifests.
+//!
+//! An object path is what follows the `/` in a viewer URL and what a manifest's `path` holds:
+//! relative, `/`-separated, UTF-8, at most [`MAX_PATH_BYTES`], no `.` or `..` segment, no
+//! empty segment, no NUL or other control byte, no backslash, and no segment longer than a
+//! file name may be. Because a stored object is the plain file `objects/<path>`, these rules
+//! are also what keeps a path from escaping the store.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
+
+/// Longest object path, in bytes after percent-decoding (CONTRACT section 3).
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Longest single segment: a file name on ext4, XFS and most others.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Longer than [`MAX_PATH_BYTES`] or with a segment longer than [`MAX_SEGMENT_BYTES`].
+    #[error("path is too long")]
+    TooLong,
+    /// A `.` or `..` segment.
+    #[error("path has a '.' or '..' segment")]
+    DotSegment,
+    /// A NUL or other control character.
+    #[error("path has a control character")]
+    ControlCharacter,
+    /// A backslash, which some tools treat as a separator.
+    #[error("path has a backslash")]
+    Backslash,
+    /// Percent-decoding gave bytes that are not UTF-8.
+    #[error("path is not valid UTF-8")]
+    NotUtf8,
+    /// Empty, absolute, or with an empty segment (manifests only; viewers get slashes merged).
+    #[error("path is empty, absolute or has an empty segment")]
+    EmptySegment,
+}
+
+/// Checks a manifest or store path against every rule.
+pub fn validate(path: &str) -> Result<(), PathError> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    if path.is_empty() || path.split('/').any(str::is_empty) {
+        return Err(PathError::EmptySegment);
+    }
+    check_segments(path)
+}
+
+/// Rules on characters and segments, shared by both entry points.
+fn check_segments(path: &str) -> Result<(), PathError> {
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
+    }
+    if path.chars().any(char::is_control) {
+        return Err(PathError::ControlCharacter);
+    }
+    for segment in path.split('/') {
+        if segment == "." || segment == ".." {
+            return Err(PathError::DotSegment);
+        }
+        if segment.len() > MAX_SEGMENT_BYTES {
+            return Err(PathError::TooLong);
+        }
+    }
+    Ok(())
+}
+
+/// Turns a viewer request's URI path (query already removed) into an object path.
+///
+/// Percent-decodes exactly once (so `%2e%2e` is `..` and refused, while `%252e` stays the
+/// literal name `%2e`), merges repeated slashes as nginx does (players that join a base URL
+/// with a leading-slash path send `//`), and applies every rule of [`validate`].
+pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
+    if uri_path.len() > MAX_PATH_BYTES * 3 + 1 {
+        return Err(PathError::TooLong);
+    }
+    let decoded = percent_decode_str(uri_path)
+        .decode_utf8()
+        .map_err(|_| PathError::NotUtf8)?;
+    let needs_merge = decoded.starts_with('/') || decoded.contains("//") || decoded.ends_with('/');
+    let path: Cow<'_, str> = if needs_merge {
+        let merged: Vec<&str> = decoded.split('/').filter(|segment| !segment.is_empty()).collect();
+        Cow::Owned(merged.join("/"))
+    } else {
+        decoded
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    check_segments(&path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_paths_lose_the_leading_slash() {
+        assert_eq!(from_request("/title/1080p/seg_1.m4s").unwrap(), "title/1080p/seg_1.m4s");
+        assert_eq!(from_request("//title//seg.ts").unwrap(), "title/seg.ts");
+        assert_eq!(from_request("/").unwrap(), "");
+    }
+
+    #[test]
+    fn request_paths_are_percent_decoded_once() {
+        assert_eq!(from_request("/a%20b/c.ts").unwrap(), "a b/c.ts");
+        assert_eq!(from_request("/%252e%252e/x").unwrap(), "%2e%2e/x");
+    }
+
+    #[test]
+    fn traversal_is_refused_plain_and_encoded() {
+        for bad in ["/../etc/passwd", "/a/../b", "/%2e%2e/x", "/a/%2E%2e/b", "/./a", "/a/."] {
+            assert_eq!(from_request(bad), Err(PathError::DotSegment), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nul_backslash_control_and_bad_utf8_are_refused() {
+        assert_eq!(from_request("/a%00b"), Err(PathError::ControlCharacter));
+        assert_eq!(from_request("/a%0ab"), Err(PathError::ControlCharacter));
+        assert_eq!(from_request("/a%5c..%5cb"), Err(PathError::Backslash));
+        assert_eq!(from_request("/a%ff"), Err(PathError::NotUtf8));
+    }
+
+    #[test]
+    fn over_long_paths_and_segments_are_refused() {
+        let long = format!("/{}", "a/".repeat(600));
+        assert_eq!(from_request(&long), Err(PathError::TooLong));
+        let long_segment = format!("/{}", "a".repeat(256));
+        assert_eq!(from_request(&long_segment), Err(PathError::TooLong));
+        assert!(validate(&"a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn manifest_paths_must_be_relative_and_without_empty_segments() {
+        assert!(validate("title/seg.ts").is_ok());
+        for bad in ["", "/abs", "a//b", "a/", "a/../b", "a\\b", "a\0b"] {
+            assert!(validate(bad).is_err(), "{bad:?}");
+        }
+    }
+}

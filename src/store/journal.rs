@@ -1,0 +1,318 @@
+//! The persisted index of one store: an append-only journal of checksummed records.
+//!
+//! Start-up must not stat a million files, so each store keeps `index/journal`, replayed at
+//! start in one sequential read. Format (all integers little-endian):
+//!
+//! ```text
+//! header  b"TCIDX001"
+//! record  u32 payload_len | u32 crc32(payload) | payload
+//! payload u8 kind (1 = put, 2 = remove) | u16 path_len | path (UTF-8)
+//!         put only: u64 size | [u8; 32] sha256 | i64 filled_at (Unix seconds)
+//! ```
+//!
+//! A crash can only tear the last record: replay stops at the first record that is short or
+//! fails its checksum, and the writer truncates that tail before appending. Compaction writes
+//! the live entries to `journal.tmp`, fsyncs it, renames it over `journal` and fsyncs the
+//! directory, so a crash leaves either the old journal or the new one.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// First bytes of every journal; a different value means this is not our file.
+const MAGIC: &[u8; 8] = b"TCIDX001";
+const KIND_PUT: u8 = 1;
+const KIND_REMOVE: u8 = 2;
+/// Bound on one record, far above the largest legal one (1 KiB path + 43 bytes).
+const MAX_PAYLOAD: u32 = 64 * 1024;
+
+/// One object as the journal records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// Length in bytes.
+    pub size: u64,
+    /// SHA-256 of the content.
+    pub sha256: [u8; 32],
+    /// When it was filled, Unix seconds; served as `Last-Modified`.
+    pub filled_at: i64,
+}
+
+/// A change to one store's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// The object at this path is now stored with this entry.
+    Put(String, JournalEntry),
+    /// The object at this path is gone.
+    Remove(String),
+}
+
+/// What replaying a journal found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Live entries by path.
+    pub entries: HashMap<String, JournalEntry>,
+    /// Bytes of the file that hold valid records; anything after is a torn tail.
+    pub valid_len: u64,
+    /// Whether a torn or corrupt tail was found after `valid_len`.
+    pub torn_tail: bool,
+}
+
+/// Reads a whole journal. A missing file is an empty index.
+pub fn replay(path: &Path) -> io::Result<Replay> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut file) => {
+            file.read_to_end(&mut bytes)?;
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Replay::default()),
+        Err(err) => return Err(err),
+    }
+    replay_bytes(&bytes).map_err(|message| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {message}", path.display()))
+    })
+}
+
+/// Replays journal bytes; pure, so it is tested without a disk.
+pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
+    let mut replay = Replay::default();
+    if bytes.is_empty() {
+        return Ok(replay);
+    }
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a tidecache index journal (bad header)".to_owned());
+    }
+    let mut offset = MAGIC.len();
+    replay.valid_len = offset as u64;
+    while offset < bytes.len() {
+        match decode_record(&bytes[offset..]) {
+            Some((record, used)) => {
+                match record {
+                    Record::Put(path, entry) => {
+                        replay.entries.insert(path, entry);
+                    }
+                    Record::Remove(path) => {
+                        replay.entries.remove(&path);
+                    }
+                }
+                offset += used;
+                replay.valid_len = offset as u64;
+            }
+            None => {
+                replay.torn_tail = true;
+                break;
+            }
+        }
+    }
+    Ok(replay)
+}
+
+/// Decodes one framed record, or `None` if it is short, oversized or fails its checksum.
+fn decode_record(bytes: &[u8]) -> Option<(Record, usize)> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    if len > MAX_PAYLOAD {
+        return None;
+    }
+    let payload = bytes.get(8..8 + len as usize)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let kind = *payload.first()?;
+    let path_len = u16::from_le_bytes(payload.get(1..3)?.try_into().ok()?) as usize;
+    let path = std::str::from_utf8(payload.get(3..3 + path_len)?).ok()?.to_owned();
+    let rest = &payload[3 + path_len..];
+    let record = match kind {
+        KIND_PUT if rest.len() == 48 => Record::Put(
+            path,
+            JournalEntry {
+                size: u64::from_le_bytes(rest[0..8].try_into().ok()?),
+                sha256: rest[8..40].try_into().ok()?,
+                filled_at: i64::from_le_bytes(rest[40..48].try_into().ok()?),
+            },
+        ),
+        KIND_REMOVE if rest.is_empty() => Record::Remove(path),
+        _ => return None,
+    };
+    Some((record, 8 + len as usize))
+}
+
+/// Appends the framed encoding of `record` to `out`.
+pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
+    let mut payload = Vec::with_capacity(64);
+    let (kind, path) = match record {
+        Record::Put(path, _) => (KIND_PUT, path),
+        Record::Remove(path) => (KIND_REMOVE, path),
+    };
+    payload.push(kind);
+    payload.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    payload.extend_from_slice(path.as_bytes());
+    if let Record::Put(_, entry) = record {
+        payload.extend_from_slice(&entry.size.to_le_bytes());
+        payload.extend_from_slice(&entry.sha256);
+        payload.extend_from_slice(&entry.filled_at.to_le_bytes());
+    }
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// The append side of one store's journal, opened on the first write (never while only serving).
+#[derive(Debug)]
+pub struct JournalWriter {
+    file: File,
+}
+
+impl JournalWriter {
+    /// Opens `path` for appending, first cutting any torn tail at `valid_len`.
+    pub fn open(path: &Path, valid_len: u64) -> io::Result<JournalWriter> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            file.write_all(MAGIC)?;
+        } else if len > valid_len {
+            file.set_len(valid_len)?;
+        }
+        Ok(JournalWriter { file })
+    }
+
+    /// Appends records and makes them durable before returning.
+    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(records.len() * 96);
+        for record in records {
+            encode_record(record, &mut bytes);
+        }
+        self.file.write_all(&bytes)?;
+        self.file.sync_data()
+    }
+}
+
+/// Rewrites a journal to hold exactly `entries`, atomically (temp file, fsync, rename, fsync dir).
+pub fn compact<'a>(
+    path: &Path,
+    entries: impl IntoIterator<Item = (&'a str, &'a JournalEntry)>,
+) -> io::Result<u64> {
+    let temp: PathBuf = path.with_extension("tmp");
+    let file = File::create(&temp)?;
+    let mut out = BufWriter::new(file);
+    out.write_all(MAGIC)?;
+    let mut buffer = Vec::with_capacity(128);
+    let mut written = MAGIC.len() as u64;
+    for (object_path, entry) in entries {
+        buffer.clear();
+        encode_record(&Record::Put(object_path.to_owned(), *entry), &mut buffer);
+        out.write_all(&buffer)?;
+        written += buffer.len() as u64;
+    }
+    let file = out.into_inner().map_err(|err| err.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path)?;
+    if let Some(dir) = path.parent() {
+        super::fsync_dir(dir)?;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(size: u64) -> JournalEntry {
+        JournalEntry {
+            size,
+            sha256: [size as u8; 32],
+            filled_at: 1_700_000_000 + size as i64,
+        }
+    }
+
+    fn journal(records: &[Record]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        for record in records {
+            encode_record(record, &mut bytes);
+        }
+        bytes
+    }
+
+    #[test]
+    fn replay_applies_puts_and_removes_in_order() {
+        let bytes = journal(&[
+            Record::Put("a/1.ts".into(), entry(1)),
+            Record::Put("a/2.ts".into(), entry(2)),
+            Record::Remove("a/1.ts".into()),
+            Record::Put("a/2.ts".into(), entry(3)),
+        ]);
+        let replay = replay_bytes(&bytes).unwrap();
+        assert_eq!(replay.entries.len(), 1);
+        assert_eq!(replay.entries["a/2.ts"], entry(3));
+        assert_eq!(replay.valid_len, bytes.len() as u64);
+        assert!(!replay.torn_tail);
+    }
+
+    #[test]
+    fn torn_tail_is_dropped_and_earlier_records_kept() {
+        let whole = journal(&[Record::Put("a".into(), entry(1)), Record::Put("b".into(), entry(2))]);
+        let first_len = journal(&[Record::Put("a".into(), entry(1))]).len();
+        for cut in first_len..whole.len() {
+            let replay = replay_bytes(&whole[..cut]).unwrap();
+            assert_eq!(replay.entries.len(), 1, "cut at {cut}");
+            assert_eq!(replay.valid_len, first_len as u64);
+            assert_eq!(replay.torn_tail, cut > first_len);
+        }
+    }
+
+    #[test]
+    fn flipped_bit_fails_the_checksum() {
+        let mut bytes = journal(&[Record::Put("a".into(), entry(1))]);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let replay = replay_bytes(&bytes).unwrap();
+        assert!(replay.entries.is_empty());
+        assert!(replay.torn_tail);
+    }
+
+    #[test]
+    fn foreign_file_is_an_error() {
+        assert!(replay_bytes(b"hello world, not a journal").is_err());
+    }
+
+    #[test]
+    fn writer_truncates_torn_tail_then_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut bytes = journal(&[Record::Put("a".into(), entry(1))]);
+        let valid = bytes.len() as u64;
+        bytes.extend_from_slice(&[7, 0, 0]);
+        std::fs::write(&path, &bytes).unwrap();
+        let replay = replay(&path).unwrap();
+        assert!(replay.torn_tail);
+        let mut writer = JournalWriter::open(&path, replay.valid_len).unwrap();
+        assert_eq!(replay.valid_len, valid);
+        writer.append(&[Record::Put("b".into(), entry(2))]).unwrap();
+        let again = super::replay(&path).unwrap();
+        assert_eq!(again.entries.len(), 2);
+        assert!(!again.torn_tail);
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_live_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut writer = JournalWriter::open(&path, 0).unwrap();
+        writer
+            .append(&[
+                Record::Put("a".into(), entry(1)),
+                Record::Remove("a".into()),
+                Record::Put("b".into(), entry(2)),
+            ])
+            .unwrap();
+        let live = replay(&path).unwrap().entries;
+        compact(&path, live.iter().map(|(path, entry)| (path.as_str(), entry))).unwrap();
+        let after = replay(&path).unwrap();
+        assert_eq!(after.entries, live);
+        assert!(!path.with_extension("tmp").exists());
+    }
+}

@@ -1,0 +1,593 @@
+//! Content stores: one directory per NVMe device, plain files inside, one index over all.
+//!
+//! # On-disk layout of one store
+//!
+//! ```text
+//! <store.path>/
+//!   store-id          random id, written once; placement hashes it, not the mount path
+//!   objects/<path>    the object's bytes, a plain file at its viewer path (inspectable, scrubbable)
+//!   tmp/              fill writes in progress (same file system, so the final rename is atomic)
+//!   index/journal     the persisted index of this store (see [`journal`])
+//! ```
+//!
+//! Objects are spread across stores by weighted rendezvous hashing of the object path
+//! ([`placement`]). The index maps a path to its store, size, sha256 and fill time; the file is
+//! always `objects/<path>` in that store, so it is not recorded separately. At start every
+//! store's journal is replayed (one sequential read each; no stat per object) and merged.
+//!
+//! Reads ([`Stores::lookup`], [`Stores::open`]) never write. Writes go only through
+//! [`Stores::begin_write`], whose [`ObjectWriter`] cannot publish a torn or wrong object: it
+//! hashes as it writes, and [`ObjectWriter::finish`] checks size and sha256, fsyncs, renames,
+//! fsyncs the directory and only then records the object in the journal and the index.
+//! Dropped without `finish`, it removes its temp file.
+
+pub mod journal;
+pub mod placement;
+mod writer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::StoreConfig;
+use journal::{JournalEntry, JournalWriter, Record};
+
+pub use writer::ObjectWriter;
+
+/// Share of a file system's size kept free when a store's capacity is not configured.
+const RESERVE_FRACTION: f64 = 0.02;
+
+/// A store failure, with the store and the operation that failed, for one log line.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file-system call failed.
+    #[error("store {store}: {action}: {source}")]
+    Io {
+        /// The store's configured path.
+        store: PathBuf,
+        /// What was being done, e.g. "open objects/a.ts".
+        action: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The bytes written do not have the size the manifest promised.
+    #[error("{path}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// Object path.
+        path: String,
+        /// Size from the manifest.
+        expected: u64,
+        /// Bytes actually received.
+        actual: u64,
+    },
+    /// The bytes written do not hash to the manifest's sha256.
+    #[error("{path}: sha256 mismatch: expected {expected}, got {actual}")]
+    HashMismatch {
+        /// Object path.
+        path: String,
+        /// Hex sha256 from the manifest.
+        expected: String,
+        /// Hex sha256 of what was received.
+        actual: String,
+    },
+    /// The object path breaks the path rules.
+    #[error("{path:?}: {source}")]
+    BadPath {
+        /// The refused path.
+        path: String,
+        /// Which rule it broke.
+        source: crate::object_path::PathError,
+    },
+    /// No usable store has room for the object.
+    #[error("{path}: no store has room for {size} bytes")]
+    NoRoom {
+        /// Object path.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The stored file does not match the index (deleted or truncated behind our back).
+    #[error("store {store}: {path}: file does not match the index ({detail})")]
+    Damaged {
+        /// The store's configured path.
+        store: PathBuf,
+        /// Object path.
+        path: String,
+        /// What differed.
+        detail: String,
+    },
+}
+
+/// What the index knows about one stored object. Small and `Copy`, so lookups hold no lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Which store holds it (index into the configured stores).
+    pub store: usize,
+    /// Length in bytes.
+    pub size: u64,
+    /// SHA-256 of the content; the strong ETag derives from it.
+    pub sha256: [u8; 32],
+    /// When it was filled, Unix seconds; served as `Last-Modified`.
+    pub filled_at: i64,
+}
+
+impl ObjectMeta {
+    fn journal_entry(&self) -> JournalEntry {
+        JournalEntry {
+            size: self.size,
+            sha256: self.sha256,
+            filled_at: self.filled_at,
+        }
+    }
+}
+
+/// An object opened for reading: the data plane streams from `file` (later by sendfile or from
+/// RAM) without knowing which store it came from.
+#[derive(Debug, Clone)]
+pub struct OpenObject {
+    /// The open file, shared so several ranges of one response can read it.
+    pub file: Arc<File>,
+    /// What the index says about it (size already checked against the file).
+    pub meta: ObjectMeta,
+}
+
+/// Health of one store, as status and metrics show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStatus {
+    /// The configured path.
+    pub path: PathBuf,
+    /// `ok` or `failed`.
+    pub state: &'static str,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Objects the index places here.
+    pub objects: u64,
+    /// Bytes of those objects.
+    pub bytes_used: u64,
+    /// Bytes this store may hold.
+    pub bytes_capacity: u64,
+    /// I/O errors seen since start.
+    #[serde(skip)]
+    pub errors: u64,
+}
+
+/// The append side of a store's journal, opened lazily by the first write.
+#[derive(Debug)]
+struct JournalState {
+    /// Where valid records end (a torn tail after it is cut on open).
+    valid_len: u64,
+    writer: Option<JournalWriter>,
+}
+
+/// One configured store.
+#[derive(Debug)]
+struct Store {
+    config_path: PathBuf,
+    root: PathBuf,
+    id: String,
+    capacity: u64,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    objects: AtomicU64,
+    bytes_used: AtomicU64,
+    errors: AtomicU64,
+    journal: Mutex<JournalState>,
+}
+
+impl Store {
+    fn objects_dir(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.root.join("index").join("journal")
+    }
+
+    fn object_file(&self, path: &str) -> PathBuf {
+        self.objects_dir().join(path)
+    }
+
+    fn io_error(&self, action: impl Into<String>, source: io::Error) -> StoreError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        StoreError::Io {
+            store: self.config_path.clone(),
+            action: action.into(),
+            source,
+        }
+    }
+
+    fn mark_failed(&self, reason: String) {
+        self.failed.store(true, Ordering::Relaxed);
+        if let Ok(mut failure) = self.failure.lock() {
+            *failure = Some(reason);
+        }
+    }
+
+    /// Appends records to this store's journal, opening it on first use.
+    fn append_journal(&self, records: &[Record]) -> Result<(), StoreError> {
+        let mut state = self
+            .journal
+            .lock()
+            .map_err(|_| self.io_error("journal", io::Error::other("journal lock poisoned")))?;
+        if state.writer.is_none() {
+            let writer = JournalWriter::open(&self.journal_path(), state.valid_len)
+                .map_err(|err| self.io_error("open index/journal", err))?;
+            state.writer = Some(writer);
+        }
+        let result = match state.writer.as_mut() {
+            Some(writer) => writer.append(records),
+            None => Ok(()),
+        };
+        result.map_err(|err| {
+            state.writer = None;
+            self.io_error("append index/journal", err)
+        })
+    }
+}
+
+/// Outcome of opening one store directory at start.
+struct Opened {
+    store: Store,
+    entries: HashMap<String, JournalEntry>,
+}
+
+/// All stores of the box and the merged index over them.
+#[derive(Debug)]
+pub struct Stores {
+    stores: Vec<Store>,
+    index: RwLock<HashMap<Box<str>, ObjectMeta>>,
+}
+
+impl Stores {
+    /// Opens every configured store, creating the layout of new ones and replaying journals.
+    ///
+    /// A store that cannot be opened is kept, marked failed with the reason, so the box still
+    /// serves from the others and status shows what is wrong.
+    pub fn load(configs: &[StoreConfig]) -> Stores {
+        let mut stores = Vec::with_capacity(configs.len());
+        let mut index: HashMap<Box<str>, ObjectMeta> = HashMap::new();
+        for (number, config) in configs.iter().enumerate() {
+            let Opened { store, entries } = open_store(config);
+            for (path, entry) in entries {
+                let meta = ObjectMeta {
+                    store: number,
+                    size: entry.size,
+                    sha256: entry.sha256,
+                    filled_at: entry.filled_at,
+                };
+                match index.get(path.as_str()) {
+                    Some(existing) if existing.filled_at >= meta.filled_at => {}
+                    _ => {
+                        index.insert(path.into_boxed_str(), meta);
+                    }
+                }
+            }
+            stores.push(store);
+        }
+        for meta in index.values() {
+            let store = &stores[meta.store];
+            store.objects.fetch_add(1, Ordering::Relaxed);
+            store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
+        }
+        Stores {
+            stores,
+            index: RwLock::new(index),
+        }
+    }
+
+    /// The index entry for an object path, if stored on a store that has not failed.
+    pub fn lookup(&self, path: &str) -> Option<ObjectMeta> {
+        let meta = *self.index.read().ok()?.get(path)?;
+        if self.stores[meta.store].failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(meta)
+    }
+
+    /// Opens a looked-up object and checks its size against the index, so a file truncated
+    /// or replaced behind the daemon's back is never served as if it were whole.
+    pub fn open(&self, path: &str, meta: ObjectMeta) -> Result<OpenObject, StoreError> {
+        let store = &self.stores[meta.store];
+        let file_path = store.object_file(path);
+        let file = File::open(&file_path).map_err(|err| store.io_error(format!("open objects/{path}"), err))?;
+        let len = file
+            .metadata()
+            .map_err(|err| store.io_error(format!("stat objects/{path}"), err))?
+            .len();
+        if len != meta.size {
+            store.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Damaged {
+                store: store.config_path.clone(),
+                path: path.to_owned(),
+                detail: format!("index says {} bytes, file has {len}", meta.size),
+            });
+        }
+        Ok(OpenObject {
+            file: Arc::new(file),
+            meta,
+        })
+    }
+
+    /// Starts writing an object to the store placement picks for it. The returned writer
+    /// publishes the object only when [`ObjectWriter::finish`] verifies it.
+    pub fn begin_write(
+        self: &Arc<Self>,
+        path: &str,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> Result<ObjectWriter, StoreError> {
+        crate::object_path::validate(path).map_err(|source| StoreError::BadPath {
+            path: path.to_owned(),
+            source,
+        })?;
+        let store = self.place(path, size)?;
+        ObjectWriter::create(Arc::clone(self), store, path, size, sha256)
+    }
+
+    /// Picks the best-ranked usable store with room for `size` more bytes.
+    fn place(&self, path: &str, size: u64) -> Result<usize, StoreError> {
+        let candidates: Vec<placement::Candidate<'_>> = self
+            .stores
+            .iter()
+            .map(|store| placement::Candidate {
+                id: &store.id,
+                weight: store.capacity as f64,
+            })
+            .collect();
+        let replaced = self.index.read().ok().and_then(|index| index.get(path).copied());
+        placement::rank_stores(path, &candidates)
+            .into_iter()
+            .find(|&number| {
+                let store = &self.stores[number];
+                let freed = replaced.filter(|meta| meta.store == number).map_or(0, |meta| meta.size);
+                let used = store.bytes_used.load(Ordering::Relaxed).saturating_sub(freed);
+                !store.failed.load(Ordering::Relaxed) && used.saturating_add(size) <= store.capacity
+            })
+            .ok_or_else(|| StoreError::NoRoom {
+                path: path.to_owned(),
+                size,
+            })
+    }
+
+    /// Records a verified, durable object in its store's journal and in the index, removing
+    /// an older copy that lived on another store.
+    fn publish(&self, path: &str, meta: ObjectMeta) -> Result<(), StoreError> {
+        let store = &self.stores[meta.store];
+        store.append_journal(&[Record::Put(path.to_owned(), meta.journal_entry())])?;
+        let previous = match self.index.write() {
+            Ok(mut index) => index.insert(path.into(), meta),
+            Err(_) => None,
+        };
+        store.objects.fetch_add(1, Ordering::Relaxed);
+        store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
+        if let Some(previous) = previous {
+            let old = &self.stores[previous.store];
+            old.objects.fetch_sub(1, Ordering::Relaxed);
+            old.bytes_used.fetch_sub(previous.size, Ordering::Relaxed);
+            if previous.store != meta.store {
+                old.append_journal(&[Record::Remove(path.to_owned())])?;
+                if let Err(err) = std::fs::remove_file(old.object_file(path)) {
+                    tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not remove the replaced copy");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an object from the index, its journal and its disk (a fill delete).
+    pub fn remove(&self, path: &str) -> Result<bool, StoreError> {
+        let Some(meta) = self.index.read().ok().and_then(|index| index.get(path).copied()) else {
+            return Ok(false);
+        };
+        let store = &self.stores[meta.store];
+        store.append_journal(&[Record::Remove(path.to_owned())])?;
+        if let Ok(mut index) = self.index.write() {
+            index.remove(path);
+        }
+        store.objects.fetch_sub(1, Ordering::Relaxed);
+        store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
+        match std::fs::remove_file(store.object_file(path)) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(err) => Err(store.io_error(format!("remove objects/{path}"), err)),
+        }
+    }
+
+    /// Rewrites every healthy store's journal to hold only its live entries.
+    pub fn compact_journals(&self) -> Result<(), StoreError> {
+        let index = self.index.read().map_err(|_| StoreError::Io {
+            store: PathBuf::new(),
+            action: "compact".to_owned(),
+            source: io::Error::other("index lock poisoned"),
+        })?;
+        for (number, store) in self.stores.iter().enumerate() {
+            if store.failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let entries: Vec<(&str, JournalEntry)> = index
+                .iter()
+                .filter(|(_, meta)| meta.store == number)
+                .map(|(path, meta)| (&**path, meta.journal_entry()))
+                .collect();
+            let mut state = store
+                .journal
+                .lock()
+                .map_err(|_| store.io_error("journal", io::Error::other("journal lock poisoned")))?;
+            state.writer = None;
+            let written = journal::compact(&store.journal_path(), entries.iter().map(|(path, entry)| (*path, entry)))
+                .map_err(|err| store.io_error("compact index/journal", err))?;
+            state.valid_len = written;
+        }
+        Ok(())
+    }
+
+    /// Number of objects in the index.
+    pub fn object_count(&self) -> usize {
+        self.index.read().map_or(0, |index| index.len())
+    }
+
+    /// Whether at least one store can serve.
+    pub fn any_usable(&self) -> bool {
+        self.stores.iter().any(|store| !store.failed.load(Ordering::Relaxed))
+    }
+
+    /// Each store's health and use, in configuration order.
+    pub fn status(&self) -> Vec<StoreStatus> {
+        self.stores
+            .iter()
+            .map(|store| {
+                let failed = store.failed.load(Ordering::Relaxed);
+                StoreStatus {
+                    path: store.config_path.clone(),
+                    state: if failed { "failed" } else { "ok" },
+                    error: store.failure.lock().ok().and_then(|failure| failure.clone()),
+                    objects: store.objects.load(Ordering::Relaxed),
+                    bytes_used: store.bytes_used.load(Ordering::Relaxed),
+                    bytes_capacity: store.capacity,
+                    errors: store.errors.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Opens (or initialises) one store directory; failures become a failed store, not an error.
+fn open_store(config: &StoreConfig) -> Opened {
+    let mut store = Store {
+        config_path: config.path.clone(),
+        root: config.path.clone(),
+        id: String::new(),
+        capacity: 0,
+        failed: AtomicBool::new(false),
+        failure: Mutex::new(None),
+        objects: AtomicU64::new(0),
+        bytes_used: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        journal: Mutex::new(JournalState {
+            valid_len: 0,
+            writer: None,
+        }),
+    };
+    match initialise(&store) {
+        Ok((id, replay)) => {
+            if replay.torn_tail {
+                tracing::warn!(store = %config.path.display(), valid_bytes = replay.valid_len, "index journal had a torn tail; it is cut at the next write");
+            }
+            store.id = id;
+            if let Ok(mut journal) = store.journal.lock() {
+                journal.valid_len = replay.valid_len;
+            }
+            let used: u64 = replay.entries.values().map(|entry| entry.size).sum();
+            store.capacity = match config.capacity {
+                Some(capacity) => capacity.0,
+                None => default_capacity(&store.root, used).unwrap_or(0),
+            };
+            Opened {
+                store,
+                entries: replay.entries,
+            }
+        }
+        Err(err) => {
+            let reason = format!("{err}");
+            tracing::error!(store = %config.path.display(), error = %reason, "store unusable");
+            store.id = config.path.display().to_string();
+            store.mark_failed(reason);
+            Opened {
+                store,
+                entries: HashMap::new(),
+            }
+        }
+    }
+}
+
+/// Creates the layout if missing, reads the store id and replays the journal.
+fn initialise(store: &Store) -> io::Result<(String, journal::Replay)> {
+    for dir in [store.root.clone(), store.objects_dir(), store.tmp_dir(), store.root.join("index")] {
+        std::fs::create_dir_all(&dir).map_err(|err| annotate(err, "create", &dir))?;
+    }
+    let id_path = store.root.join("store-id");
+    let id = match std::fs::read_to_string(&id_path) {
+        Ok(id) => id.trim().to_owned(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let id = new_store_id(&store.root);
+            write_durably(&id_path, format!("{id}\n").as_bytes())?;
+            id
+        }
+        Err(err) => return Err(annotate(err, "read", &id_path)),
+    };
+    let replay = journal::replay(&store.journal_path())?;
+    Ok((id, replay))
+}
+
+/// An id unique enough to tell stores apart: a hash of the path, the time and the process.
+fn new_store_id(root: &Path) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(root.as_os_str().as_encoded_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    hasher.update(nanos.to_le_bytes());
+    hasher.update(std::process::id().to_le_bytes());
+    hex(&hasher.finalize()[..16])
+}
+
+/// Free space plus what the store already holds, less a reserve of the file system's size.
+fn default_capacity(root: &Path, used: u64) -> io::Result<u64> {
+    let stats = rustix::fs::statvfs(root).map_err(io::Error::from)?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    let total = stats.f_blocks.saturating_mul(stats.f_frsize);
+    let reserve = (total as f64 * RESERVE_FRACTION) as u64;
+    Ok(free.saturating_add(used).saturating_sub(reserve))
+}
+
+/// Writes a small file crash-safely: temp, fsync, rename, fsync the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = File::create(&temp).map_err(|err| annotate(err, "create", &temp))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path).map_err(|err| annotate(err, "rename", path))?;
+    if let Some(dir) = path.parent() {
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (a rename, a new file) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn annotate(err: io::Error, action: &str, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))
+}
+
+/// Lower-case hex of bytes (sha256 digests, ids).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 15) as usize] as char);
+    }
+    out
+}
+
+/// Current time as Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}

@@ -1,0 +1,278 @@
+//! The only way bytes get into a store: a writer that verifies before it publishes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::{ObjectMeta, StoreError, Stores, fsync_dir, hex, unix_now};
+
+/// An object being written into a store's `tmp/`.
+///
+/// It hashes every byte as it is written. [`finish`](ObjectWriter::finish) checks the size and
+/// sha256 against what the manifest promised, fsyncs the file, renames it to
+/// `objects/<path>`, fsyncs the directory, and only then records it in the journal and the
+/// index. Dropped without `finish` (an error, a cancelled transfer), the temp file is removed:
+/// a torn object can never become visible.
+#[derive(Debug)]
+pub struct ObjectWriter {
+    stores: Arc<Stores>,
+    store: usize,
+    path: String,
+    temp: PathBuf,
+    file: Option<File>,
+    hasher: Sha256,
+    written: u64,
+    expected_size: u64,
+    expected_sha256: [u8; 32],
+}
+
+impl ObjectWriter {
+    pub(super) fn create(
+        stores: Arc<Stores>,
+        store: usize,
+        path: &str,
+        expected_size: u64,
+        expected_sha256: [u8; 32],
+    ) -> Result<ObjectWriter, StoreError> {
+        let target = &stores.stores[store];
+        let temp = target.tmp_dir().join(temp_name(path, &expected_sha256));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temp)
+            .map_err(|err| target.io_error(format!("create {}", temp.display()), err))?;
+        Ok(ObjectWriter {
+            stores,
+            store,
+            path: path.to_owned(),
+            temp,
+            file: Some(file),
+            hasher: Sha256::new(),
+            written: 0,
+            expected_size,
+            expected_sha256,
+        })
+    }
+
+    /// The object path being written.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends bytes. Refuses to grow past the expected size, so a wrong origin cannot fill a disk.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let after = self.written.saturating_add(data.len() as u64);
+        if after > self.expected_size {
+            return Err(StoreError::SizeMismatch {
+                path: self.path.clone(),
+                expected: self.expected_size,
+                actual: after,
+            });
+        }
+        let store = &self.stores.stores[self.store];
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| store.io_error("write", io::Error::other("writer already finished")))?;
+        file.write_all(data)
+            .map_err(|err| store.io_error(format!("write {}", self.temp.display()), err))?;
+        self.hasher.update(data);
+        self.written = after;
+        Ok(())
+    }
+
+    /// Verifies, makes durable, renames into place and publishes. See the type's docs.
+    pub fn finish(mut self) -> Result<ObjectMeta, StoreError> {
+        if self.written != self.expected_size {
+            return Err(StoreError::SizeMismatch {
+                path: self.path.clone(),
+                expected: self.expected_size,
+                actual: self.written,
+            });
+        }
+        let actual: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        if actual != self.expected_sha256 {
+            return Err(StoreError::HashMismatch {
+                path: self.path.clone(),
+                expected: hex(&self.expected_sha256),
+                actual: hex(&actual),
+            });
+        }
+        let store = &self.stores.stores[self.store];
+        let final_path = store.object_file(&self.path);
+        if let Some(file) = self.file.take() {
+            file.sync_all()
+                .map_err(|err| store.io_error(format!("fsync {}", self.temp.display()), err))?;
+        }
+        let parent = final_path.parent().map(PathBuf::from).unwrap_or_else(|| store.objects_dir());
+        create_dirs_durably(&store.objects_dir(), &parent)
+            .map_err(|err| store.io_error(format!("create {}", parent.display()), err))?;
+        std::fs::rename(&self.temp, &final_path)
+            .map_err(|err| store.io_error(format!("rename to {}", final_path.display()), err))?;
+        fsync_dir(&parent).map_err(|err| store.io_error(format!("fsync {}", parent.display()), err))?;
+        let meta = ObjectMeta {
+            store: self.store,
+            size: self.written,
+            sha256: actual,
+            filled_at: unix_now(),
+        };
+        self.stores.publish(&self.path, meta)?;
+        Ok(meta)
+    }
+}
+
+impl Drop for ObjectWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() || self.temp.exists() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// A deterministic temp name per (path, content), so a later resume can find its partial file.
+fn temp_name(path: &str, sha256: &[u8; 32]) -> String {
+    let path_hash = Sha256::digest(path.as_bytes());
+    format!("{}-{}.part", hex(&path_hash[..12]), hex(&sha256[..8]))
+}
+
+/// Creates `dir` and any missing ancestors below `root`, fsyncing each parent that gained an
+/// entry so the new directories survive a crash along with the file renamed into them.
+fn create_dirs_durably(root: &std::path::Path, dir: &std::path::Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cursor = dir;
+    while !cursor.is_dir() && cursor != root {
+        missing.push(cursor.to_path_buf());
+        match cursor.parent() {
+            Some(parent) => cursor = parent,
+            None => break,
+        }
+    }
+    for created in missing.iter().rev() {
+        match std::fs::create_dir(created) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+        if let Some(parent) = created.parent() {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, StoreConfig};
+
+    fn stores(dir: &std::path::Path) -> Arc<Stores> {
+        Arc::new(Stores::load(&[StoreConfig {
+            path: dir.to_owned(),
+            capacity: Some(ByteSize(1 << 20)),
+        }]))
+    }
+
+    fn sha(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn finished_object_is_indexed_readable_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let mut writer = set.begin_write("t/a.ts", 5, sha(b"hello")).unwrap();
+        writer.write(b"hel").unwrap();
+        writer.write(b"lo").unwrap();
+        let meta = writer.finish().unwrap();
+        assert_eq!(set.lookup("t/a.ts"), Some(meta));
+        assert_eq!(std::fs::read(dir.path().join("objects/t/a.ts")).unwrap(), b"hello");
+        drop(set);
+        let again = stores(dir.path());
+        assert_eq!(again.lookup("t/a.ts"), Some(meta));
+        assert_eq!(again.status()[0].objects, 1);
+        assert_eq!(again.status()[0].bytes_used, 5);
+    }
+
+    #[test]
+    fn wrong_hash_is_never_published_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let mut writer = set.begin_write("t/a.ts", 5, sha(b"HELLO")).unwrap();
+        writer.write(b"hello").unwrap();
+        assert!(matches!(writer.finish(), Err(StoreError::HashMismatch { .. })));
+        assert_eq!(set.lookup("t/a.ts"), None);
+        assert!(!dir.path().join("objects/t/a.ts").exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn short_or_long_body_is_a_size_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
+        assert!(matches!(writer.write(b"hello!"), Err(StoreError::SizeMismatch { .. })));
+        writer.write(b"hell").unwrap();
+        assert!(matches!(writer.finish(), Err(StoreError::SizeMismatch { .. })));
+        assert_eq!(set.lookup("a.ts"), None);
+    }
+
+    #[test]
+    fn dropped_writer_removes_its_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
+        writer.write(b"he").unwrap();
+        drop(writer);
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(set.lookup("a.ts"), None);
+    }
+
+    #[test]
+    fn replacing_an_object_keeps_counts_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        for body in [&b"first"[..], b"second!"] {
+            let mut writer = set.begin_write("a.ts", body.len() as u64, sha(body)).unwrap();
+            writer.write(body).unwrap();
+            writer.finish().unwrap();
+        }
+        let status = &set.status()[0];
+        assert_eq!((status.objects, status.bytes_used), (1, 7));
+        assert!(set.remove("a.ts").unwrap());
+        assert_eq!(set.lookup("a.ts"), None);
+        assert_eq!(set.status()[0].objects, 0);
+        set.compact_journals().unwrap();
+        assert_eq!(stores(dir.path()).object_count(), 0);
+    }
+
+    #[test]
+    fn bad_paths_and_oversized_objects_are_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        assert!(matches!(set.begin_write("../x", 1, [0; 32]), Err(StoreError::BadPath { .. })));
+        assert!(matches!(set.begin_write("big", 2 << 20, [0; 32]), Err(StoreError::NoRoom { .. })));
+    }
+
+    #[test]
+    fn truncated_file_behind_our_back_is_damaged_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
+        writer.write(b"hello").unwrap();
+        let meta = writer.finish().unwrap();
+        std::fs::write(dir.path().join("objects/a.ts"), b"hel").unwrap();
+        assert!(matches!(set.open("a.ts", meta), Err(StoreError::Damaged { .. })));
+    }
+}
