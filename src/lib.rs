@@ -13,13 +13,13 @@
 //! - [`daemon`]: wires the pieces together for `tidecache serve`.
 //! - [`cli`]: the command line.
 
-//pub mod admin;
-//pub mod cli;
+pub mod admin;
+pub mod cli;
 pub mod config;
-//pub mod daemon;
-//pub mod listener;
-//pub mod metrics;
+pub mod daemon;
+pub mod listener;
+pub mod metrics;
 pub mod object_path;
 pub mod schedule;
-//pub mod serve;
+pub mod serve;
 pub mod store;

@@ -82,7 +82,10 @@ pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
         .map_err(|_| PathError::NotUtf8)?;
     let needs_merge = decoded.starts_with('/') || decoded.contains("//") || decoded.ends_with('/');
     let path: Cow<'_, str> = if needs_merge {
-        let merged: Vec<&str> = decoded.split('/').filter(|segment| !segment.is_empty()).collect();
+        let merged: Vec<&str> = decoded
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .collect();
         Cow::Owned(merged.join("/"))
     } else {
         decoded
@@ -100,7 +103,10 @@ mod tests {
 
     #[test]
     fn request_paths_lose_the_leading_slash() {
-        assert_eq!(from_request("/title/1080p/seg_1.m4s").unwrap(), "title/1080p/seg_1.m4s");
+        assert_eq!(
+            from_request("/title/1080p/seg_1.m4s").unwrap(),
+            "title/1080p/seg_1.m4s"
+        );
         assert_eq!(from_request("//title//seg.ts").unwrap(), "title/seg.ts");
         assert_eq!(from_request("/").unwrap(), "");
     }
@@ -113,7 +119,14 @@ mod tests {
 
     #[test]
     fn traversal_is_refused_plain_and_encoded() {
-        for bad in ["/../etc/passwd", "/a/../b", "/%2e%2e/x", "/a/%2E%2e/b", "/./a", "/a/."] {
+        for bad in [
+            "/../etc/passwd",
+            "/a/../b",
+            "/%2e%2e/x",
+            "/a/%2E%2e/b",
+            "/./a",
+            "/a/.",
+        ] {
             assert_eq!(from_request(bad), Err(PathError::DotSegment), "{bad}");
         }
     }

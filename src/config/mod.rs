@@ -303,7 +303,11 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = err.path().to_string();
             ConfigError::Parse {
-                key: if key == "." { "(top level)".to_owned() } else { key },
+                key: if key == "." {
+                    "(top level)".to_owned()
+                } else {
+                    key
+                },
                 message: one_line(err.inner().message()),
             }
         })?;
@@ -328,12 +332,18 @@ impl Config {
         header_value("http.cache_control", &self.http.cache_control)?;
         header_value("http.cors_allow_origin", &self.http.cors_allow_origin)?;
         if self.stores.is_empty() {
-            return Err(ConfigError::invalid("store", "at least one [[store]] is needed"));
+            return Err(ConfigError::invalid(
+                "store",
+                "at least one [[store]] is needed",
+            ));
         }
         let mut seen = HashSet::new();
         for (index, store) in self.stores.iter().enumerate() {
             if store.path.as_os_str().is_empty() {
-                return Err(ConfigError::invalid(format!("store[{index}].path"), "is empty"));
+                return Err(ConfigError::invalid(
+                    format!("store[{index}].path"),
+                    "is empty",
+                ));
             }
             if !seen.insert(&store.path) {
                 return Err(ConfigError::invalid(
@@ -351,7 +361,8 @@ impl Config {
             })?;
         }
         let fallback = &self.schedule.fallback_url;
-        if !fallback.is_empty() && !(fallback.starts_with("http://") || fallback.starts_with("https://")) {
+        let has_http_scheme = fallback.starts_with("http://") || fallback.starts_with("https://");
+        if !fallback.is_empty() && !has_http_scheme {
             return Err(ConfigError::invalid(
                 "schedule.fallback_url",
                 format!("{fallback:?} must start with http:// or https://"),
@@ -366,7 +377,9 @@ impl Config {
         }
         let manifest_url = &self.fill.manifest_url;
         if !manifest_url.is_empty()
-            && !["http://", "https://", "file://"].iter().any(|scheme| manifest_url.starts_with(scheme))
+            && !["http://", "https://", "file://"]
+                .iter()
+                .any(|scheme| manifest_url.starts_with(scheme))
         {
             return Err(ConfigError::invalid(
                 "fill.manifest_url",
@@ -374,10 +387,16 @@ impl Config {
             ));
         }
         if !(1..=1024).contains(&self.fill.concurrency) {
-            return Err(ConfigError::invalid("fill.concurrency", "must be between 1 and 1024"));
+            return Err(ConfigError::invalid(
+                "fill.concurrency",
+                "must be between 1 and 1024",
+            ));
         }
         if self.limits.max_connections == 0 {
-            return Err(ConfigError::invalid("limits.max_connections", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
         }
         for (key, value) in [
             ("limits.header_timeout", self.limits.header_timeout),
@@ -399,9 +418,9 @@ impl Config {
 
 /// Refuses a string that cannot be sent as an HTTP header value.
 fn header_value(key: &str, value: &str) -> Result<(), ConfigError> {
-    http::HeaderValue::from_str(value)
-        .map(|_| ())
-        .map_err(|_| ConfigError::invalid(key, format!("{value:?} cannot be sent as an HTTP header")))
+    http::HeaderValue::from_str(value).map(|_| ()).map_err(|_| {
+        ConfigError::invalid(key, format!("{value:?} cannot be sent as an HTTP header"))
+    })
 }
 
 /// toml's messages can span lines; an operator gets one.
@@ -434,10 +453,14 @@ mod tests {
     #[test]
     fn bad_value_names_its_key_path() {
         let err = Config::parse("[limits]\nheader_timeout = \"soon\"\n").unwrap_err();
-        assert!(err.to_string().starts_with("limits.header_timeout:"), "{err}");
+        assert!(
+            err.to_string().starts_with("limits.header_timeout:"),
+            "{err}"
+        );
         let err = Config::parse("[http]\nlisten = [\"nowhere\"]\n").unwrap_err();
         assert!(err.to_string().starts_with("http.listen"), "{err}");
-        let err = Config::parse("[[store]]\npath = \"/a\"\ncapacity = \"9 bananas\"\n").unwrap_err();
+        let err =
+            Config::parse("[[store]]\npath = \"/a\"\ncapacity = \"9 bananas\"\n").unwrap_err();
         assert!(err.to_string().starts_with("store[0].capacity:"), "{err}");
     }
 
@@ -454,13 +477,28 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_key() {
         let cases = [
-            ("[schedule]\ntimezone = \"Mars/Olympus\"\n", "schedule.timezone"),
-            ("[schedule]\nduring_fill = \"redirect\"\n", "schedule.during_fill"),
-            ("[schedule]\nfill_windows = [\"25:00-06:00\"]\n", "schedule.fill_windows[0]"),
+            (
+                "[schedule]\ntimezone = \"Mars/Olympus\"\n",
+                "schedule.timezone",
+            ),
+            (
+                "[schedule]\nduring_fill = \"redirect\"\n",
+                "schedule.during_fill",
+            ),
+            (
+                "[schedule]\nfill_windows = [\"25:00-06:00\"]\n",
+                "schedule.fill_windows[0]",
+            ),
             ("[fill]\nconcurrency = 0\n", "fill.concurrency"),
-            ("[[store]]\npath = \"/a\"\n[[store]]\npath = \"/a\"\n", "store[1].path"),
+            (
+                "[[store]]\npath = \"/a\"\n[[store]]\npath = \"/a\"\n",
+                "store[1].path",
+            ),
             ("[http]\ncache_control = \"a\\nb\"\n", "http.cache_control"),
-            ("[limits]\nmax_header_size = \"1KiB\"\n", "limits.max_header_size"),
+            (
+                "[limits]\nmax_header_size = \"1KiB\"\n",
+                "limits.max_header_size",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::parse(text).unwrap_err().to_string();

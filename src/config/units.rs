@@ -78,7 +78,9 @@ pub fn parse_size(text: &str) -> Result<ByteSize, String> {
         .or_else(|| unit.strip_suffix('b'))
         .unwrap_or(unit);
     let multiplier = prefix_multiplier(prefix).ok_or_else(|| {
-        format!("{text:?} has an unknown size unit {unit:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)")
+        format!(
+            "{text:?} has an unknown size unit {unit:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+        )
     })?;
     Ok(ByteSize(to_u64(number * multiplier, text)?))
 }
@@ -87,10 +89,12 @@ pub fn parse_size(text: &str) -> Result<ByteSize, String> {
 /// A plain number is bytes per second.
 pub fn parse_rate(text: &str) -> Result<Rate, String> {
     let (number, unit) = split_number(text)?;
-    let unknown = || {
-        format!("{text:?} has an unknown rate unit {unit:?} (use e.g. 2Gbit, 500Mbps, 100MB/s)")
-    };
-    let (prefix, bits) = if let Some(prefix) = unit.strip_suffix("bit").or_else(|| unit.strip_suffix("bps")) {
+    let unknown =
+        || format!("{text:?} has an unknown rate unit {unit:?} (use e.g. 2Gbit, 500Mbps, 100MB/s)");
+    let (prefix, bits) = if let Some(prefix) = unit
+        .strip_suffix("bit")
+        .or_else(|| unit.strip_suffix("bps"))
+    {
         (prefix, true)
     } else if let Some(per_sec) = unit.strip_suffix("/s") {
         (per_sec.strip_suffix('B').ok_or_else(unknown)?, false)
@@ -137,7 +141,11 @@ impl fmt::Display for Rate {
         if self.bytes_per_sec == 0 {
             return write!(f, "0");
         }
-        for (name, unit) in [("Gbit", 1_000_000_000u64), ("Mbit", 1_000_000), ("kbit", 1_000)] {
+        for (name, unit) in [
+            ("Gbit", 1_000_000_000u64),
+            ("Mbit", 1_000_000),
+            ("kbit", 1_000),
+        ] {
             if bits >= unit && bits % unit == 0 {
                 return write!(f, "{}{name}", bits / unit);
             }
@@ -164,9 +172,9 @@ macro_rules! human_serde {
     ($type:ty, $parse:path, $expecting:literal) => {
         impl<'de> Deserialize<'de> for $type {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = match TextOrNumber::deserialize(deserializer).map_err(|_| {
-                    serde::de::Error::custom(concat!("expected ", $expecting))
-                })? {
+                let text = match TextOrNumber::deserialize(deserializer)
+                    .map_err(|_| serde::de::Error::custom(concat!("expected ", $expecting)))?
+                {
                     TextOrNumber::Text(text) => text,
                     TextOrNumber::Number(number) => number.to_string(),
                 };
@@ -201,7 +209,11 @@ mod tests {
 
     #[test]
     fn sizes_refuse_unknown_units_and_garbage() {
-        assert!(parse_size("64XB").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_size("64XB")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
         assert!(parse_size("lots").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("1e99PiB").is_err());
@@ -219,8 +231,14 @@ mod tests {
 
     #[test]
     fn durations_use_humantime_syntax() {
-        assert_eq!(parse_duration("30s"), Ok(HumanDuration(Duration::from_secs(30))));
-        assert_eq!(parse_duration("1h 30m"), Ok(HumanDuration(Duration::from_secs(5400))));
+        assert_eq!(
+            parse_duration("30s"),
+            Ok(HumanDuration(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            parse_duration("1h 30m"),
+            Ok(HumanDuration(Duration::from_secs(5400)))
+        );
         assert!(parse_duration("soon").is_err());
     }
 

@@ -41,8 +41,12 @@ fn parse_clock(text: &str) -> Result<u16, String> {
     if !valid_digits(hours) || !valid_digits(minutes) {
         return Err(format!("{text:?} is not HH:MM"));
     }
-    let hours: u16 = hours.parse().map_err(|_| format!("{text:?} is not HH:MM"))?;
-    let minutes: u16 = minutes.parse().map_err(|_| format!("{text:?} is not HH:MM"))?;
+    let hours: u16 = hours
+        .parse()
+        .map_err(|_| format!("{text:?} is not HH:MM"))?;
+    let minutes: u16 = minutes
+        .parse()
+        .map_err(|_| format!("{text:?} is not HH:MM"))?;
     let total = hours * 60 + minutes;
     if minutes >= 60 || total > MINUTES_PER_DAY {
         return Err(format!("{text:?} is not a time of day"));
@@ -61,7 +65,9 @@ impl FromStr for FillWindow {
         let start = parse_clock(start.trim())? % MINUTES_PER_DAY;
         let end = parse_clock(end.trim())? % MINUTES_PER_DAY;
         if start == end {
-            return Err(format!("{text:?} is empty: start and end are the same time"));
+            return Err(format!(
+                "{text:?} is empty: start and end are the same time"
+            ));
         }
         Ok(FillWindow::new(start, end))
     }
@@ -115,8 +121,18 @@ mod tests {
 
     #[test]
     fn refuses_malformed_windows() {
-        for bad in ["2-6", "02:00", "25:00-06:00", "02:60-03:00", "02:00-02:00", "aa:bb-cc:dd"] {
-            assert!(bad.parse::<FillWindow>().is_err(), "{bad} should be refused");
+        for bad in [
+            "2-6",
+            "02:00",
+            "25:00-06:00",
+            "02:60-03:00",
+            "02:00-02:00",
+            "aa:bb-cc:dd",
+        ] {
+            assert!(
+                bad.parse::<FillWindow>().is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 }

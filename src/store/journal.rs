@@ -69,7 +69,10 @@ pub fn replay(path: &Path) -> io::Result<Replay> {
         Err(err) => return Err(err),
     }
     replay_bytes(&bytes).map_err(|message| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {message}", path.display()))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {message}", path.display()),
+        )
     })
 }
 
@@ -120,7 +123,9 @@ fn decode_record(bytes: &[u8]) -> Option<(Record, usize)> {
     }
     let kind = *payload.first()?;
     let path_len = u16::from_le_bytes(payload.get(1..3)?.try_into().ok()?) as usize;
-    let path = std::str::from_utf8(payload.get(3..3 + path_len)?).ok()?.to_owned();
+    let path = std::str::from_utf8(payload.get(3..3 + path_len)?)
+        .ok()?
+        .to_owned();
     let rest = &payload[3 + path_len..];
     let record = match kind {
         KIND_PUT if rest.len() == 48 => Record::Put(
@@ -254,7 +259,10 @@ mod tests {
 
     #[test]
     fn torn_tail_is_dropped_and_earlier_records_kept() {
-        let whole = journal(&[Record::Put("a".into(), entry(1)), Record::Put("b".into(), entry(2))]);
+        let whole = journal(&[
+            Record::Put("a".into(), entry(1)),
+            Record::Put("b".into(), entry(2)),
+        ]);
         let first_len = journal(&[Record::Put("a".into(), entry(1))]).len();
         for cut in first_len..whole.len() {
             let replay = replay_bytes(&whole[..cut]).unwrap();
@@ -310,7 +318,11 @@ mod tests {
             ])
             .unwrap();
         let live = replay(&path).unwrap().entries;
-        compact(&path, live.iter().map(|(path, entry)| (path.as_str(), entry))).unwrap();
+        compact(
+            &path,
+            live.iter().map(|(path, entry)| (path.as_str(), entry)),
+        )
+        .unwrap();
         let after = replay(&path).unwrap();
         assert_eq!(after.entries, live);
         assert!(!path.with_extension("tmp").exists());

@@ -300,7 +300,8 @@ impl Stores {
     pub fn open(&self, path: &str, meta: ObjectMeta) -> Result<OpenObject, StoreError> {
         let store = &self.stores[meta.store];
         let file_path = store.object_file(path);
-        let file = File::open(&file_path).map_err(|err| store.io_error(format!("open objects/{path}"), err))?;
+        let file = File::open(&file_path)
+            .map_err(|err| store.io_error(format!("open objects/{path}"), err))?;
         let len = file
             .metadata()
             .map_err(|err| store.io_error(format!("stat objects/{path}"), err))?
@@ -345,13 +346,22 @@ impl Stores {
                 weight: store.capacity as f64,
             })
             .collect();
-        let replaced = self.index.read().ok().and_then(|index| index.get(path).copied());
+        let replaced = self
+            .index
+            .read()
+            .ok()
+            .and_then(|index| index.get(path).copied());
         placement::rank_stores(path, &candidates)
             .into_iter()
             .find(|&number| {
                 let store = &self.stores[number];
-                let freed = replaced.filter(|meta| meta.store == number).map_or(0, |meta| meta.size);
-                let used = store.bytes_used.load(Ordering::Relaxed).saturating_sub(freed);
+                let freed = replaced
+                    .filter(|meta| meta.store == number)
+                    .map_or(0, |meta| meta.size);
+                let used = store
+                    .bytes_used
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(freed);
                 !store.failed.load(Ordering::Relaxed) && used.saturating_add(size) <= store.capacity
             })
             .ok_or_else(|| StoreError::NoRoom {
@@ -387,7 +397,12 @@ impl Stores {
 
     /// Removes an object from the index, its journal and its disk (a fill delete).
     pub fn remove(&self, path: &str) -> Result<bool, StoreError> {
-        let Some(meta) = self.index.read().ok().and_then(|index| index.get(path).copied()) else {
+        let Some(meta) = self
+            .index
+            .read()
+            .ok()
+            .and_then(|index| index.get(path).copied())
+        else {
             return Ok(false);
         };
         let store = &self.stores[meta.store];
@@ -420,13 +435,15 @@ impl Stores {
                 .filter(|(_, meta)| meta.store == number)
                 .map(|(path, meta)| (&**path, meta.journal_entry()))
                 .collect();
-            let mut state = store
-                .journal
-                .lock()
-                .map_err(|_| store.io_error("journal", io::Error::other("journal lock poisoned")))?;
+            let mut state = store.journal.lock().map_err(|_| {
+                store.io_error("journal", io::Error::other("journal lock poisoned"))
+            })?;
             state.writer = None;
-            let written = journal::compact(&store.journal_path(), entries.iter().map(|(path, entry)| (*path, entry)))
-                .map_err(|err| store.io_error("compact index/journal", err))?;
+            let written = journal::compact(
+                &store.journal_path(),
+                entries.iter().map(|(path, entry)| (*path, entry)),
+            )
+            .map_err(|err| store.io_error("compact index/journal", err))?;
             state.valid_len = written;
         }
         Ok(())
@@ -439,7 +456,9 @@ impl Stores {
 
     /// Whether at least one store can serve.
     pub fn any_usable(&self) -> bool {
-        self.stores.iter().any(|store| !store.failed.load(Ordering::Relaxed))
+        self.stores
+            .iter()
+            .any(|store| !store.failed.load(Ordering::Relaxed))
     }
 
     /// Each store's health and use, in configuration order.
@@ -451,7 +470,11 @@ impl Stores {
                 StoreStatus {
                     path: store.config_path.clone(),
                     state: if failed { "failed" } else { "ok" },
-                    error: store.failure.lock().ok().and_then(|failure| failure.clone()),
+                    error: store
+                        .failure
+                        .lock()
+                        .ok()
+                        .and_then(|failure| failure.clone()),
                     objects: store.objects.load(Ordering::Relaxed),
                     bytes_used: store.bytes_used.load(Ordering::Relaxed),
                     bytes_capacity: store.capacity,
@@ -513,7 +536,12 @@ fn open_store(config: &StoreConfig) -> Opened {
 
 /// Creates the layout if missing, reads the store id and replays the journal.
 fn initialise(store: &Store) -> io::Result<(String, journal::Replay)> {
-    for dir in [store.root.clone(), store.objects_dir(), store.tmp_dir(), store.root.join("index")] {
+    for dir in [
+        store.root.clone(),
+        store.objects_dir(),
+        store.tmp_dir(),
+        store.root.join("index"),
+    ] {
         std::fs::create_dir_all(&dir).map_err(|err| annotate(err, "create", &dir))?;
     }
     let id_path = store.root.join("store-id");

@@ -56,15 +56,26 @@ mod tests {
     use super::*;
 
     fn paths(count: usize) -> Vec<String> {
-        (0..count).map(|i| format!("title{}/1080p/seg_{i:05}.m4s", i % 37)).collect()
+        (0..count)
+            .map(|i| format!("title{}/1080p/seg_{i:05}.m4s", i % 37))
+            .collect()
     }
 
     #[test]
     fn ranking_is_stable_and_complete() {
         let stores = [
-            Candidate { id: "a", weight: 1.0 },
-            Candidate { id: "b", weight: 1.0 },
-            Candidate { id: "c", weight: 1.0 },
+            Candidate {
+                id: "a",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "b",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "c",
+                weight: 1.0,
+            },
         ];
         let first = rank_stores("x/seg1.ts", &stores);
         assert_eq!(first, rank_stores("x/seg1.ts", &stores));
@@ -76,10 +87,22 @@ mod tests {
     #[test]
     fn equal_weights_spread_evenly() {
         let stores = [
-            Candidate { id: "nvme0", weight: 1.0 },
-            Candidate { id: "nvme1", weight: 1.0 },
-            Candidate { id: "nvme2", weight: 1.0 },
-            Candidate { id: "nvme3", weight: 1.0 },
+            Candidate {
+                id: "nvme0",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "nvme1",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "nvme2",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "nvme3",
+                weight: 1.0,
+            },
         ];
         let mut counts = [0usize; 4];
         for path in paths(20_000) {
@@ -92,7 +115,16 @@ mod tests {
 
     #[test]
     fn weights_set_the_share() {
-        let stores = [Candidate { id: "big", weight: 2.0 }, Candidate { id: "small", weight: 1.0 }];
+        let stores = [
+            Candidate {
+                id: "big",
+                weight: 2.0,
+            },
+            Candidate {
+                id: "small",
+                weight: 1.0,
+            },
+        ];
         let big = paths(30_000)
             .iter()
             .filter(|path| rank_stores(path, &stores)[0] == 0)
@@ -103,11 +135,28 @@ mod tests {
     #[test]
     fn adding_a_store_moves_only_what_it_wins() {
         let three = [
-            Candidate { id: "a", weight: 1.0 },
-            Candidate { id: "b", weight: 1.0 },
-            Candidate { id: "c", weight: 1.0 },
+            Candidate {
+                id: "a",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "b",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "c",
+                weight: 1.0,
+            },
         ];
-        let four = [three[0], three[1], three[2], Candidate { id: "d", weight: 1.0 }];
+        let four = [
+            three[0],
+            three[1],
+            three[2],
+            Candidate {
+                id: "d",
+                weight: 1.0,
+            },
+        ];
         let all = paths(20_000);
         let mut moved = 0;
         for path in &all {
@@ -124,9 +173,18 @@ mod tests {
     #[test]
     fn losing_a_store_moves_only_its_objects() {
         let three = [
-            Candidate { id: "a", weight: 1.0 },
-            Candidate { id: "b", weight: 1.0 },
-            Candidate { id: "c", weight: 1.0 },
+            Candidate {
+                id: "a",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "b",
+                weight: 1.0,
+            },
+            Candidate {
+                id: "c",
+                weight: 1.0,
+            },
         ];
         for path in paths(5_000) {
             let ranking = rank_stores(&path, &three);

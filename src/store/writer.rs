@@ -113,12 +113,16 @@ impl ObjectWriter {
             file.sync_all()
                 .map_err(|err| store.io_error(format!("fsync {}", self.temp.display()), err))?;
         }
-        let parent = final_path.parent().map(PathBuf::from).unwrap_or_else(|| store.objects_dir());
+        let parent = final_path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| store.objects_dir());
         create_dirs_durably(&store.objects_dir(), &parent)
             .map_err(|err| store.io_error(format!("create {}", parent.display()), err))?;
         std::fs::rename(&self.temp, &final_path)
             .map_err(|err| store.io_error(format!("rename to {}", final_path.display()), err))?;
-        fsync_dir(&parent).map_err(|err| store.io_error(format!("fsync {}", parent.display()), err))?;
+        fsync_dir(&parent)
+            .map_err(|err| store.io_error(format!("fsync {}", parent.display()), err))?;
         let meta = ObjectMeta {
             store: self.store,
             size: self.written,
@@ -197,7 +201,10 @@ mod tests {
         writer.write(b"lo").unwrap();
         let meta = writer.finish().unwrap();
         assert_eq!(set.lookup("t/a.ts"), Some(meta));
-        assert_eq!(std::fs::read(dir.path().join("objects/t/a.ts")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(dir.path().join("objects/t/a.ts")).unwrap(),
+            b"hello"
+        );
         drop(set);
         let again = stores(dir.path());
         assert_eq!(again.lookup("t/a.ts"), Some(meta));
@@ -211,10 +218,16 @@ mod tests {
         let set = stores(dir.path());
         let mut writer = set.begin_write("t/a.ts", 5, sha(b"HELLO")).unwrap();
         writer.write(b"hello").unwrap();
-        assert!(matches!(writer.finish(), Err(StoreError::HashMismatch { .. })));
+        assert!(matches!(
+            writer.finish(),
+            Err(StoreError::HashMismatch { .. })
+        ));
         assert_eq!(set.lookup("t/a.ts"), None);
         assert!(!dir.path().join("objects/t/a.ts").exists());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -222,9 +235,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
         let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
-        assert!(matches!(writer.write(b"hello!"), Err(StoreError::SizeMismatch { .. })));
+        assert!(matches!(
+            writer.write(b"hello!"),
+            Err(StoreError::SizeMismatch { .. })
+        ));
         writer.write(b"hell").unwrap();
-        assert!(matches!(writer.finish(), Err(StoreError::SizeMismatch { .. })));
+        assert!(matches!(
+            writer.finish(),
+            Err(StoreError::SizeMismatch { .. })
+        ));
         assert_eq!(set.lookup("a.ts"), None);
     }
 
@@ -235,7 +254,10 @@ mod tests {
         let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
         writer.write(b"he").unwrap();
         drop(writer);
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         assert_eq!(set.lookup("a.ts"), None);
     }
 
@@ -244,7 +266,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
         for body in [&b"first"[..], b"second!"] {
-            let mut writer = set.begin_write("a.ts", body.len() as u64, sha(body)).unwrap();
+            let mut writer = set
+                .begin_write("a.ts", body.len() as u64, sha(body))
+                .unwrap();
             writer.write(body).unwrap();
             writer.finish().unwrap();
         }
@@ -261,8 +285,14 @@ mod tests {
     fn bad_paths_and_oversized_objects_are_refused_up_front() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
-        assert!(matches!(set.begin_write("../x", 1, [0; 32]), Err(StoreError::BadPath { .. })));
-        assert!(matches!(set.begin_write("big", 2 << 20, [0; 32]), Err(StoreError::NoRoom { .. })));
+        assert!(matches!(
+            set.begin_write("../x", 1, [0; 32]),
+            Err(StoreError::BadPath { .. })
+        ));
+        assert!(matches!(
+            set.begin_write("big", 2 << 20, [0; 32]),
+            Err(StoreError::NoRoom { .. })
+        ));
     }
 
     #[test]
@@ -273,6 +303,9 @@ mod tests {
         writer.write(b"hello").unwrap();
         let meta = writer.finish().unwrap();
         std::fs::write(dir.path().join("objects/a.ts"), b"hel").unwrap();
-        assert!(matches!(set.open("a.ts", meta), Err(StoreError::Damaged { .. })));
+        assert!(matches!(
+            set.open("a.ts", meta),
+            Err(StoreError::Damaged { .. })
+        ));
     }
 }

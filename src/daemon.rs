@@ -1,0 +1,218 @@
+//! `tidecache serve`: binds every listener, wires the modules together, and drains on stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::listener::{self, ConnectionLimits, ConnectionMetrics, Listener, ListenerError};
+use crate::metrics::Metrics;
+use crate::schedule::{ModeState, mode_channel};
+use crate::serve::{Viewer, ViewerSettings};
+use crate::store::Stores;
+
+/// Connections the admin listener holds at once; separate from viewers' `max_connections`.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be set up.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The configuration asks for something this build cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The metrics registry refused a metric (a programming error, reported not panicked).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running daemon: its bound addresses and the handles to stop it.
+pub struct Daemon {
+    /// Where plain-HTTP viewers connect (the real ports when `:0` was asked).
+    pub viewer_addrs: Vec<SocketAddr>,
+    /// Where HTTPS viewers connect.
+    pub https_addrs: Vec<SocketAddr>,
+    /// Where the admin listener is.
+    pub admin_addr: SocketAddr,
+    /// The stores and their index.
+    pub stores: Arc<Stores>,
+    mode: watch::Sender<ModeState>,
+    stop_accepting: watch::Sender<bool>,
+    accept_loops: JoinSet<()>,
+    connections_finished: mpsc::Receiver<()>,
+    shutdown_timeout: Duration,
+}
+
+impl Daemon {
+    /// Opens the stores, binds every listener and starts accepting.
+    pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+        if config.http.url_signing_key_file.is_some() {
+            return Err(StartError::Unsupported(
+                "http.url_signing_key_file: signed viewer URLs are not supported by this build yet; remove the key".to_owned(),
+            ));
+        }
+        let metrics = Metrics::new()?;
+        let stores = Arc::new(Stores::load(&config.stores));
+        let (mode, mode_rx) = mode_channel(ModeState::SERVING);
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        let (finished, connections_finished) = mpsc::channel(1);
+        let limits = ConnectionLimits {
+            header_timeout: config.limits.header_timeout.0,
+            idle_timeout: config.limits.idle_timeout.0,
+            max_header_size: config.limits.max_header_size.0 as usize,
+        };
+        let viewer = Arc::new(Viewer::new(
+            Arc::clone(&stores),
+            mode_rx.clone(),
+            ViewerSettings::from_config(config),
+            metrics.clone(),
+        ));
+        let viewer_metrics = ConnectionMetrics {
+            open: metrics.open_connections.clone(),
+            refused: metrics.connections_refused.clone(),
+        };
+        let permits = Arc::new(Semaphore::new(config.limits.max_connections as usize));
+        let mut accept_loops = JoinSet::new();
+
+        let tls = match &config.https {
+            Some(https) if !https.listen.is_empty() => Some(TlsAcceptor::from(listener::load_tls(
+                &https.cert,
+                &https.key,
+            )?)),
+            _ => None,
+        };
+        let https_listen = config
+            .https
+            .as_ref()
+            .map(|https| https.listen.clone())
+            .unwrap_or_default();
+        let mut viewer_addrs = Vec::new();
+        let mut https_addrs = Vec::new();
+        let plain = config.http.listen.iter().map(|addr| (*addr, None));
+        let secure = https_listen.iter().map(|addr| (*addr, tls.clone()));
+        let mut bound = Vec::new();
+        for (addr, tls) in plain.chain(secure) {
+            let tcp = listener::bind(addr).await?;
+            let local = tcp
+                .local_addr()
+                .map_err(|source| ListenerError::Bind { addr, source })?;
+            if tls.is_some() {
+                https_addrs.push(local);
+            } else {
+                viewer_addrs.push(local);
+            }
+            bound.push(Listener {
+                tcp,
+                tls,
+                handler: Arc::clone(&viewer),
+                permits: Arc::clone(&permits),
+                limits,
+                metrics: viewer_metrics.clone(),
+                finished: finished.clone(),
+            });
+        }
+        let admin_tcp = listener::bind(config.admin.listen).await?;
+        let admin_addr = admin_tcp
+            .local_addr()
+            .map_err(|source| ListenerError::Bind {
+                addr: config.admin.listen,
+                source,
+            })?;
+        for listener in bound {
+            accept_loops.spawn(listener.run(stop_rx.clone()));
+        }
+        let admin = Listener {
+            tcp: admin_tcp,
+            tls: None,
+            handler: Arc::new(Admin::new(Arc::clone(&stores), mode_rx, metrics.clone())),
+            permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+            limits,
+            metrics: ConnectionMetrics {
+                open: IntGauge::new("admin_open_connections", "unregistered")?,
+                refused: IntCounter::new("admin_connections_refused", "unregistered")?,
+            },
+            finished,
+        };
+        accept_loops.spawn(admin.run(stop_rx));
+        let status = stores.status();
+        let failed = status.iter().filter(|store| store.state != "ok").count();
+        tracing::info!(
+            viewers = ?viewer_addrs,
+            https = ?https_addrs,
+            admin = %admin_addr,
+            stores = status.len(),
+            failed_stores = failed,
+            objects = stores.object_count(),
+            "tidecache started"
+        );
+        Ok(Daemon {
+            viewer_addrs,
+            https_addrs,
+            admin_addr,
+            stores,
+            mode,
+            stop_accepting,
+            accept_loops,
+            connections_finished,
+            shutdown_timeout: config.limits.shutdown_timeout.0,
+        })
+    }
+
+    /// The mode channel's sender: the scheduler and operator overrides drive it.
+    pub fn mode(&self) -> &watch::Sender<ModeState> {
+        &self.mode
+    }
+
+    /// Stops accepting, lets in-flight responses finish within `limits.shutdown_timeout`, then
+    /// returns. Returns whether every connection finished in time.
+    pub async fn shutdown(mut self) -> bool {
+        let _ = self.stop_accepting.send(true);
+        while self.accept_loops.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(self.shutdown_timeout, self.connections_finished.recv())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("all connections finished; stopped");
+        } else {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "connections still open after the shutdown timeout; cutting them");
+        }
+        drained
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: &Config) -> Result<(), StartError> {
+    let daemon = Daemon::start(config).await?;
+    wait_for_stop_signal().await;
+    tracing::info!("stop signal received; draining");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

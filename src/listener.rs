@@ -1,0 +1,328 @@
+//! The accept loop shared by every listener: viewer HTTP, viewer HTTPS and admin.
+//!
+//! One connection is one task holding one `max_connections` permit (a semaphore shared by all
+//! viewer listeners); when none is left the connection is closed at once, so a flood costs the
+//! box nothing but an accept. Each connection is served by hyper-util's auto builder (HTTP/1.1
+//! with keep-alive and pipelining, or HTTP/2 by prior knowledge or ALPN), with a header-read
+//! timeout against slow senders, an idle timeout for connections on which nothing moves, and
+//! a watcher so SIGTERM can drain it gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus::{IntCounter, IntGauge};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::serve::body::ObjectBody;
+
+/// Answers requests; implemented by the viewer data plane and the admin API.
+pub trait Handler: Send + Sync + 'static {
+    /// Produces the response to one request. Never fails: errors are HTTP answers.
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<ObjectBody>> + Send;
+}
+
+/// Per-connection limits from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time allowed for a request head (HTTP/1) and for a TLS handshake.
+    pub header_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head; beyond it HTTP/1 answers 431.
+    pub max_header_size: usize,
+}
+
+/// Counters a listener keeps up to date.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections closed at accept for lack of a permit.
+    pub refused: IntCounter,
+}
+
+/// Errors that stop a listener from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenerError::Bind { addr, source })
+}
+
+/// Builds the rustls server configuration from PEM files, offering h2 and http/1.1 by ALPN.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ListenerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| ListenerError::Tls(format!("certificate {}: {err}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ListenerError::Tls(format!(
+            "certificate {}: no certificate in file",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|err| ListenerError::Tls(format!("key {}: {err}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| ListenerError::Tls(err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|err| {
+            ListenerError::Tls(format!("certificate and key do not fit together: {err}"))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Everything one accept loop needs.
+pub struct Listener<H> {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// TLS for HTTPS listeners.
+    pub tls: Option<TlsAcceptor>,
+    /// Who answers requests.
+    pub handler: Arc<H>,
+    /// Connection permits; shared by all viewer listeners.
+    pub permits: Arc<Semaphore>,
+    /// Per-connection limits.
+    pub limits: ConnectionLimits,
+    /// Connection counters.
+    pub metrics: ConnectionMetrics,
+    /// Held by every connection task; the daemon knows all connections ended when the last
+    /// clone is dropped (the receiver then yields `None`).
+    pub finished: mpsc::Sender<()>,
+}
+
+impl<H: Handler> Listener<H> {
+    /// Accepts until `shutdown` turns true, then returns. Open connections see the same signal:
+    /// they finish in-flight responses, then close.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .max_buf_size(self.limits.max_header_size)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(self.limits.max_header_size as u32);
+        let builder = Arc::new(builder);
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.tcp.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            let (stream, _peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                self.metrics.refused.inc();
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = Arc::clone(&self.handler);
+            let builder = Arc::clone(&builder);
+            let tls = self.tls.clone();
+            let finished = self.finished.clone();
+            let drain = shutdown.clone();
+            let limits = self.limits;
+            let open = self.metrics.open.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _finished = finished;
+                open.inc();
+                match tls {
+                    None => serve_io(stream, handler, &builder, drain, limits).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => {
+                                serve_io(stream, handler, &builder, drain, limits).await
+                            }
+                            Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    }
+                }
+                open.dec();
+            });
+        }
+    }
+}
+
+/// Serves one connection until it ends, is idle too long, or shutdown drains it.
+async fn serve_io<I, H>(
+    io: I,
+    handler: Arc<H>,
+    builder: &auto::Builder<TokioExecutor>,
+    mut drain: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(ActivityIo {
+        inner: io,
+        activity: Arc::clone(&activity),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handler.handle(request).await) }
+    });
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        let deadline = activity.last() + limits.idle_timeout;
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                if activity.last() + limits.idle_timeout <= Instant::now() {
+                    tracing::debug!("closing idle connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When bytes last moved on a connection, in milliseconds after it opened.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let elapsed = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(elapsed, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Wraps a connection's I/O to note when bytes move, for the idle timeout.
+struct ActivityIo<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,174 @@
+//! The Prometheus registry and every metric name of CONTRACT section 6.
+//!
+//! Request metrics are updated where requests are answered. Store and mode gauges are not
+//! kept in step by their owners: they are read from the store set and the mode channel when
+//! `/metrics` is scraped, so there is one source of truth for each.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::schedule::Mode;
+use crate::store::StoreStatus;
+
+/// Buckets for request latency (time to response head), from 100 µs to 10 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Every metric the daemon exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `tidecache_requests_total{code,method}`: viewer requests answered.
+    pub requests: IntCounterVec,
+    /// `tidecache_response_bytes_total`: body bytes handed to viewer connections.
+    pub response_bytes: IntCounter,
+    /// `tidecache_request_duration_seconds`: time from request to response head.
+    pub request_duration: Histogram,
+    /// `tidecache_open_connections`: viewer connections open now.
+    pub open_connections: IntGauge,
+    /// `tidecache_connections_refused_total`: connections closed at accept by `max_connections`.
+    pub connections_refused: IntCounter,
+    /// `tidecache_fill_objects_total{result}`: objects the fill finished, by result.
+    pub fill_objects: IntCounterVec,
+    /// `tidecache_fill_bytes_total`: bytes the fill wrote to stores.
+    pub fill_bytes: IntCounter,
+    mode: IntGaugeVec,
+    store_bytes_used: IntGaugeVec,
+    store_bytes_capacity: IntGaugeVec,
+    store_errors: IntCounterVec,
+    objects: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "tidecache_requests_total",
+                    "Viewer requests answered, by status code and method.",
+                ),
+                &["code", "method"],
+            )?,
+            response_bytes: IntCounter::new(
+                "tidecache_response_bytes_total",
+                "Response body bytes handed to viewer connections.",
+            )?,
+            request_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tidecache_request_duration_seconds",
+                    "Time from receiving a viewer request to sending its response head.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+            )?,
+            open_connections: IntGauge::new(
+                "tidecache_open_connections",
+                "Viewer connections open now.",
+            )?,
+            connections_refused: IntCounter::new(
+                "tidecache_connections_refused_total",
+                "Viewer connections closed at accept because limits.max_connections was reached.",
+            )?,
+            fill_objects: IntCounterVec::new(
+                Opts::new(
+                    "tidecache_fill_objects_total",
+                    "Objects the fill finished, by result.",
+                ),
+                &["result"],
+            )?,
+            fill_bytes: IntCounter::new(
+                "tidecache_fill_bytes_total",
+                "Bytes the fill wrote to stores.",
+            )?,
+            mode: IntGaugeVec::new(
+                Opts::new(
+                    "tidecache_mode",
+                    "1 for the current mode, 0 for the others.",
+                ),
+                &["mode"],
+            )?,
+            store_bytes_used: IntGaugeVec::new(
+                Opts::new(
+                    "tidecache_store_bytes_used",
+                    "Bytes of objects held by each store.",
+                ),
+                &["store"],
+            )?,
+            store_bytes_capacity: IntGaugeVec::new(
+                Opts::new(
+                    "tidecache_store_bytes_capacity",
+                    "Bytes each store may hold.",
+                ),
+                &["store"],
+            )?,
+            store_errors: IntCounterVec::new(
+                Opts::new(
+                    "tidecache_store_errors_total",
+                    "I/O errors seen on each store.",
+                ),
+                &["store"],
+            )?,
+            objects: IntGaugeVec::new(
+                Opts::new("tidecache_objects", "Objects held by each store."),
+                &["store"],
+            )?,
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.response_bytes.clone()),
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.open_connections.clone()),
+            Box::new(metrics.connections_refused.clone()),
+            Box::new(metrics.fill_objects.clone()),
+            Box::new(metrics.fill_bytes.clone()),
+            Box::new(metrics.mode.clone()),
+            Box::new(metrics.store_bytes_used.clone()),
+            Box::new(metrics.store_bytes_capacity.clone()),
+            Box::new(metrics.store_errors.clone()),
+            Box::new(metrics.objects.clone()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Renders the text exposition, first reading the current mode and store state.
+    pub fn render(&self, mode: Mode, stores: &[StoreStatus]) -> String {
+        for each in Mode::ALL {
+            self.mode
+                .with_label_values(&[each.as_str()])
+                .set(i64::from(each == mode));
+        }
+        for store in stores {
+            let label = store.path.display().to_string();
+            let labels = [label.as_str()];
+            self.store_bytes_used
+                .with_label_values(&labels)
+                .set(clamp(store.bytes_used));
+            self.store_bytes_capacity
+                .with_label_values(&labels)
+                .set(clamp(store.bytes_capacity));
+            self.objects
+                .with_label_values(&labels)
+                .set(clamp(store.objects));
+            let errors = self.store_errors.with_label_values(&labels);
+            errors.inc_by(store.errors.saturating_sub(errors.get()));
+        }
+        let mut out = Vec::with_capacity(8192);
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %err, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

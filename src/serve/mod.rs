@@ -1,0 +1,466 @@
+//! The viewer data plane: `GET` and `HEAD` of stored objects, as CONTRACT section 4 says.
+//!
+//! What lives where:
+//! - [`range`]: the `Range` header, with coalescing and the amplification limits.
+//! - [`conditional`]: `If-*` preconditions in RFC 9110 order.
+//! - [`body`]: response bodies streamed from files (and memory).
+//! - this file: the [`Viewer`] handler that turns a request into a response.
+//!
+//! The viewer never writes to a store; it only looks up the index and reads files.
+
+pub mod body;
+pub mod conditional;
+pub mod range;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use crate::config::{Config, DuringFill};
+use crate::listener::Handler;
+use crate::metrics::Metrics;
+use crate::object_path;
+use crate::schedule::{Mode, ModeState};
+use crate::store::{OpenObject, Stores, hex};
+use body::ObjectBody;
+use conditional::{Preconditions, Verdict};
+use range::{ByteRange, RangeRequest};
+
+/// `Retry-After` when serving is paused with no known end (a manual override), in seconds.
+pub const RETRY_AFTER_UNKNOWN_SECS: u64 = 300;
+
+/// Methods a viewer may use, for `Allow` and CORS preflight answers.
+const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
+/// Request headers browser players send that preflight must allow.
+const CORS_ALLOWED_HEADERS: &str =
+    "Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range";
+/// Response headers a browser player must be able to read (beyond the CORS safelist).
+const CORS_EXPOSED_HEADERS: &str =
+    "Accept-Ranges, Content-Length, Content-Range, ETag, Retry-After";
+
+/// The `Content-Type` for an object path, by extension (CONTRACT section 4).
+pub fn content_type(path: &str) -> &'static str {
+    let extension = path.rsplit_once('.').map_or("", |(_, extension)| extension);
+    const TABLE: [(&str, &str); 7] = [
+        ("m3u8", "application/vnd.apple.mpegurl"),
+        ("mpd", "application/dash+xml"),
+        ("m4s", "video/iso.segment"),
+        ("mp4", "video/mp4"),
+        ("ts", "video/mp2t"),
+        ("aac", "audio/aac"),
+        ("vtt", "text/vtt"),
+    ];
+    TABLE
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(extension))
+        .map_or("application/octet-stream", |(_, mime)| mime)
+}
+
+/// The strong `ETag` of an object: its sha256 in hex, quoted.
+pub fn etag(sha256: &[u8; 32]) -> String {
+    format!("\"{}\"", hex(sha256))
+}
+
+/// Viewer settings taken from the configuration once, as ready-made header values.
+#[derive(Debug, Clone)]
+pub struct ViewerSettings {
+    cache_control: HeaderValue,
+    cors_origin: Option<HeaderValue>,
+    fallback_url: Option<String>,
+    during_fill: DuringFill,
+}
+
+impl ViewerSettings {
+    /// Derives the settings from a validated configuration.
+    pub fn from_config(config: &Config) -> ViewerSettings {
+        let header = |text: &str| {
+            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        let fallback = config.schedule.fallback_url.trim_end_matches('/');
+        ViewerSettings {
+            cache_control: header(&config.http.cache_control),
+            cors_origin: (!config.http.cors_allow_origin.is_empty())
+                .then(|| header(&config.http.cors_allow_origin)),
+            fallback_url: (!fallback.is_empty()).then(|| fallback.to_owned()),
+            during_fill: config.schedule.during_fill,
+        }
+    }
+}
+
+/// The viewer request handler.
+#[derive(Debug)]
+pub struct Viewer {
+    stores: Arc<Stores>,
+    mode: watch::Receiver<ModeState>,
+    settings: ViewerSettings,
+    metrics: Metrics,
+}
+
+impl Handler for Viewer {
+    async fn handle(&self, request: Request<Incoming>) -> Response<ObjectBody> {
+        let started = Instant::now();
+        let response = self.respond(&request);
+        let method = match *request.method() {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            _ => "other",
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[response.status().as_str(), method])
+            .inc();
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        response.map(|body| body.count_into(self.metrics.response_bytes.clone()))
+    }
+}
+
+/// Counter that makes multipart boundaries unique within a process.
+static BOUNDARY_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Viewer {
+    /// A viewer over `stores` that obeys the mode channel.
+    pub fn new(
+        stores: Arc<Stores>,
+        mode: watch::Receiver<ModeState>,
+        settings: ViewerSettings,
+        metrics: Metrics,
+    ) -> Viewer {
+        Viewer {
+            stores,
+            mode,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Turns one request into a response. Synchronous: lookups and opens do not wait on
+    /// anything but the local disk; bytes are streamed later by the body.
+    fn respond<B>(&self, request: &Request<B>) -> Response<ObjectBody> {
+        let method = request.method();
+        if method == Method::OPTIONS {
+            return self.options(request.headers());
+        }
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = self.text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+            return response;
+        }
+        if let Some(response) = self.not_serving(request) {
+            return response;
+        }
+        let path = match object_path::from_request(request.uri().path()) {
+            Ok(path) => path,
+            Err(err) => return self.text(StatusCode::BAD_REQUEST, &format!("bad path: {err}\n")),
+        };
+        let Some(meta) = self.stores.lookup(&path) else {
+            return self.miss(request);
+        };
+        let object = match self.stores.open(&path, meta) {
+            Ok(object) => object,
+            Err(err) => {
+                tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
+                return self.miss(request);
+            }
+        };
+        self.object(request, &path, object)
+    }
+
+    /// The answer for a found object: 200, 206, 304, 412 or 416.
+    fn object<B>(
+        &self,
+        request: &Request<B>,
+        path: &str,
+        object: OpenObject,
+    ) -> Response<ObjectBody> {
+        let headers = request.headers();
+        let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
+        let meta = object.meta;
+        let etag = etag(&meta.sha256);
+        let preconditions = Preconditions {
+            if_match: text(header::IF_MATCH),
+            if_none_match: text(header::IF_NONE_MATCH),
+            if_modified_since: text(header::IF_MODIFIED_SINCE),
+            if_unmodified_since: text(header::IF_UNMODIFIED_SINCE),
+            if_range: text(header::IF_RANGE),
+        };
+        let honor_range = match conditional::evaluate(&preconditions, &etag, meta.filled_at) {
+            Verdict::NotModified => {
+                let mut response = self.with_common(Response::new(ObjectBody::empty()));
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                self.validators(response.headers_mut(), &etag, meta.filled_at);
+                return response;
+            }
+            Verdict::PreconditionFailed => {
+                return self.text(StatusCode::PRECONDITION_FAILED, "precondition failed\n");
+            }
+            Verdict::Proceed { honor_range } => honor_range,
+        };
+        let is_head = request.method() == Method::HEAD;
+        let range = match text(header::RANGE) {
+            Some(value) if honor_range && !is_head => range::parse(value, meta.size),
+            _ => RangeRequest::Whole,
+        };
+        let mime = content_type(path);
+        let (status, mut body, content_range, multipart_type) = match range {
+            RangeRequest::Whole => {
+                let mut body = ObjectBody::empty();
+                body.push_file_range(Arc::clone(&object.file), 0, meta.size);
+                (StatusCode::OK, body, None, None)
+            }
+            RangeRequest::Partial(ranges) if ranges.len() == 1 => {
+                let ByteRange { start, end } = ranges[0];
+                let mut body = ObjectBody::empty();
+                body.push_file_range(Arc::clone(&object.file), start, end - start + 1);
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    body,
+                    Some(format!("bytes {start}-{end}/{}", meta.size)),
+                    None,
+                )
+            }
+            RangeRequest::Partial(ranges) => {
+                let boundary = format!(
+                    "{:016x}{}",
+                    BOUNDARY_COUNTER.fetch_add(1, Ordering::Relaxed),
+                    &etag[1..17]
+                );
+                let body = multipart(&object, &ranges, mime, &boundary);
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    body,
+                    None,
+                    Some(format!("multipart/byteranges; boundary={boundary}")),
+                )
+            }
+            RangeRequest::Unsatisfiable => {
+                let mut response =
+                    self.text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                insert(
+                    response.headers_mut(),
+                    header::CONTENT_RANGE,
+                    &format!("bytes */{}", meta.size),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                return response;
+            }
+        };
+        let length = body.len();
+        if is_head {
+            body = ObjectBody::empty();
+        }
+        let mut response = self.with_common(Response::new(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        self.validators(headers, &etag, meta.filled_at);
+        match multipart_type {
+            Some(value) => insert(headers, header::CONTENT_TYPE, &value),
+            None => {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+            }
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if let Some(value) = content_range {
+            insert(headers, header::CONTENT_RANGE, &value);
+        }
+        response
+    }
+
+    /// `ETag`, `Last-Modified`, `Cache-Control` and `Accept-Ranges`: sent on 200, 206 and 304.
+    fn validators(&self, headers: &mut HeaderMap, etag: &str, filled_at: i64) {
+        insert(headers, header::ETAG, etag);
+        let modified: SystemTime = conditional::last_modified_time(filled_at);
+        insert(
+            headers,
+            header::LAST_MODIFIED,
+            &httpdate::fmt_http_date(modified),
+        );
+        headers.insert(header::CACHE_CONTROL, self.settings.cache_control.clone());
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+
+    /// Headers every viewer response carries: `Server` and CORS.
+    fn with_common(&self, mut response: Response<ObjectBody>) -> Response<ObjectBody> {
+        let headers = response.headers_mut();
+        headers.insert(header::SERVER, HeaderValue::from_static("tidecache"));
+        if let Some(origin) = &self.settings.cors_origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSED_HEADERS),
+            );
+        }
+        response
+    }
+
+    /// A short plain-text answer (errors, refusals).
+    fn text(&self, status: StatusCode, message: &str) -> Response<ObjectBody> {
+        let body = ObjectBody::from_bytes(Bytes::copy_from_slice(message.as_bytes()));
+        let length = body.len();
+        let mut response = self.with_common(Response::new(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        response
+    }
+
+    /// 302 to the fallback URL plus the request's path and query.
+    fn redirect<B>(&self, fallback: &str, request: &Request<B>) -> Response<ObjectBody> {
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |value| value.as_str());
+        let mut response = self.text(StatusCode::FOUND, "found elsewhere\n");
+        insert(
+            response.headers_mut(),
+            header::LOCATION,
+            &format!("{fallback}{path_and_query}"),
+        );
+        response
+    }
+
+    /// A missing object: 302 to the fallback when configured, else 404.
+    fn miss<B>(&self, request: &Request<B>) -> Response<ObjectBody> {
+        match &self.settings.fallback_url {
+            Some(fallback) => self.redirect(fallback, request),
+            None => self.text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// The `during_fill` answer when the box is not serving, or `None` when it serves.
+    fn not_serving<B>(&self, request: &Request<B>) -> Option<Response<ObjectBody>> {
+        let state = *self.mode.borrow();
+        if state.mode == Mode::Serving || self.settings.during_fill == DuringFill::Serve {
+            return None;
+        }
+        match (self.settings.during_fill, &self.settings.fallback_url) {
+            (DuringFill::Redirect, Some(fallback)) => Some(self.redirect(fallback, request)),
+            _ => {
+                let mut response = self.text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "filling; come back later\n",
+                );
+                let seconds = retry_after_secs(state.serving_resumes_at, SystemTime::now());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                Some(response)
+            }
+        }
+    }
+
+    /// `OPTIONS`: a CORS preflight answer, or the allowed methods.
+    fn options(&self, request_headers: &HeaderMap) -> Response<ObjectBody> {
+        let mut response = self.with_common(Response::new(ObjectBody::empty()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let headers = response.headers_mut();
+        headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        let preflight = request_headers.contains_key(header::ORIGIN)
+            && request_headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight && self.settings.cors_origin.is_some() {
+            headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(ALLOWED_METHODS),
+            );
+            let allowed = request_headers
+                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static(CORS_ALLOWED_HEADERS));
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed);
+            headers.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
+        }
+        response
+    }
+}
+
+/// Whole seconds until serving resumes, at least 1; a fixed value when the end is unknown.
+pub fn retry_after_secs(resumes_at: Option<SystemTime>, now: SystemTime) -> u64 {
+    match resumes_at {
+        Some(at) => at
+            .duration_since(now)
+            .map_or(1, |left| {
+                left.as_secs() + u64::from(left.subsec_nanos() > 0)
+            })
+            .max(1),
+        None => RETRY_AFTER_UNKNOWN_SECS,
+    }
+}
+
+/// A `multipart/byteranges` body over several ranges of one file.
+fn multipart(object: &OpenObject, ranges: &[ByteRange], mime: &str, boundary: &str) -> ObjectBody {
+    let mut body = ObjectBody::empty();
+    for range in ranges {
+        let head = format!(
+            "\r\n--{boundary}\r\nContent-Type: {mime}\r\nContent-Range: bytes {}-{}/{}\r\n\r\n",
+            range.start, range.end, object.meta.size
+        );
+        body.push_bytes(Bytes::from(head));
+        body.push_file_range(Arc::clone(&object.file), range.start, range.len());
+    }
+    body.push_bytes(Bytes::from(format!("\r\n--{boundary}--\r\n")));
+    body
+}
+
+/// Inserts a header whose value we built; values come from validated or formatted text.
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn content_types_follow_the_contract_table() {
+        assert_eq!(
+            content_type("t/master.m3u8"),
+            "application/vnd.apple.mpegurl"
+        );
+        assert_eq!(content_type("t/manifest.mpd"), "application/dash+xml");
+        assert_eq!(content_type("t/1080p/seg_1.m4s"), "video/iso.segment");
+        assert_eq!(content_type("t/init.mp4"), "video/mp4");
+        assert_eq!(content_type("t/seg.TS"), "video/mp2t");
+        assert_eq!(content_type("t/audio.aac"), "audio/aac");
+        assert_eq!(content_type("t/subs.vtt"), "text/vtt");
+        assert_eq!(content_type("t/blob"), "application/octet-stream");
+        assert_eq!(content_type("t.d/blob"), "application/octet-stream");
+    }
+
+    #[test]
+    fn retry_after_counts_whole_seconds_up() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(
+            retry_after_secs(Some(now + Duration::from_millis(3500)), now),
+            4
+        );
+        assert_eq!(
+            retry_after_secs(Some(now + Duration::from_secs(3600)), now),
+            3600
+        );
+        assert_eq!(retry_after_secs(Some(now - Duration::from_secs(5)), now), 1);
+        assert_eq!(retry_after_secs(None, now), RETRY_AFTER_UNKNOWN_SECS);
+    }
+}
