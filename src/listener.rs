@@ -140,7 +140,9 @@ impl<H: Handler> Listener<H> {
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_size)
-            .keep_alive(true);
+            .keep_alive(true)
+            // A client that pipelines and then shuts its write side still gets every answer.
+            .half_close(true);
         builder
             .http2()
             .timer(TokioTimer::new())

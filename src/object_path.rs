@@ -30,6 +30,9 @@ pub enum PathError {
     /// A backslash, which some tools treat as a separator.
     #[error("path has a backslash")]
     Backslash,
+    /// A `%` not followed by two hex digits: a broken or hostile client.
+    #[error("path has a malformed percent-escape")]
+    BadPercentEscape,
     /// Percent-decoding gave bytes that are not UTF-8.
     #[error("path is not valid UTF-8")]
     NotUtf8,
@@ -77,6 +80,9 @@ pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
     if uri_path.len() > MAX_PATH_BYTES * 3 + 1 {
         return Err(PathError::TooLong);
     }
+    if !percent_escapes_are_well_formed(uri_path) {
+        return Err(PathError::BadPercentEscape);
+    }
     let decoded = percent_decode_str(uri_path)
         .decode_utf8()
         .map_err(|_| PathError::NotUtf8)?;
@@ -97,6 +103,22 @@ pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(path)
 }
 
+/// Whether every `%` starts a two-hex-digit escape (the decoder would pass others through).
+fn percent_escapes_are_well_formed(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].iter().position(|&byte| byte == b'%') {
+        let escape = at + offset;
+        match bytes.get(escape + 1..escape + 3) {
+            Some([high, low]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                at = escape + 3;
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +137,14 @@ mod tests {
     fn request_paths_are_percent_decoded_once() {
         assert_eq!(from_request("/a%20b/c.ts").unwrap(), "a b/c.ts");
         assert_eq!(from_request("/%252e%252e/x").unwrap(), "%2e%2e/x");
+    }
+
+    #[test]
+    fn malformed_percent_escapes_are_refused() {
+        for bad in ["/%zz", "/a%", "/a%4", "/%4g/x"] {
+            assert_eq!(from_request(bad), Err(PathError::BadPercentEscape), "{bad}");
+        }
+        assert_eq!(from_request("/%41%62").unwrap(), "Ab");
     }
 
     #[test]

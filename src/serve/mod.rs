@@ -208,7 +208,7 @@ impl Viewer {
         };
         let is_head = request.method() == Method::HEAD;
         let range = match text(header::RANGE) {
-            Some(value) if honor_range && !is_head => range::parse(value, meta.size),
+            Some(value) if honor_range => range::parse(value, meta.size),
             _ => RangeRequest::Whole,
         };
         let mime = content_type(path);

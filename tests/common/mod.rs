@@ -1,0 +1,190 @@
+//! Helpers shared by the integration tests: a temporary box with seeded stores, the real
+//! daemon on `127.0.0.1:0`, real HTTP clients, and raw TCP for what clients refuse to send.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tidecache::config::Config;
+use tidecache::daemon::Daemon;
+use tidecache::store::Stores;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bounds every network wait in the tests, so a bug fails a test instead of hanging it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A temporary appliance: a directory holding its stores and any files a test writes.
+pub struct TestBox {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBox {
+    pub fn new() -> TestBox {
+        TestBox {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// The directory of store `number`.
+    pub fn store_path(&self, number: usize) -> PathBuf {
+        self.dir.path().join(format!("nvme{number}"))
+    }
+
+    /// A configuration with `stores` stores, every listener on an ephemeral loopback port,
+    /// and `extra` TOML appended (later tables, or keys for a table `extra` opens itself).
+    pub fn config(&self, stores: usize, extra: &str) -> Config {
+        let mut text =
+            String::from("[http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        for number in 0..stores {
+            text.push_str(&format!(
+                "[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
+                self.store_path(number)
+            ));
+        }
+        text.push_str(extra);
+        Config::parse(&text).unwrap_or_else(|err| panic!("test config: {err}\n{text}"))
+    }
+
+    /// Writes a file into the box's directory and returns its path (certificates, keys).
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+}
+
+/// The sha256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// The sha256 of `data` in hex, as ETags carry it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    tidecache::store::hex(&sha256(data))
+}
+
+/// Puts objects into the configured stores through the store module's own write API (the one
+/// fill uses), then closes the stores so the daemon loads them from their journals.
+pub fn seed(config: &Config, objects: &[(&str, &[u8])]) {
+    let stores = Arc::new(Stores::load(&config.stores));
+    for (path, data) in objects {
+        let mut writer = stores
+            .begin_write(path, data.len() as u64, sha256(data))
+            .unwrap_or_else(|err| panic!("begin_write {path}: {err}"));
+        for chunk in data.chunks(64 * 1024) {
+            writer.write(chunk).expect("write object");
+        }
+        writer.finish().expect("finish object");
+    }
+}
+
+/// Deterministic, non-repeating-looking bytes of a given length, so offsets are checkable.
+pub fn pattern(length: usize) -> Vec<u8> {
+    (0..length)
+        .map(|index| (index.wrapping_mul(31) ^ (index >> 8)) as u8)
+        .collect()
+}
+
+/// Starts the real daemon.
+pub async fn start(config: &Config) -> Daemon {
+    Daemon::start(config).await.expect("daemon starts")
+}
+
+/// A plain-HTTP viewer URL for `path` (which starts with `/`).
+pub fn url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+/// An HTTP/1.1 client that does not follow redirects or use proxies.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(IO_TIMEOUT)
+        .http1_only()
+        .build()
+        .expect("client")
+}
+
+/// An HTTP/2 client speaking h2c with prior knowledge.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(IO_TIMEOUT)
+        .http2_prior_knowledge()
+        .build()
+        .expect("client")
+}
+
+/// Sends raw bytes on a fresh connection, half-closes, and returns everything the server
+/// sends until it closes (bounded by [`IO_TIMEOUT`]).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let _ = stream.shutdown().await;
+    read_to_close(&mut stream).await
+}
+
+/// Sends raw bytes on a fresh connection without half-closing (as a pipelining client
+/// does), and returns everything the server sends until it closes.
+pub async fn raw_open(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    read_to_close(&mut stream).await
+}
+
+/// Reads until the peer closes, bounded by [`IO_TIMEOUT`].
+pub async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of the first response in a raw answer.
+pub fn status_of(raw_answer: &str) -> u16 {
+    raw_answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw_answer:?}"))
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_pem: String,
+}
+
+pub fn make_cert(dir: &Path) -> TestCert {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let certified = rcgen::generate_simple_self_signed(names).expect("rcgen");
+    let cert_pem = certified.cert.pem();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, &cert_pem).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    TestCert {
+        cert,
+        key,
+        cert_pem,
+    }
+}
+
+/// Fetches the admin `/metrics` text.
+pub async fn metrics_text(daemon: &Daemon) -> String {
+    client()
+        .get(format!("http://{}/metrics", daemon.admin_addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}

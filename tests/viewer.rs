@@ -1,0 +1,936 @@
+//! CONTRACT section 4, request by request, against the real daemon on loopback.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+
+const SEGMENT_PATH: &str = "title123/1080p/seg_00001.m4s";
+const SEGMENT_LEN: usize = 100_000;
+
+/// A box with a few objects of every content type and a 100 kB segment.
+async fn serving_box(extra: &str) -> (TestBox, tidecache::daemon::Daemon, Vec<u8>) {
+    let test_box = TestBox::new();
+    let config = test_box.config(2, extra);
+    let segment = pattern(SEGMENT_LEN);
+    seed(
+        &config,
+        &[
+            (SEGMENT_PATH, &segment),
+            ("title123/master.m3u8", b"#EXTM3U\n"),
+            ("title123/manifest.mpd", b"<MPD/>"),
+            ("title123/init.mp4", b"init"),
+            ("title123/seg.ts", b"ts"),
+            ("title123/audio.aac", b"aac"),
+            ("title123/subs.vtt", b"WEBVTT\n"),
+            ("title123/blob.bin", b"blob"),
+            ("title123/empty.ts", b""),
+            ("dir with space/a%b.ts", b"encoded"),
+        ],
+    );
+    let daemon = start(&config).await;
+    (test_box, daemon, segment)
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name} in {headers:?}"))
+        .to_str()
+        .expect("ascii header")
+}
+
+#[tokio::test]
+async fn get_answers_200_with_every_contract_header() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let response = client()
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(header(&headers, "content-length"), SEGMENT_LEN.to_string());
+    assert_eq!(header(&headers, "content-type"), "video/iso.segment");
+    assert_eq!(
+        header(&headers, "etag"),
+        format!("\"{}\"", sha256_hex(&segment))
+    );
+    assert!(httpdate::parse_http_date(header(&headers, "last-modified")).is_ok());
+    assert_eq!(header(&headers, "accept-ranges"), "bytes");
+    assert_eq!(header(&headers, "cache-control"), "public, max-age=86400");
+    assert_eq!(header(&headers, "access-control-allow-origin"), "*");
+    let body = response.bytes().await.unwrap();
+    assert_eq!(&body[..], &segment[..]);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn content_type_follows_the_extension_table() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let client = client();
+    for (path, expected) in [
+        ("/title123/master.m3u8", "application/vnd.apple.mpegurl"),
+        ("/title123/manifest.mpd", "application/dash+xml"),
+        ("/title123/init.mp4", "video/mp4"),
+        ("/title123/seg.ts", "video/mp2t"),
+        ("/title123/audio.aac", "audio/aac"),
+        ("/title123/subs.vtt", "text/vtt"),
+        ("/title123/blob.bin", "application/octet-stream"),
+    ] {
+        let response = client.get(url(addr, path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            header(response.headers(), "content-type"),
+            expected,
+            "{path}"
+        );
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn cache_control_and_cors_origin_are_configurable() {
+    let test_box = TestBox::new();
+    let mut text_config = test_box.config(1, "");
+    text_config.http.cache_control = "public, max-age=60".to_owned();
+    text_config.http.cors_allow_origin = "https://player.example".to_owned();
+    seed(&text_config, &[("a.ts", b"abc")]);
+    let daemon = start(&text_config).await;
+    let response = client()
+        .get(url(daemon.viewer_addrs[0], "/a.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(response.headers(), "cache-control"),
+        "public, max-age=60"
+    );
+    assert_eq!(
+        header(response.headers(), "access-control-allow-origin"),
+        "https://player.example"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_objects_are_served() {
+    let (_box, daemon, _) = serving_box("").await;
+    let response = client()
+        .get(url(daemon.viewer_addrs[0], "/title123/empty.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(response.headers(), "content-length"), "0");
+    assert!(response.bytes().await.unwrap().is_empty());
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn percent_encoded_paths_are_decoded_once_and_query_is_ignored() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let client = client();
+    let response = client
+        .get(url(addr, "/dir%20with%20space/a%25b.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(&response.bytes().await.unwrap()[..], b"encoded");
+    let response = client
+        .get(url(addr, &format!("/{SEGMENT_PATH}?cb=123&token=abc")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap().len(), segment.len());
+    let response = client
+        .get(url(addr, "//title123//master.m3u8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "repeated slashes merge");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_has_the_get_headers_and_no_body_on_h1_and_h2() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    for client in [client(), h2c_client()] {
+        let get = client
+            .get(url(addr, &format!("/{SEGMENT_PATH}")))
+            .send()
+            .await
+            .unwrap();
+        let get_headers = get.headers().clone();
+        let head = client
+            .head(url(addr, &format!("/{SEGMENT_PATH}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        for name in [
+            "content-length",
+            "content-type",
+            "etag",
+            "last-modified",
+            "accept-ranges",
+            "cache-control",
+        ] {
+            assert_eq!(
+                header(head.headers(), name),
+                header(&get_headers, name),
+                "{name} on {:?}",
+                head.version()
+            );
+        }
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+    let raw_head = raw(
+        addr,
+        format!("HEAD /{SEGMENT_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        raw_head.contains(&format!("content-length: {SEGMENT_LEN}\r\n")),
+        "{raw_head}"
+    );
+    assert!(
+        raw_head.ends_with("\r\n\r\n"),
+        "HEAD sends no body: {raw_head:?}"
+    );
+    daemon.shutdown().await;
+}
+
+async fn get_range(addr: std::net::SocketAddr, range: &str) -> reqwest::Response {
+    client()
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .header(header::RANGE, range)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn single_ranges_of_every_form_give_206() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let len = SEGMENT_LEN;
+    for (range, start, end) in [
+        ("bytes=0-0", 0, 0),
+        ("bytes=100-199", 100, 199),
+        ("bytes=99000-", 99_000, len - 1),
+        ("bytes=-500", len - 500, len - 1),
+        ("bytes=99990-200000", 99_990, len - 1),
+        ("bytes=-200000", 0, len - 1),
+    ] {
+        let response = get_range(addr, range).await;
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            header(response.headers(), "content-range"),
+            format!("bytes {start}-{end}/{len}"),
+            "{range}"
+        );
+        assert_eq!(
+            header(response.headers(), "content-length"),
+            (end - start + 1).to_string()
+        );
+        assert_eq!(
+            header(response.headers(), "content-type"),
+            "video/iso.segment"
+        );
+        assert!(response.headers().contains_key("etag"));
+        let body = response.bytes().await.unwrap();
+        assert_eq!(&body[..], &segment[start..=end], "{range}");
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn several_ranges_give_multipart_byteranges() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let response = get_range(daemon.viewer_addrs[0], "bytes=0-9, 50-59,-5").await;
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(response.headers().get("content-range").is_none());
+    let content_type = header(response.headers(), "content-type").to_owned();
+    let boundary = content_type
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect("multipart type")
+        .to_owned();
+    let length: usize = header(response.headers(), "content-length")
+        .parse()
+        .unwrap();
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), length);
+    let mut expected = Vec::new();
+    for (start, end) in [(0, 9), (50, 59), (SEGMENT_LEN - 5, SEGMENT_LEN - 1)] {
+        expected.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\nContent-Type: video/iso.segment\r\nContent-Range: bytes {start}-{end}/{SEGMENT_LEN}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        expected.extend_from_slice(&segment[start..=end]);
+    }
+    expected.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    assert_eq!(&body[..], &expected[..]);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn overlapping_ranges_are_coalesced() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let response = get_range(daemon.viewer_addrs[0], "bytes=0-99,50-149,150-199").await;
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header(response.headers(), "content-range"),
+        format!("bytes 0-199/{SEGMENT_LEN}")
+    );
+    assert_eq!(&response.bytes().await.unwrap()[..], &segment[..200]);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn range_amplification_is_answered_with_the_whole_object() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let seventeen: Vec<String> = (0..17)
+        .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+        .collect();
+    let response = get_range(addr, &format!("bytes={}", seventeen.join(","))).await;
+    assert_eq!(response.status(), StatusCode::OK, "more than 16 ranges");
+    assert_eq!(response.bytes().await.unwrap().len(), SEGMENT_LEN);
+    let sixteen: Vec<String> = (0..16)
+        .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+        .collect();
+    let response = get_range(addr, &format!("bytes={}", sixteen.join(","))).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::PARTIAL_CONTENT,
+        "16 ranges are fine"
+    );
+    // The sum is taken over the ranges as asked, before coalescing (as nginx does).
+    let response = get_range(addr, "bytes=0-60000,40000-99999").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "ranges adding up past the object"
+    );
+    assert_eq!(response.bytes().await.unwrap().len(), SEGMENT_LEN);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsatisfiable_range_gives_416_with_the_length() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    for range in ["bytes=100000-", "bytes=200000-300000", "bytes=-0"] {
+        let response = get_range(addr, range).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "{range}"
+        );
+        assert_eq!(
+            header(response.headers(), "content-range"),
+            format!("bytes */{SEGMENT_LEN}")
+        );
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_or_foreign_ranges_are_ignored() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    for range in [
+        "bytes=abc",
+        "bytes=5-1",
+        "items=0-10",
+        "bytes=0-1,junk",
+        "bytes=",
+        "0-10",
+        "bytes=99999999999999999999999-",
+    ] {
+        let response = get_range(addr, range).await;
+        assert_eq!(response.status(), StatusCode::OK, "{range}");
+        assert_eq!(
+            response.bytes().await.unwrap().len(),
+            SEGMENT_LEN,
+            "{range}"
+        );
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn conditional_requests_follow_rfc_9110() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let client = client();
+    let path = url(addr, &format!("/{SEGMENT_PATH}"));
+    let first = client.get(&path).send().await.unwrap();
+    let etag = header(first.headers(), "etag").to_owned();
+    let last_modified = header(first.headers(), "last-modified").to_owned();
+    let earlier = httpdate::fmt_http_date(std::time::UNIX_EPOCH);
+    let later = httpdate::fmt_http_date(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(86_400),
+    );
+
+    let check = |headers: Vec<(&'static str, String)>, expected: StatusCode| {
+        let client = client.clone();
+        let path = path.clone();
+        async move {
+            let mut request = client.get(&path);
+            for (name, value) in &headers {
+                request = request.header(*name, value);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), expected, "{headers:?}");
+            response
+        }
+    };
+
+    let not_modified = check(
+        vec![("if-none-match", etag.clone())],
+        StatusCode::NOT_MODIFIED,
+    )
+    .await;
+    assert_eq!(header(not_modified.headers(), "etag"), etag);
+    assert!(not_modified.headers().contains_key("cache-control"));
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+    check(
+        vec![("if-none-match", format!("W/{etag}"))],
+        StatusCode::NOT_MODIFIED,
+    )
+    .await;
+    check(
+        vec![("if-none-match", "*".into())],
+        StatusCode::NOT_MODIFIED,
+    )
+    .await;
+    check(vec![("if-none-match", "\"other\"".into())], StatusCode::OK).await;
+    check(vec![("if-match", etag.clone())], StatusCode::OK).await;
+    check(
+        vec![("if-match", "\"other\"".into())],
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
+    check(
+        vec![("if-match", format!("W/{etag}"))],
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
+    check(
+        vec![("if-modified-since", last_modified.clone())],
+        StatusCode::NOT_MODIFIED,
+    )
+    .await;
+    check(
+        vec![("if-modified-since", later.clone())],
+        StatusCode::NOT_MODIFIED,
+    )
+    .await;
+    check(vec![("if-modified-since", earlier.clone())], StatusCode::OK).await;
+    check(
+        vec![("if-modified-since", "garbage".into())],
+        StatusCode::OK,
+    )
+    .await;
+    check(
+        vec![("if-unmodified-since", earlier.clone())],
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
+    check(
+        vec![("if-unmodified-since", last_modified.clone())],
+        StatusCode::OK,
+    )
+    .await;
+    // If-None-Match takes precedence over If-Modified-Since.
+    check(
+        vec![
+            ("if-none-match", "\"other\"".into()),
+            ("if-modified-since", later.clone()),
+        ],
+        StatusCode::OK,
+    )
+    .await;
+    // If-Range with the current validator honours the range; a stale one sends everything.
+    let ranged = check(
+        vec![("range", "bytes=0-9".into()), ("if-range", etag.clone())],
+        StatusCode::PARTIAL_CONTENT,
+    )
+    .await;
+    assert_eq!(&ranged.bytes().await.unwrap()[..], &segment[..10]);
+    check(
+        vec![
+            ("range", "bytes=0-9".into()),
+            ("if-range", last_modified.clone()),
+        ],
+        StatusCode::PARTIAL_CONTENT,
+    )
+    .await;
+    let whole = check(
+        vec![
+            ("range", "bytes=0-9".into()),
+            ("if-range", "\"stale\"".into()),
+        ],
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(whole.bytes().await.unwrap().len(), SEGMENT_LEN);
+    check(
+        vec![("range", "bytes=0-9".into()), ("if-range", earlier.clone())],
+        StatusCode::OK,
+    )
+    .await;
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_preflight_and_plain_options() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let client = client();
+    let preflight = client
+        .request(
+            reqwest::Method::OPTIONS,
+            url(addr, &format!("/{SEGMENT_PATH}")),
+        )
+        .header("origin", "https://player.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "range")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let headers = preflight.headers();
+    assert_eq!(header(headers, "access-control-allow-origin"), "*");
+    assert!(header(headers, "access-control-allow-methods").contains("GET"));
+    assert!(
+        header(headers, "access-control-allow-headers")
+            .to_ascii_lowercase()
+            .contains("range")
+    );
+    assert!(headers.contains_key("access-control-max-age"));
+
+    let plain = client
+        .request(reqwest::Method::OPTIONS, url(addr, "/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.status().is_success());
+    assert_eq!(header(plain.headers(), "allow"), "GET, HEAD, OPTIONS");
+
+    let get = client
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .header("origin", "https://player.example")
+        .send()
+        .await
+        .unwrap();
+    let exposed = header(get.headers(), "access-control-expose-headers").to_ascii_lowercase();
+    for name in ["content-range", "content-length", "etag", "accept-ranges"] {
+        assert!(exposed.contains(name), "{name} exposed to browser players");
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_objects_are_404_or_302_to_the_fallback() {
+    let (_box, daemon, _) = serving_box("").await;
+    let response = client()
+        .get(url(daemon.viewer_addrs[0], "/title999/seg.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    daemon.shutdown().await;
+
+    let (_box, daemon, _) =
+        serving_box("[schedule]\nfallback_url = \"https://origin.example/cdn/\"\n").await;
+    let response = client()
+        .get(url(daemon.viewer_addrs[0], "/title999/seg.ts?token=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        header(response.headers(), "location"),
+        "https://origin.example/cdn/title999/seg.ts?token=1"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_methods_get_405_with_allow() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let client = client();
+    for method in ["POST", "PUT", "DELETE", "PATCH", "PROPFIND"] {
+        let response = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                url(addr, &format!("/{SEGMENT_PATH}")),
+            )
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method}"
+        );
+        assert_eq!(header(response.headers(), "allow"), "GET, HEAD, OPTIONS");
+    }
+    let stored = client
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::OK, "nothing was changed");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn hostile_paths_get_400_over_raw_tcp_and_the_server_stays_up() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let long = format!("/{}", "a/".repeat(600));
+    let long_segment = format!("/{}", "b".repeat(300));
+    for target in [
+        "/../etc/passwd",
+        "/title123/../../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        "/%2E%2E%2Fetc%2Fpasswd",
+        "/title123/%2e/master.m3u8",
+        "/./title123/master.m3u8",
+        "/title123/master.m3u8%00",
+        "/a%5c..%5cb",
+        "/a\\b",
+        "/%ff%fe",
+        "/%zz",
+        long.as_str(),
+        long_segment.as_str(),
+    ] {
+        let answer = raw(
+            addr,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&answer), 400, "{target}: {answer}");
+    }
+    // Not even HTTP: the parser refuses, nothing panics.
+    let answer = raw(addr, b"\x16\x03\x01garbage\r\n\r\n").await;
+    assert!(answer.is_empty() || status_of(&answer) == 400, "{answer:?}");
+    let answer = raw(addr, b"GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.is_empty() || status_of(&answer) == 400, "{answer:?}");
+
+    let still_up = client()
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still_up.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let huge = "x".repeat(64 * 1024);
+    let answer = raw(
+        addr,
+        format!("GET /{SEGMENT_PATH} HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        status_of(&answer),
+        431,
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    let still_up = client()
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still_up.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn keep_alive_and_pipelining_on_http_1_1() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let pipelined = format!(
+        "{}{}{}",
+        request("/title123/master.m3u8"),
+        request("/title123/missing.ts"),
+        format!("GET /title123/subs.vtt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
+    let answer = raw(addr, pipelined.as_bytes()).await;
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answer[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "404", "200"], "{answer:?}");
+    assert!(answer.contains("#EXTM3U\n"));
+    assert!(answer.ends_with("WEBVTT\n"), "{answer}");
+
+    // One client connection serves many requests.
+    let client = client();
+    for _ in 0..20 {
+        let response = client
+            .get(url(addr, "/title123/master.m3u8"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.bytes().await.unwrap();
+    }
+    let metrics = metrics_text(&daemon).await;
+    let open: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tidecache_open_connections "))
+        .expect("open connections gauge")
+        .parse()
+        .unwrap();
+    assert!(open <= 1.0, "keep-alive reused one connection: {open}");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_serves_ranges_and_many_streams() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let client = h2c_client();
+    let response = client
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&response.bytes().await.unwrap()[..], &segment[10..20]);
+    let mut requests = Vec::new();
+    for _ in 0..32 {
+        let client = client.clone();
+        let target = url(addr, &format!("/{SEGMENT_PATH}"));
+        requests.push(tokio::spawn(async move {
+            client
+                .get(target)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }));
+    }
+    for request in requests {
+        assert_eq!(&request.await.unwrap()[..], &segment[..]);
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_with_alpn_h2_and_http_1_1() {
+    let test_box = TestBox::new();
+    let cert = make_cert(test_box.dir.path());
+    let config = test_box.config(
+        1,
+        &format!(
+            "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n",
+            cert.cert, cert.key
+        ),
+    );
+    let segment = pattern(SEGMENT_LEN);
+    seed(&config, &[(SEGMENT_PATH, &segment)]);
+    let daemon = start(&config).await;
+    let addr = daemon.https_addrs[0];
+    let root = reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).unwrap();
+    let build = |h1_only: bool| {
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .timeout(IO_TIMEOUT)
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone());
+        let builder = if h1_only {
+            builder.http1_only()
+        } else {
+            builder
+        };
+        builder.build().unwrap()
+    };
+    let target = format!("https://localhost:{}/{SEGMENT_PATH}", addr.port());
+    let h2 = build(false).get(&target).send().await.unwrap();
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2, "ALPN picked h2");
+    assert_eq!(h2.status(), StatusCode::OK);
+    assert_eq!(&h2.bytes().await.unwrap()[..], &segment[..]);
+    let h1 = build(true)
+        .get(&target)
+        .header("range", "bytes=-100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(h1.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        &h1.bytes().await.unwrap()[..],
+        &segment[SEGMENT_LEN - 100..]
+    );
+
+    // Plain HTTP on the TLS port is refused without harming the listener.
+    let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(!answer.contains("200 OK"));
+    let again = build(false).get(&target).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_tls_files_stop_the_start_with_a_clear_error() {
+    let test_box = TestBox::new();
+    let config = test_box.config(
+        1,
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    );
+    let err = match tidecache::daemon::Daemon::start(&config).await {
+        Ok(_) => panic!("started without a certificate"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn not_serving_answers_503_with_retry_after_or_redirects() {
+    use std::time::{Duration, SystemTime};
+    use tidecache::schedule::{Mode, ModeState};
+
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    daemon.mode().send_replace(ModeState {
+        mode: Mode::Filling,
+        serving_resumes_at: Some(SystemTime::now() + Duration::from_secs(3600)),
+    });
+    let response = client()
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry: u64 = header(response.headers(), "retry-after").parse().unwrap();
+    assert!((3590..=3600).contains(&retry), "{retry}");
+    let ready = client()
+        .get(format!("http://{}/readyz", daemon.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    daemon.mode().send_replace(ModeState::SERVING);
+    let response = client()
+        .get(url(addr, &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    daemon.shutdown().await;
+
+    let (_box, daemon, _) = serving_box(
+        "[schedule]\nduring_fill = \"redirect\"\nfallback_url = \"http://origin.example\"\n",
+    )
+    .await;
+    daemon.mode().send_replace(ModeState {
+        mode: Mode::Filling,
+        serving_resumes_at: None,
+    });
+    let response = client()
+        .get(url(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        header(response.headers(), "location"),
+        format!("http://origin.example/{SEGMENT_PATH}")
+    );
+    daemon.shutdown().await;
+
+    let (_box, daemon, _) = serving_box("[schedule]\nduring_fill = \"serve\"\n").await;
+    daemon.mode().send_replace(ModeState {
+        mode: Mode::Filling,
+        serving_resumes_at: None,
+    });
+    let response = client()
+        .get(url(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn serving_writes_nothing_to_the_stores() {
+    let (test_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let snapshot = || {
+        let mut entries = Vec::new();
+        for number in 0..2 {
+            let mut stack = vec![test_box.store_path(number)];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let entry = entry.unwrap();
+                    let meta = entry.metadata().unwrap();
+                    if meta.is_dir() {
+                        stack.push(entry.path());
+                    } else {
+                        entries.push((entry.path(), meta.len(), meta.modified().unwrap()));
+                    }
+                }
+            }
+        }
+        entries.sort();
+        entries
+    };
+    let before = snapshot();
+    let client = client();
+    for path in [SEGMENT_PATH, "title123/master.m3u8", "missing", "../x"] {
+        let _ = client
+            .get(url(addr, &format!("/{path}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(snapshot(), before);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_routes_do_not_answer_on_the_viewer_port() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    for path in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/v1/status",
+        "/v1/manifest",
+    ] {
+        let response = client().get(url(addr, path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    daemon.shutdown().await;
+}
