@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -138,7 +138,7 @@ impl<H: Handler> Listener<H> {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_timeout)
+            .header_read_timeout(None)
             .max_buf_size(self.limits.max_header_size)
             .keep_alive(true)
             // A client that pipelines and then shuts its write side still gets every answer.
@@ -215,15 +215,23 @@ async fn serve_io<I, H>(
         inner: io,
         activity: Arc::clone(&activity),
     });
+    let service_activity = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |request| {
         let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handler.handle(request).await) }
+        let in_flight = InFlight::begin(Arc::clone(&service_activity));
+        async move {
+            let response = handler.handle(request).await;
+            Ok::<_, Infallible>(response.map(|body| InFlightBody {
+                inner: body,
+                _in_flight: in_flight,
+            }))
+        }
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut draining = false;
     loop {
-        let deadline = activity.last() + limits.idle_timeout;
+        let deadline = activity.deadline(limits);
         tokio::select! {
             result = &mut connection => {
                 if let Err(err) = result {
@@ -236,8 +244,8 @@ async fn serve_io<I, H>(
                 connection.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep_until(deadline) => {
-                if activity.last() + limits.idle_timeout <= Instant::now() {
-                    tracing::debug!("closing idle connection");
+                if activity.deadline(limits) <= Instant::now() {
+                    tracing::debug!("closing connection: request head too slow or idle too long");
                     return;
                 }
             }
@@ -245,11 +253,73 @@ async fn serve_io<I, H>(
     }
 }
 
-/// When bytes last moved on a connection, in milliseconds after it opened.
+/// Marks a request as being answered from the moment hyper hands it over until its response
+/// body is dropped (sent or abandoned). While any request is in flight the header timeout
+/// does not run, so a long download is never mistaken for a slow request head.
+struct InFlight {
+    activity: Arc<Activity>,
+}
+
+impl InFlight {
+    fn begin(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.head_started_ms.store(NO_HEAD, Ordering::Relaxed);
+        InFlight { activity }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+pub struct InFlightBody {
+    inner: ObjectBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = <ObjectBody as hyper::body::Body>::Data;
+    type Error = <ObjectBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `head_started_ms` when no request head is being waited for.
+const NO_HEAD: u64 = u64::MAX;
+
+/// What a connection is doing, for its two timers (times in milliseconds after it opened).
+///
+/// - The **header timeout** runs from the first byte of a request head (or from the accept,
+///   for a new connection) until hyper hands the request over, like nginx's
+///   `client_header_timeout`: a slow sender is cut however steadily it trickles.
+/// - The **idle timeout** runs from the last byte moved, like nginx's `keepalive_timeout`: a
+///   kept-alive connection waiting for its next request may sit that long.
+///
+/// hyper's own `header_read_timeout` is not used because it also runs while a kept-alive
+/// connection waits for its next request, which would cut idle players at the header timeout.
 #[derive(Debug)]
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    head_started_ms: AtomicU64,
+    in_flight: AtomicU32,
 }
 
 impl Activity {
@@ -257,16 +327,41 @@ impl Activity {
         Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
         }
     }
 
-    fn touch(&self) {
-        let elapsed = self.opened.elapsed().as_millis() as u64;
-        self.last_ms.store(elapsed, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64
     }
 
-    fn last(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: note the activity, and start the header timer if they begin a head.
+    fn bytes_read(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_started_ms.compare_exchange(
+                NO_HEAD,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// When the connection must be closed unless something happens first.
+    fn deadline(&self, limits: ConnectionLimits) -> Instant {
+        let at = |ms: u64| self.opened + Duration::from_millis(ms);
+        let idle = at(self.last_ms.load(Ordering::Relaxed)) + limits.idle_timeout;
+        match self.head_started_ms.load(Ordering::Relaxed) {
+            NO_HEAD => idle,
+            started => idle.min(at(started) + limits.header_timeout),
+        }
     }
 }
 
@@ -285,7 +380,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.bytes_read();
         }
         result
     }

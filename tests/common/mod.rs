@@ -139,6 +139,36 @@ pub async fn raw_open(addr: SocketAddr, request: &[u8]) -> String {
     read_to_close(&mut stream).await
 }
 
+/// Sends one request on an open connection and reads exactly one response (head and a
+/// `Content-Length` body), returning it as text.
+pub async fn exchange(stream: &mut TcpStream, request: &[u8]) -> String {
+    stream.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        if let Some(head_end) = answer.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length: "))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            if answer.len() >= head_end + 4 + length {
+                break;
+            }
+        }
+        let read = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buffer))
+            .await
+            .expect("response within the timeout")
+            .expect("read");
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Reads until the peer closes, bounded by [`IO_TIMEOUT`].
 pub async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();

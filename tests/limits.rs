@@ -1,0 +1,173 @@
+//! Connection limits: slow senders, idle connections, `max_connections`, and graceful drain.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMITS: &str = "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\nmax_connections = 3\nshutdown_timeout = \"5s\"\n";
+
+async fn limited_box() -> (TestBox, tidecache::daemon::Daemon) {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, LIMITS);
+    seed(
+        &config,
+        &[("a.ts", b"segment"), ("big.ts", &pattern(4 << 20))],
+    );
+    let daemon = start(&config).await;
+    (test_box, daemon)
+}
+
+/// How long until the server closes a connection we hold open (bounded by [`IO_TIMEOUT`]).
+async fn time_until_closed(stream: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut sink)).await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn slow_header_senders_are_cut_at_header_timeout() {
+    let (_box, daemon) = limited_box().await;
+    let addr = daemon.viewer_addrs[0];
+
+    let mut partial = TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let waited = time_until_closed(&mut partial).await;
+    assert!(
+        waited < Duration::from_secs(4),
+        "partial headers held {waited:?}"
+    );
+
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let waited = time_until_closed(&mut silent).await;
+    assert!(
+        waited < Duration::from_secs(4),
+        "silent connection held {waited:?}"
+    );
+
+    let mut trickle = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in b"GET /a.ts HTTP/1.1\r\nHost: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n" {
+        if trickle.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = if cut {
+        started.elapsed()
+    } else {
+        started.elapsed() + time_until_closed(&mut trickle).await
+    };
+    assert!(
+        waited < Duration::from_secs(9),
+        "a byte every 100 ms held the connection {waited:?}"
+    );
+
+    let response = client().get(url(addr, "/a.ts")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let (_box, daemon) = limited_box().await;
+    let mut stream = TcpStream::connect(daemon.viewer_addrs[0]).await.unwrap();
+    let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.ends_with("segment"), "{answer:?}");
+    // Waiting longer than header_timeout between requests is fine: that is idle time.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.ends_with("segment"), "kept alive past header_timeout: {answer:?}");
+    let waited = time_until_closed(&mut stream).await;
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),
+        "idle connection closed after {waited:?}, idle_timeout is 2s"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_refused_and_others_kept() {
+    let (_box, daemon) = limited_box().await;
+    let addr = daemon.viewer_addrs[0];
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        held.push(stream);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let waited = time_until_closed(&mut extra).await;
+    assert!(
+        waited < Duration::from_secs(1),
+        "refused fast, took {waited:?}"
+    );
+
+    // The held connections still work.
+    let answer = exchange(&mut held[0], b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.ends_with("segment"), "{answer:?}");
+    let metrics = metrics_text(&daemon).await;
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("tidecache_connections_refused_total ")
+                && !line.ends_with(" 0")
+        ),
+        "refusal counted"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = client().get(url(addr, "/a.ts")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "a slot is free again");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_response_finish_and_stops_accepting() {
+    let (_box, daemon) = limited_box().await;
+    let addr = daemon.viewer_addrs[0];
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /big.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    let read = stream.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..read]).starts_with("HTTP/1.1 200"));
+
+    let stopping = tokio::spawn(daemon.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connections once stopping"
+    );
+    let mut rest = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut rest))
+        .await
+        .expect("response finishes")
+        .unwrap();
+    let head_end = first[..read]
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    assert_eq!(
+        read - head_end + rest.len(),
+        4 << 20,
+        "whole body delivered"
+    );
+    assert!(stopping.await.unwrap(), "drained within the bound");
+}
