@@ -19,6 +19,10 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Every metric the daemon exports.
+/// The `result` label values of `tidecache_fill_objects_total`: stored and verified, failed
+/// (download or verification), skipped (no room).
+pub const FILL_RESULTS: [&str; 3] = ["stored", "failed", "skipped"];
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -32,7 +36,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// `tidecache_connections_refused_total`: connections closed at accept by `max_connections`.
     pub connections_refused: IntCounter,
-    /// `tidecache_fill_objects_total{result}`: objects the fill finished, by result.
+    /// `tidecache_fill_objects_total{result}`: objects the fill finished, by result (one of
+    /// [`FILL_RESULTS`]; each series exists from the start so dashboards and alerts see 0).
     pub fill_objects: IntCounterVec,
     /// `tidecache_fill_bytes_total`: bytes the fill wrote to stores.
     pub fill_bytes: IntCounter,
@@ -119,6 +124,9 @@ impl Metrics {
             )?,
             registry,
         };
+        for result in FILL_RESULTS {
+            metrics.fill_objects.with_label_values(&[result]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.requests.clone()),
             Box::new(metrics.response_bytes.clone()),

@@ -87,7 +87,10 @@ async fn idle_keep_alive_connections_are_closed() {
     // Waiting longer than header_timeout between requests is fine: that is idle time.
     tokio::time::sleep(Duration::from_millis(1400)).await;
     let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert!(answer.ends_with("segment"), "kept alive past header_timeout: {answer:?}");
+    assert!(
+        answer.ends_with("segment"),
+        "kept alive past header_timeout: {answer:?}"
+    );
     let waited = time_until_closed(&mut stream).await;
     assert!(
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(6),

@@ -1,0 +1,245 @@
+//! The admin listener skeleton (CONTRACT sections 5 and 6): health, readiness, metrics, status.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use tidecache::schedule::{Mode, ModeState};
+
+fn admin_url(daemon: &tidecache::daemon::Daemon, path: &str) -> String {
+    format!("http://{}{path}", daemon.admin_addr)
+}
+
+#[tokio::test]
+async fn health_and_readiness_follow_the_mode() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    let daemon = start(&config).await;
+    let client = client();
+    let health = client
+        .get(admin_url(&daemon, "/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = client
+        .get(admin_url(&daemon, "/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    for mode in [Mode::Draining, Mode::Filling] {
+        daemon.mode().send_replace(ModeState {
+            mode,
+            serving_resumes_at: None,
+        });
+        let ready = client
+            .get(admin_url(&daemon, "/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(ready.text().await.unwrap().contains(mode.as_str()));
+        let health = client
+            .get(admin_url(&daemon, "/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK, "alive whatever the mode");
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_box_with_no_usable_store_is_not_ready_and_says_why() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    // The store's directory is a plain file: the store cannot be opened.
+    std::fs::write(test_box.store_path(0), b"not a directory").unwrap();
+    let daemon = start(&config).await;
+    let ready = client()
+        .get(admin_url(&daemon, "/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().await.unwrap().contains("no store is usable"));
+    let status: serde_json::Value = client()
+        .get(admin_url(&daemon, "/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["stores"][0]["state"], "failed");
+    let viewer = client()
+        .get(url(daemon.viewer_addrs[0], "/anything.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        viewer.status(),
+        StatusCode::NOT_FOUND,
+        "misses, never a 500"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_reports_mode_and_stores_with_object_counts() {
+    let test_box = TestBox::new();
+    let config = test_box.config(2, "");
+    let objects: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|number| (format!("t/seg_{number:05}.m4s"), pattern(1000 + number)))
+        .collect();
+    let borrowed: Vec<(&str, &[u8])> = objects
+        .iter()
+        .map(|(path, data)| (path.as_str(), data.as_slice()))
+        .collect();
+    seed(&config, &borrowed);
+    let daemon = start(&config).await;
+    let response = client()
+        .get(admin_url(&daemon, "/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let status: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status["mode"], "serving");
+    assert_eq!(status["override"], "auto");
+    assert_eq!(status["fill"]["state"], "idle");
+    assert_eq!(status["objects"], 40);
+    let stores = status["stores"].as_array().unwrap();
+    assert_eq!(stores.len(), 2);
+    let mut total_objects = 0;
+    let mut total_bytes = 0;
+    for store in stores {
+        assert_eq!(store["state"], "ok");
+        assert!(
+            store["objects"].as_u64().unwrap() > 0,
+            "rendezvous spreads objects"
+        );
+        assert_eq!(store["bytes_capacity"], 1 << 30);
+        total_objects += store["objects"].as_u64().unwrap();
+        total_bytes += store["bytes_used"].as_u64().unwrap();
+    }
+    assert_eq!(total_objects, 40);
+    let expected_bytes: u64 = objects.iter().map(|(_, data)| data.len() as u64).sum();
+    assert_eq!(total_bytes, expected_bytes);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_expose_the_contract_names_and_count_requests() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    seed(&config, &[("a.ts", b"0123456789")]);
+    let daemon = start(&config).await;
+    let viewer = client();
+    for path in ["/a.ts", "/a.ts", "/missing.ts"] {
+        viewer
+            .get(url(daemon.viewer_addrs[0], path))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let response = client()
+        .get(admin_url(&daemon, "/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+    for name in [
+        "tidecache_requests_total",
+        "tidecache_response_bytes_total",
+        "tidecache_request_duration_seconds_bucket",
+        "tidecache_open_connections",
+        "tidecache_mode",
+        "tidecache_fill_objects_total",
+        "tidecache_fill_bytes_total",
+        "tidecache_store_bytes_used",
+        "tidecache_store_bytes_capacity",
+        "tidecache_store_errors_total",
+        "tidecache_objects",
+    ] {
+        assert!(
+            text.lines().any(|line| line.starts_with(name)),
+            "{name} missing from:\n{text}"
+        );
+    }
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing from:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("tidecache_requests_total{code=\"200\",method=\"GET\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("tidecache_requests_total{code=\"404\",method=\"GET\"}"),
+        1.0
+    );
+    assert!(value("tidecache_response_bytes_total") >= 20.0);
+    assert_eq!(value("tidecache_mode{mode=\"serving\"}"), 1.0);
+    assert_eq!(value("tidecache_mode{mode=\"filling\"}"), 0.0);
+    let store = test_box.store_path(0);
+    assert_eq!(
+        value(&format!(
+            "tidecache_objects{{store={:?}}}",
+            store.display().to_string()
+        )),
+        1.0
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    let daemon = start(&config).await;
+    let client = client();
+    let missing = client
+        .get(admin_url(&daemon, "/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let wrong = client
+        .post(admin_url(&daemon, "/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(wrong.headers().contains_key("allow"));
+    let objects = client
+        .get(admin_url(&daemon, "/a.ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        objects.status(),
+        StatusCode::NOT_FOUND,
+        "no viewer route on admin"
+    );
+    daemon.shutdown().await;
+}
