@@ -1,0 +1,236 @@
+//! The `tidecache` binary as an operator runs it: exit codes, one-line errors, and a clean
+//! stop on SIGTERM and SIGINT.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_tidecache");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run tidecache")
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_config_prints_the_effective_config_and_exits_0() {
+    let test_box = TestBox::new();
+    let file = test_box.write_file(
+        "ok.toml",
+        b"[http]\nlisten = [\"127.0.0.1:8080\"]\n[limits]\nheader_timeout = \"5s\"\n",
+    );
+    let output = run(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("header_timeout = \"5s\""), "{printed}");
+    assert!(
+        printed.contains("max_connections = 100000"),
+        "defaults filled in"
+    );
+    let reparsed = tidecache::config::Config::parse(&printed);
+    assert!(reparsed.is_ok(), "printed config is valid: {reparsed:?}");
+}
+
+#[test]
+fn check_config_names_the_bad_key_in_one_line_and_exits_2() {
+    let test_box = TestBox::new();
+    for (name, text, key) in [
+        (
+            "typo.toml",
+            "[limits]\nheader_timout = \"5s\"\n",
+            "header_timout",
+        ),
+        (
+            "size.toml",
+            "[limits]\nheader_timeout = \"fast\"\n",
+            "limits.header_timeout",
+        ),
+        (
+            "window.toml",
+            "[schedule]\nfill_windows = [\"25:00-03:00\"]\n",
+            "schedule.fill_windows",
+        ),
+        (
+            "zone.toml",
+            "[schedule]\ntimezone = \"Mars/Olympus\"\n",
+            "schedule.timezone",
+        ),
+        ("syntax.toml", "[http\n", "tidecache: error:"),
+    ] {
+        let file = test_box.write_file(name, text.as_bytes());
+        let output = run(&["check-config", file.to_str().unwrap()]);
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{name}: one line: {stderr}"
+        );
+        assert!(stderr.contains(key), "{name}: names {key}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let output = run(&["check-config", "/nonexistent/tidecache.toml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_of(&output).contains("/nonexistent/tidecache.toml"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let output = run(&["no-such-command"]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = run(&["serve", "--config"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// A daemon process started from a config file, and the addresses it logged.
+struct Running {
+    child: Child,
+    viewer: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Starts `tidecache serve` and reads its JSON start-up line for the bound addresses.
+fn spawn_serve(config_file: &std::path::Path) -> Running {
+    let mut child = Command::new(BINARY)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config_file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tidecache serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("tidecache started") {
+                let _ = sender.send(line);
+            }
+        }
+    });
+    let line = receiver
+        .recv_timeout(IO_TIMEOUT)
+        .expect("start-up line within the timeout");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    let fields = &event["fields"];
+    let viewer = fields["viewers"]
+        .as_str()
+        .expect("viewers field")
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse()
+        .expect("viewer address");
+    let admin = fields["admin"]
+        .as_str()
+        .expect("admin field")
+        .parse()
+        .expect("admin address");
+    Running {
+        child,
+        viewer,
+        admin,
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn wait_with_timeout(child: &mut Child) -> Option<i32> {
+    let started = Instant::now();
+    while started.elapsed() < IO_TIMEOUT {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("tidecache did not exit within {IO_TIMEOUT:?}");
+}
+
+#[tokio::test]
+async fn serve_answers_then_exits_0_on_sigterm_and_sigint() {
+    for signal_name in ["TERM", "INT"] {
+        let test_box = TestBox::new();
+        let config = test_box.config(1, "");
+        seed(&config, &[("t/master.m3u8", b"#EXTM3U\n")]);
+        let file = test_box.write_file(
+            "tidecache.toml",
+            format!(
+                "[http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
+                test_box.store_path(0)
+            )
+            .as_bytes(),
+        );
+        let mut running = spawn_serve(&file);
+        let client = client();
+        let health = client
+            .get(format!("http://{}/healthz", running.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200);
+        let playlist = client
+            .get(url(running.viewer, "/t/master.m3u8"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(playlist.status(), 200);
+        assert_eq!(playlist.text().await.unwrap(), "#EXTM3U\n");
+        signal(&running.child, signal_name);
+        assert_eq!(
+            wait_with_timeout(&mut running.child),
+            Some(0),
+            "SIG{signal_name}"
+        );
+    }
+}
+
+#[test]
+fn serve_with_a_bad_config_or_a_taken_port_fails_in_one_line() {
+    let test_box = TestBox::new();
+    let bad = test_box.write_file("bad.toml", b"[limits]\nmax_connections = 0\n");
+    let output = run(&["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("limits.max_connections"), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let file = test_box.write_file(
+        "taken.toml",
+        format!(
+            "[http]\nlisten = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\n",
+            test_box.store_path(0)
+        )
+        .as_bytes(),
+    );
+    let output = run(&["serve", "--config", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr_of(&output);
+    let error_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("tidecache: error:"))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "{stderr}");
+    assert!(
+        error_lines[0].contains(&format!("127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
