@@ -433,6 +433,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_example_parses_and_documents_the_defaults() {
+        let example = Config::parse(include_str!("../../config/tidecache.toml"))
+            .unwrap_or_else(|err| panic!("config/tidecache.toml: {err}"));
+        let defaults = Config::default();
+        assert_eq!(render(&example.schedule), render(&defaults.schedule));
+        assert_eq!(render(&example.fill), render(&defaults.fill));
+        assert_eq!(render(&example.limits), render(&defaults.limits));
+        assert_eq!(example.http.cache_control, defaults.http.cache_control);
+        assert_eq!(example.http.cors_allow_origin, defaults.http.cors_allow_origin);
+        assert_eq!(example.admin.listen, defaults.admin.listen);
+        assert_eq!(example.stores.len(), 2);
+    }
+
+    /// Renders a config section as TOML so sections compare without `PartialEq`.
+    fn render<T: Serialize>(section: &T) -> String {
+        toml::to_string(section).unwrap_or_default()
+    }
+
+    #[test]
     fn empty_file_gives_documented_defaults() {
         let config = Config::parse("").unwrap();
         assert_eq!(config, Config::default());
