@@ -441,7 +441,10 @@ mod tests {
         assert_eq!(render(&example.fill), render(&defaults.fill));
         assert_eq!(render(&example.limits), render(&defaults.limits));
         assert_eq!(example.http.cache_control, defaults.http.cache_control);
-        assert_eq!(example.http.cors_allow_origin, defaults.http.cors_allow_origin);
+        assert_eq!(
+            example.http.cors_allow_origin,
+            defaults.http.cors_allow_origin
+        );
         assert_eq!(example.admin.listen, defaults.admin.listen);
         assert_eq!(example.stores.len(), 2);
     }
