@@ -673,10 +673,9 @@ async fn keep_alive_and_pipelining_on_http_1_1() {
     let addr = daemon.viewer_addrs[0];
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     let pipelined = format!(
-        "{}{}{}",
+        "{}{}GET /title123/subs.vtt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         request("/title123/master.m3u8"),
         request("/title123/missing.ts"),
-        format!("GET /title123/subs.vtt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
     );
     let answer = raw(addr, pipelined.as_bytes()).await;
     let statuses: Vec<&str> = answer
