@@ -88,6 +88,9 @@ pub fn main() -> ExitCode {
             };
             match runtime.block_on(crate::daemon::run(&config)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(err @ crate::daemon::StartError::Unsupported(_)) => {
+                    fail(EXIT_USAGE, &err.to_string())
+                }
                 Err(err) => fail(EXIT_FAILURE, &err.to_string()),
             }
         }

@@ -210,6 +210,23 @@ fn serve_with_a_bad_config_or_a_taken_port_fails_in_one_line() {
     let stderr = stderr_of(&output);
     assert!(stderr.contains("limits.max_connections"), "{stderr}");
 
+    let key = test_box.write_file("url.key", b"secret");
+    let signed = test_box.write_file(
+        "signed.toml",
+        format!(
+            "[http]\nlisten = [\"127.0.0.1:0\"]\nurl_signing_key_file = {key:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\n",
+            test_box.store_path(0)
+        )
+        .as_bytes(),
+    );
+    let output = run(&["serve", "--config", signed.to_str().unwrap()]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "refuses rather than serve unsigned"
+    );
+    assert!(stderr_of(&output).contains("http.url_signing_key_file"));
+
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let file = test_box.write_file(
