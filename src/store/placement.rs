@@ -61,22 +61,13 @@ mod tests {
             .collect()
     }
 
+    fn store(id: &'static str, weight: f64) -> Candidate<'static> {
+        Candidate { id, weight }
+    }
+
     #[test]
     fn ranking_is_stable_and_complete() {
-        let stores = [
-            Candidate {
-                id: "a",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "b",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "c",
-                weight: 1.0,
-            },
-        ];
+        let stores = [store("a", 1.0), store("b", 1.0), store("c", 1.0)];
         let first = rank_stores("x/seg1.ts", &stores);
         assert_eq!(first, rank_stores("x/seg1.ts", &stores));
         let mut sorted = first.clone();
@@ -87,22 +78,10 @@ mod tests {
     #[test]
     fn equal_weights_spread_evenly() {
         let stores = [
-            Candidate {
-                id: "nvme0",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "nvme1",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "nvme2",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "nvme3",
-                weight: 1.0,
-            },
+            store("nvme0", 1.0),
+            store("nvme1", 1.0),
+            store("nvme2", 1.0),
+            store("nvme3", 1.0),
         ];
         let mut counts = [0usize; 4];
         for path in paths(20_000) {
@@ -115,16 +94,7 @@ mod tests {
 
     #[test]
     fn weights_set_the_share() {
-        let stores = [
-            Candidate {
-                id: "big",
-                weight: 2.0,
-            },
-            Candidate {
-                id: "small",
-                weight: 1.0,
-            },
-        ];
+        let stores = [store("big", 2.0), store("small", 1.0)];
         let big = paths(30_000)
             .iter()
             .filter(|path| rank_stores(path, &stores)[0] == 0)
@@ -134,29 +104,8 @@ mod tests {
 
     #[test]
     fn adding_a_store_moves_only_what_it_wins() {
-        let three = [
-            Candidate {
-                id: "a",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "b",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "c",
-                weight: 1.0,
-            },
-        ];
-        let four = [
-            three[0],
-            three[1],
-            three[2],
-            Candidate {
-                id: "d",
-                weight: 1.0,
-            },
-        ];
+        let three = [store("a", 1.0), store("b", 1.0), store("c", 1.0)];
+        let four = [three[0], three[1], three[2], store("d", 1.0)];
         let all = paths(20_000);
         let mut moved = 0;
         for path in &all {
@@ -172,20 +121,7 @@ mod tests {
 
     #[test]
     fn losing_a_store_moves_only_its_objects() {
-        let three = [
-            Candidate {
-                id: "a",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "b",
-                weight: 1.0,
-            },
-            Candidate {
-                id: "c",
-                weight: 1.0,
-            },
-        ];
+        let three = [store("a", 1.0), store("b", 1.0), store("c", 1.0)];
         for path in paths(5_000) {
             let ranking = rank_stores(&path, &three);
             if ranking[0] != 1 {
