@@ -74,11 +74,7 @@ async fn a_box_with_no_usable_store_is_not_ready_and_says_why() {
         .await
         .unwrap();
     assert_eq!(status["stores"][0]["state"], "failed");
-    let viewer = client()
-        .get(url(daemon.viewer_addrs[0], "/anything.ts"))
-        .send()
-        .await
-        .unwrap();
+    let viewer = get(daemon.viewer_addrs[0], "/anything.ts").await;
     assert_eq!(
         viewer.status(),
         StatusCode::NOT_FOUND,

@@ -73,7 +73,7 @@ async fn slow_header_senders_are_cut_at_header_timeout() {
         "a byte every 100 ms held the connection {waited:?}"
     );
 
-    let response = client().get(url(addr, "/a.ts")).send().await.unwrap();
+    let response = get(addr, "/a.ts").await;
     assert_eq!(response.status(), StatusCode::OK);
     daemon.shutdown().await;
 }
@@ -133,7 +133,7 @@ async fn connections_beyond_max_connections_are_refused_and_others_kept() {
     );
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let response = client().get(url(addr, "/a.ts")).send().await.unwrap();
+    let response = get(addr, "/a.ts").await;
     assert_eq!(response.status(), StatusCode::OK, "a slot is free again");
     daemon.shutdown().await;
 }

@@ -45,11 +45,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 async fn get_answers_200_with_every_contract_header() {
     let (_box, daemon, segment) = serving_box("").await;
     let addr = daemon.viewer_addrs[0];
-    let response = client()
-        .get(url(addr, &format!("/{SEGMENT_PATH}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get(addr, &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     assert_eq!(header(&headers, "content-length"), SEGMENT_LEN.to_string());
@@ -100,11 +96,7 @@ async fn cache_control_and_cors_origin_are_configurable() {
     text_config.http.cors_allow_origin = "https://player.example".to_owned();
     seed(&text_config, &[("a.ts", b"abc")]);
     let daemon = start(&text_config).await;
-    let response = client()
-        .get(url(daemon.viewer_addrs[0], "/a.ts"))
-        .send()
-        .await
-        .unwrap();
+    let response = get(daemon.viewer_addrs[0], "/a.ts").await;
     assert_eq!(
         header(response.headers(), "cache-control"),
         "public, max-age=60"
@@ -119,11 +111,7 @@ async fn cache_control_and_cors_origin_are_configurable() {
 #[tokio::test]
 async fn empty_objects_are_served() {
     let (_box, daemon, _) = serving_box("").await;
-    let response = client()
-        .get(url(daemon.viewer_addrs[0], "/title123/empty.ts"))
-        .send()
-        .await
-        .unwrap();
+    let response = get(daemon.viewer_addrs[0], "/title123/empty.ts").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(header(response.headers(), "content-length"), "0");
     assert!(response.bytes().await.unwrap().is_empty());
@@ -514,21 +502,13 @@ async fn cors_preflight_and_plain_options() {
 #[tokio::test]
 async fn missing_objects_are_404_or_302_to_the_fallback() {
     let (_box, daemon, _) = serving_box("").await;
-    let response = client()
-        .get(url(daemon.viewer_addrs[0], "/title999/seg.ts"))
-        .send()
-        .await
-        .unwrap();
+    let response = get(daemon.viewer_addrs[0], "/title999/seg.ts").await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     daemon.shutdown().await;
 
     let (_box, daemon, _) =
         serving_box("[schedule]\nfallback_url = \"https://origin.example/cdn/\"\n").await;
-    let response = client()
-        .get(url(daemon.viewer_addrs[0], "/title999/seg.ts?token=1"))
-        .send()
-        .await
-        .unwrap();
+    let response = get(daemon.viewer_addrs[0], "/title999/seg.ts?token=1").await;
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(
         header(response.headers(), "location"),
@@ -602,11 +582,7 @@ async fn hostile_paths_get_400_over_raw_tcp_and_the_server_stays_up() {
     let answer = raw(addr, b"GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.is_empty() || status_of(&answer) == 400, "{answer:?}");
 
-    let still_up = client()
-        .get(url(addr, &format!("/{SEGMENT_PATH}")))
-        .send()
-        .await
-        .unwrap();
+    let still_up = get(addr, &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(still_up.status(), StatusCode::OK);
     daemon.shutdown().await;
 }
@@ -627,11 +603,7 @@ async fn oversized_headers_get_431() {
         "{}",
         &answer[..answer.len().min(200)]
     );
-    let still_up = client()
-        .get(url(addr, &format!("/{SEGMENT_PATH}")))
-        .send()
-        .await
-        .unwrap();
+    let still_up = get(addr, &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(still_up.status(), StatusCode::OK);
     daemon.shutdown().await;
 }
@@ -793,11 +765,7 @@ async fn not_serving_answers_503_with_retry_after_or_redirects() {
         mode: Mode::Filling,
         serving_resumes_at: Some(SystemTime::now() + Duration::from_secs(3600)),
     });
-    let response = client()
-        .get(url(addr, &format!("/{SEGMENT_PATH}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get(addr, &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let retry: u64 = header(response.headers(), "retry-after").parse().unwrap();
     assert!((3590..=3600).contains(&retry), "{retry}");
@@ -808,11 +776,7 @@ async fn not_serving_answers_503_with_retry_after_or_redirects() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     daemon.mode().send_replace(ModeState::SERVING);
-    let response = client()
-        .get(url(addr, &format!("/{SEGMENT_PATH}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get(addr, &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(response.status(), StatusCode::OK);
     daemon.shutdown().await;
 
@@ -824,11 +788,7 @@ async fn not_serving_answers_503_with_retry_after_or_redirects() {
         mode: Mode::Filling,
         serving_resumes_at: None,
     });
-    let response = client()
-        .get(url(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(
         header(response.headers(), "location"),
@@ -841,11 +801,7 @@ async fn not_serving_answers_503_with_retry_after_or_redirects() {
         mode: Mode::Filling,
         serving_resumes_at: None,
     });
-    let response = client()
-        .get(url(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")))
-        .send()
-        .await
-        .unwrap();
+    let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(response.status(), StatusCode::OK);
     daemon.shutdown().await;
 }

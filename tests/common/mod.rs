@@ -111,6 +111,15 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A plain HTTP/1.1 `GET` of `path` (which starts with `/`) from a viewer listener.
+pub async fn get(addr: SocketAddr, path: &str) -> reqwest::Response {
+    client()
+        .get(url(addr, path))
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+}
+
 /// An HTTP/2 client speaking h2c with prior knowledge.
 pub fn h2c_client() -> reqwest::Client {
     reqwest::Client::builder()
