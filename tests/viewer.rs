@@ -858,3 +858,23 @@ async fn admin_routes_do_not_answer_on_the_viewer_port() {
     }
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn oversized_headers_on_http2_are_refused_and_the_connection_survives() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let client = h2c_client();
+    let target = url(addr, &format!("/{SEGMENT_PATH}"));
+    let refused = client
+        .get(&target)
+        .header("x-big", "x".repeat(64 * 1024))
+        .send()
+        .await;
+    // The server advertises SETTINGS_MAX_HEADER_LIST_SIZE; the request is refused (by the
+    // client honouring it, or by the server resetting the stream), never served.
+    let err = refused.expect_err("an over-size header list is refused");
+    assert!(err.is_request(), "{err:?}");
+    let after = client.get(&target).send().await.unwrap();
+    assert_eq!(after.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}
