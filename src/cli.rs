@@ -43,6 +43,70 @@ pub enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Override the fill windows: fill now, serve now, or follow the windows again (auto).
+    Mode {
+        /// `fill`, `serve` or `auto`.
+        #[arg(value_enum)]
+        mode: ModeArg,
+        /// The daemon's admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How to reach and authenticate to a daemon's admin listener.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Admin listener URL.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub admin: String,
+    /// Bearer token (prefer --token-file or TIDECACHE_TOKEN: arguments show in `ps`).
+    #[arg(
+        long,
+        env = "TIDECACHE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bearer token, e.g. the daemon's admin.token_file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The token from `--token`, `TIDECACHE_TOKEN` or `--token-file`.
+    fn token(&self) -> Result<Option<String>, String> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        match &self.token_file {
+            Some(file) => std::fs::read_to_string(file)
+                .map(|text| Some(text.trim().to_owned()))
+                .map_err(|err| format!("--token-file {}: {err}", file.display())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The override values `tidecache mode` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Fill now, until told otherwise.
+    Fill,
+    /// Serve now, until told otherwise.
+    Serve,
+    /// Follow the fill windows.
+    Auto,
+}
+
+impl ModeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            ModeArg::Fill => "fill",
+            ModeArg::Serve => "serve",
+            ModeArg::Auto => "auto",
+        }
+    }
 }
 
 /// Exit code for usage and configuration errors.
@@ -62,6 +126,7 @@ pub fn main() -> ExitCode {
             }
             Err(err) => fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
         },
+        Command::Mode { mode, admin } => set_mode(mode, &admin),
         Command::Serve { config } => {
             let loaded = match &config {
                 Some(file) => {
@@ -88,12 +153,53 @@ pub fn main() -> ExitCode {
             };
             match runtime.block_on(crate::daemon::run(&config)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err @ crate::daemon::StartError::Unsupported(_)) => {
+                Err(err @ crate::daemon::StartError::Config(_)) => {
                     fail(EXIT_USAGE, &err.to_string())
                 }
                 Err(err) => fail(EXIT_FAILURE, &err.to_string()),
             }
         }
+    }
+}
+
+/// `tidecache mode`: posts the override and prints the mode that results.
+fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
+    use crate::admin::client::{AdminClient, ClientError};
+    let token = match admin.token() {
+        Ok(token) => token,
+        Err(message) => return fail(EXIT_USAGE, &message),
+    };
+    let client = match AdminClient::new(&admin.admin, token) {
+        Ok(client) => client,
+        Err(err) => return fail(EXIT_USAGE, &err.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return fail(
+                EXIT_FAILURE,
+                &format!("cannot start the async runtime: {err}"),
+            );
+        }
+    };
+    let body = serde_json::json!({ "mode": mode.as_str() }).to_string();
+    match runtime.block_on(client.post_json("/v1/mode", body.into())) {
+        Ok(answer) => {
+            let status: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            let field = |name: &str| status[name].as_str().unwrap_or("none").to_owned();
+            println!(
+                "mode: {} (override: {}, next switch: {})",
+                field("mode"),
+                field("override"),
+                field("next_switch")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err @ ClientError::BadUrl { .. }) => fail(EXIT_USAGE, &err.to_string()),
+        Err(err) => fail(EXIT_FAILURE, &err.to_string()),
     }
 }
 

@@ -10,10 +10,14 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
+use crate::admin::auth::AdminToken;
 use crate::config::Config;
 use crate::listener::{self, ConnectionLimits, ConnectionMetrics, Listener, ListenerError};
 use crate::metrics::Metrics;
-use crate::schedule::{ModeState, mode_channel};
+use crate::schedule::{
+    Clock, ModeState, Override, OverrideControl, OverrideError, OverrideFile, Scheduler,
+    SystemClock, plan_from_config,
+};
 use crate::serve::{Viewer, ViewerSettings};
 use crate::store::Stores;
 
@@ -26,9 +30,18 @@ pub enum StartError {
     /// A listener could not be set up.
     #[error(transparent)]
     Listener(#[from] ListenerError),
-    /// The configuration asks for something this build cannot do.
+    /// The configuration asks for something this build cannot do, or names a file or zone
+    /// that cannot be used: the operator must change it (exit 2).
     #[error("{0}")]
-    Unsupported(String),
+    Config(String),
+    /// The state directory cannot be created.
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        /// The configured directory.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The metrics registry refused a metric (a programming error, reported not panicked).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -44,7 +57,8 @@ pub struct Daemon {
     pub admin_addr: SocketAddr,
     /// The stores and their index.
     pub stores: Arc<Stores>,
-    mode: watch::Sender<ModeState>,
+    mode: watch::Receiver<ModeState>,
+    overrides: Arc<OverrideControl>,
     stop_accepting: watch::Sender<bool>,
     accept_loops: JoinSet<()>,
     connections_finished: mpsc::Receiver<()>,
@@ -52,16 +66,44 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Opens the stores, binds every listener and starts accepting.
+    /// Opens the stores, binds every listener, starts the scheduler and starts accepting.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+        Daemon::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Daemon::start`] with the scheduler reading `clock`, so a test can drive the daemon
+    /// through a night without waiting.
+    pub async fn start_with_clock(
+        config: &Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Daemon, StartError> {
         if config.http.url_signing_key_file.is_some() {
-            return Err(StartError::Unsupported(
+            return Err(StartError::Config(
                 "http.url_signing_key_file: signed viewer URLs are not supported by this build yet; remove the key".to_owned(),
             ));
         }
+        let token = AdminToken::load(config.admin.token_file.as_deref())
+            .map_err(|err| StartError::Config(err.to_string()))?;
+        let plan = plan_from_config(config)
+            .map_err(|err| StartError::Config(format!("schedule.timezone: {err}")))?;
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
+            path: config.state_dir.display().to_string(),
+            source,
+        })?;
+        let override_file = OverrideFile::in_dir(&config.state_dir);
+        let initial_override = override_file.load().unwrap_or_else(|err: OverrideError| {
+            tracing::error!(error = %err, "cannot read the saved mode override; following the windows (auto)");
+            Override::Auto
+        });
         let metrics = Metrics::new()?;
         let stores = Arc::new(Stores::load(&config.stores));
-        let (mode, mode_rx) = mode_channel(ModeState::SERVING);
+        let (scheduler, mode_rx, override_tx) = Scheduler::start(
+            plan,
+            clock,
+            initial_override,
+            metrics.mode_transitions.clone(),
+        );
+        let overrides = Arc::new(Scheduler::control(override_file, override_tx));
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (finished, connections_finished) = mpsc::channel(1);
         let limits = ConnectionLimits {
@@ -132,7 +174,13 @@ impl Daemon {
         let admin = Listener {
             tcp: admin_tcp,
             tls: None,
-            handler: Arc::new(Admin::new(Arc::clone(&stores), mode_rx, metrics.clone())),
+            handler: Arc::new(Admin::new(
+                Arc::clone(&stores),
+                mode_rx.clone(),
+                metrics.clone(),
+                token,
+                Arc::clone(&overrides),
+            )),
             permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             limits,
             metrics: ConnectionMetrics {
@@ -141,7 +189,8 @@ impl Daemon {
             },
             finished,
         };
-        accept_loops.spawn(admin.run(stop_rx));
+        accept_loops.spawn(admin.run(stop_rx.clone()));
+        accept_loops.spawn(scheduler.run(stop_rx));
         let status = stores.status();
         let failed = status.iter().filter(|store| store.state != "ok").count();
         tracing::info!(
@@ -151,14 +200,17 @@ impl Daemon {
             stores = status.len(),
             failed_stores = failed,
             objects = stores.object_count(),
+            mode = mode_rx.borrow().mode.as_str(),
             "tidecache started"
         );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         Ok(Daemon {
             viewer_addrs,
             https_addrs,
             admin_addr,
             stores,
-            mode,
+            mode: mode_rx,
+            overrides,
             stop_accepting,
             accept_loops,
             connections_finished,
@@ -166,9 +218,14 @@ impl Daemon {
         })
     }
 
-    /// The mode channel's sender: the scheduler and operator overrides drive it.
-    pub fn mode(&self) -> &watch::Sender<ModeState> {
-        &self.mode
+    /// The mode channel, as every part of the daemon observes it.
+    pub fn mode(&self) -> watch::Receiver<ModeState> {
+        self.mode.clone()
+    }
+
+    /// Sets the operator's override, as `POST /v1/mode` does (saved, then applied).
+    pub async fn set_override(&self, mode_override: Override) -> Result<(), OverrideError> {
+        self.overrides.set(mode_override).await
     }
 
     /// Stops accepting, lets in-flight responses finish within `limits.shutdown_timeout`, then
@@ -193,6 +250,7 @@ pub async fn run(config: &Config) -> Result<(), StartError> {
     let daemon = Daemon::start(config).await?;
     wait_for_stop_signal().await;
     tracing::info!("stop signal received; draining");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
     Ok(())
 }

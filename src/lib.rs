@@ -1,7 +1,7 @@
 //! tidecache: a push-filled video segment cache for ISP-embedded appliances.
 //!
 //! The library holds everything; `src/main.rs` only parses the command line and calls
-//! [`cli::run`]. Each module owns one concern:
+//! [`cli::main`]. Each module owns one concern:
 //!
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`store`]: content stores on disk, placement and the persisted index.
@@ -11,12 +11,14 @@
 //! - [`schedule`]: the mode (serving, draining, filling) and fill windows.
 //! - [`listener`]: the accept loop shared by every listener (limits, TLS, graceful shutdown).
 //! - [`daemon`]: wires the pieces together for `tidecache serve`.
+//! - [`durable`]: small files written crash-safely (state, index snapshots).
 //! - [`cli`]: the command line.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod durable;
 pub mod listener;
 pub mod metrics;
 pub mod object_path;

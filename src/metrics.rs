@@ -18,11 +18,11 @@ const DURATION_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Every metric the daemon exports.
 /// The `result` label values of `tidecache_fill_objects_total`: stored and verified, failed
 /// (download or verification), skipped (no room).
 pub const FILL_RESULTS: [&str; 3] = ["stored", "failed", "skipped"];
 
+/// Every metric the daemon exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +41,10 @@ pub struct Metrics {
     pub fill_objects: IntCounterVec,
     /// `tidecache_fill_bytes_total`: bytes the fill wrote to stores.
     pub fill_bytes: IntCounter,
+    /// `tidecache_mode_transitions_total{to}`: mode switches, by the mode switched to.
+    pub mode_transitions: IntCounterVec,
+    /// `tidecache_admin_auth_failures_total`: mutating admin calls refused for their token.
+    pub admin_auth_failures: IntCounter,
     mode: IntGaugeVec,
     store_bytes_used: IntGaugeVec,
     store_bytes_capacity: IntGaugeVec,
@@ -122,8 +126,22 @@ impl Metrics {
                 Opts::new("tidecache_objects", "Objects held by each store."),
                 &["store"],
             )?,
+            mode_transitions: IntCounterVec::new(
+                Opts::new(
+                    "tidecache_mode_transitions_total",
+                    "Mode switches, by the mode switched to (the start-up mode counts once).",
+                ),
+                &["to"],
+            )?,
+            admin_auth_failures: IntCounter::new(
+                "tidecache_admin_auth_failures_total",
+                "Mutating admin calls refused for a missing or wrong token.",
+            )?,
             registry,
         };
+        for mode in Mode::ALL {
+            metrics.mode_transitions.with_label_values(&[mode.as_str()]);
+        }
         for result in FILL_RESULTS {
             metrics.fill_objects.with_label_values(&[result]);
         }
@@ -140,6 +158,8 @@ impl Metrics {
             Box::new(metrics.store_bytes_capacity.clone()),
             Box::new(metrics.store_errors.clone()),
             Box::new(metrics.objects.clone()),
+            Box::new(metrics.mode_transitions.clone()),
+            Box::new(metrics.admin_auth_failures.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;

@@ -4,7 +4,10 @@ mod common;
 
 use common::*;
 use reqwest::StatusCode;
-use tidecache::schedule::{Mode, ModeState};
+use std::sync::Arc;
+
+use tidecache::daemon::Daemon;
+use tidecache::schedule::{ManualClock, Mode, Override};
 
 fn admin_url(daemon: &tidecache::daemon::Daemon, path: &str) -> String {
     format!("http://{}{path}", daemon.admin_addr)
@@ -29,11 +32,21 @@ async fn health_and_readiness_follow_the_mode() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
+    daemon.shutdown().await;
+
+    // A manual clock walks the daemon from draining into filling.
+    let start_at: jiff::Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
+    let clock = Arc::new(ManualClock::new(start_at));
+    let config = test_box.config(1, "[schedule]\ndrain = \"30s\"\n");
+    let daemon = Daemon::start_with_clock(&config, clock.clone())
+        .await
+        .unwrap();
+    daemon.set_override(Override::Fill).await.unwrap();
     for mode in [Mode::Draining, Mode::Filling] {
-        daemon.mode().send_replace(ModeState {
-            mode,
-            serving_resumes_at: None,
-        });
+        if mode == Mode::Filling {
+            clock.set("2026-11-25T12:00:30Z".parse().unwrap());
+        }
+        wait_for_mode(&daemon, |state| state.mode == mode).await;
         let ready = client
             .get(admin_url(&daemon, "/readyz"))
             .send()

@@ -12,6 +12,17 @@ use common::*;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_tidecache");
 
+/// A config file for `serve` inside the test box: `http` holds the `[http]` keys; state and
+/// store stay in the box, and no fill window interferes whatever the time of day.
+fn serve_config(test_box: &TestBox, name: &str, http: &str) -> std::path::PathBuf {
+    let text = format!(
+        "state_dir = {:?}\n[http]\n{http}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n[schedule]\nfill_windows = []\n",
+        test_box.dir.path().join("state"),
+        test_box.store_path(0)
+    );
+    test_box.write_file(name, text.as_bytes())
+}
+
 fn run(args: &[&str]) -> Output {
     Command::new(BINARY)
         .args(args)
@@ -169,14 +180,7 @@ async fn serve_answers_then_exits_0_on_sigterm_and_sigint() {
         let test_box = TestBox::new();
         let config = test_box.config(1, "");
         seed(&config, &[("t/master.m3u8", b"#EXTM3U\n")]);
-        let file = test_box.write_file(
-            "tidecache.toml",
-            format!(
-                "[http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
-                test_box.store_path(0)
-            )
-            .as_bytes(),
-        );
+        let file = serve_config(&test_box, "tidecache.toml", "listen = [\"127.0.0.1:0\"]");
         let mut running = spawn_serve(&file);
         let client = client();
         let health = client
@@ -211,13 +215,10 @@ fn serve_with_a_bad_config_or_a_taken_port_fails_in_one_line() {
     assert!(stderr.contains("limits.max_connections"), "{stderr}");
 
     let key = test_box.write_file("url.key", b"secret");
-    let signed = test_box.write_file(
+    let signed = serve_config(
+        &test_box,
         "signed.toml",
-        format!(
-            "[http]\nlisten = [\"127.0.0.1:0\"]\nurl_signing_key_file = {key:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\n",
-            test_box.store_path(0)
-        )
-        .as_bytes(),
+        &format!("listen = [\"127.0.0.1:0\"]\nurl_signing_key_file = {key:?}"),
     );
     let output = run(&["serve", "--config", signed.to_str().unwrap()]);
     assert_eq!(
@@ -229,13 +230,10 @@ fn serve_with_a_bad_config_or_a_taken_port_fails_in_one_line() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let file = test_box.write_file(
+    let file = serve_config(
+        &test_box,
         "taken.toml",
-        format!(
-            "[http]\nlisten = [\"127.0.0.1:{port}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\n",
-            test_box.store_path(0)
-        )
-        .as_bytes(),
+        &format!("listen = [\"127.0.0.1:{port}\"]"),
     );
     let output = run(&["serve", "--config", file.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));

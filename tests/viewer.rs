@@ -756,54 +756,57 @@ async fn missing_tls_files_stop_the_start_with_a_clear_error() {
 
 #[tokio::test]
 async fn not_serving_answers_503_with_retry_after_or_redirects() {
-    use std::time::{Duration, SystemTime};
-    use tidecache::schedule::{Mode, ModeState};
+    use tidecache::schedule::{Mode, Override};
 
-    let (_box, daemon, _) = serving_box("").await;
+    let (window, ends) = window_around_now(30);
+    let (_box, daemon, _) = serving_box(&format!(
+        "[schedule]\nfill_windows = [\"{window}\"]\ndrain = \"0s\"\n"
+    ))
+    .await;
     let addr = daemon.viewer_addrs[0];
-    daemon.mode().send_replace(ModeState {
-        mode: Mode::Filling,
-        serving_resumes_at: Some(SystemTime::now() + Duration::from_secs(3600)),
-    });
+    wait_for_mode(&daemon, |state| state.mode == Mode::Filling).await;
     let response = get(addr, &format!("/{SEGMENT_PATH}")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let retry: u64 = header(response.headers(), "retry-after").parse().unwrap();
-    assert!((3590..=3600).contains(&retry), "{retry}");
-    let ready = client()
-        .get(format!("http://{}/readyz", daemon.admin_addr))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    daemon.mode().send_replace(ModeState::SERVING);
-    let response = get(addr, &format!("/{SEGMENT_PATH}")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    daemon.shutdown().await;
-
-    let (_box, daemon, _) = serving_box(
-        "[schedule]\nduring_fill = \"redirect\"\nfallback_url = \"http://origin.example\"\n",
-    )
-    .await;
-    daemon.mode().send_replace(ModeState {
-        mode: Mode::Filling,
-        serving_resumes_at: None,
-    });
-    let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
-    assert_eq!(response.status(), StatusCode::FOUND);
-    assert_eq!(
-        header(response.headers(), "location"),
-        format!("http://origin.example/{SEGMENT_PATH}")
+    let retry: i64 = header(response.headers(), "retry-after").parse().unwrap();
+    let left = ends.as_second() - jiff::Timestamp::now().as_second();
+    assert!(
+        (left - 2..=left + 1).contains(&retry),
+        "{retry} vs {left} s left"
     );
     daemon.shutdown().await;
 
-    let (_box, daemon, _) = serving_box("[schedule]\nduring_fill = \"serve\"\n").await;
-    daemon.mode().send_replace(ModeState {
-        mode: Mode::Filling,
-        serving_resumes_at: None,
-    });
-    let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    daemon.shutdown().await;
+    for (during_fill, expected) in [
+        (
+            "during_fill = \"redirect\"\nfallback_url = \"http://origin.example\"",
+            StatusCode::FOUND,
+        ),
+        ("during_fill = \"serve\"", StatusCode::OK),
+        ("during_fill = \"refuse\"", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let (_box, daemon, _) =
+            serving_box(&format!("[schedule]\n{during_fill}\ndrain = \"0s\"\n")).await;
+        daemon.set_override(Override::Fill).await.unwrap();
+        wait_for_mode(&daemon, |state| state.mode == Mode::Filling).await;
+        let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
+        assert_eq!(response.status(), expected, "{during_fill}");
+        match expected {
+            StatusCode::FOUND => assert_eq!(
+                header(response.headers(), "location"),
+                format!("http://origin.example/{SEGMENT_PATH}")
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(
+                header(response.headers(), "retry-after"),
+                "300",
+                "a manual override has no end: the documented fixed value"
+            ),
+            _ => {}
+        }
+        daemon.set_override(Override::Auto).await.unwrap();
+        wait_for_mode(&daemon, |state| state.mode == Mode::Serving).await;
+        let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "serving again");
+        daemon.shutdown().await;
+    }
 }
 
 #[tokio::test]

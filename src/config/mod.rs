@@ -62,6 +62,10 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Where the daemon keeps its own state (the mode override; later the manifest in force):
+    /// small files written atomically, never content. Default `./tidecache-state`; a service
+    /// uses `/var/lib/tidecache`.
+    pub state_dir: PathBuf,
     /// Plain-HTTP viewer listeners.
     pub http: HttpConfig,
     /// Optional TLS viewer listeners.
@@ -83,6 +87,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            state_dir: PathBuf::from("./tidecache-state"),
             http: HttpConfig::default(),
             https: None,
             admin: AdminConfig::default(),

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
+use jiff::Timestamp;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -356,7 +358,7 @@ impl Viewer {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "filling; come back later\n",
                 );
-                let seconds = retry_after_secs(state.serving_resumes_at, SystemTime::now());
+                let seconds = retry_after_secs(state.serving_resumes_at, Timestamp::now());
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -394,14 +396,13 @@ impl Viewer {
 }
 
 /// Whole seconds until serving resumes, at least 1; a fixed value when the end is unknown.
-pub fn retry_after_secs(resumes_at: Option<SystemTime>, now: SystemTime) -> u64 {
+pub fn retry_after_secs(resumes_at: Option<Timestamp>, now: Timestamp) -> u64 {
     match resumes_at {
-        Some(at) => at
-            .duration_since(now)
-            .map_or(1, |left| {
-                left.as_secs() + u64::from(left.subsec_nanos() > 0)
-            })
-            .max(1),
+        Some(at) => {
+            let left = at.duration_since(now);
+            let whole = u64::try_from(left.as_secs()).unwrap_or(0);
+            (whole + u64::from(left.subsec_nanos() > 0)).max(1)
+        }
         None => RETRY_AFTER_UNKNOWN_SECS,
     }
 }
@@ -431,7 +432,6 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn content_types_follow_the_contract_table() {
@@ -451,16 +451,14 @@ mod tests {
 
     #[test]
     fn retry_after_counts_whole_seconds_up() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        assert_eq!(
-            retry_after_secs(Some(now + Duration::from_millis(3500)), now),
-            4
-        );
-        assert_eq!(
-            retry_after_secs(Some(now + Duration::from_secs(3600)), now),
-            3600
-        );
-        assert_eq!(retry_after_secs(Some(now - Duration::from_secs(5)), now), 1);
+        let now = Timestamp::from_second(1000).unwrap();
+        let later = |millis: i64| {
+            now.checked_add(jiff::SignedDuration::from_millis(millis))
+                .ok()
+        };
+        assert_eq!(retry_after_secs(later(3500), now), 4);
+        assert_eq!(retry_after_secs(later(3_600_000), now), 3600);
+        assert_eq!(retry_after_secs(later(-5000), now), 1);
         assert_eq!(retry_after_secs(None, now), RETRY_AFTER_UNKNOWN_SECS);
     }
 }

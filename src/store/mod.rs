@@ -579,24 +579,10 @@ fn default_capacity(root: &Path, used: u64) -> io::Result<u64> {
     Ok(free.saturating_add(used).saturating_sub(reserve))
 }
 
-/// Writes a small file crash-safely: temp, fsync, rename, fsync the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let temp = path.with_extension("tmp");
-    let mut file = File::create(&temp).map_err(|err| annotate(err, "create", &temp))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path).map_err(|err| annotate(err, "rename", path))?;
-    if let Some(dir) = path.parent() {
-        fsync_dir(dir)?;
-    }
-    Ok(())
-}
+use crate::durable::write_atomically as write_durably;
 
 /// Makes a directory's entries (a rename, a new file) durable.
-pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(crate) use crate::durable::fsync_dir;
 
 fn annotate(err: io::Error, action: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))

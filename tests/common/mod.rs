@@ -47,7 +47,23 @@ impl TestBox {
             ));
         }
         text.push_str(extra);
-        Config::parse(&text).unwrap_or_else(|err| panic!("test config: {err}\n{text}"))
+        let mut config =
+            Config::parse(&text).unwrap_or_else(|err| panic!("test config: {err}\n{text}"));
+        config.state_dir = self.dir.path().join("state");
+        if !extra.contains("fill_windows") {
+            // The default 02:00-06:00 UTC window must not make tests fail at night.
+            config.schedule.fill_windows.clear();
+        }
+        config
+    }
+
+    /// Writes an admin token file and returns its path and the token.
+    pub fn token_file(&self) -> (PathBuf, String) {
+        let token = "test-token-0123456789abcdef".to_owned();
+        (
+            self.write_file("admin.token", format!("{token}\n").as_bytes()),
+            token,
+        )
     }
 
     /// Writes a file into the box's directory and returns its path (certificates, keys).
@@ -56,6 +72,33 @@ impl TestBox {
         std::fs::write(&path, contents).expect("write test file");
         path
     }
+}
+
+/// A fill window (`"HH:MM-HH:MM"`, UTC) that started a minute ago and ends `minutes` whole
+/// minutes after the current one, and the instant it ends.
+pub fn window_around_now(minutes: i64) -> (String, jiff::Timestamp) {
+    let now = jiff::Timestamp::now();
+    let minute_start = now.as_second() - now.as_second().rem_euclid(60);
+    let start = minute_start - 60;
+    let end = minute_start + minutes * 60;
+    let clock = |second: i64| {
+        let minute_of_day = second.rem_euclid(86_400) / 60;
+        format!("{:02}:{:02}", minute_of_day / 60, minute_of_day % 60)
+    };
+    let ends = jiff::Timestamp::from_second(end).expect("valid instant");
+    (format!("{}-{}", clock(start), clock(end)), ends)
+}
+
+/// Waits (bounded) until the daemon's mode satisfies `check`.
+pub async fn wait_for_mode(
+    daemon: &Daemon,
+    check: impl FnMut(&tidecache::schedule::ModeState) -> bool,
+) {
+    let mut mode = daemon.mode();
+    tokio::time::timeout(IO_TIMEOUT, mode.wait_for(check))
+        .await
+        .expect("mode reached within the timeout")
+        .expect("mode channel open");
 }
 
 /// The sha256 of `data`.

@@ -1,0 +1,274 @@
+//! The mode state machine, as a pure function of the current phase, the time, the operator's
+//! override and the windows, so every transition is unit-tested without waiting.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use super::window::{FillWindow, WindowPosition, position};
+use super::{Mode, ModeState};
+
+/// The operator's override of the windows (`POST /v1/mode`, `tidecache mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Override {
+    /// Follow the fill windows.
+    #[default]
+    Auto,
+    /// Fill now, whatever the windows say, until told otherwise.
+    Fill,
+    /// Serve now, whatever the windows say, until told otherwise.
+    Serve,
+}
+
+impl Override {
+    /// The name used in status JSON, the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Override::Auto => "auto",
+            Override::Fill => "fill",
+            Override::Serve => "serve",
+        }
+    }
+}
+
+/// Where the machine is. Draining remembers when it ends; the rest is recomputed each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving viewers.
+    Serving,
+    /// Moving viewers away before filling; filling starts at `until`.
+    Draining {
+        /// When the drain ends.
+        until: Timestamp,
+    },
+    /// Filling.
+    Filling,
+}
+
+/// What the machine needs to know besides the time: the windows, their zone, the drain.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The daily fill windows.
+    pub windows: Vec<FillWindow>,
+    /// The zone they are written in.
+    pub zone: TimeZone,
+    /// How long viewers get between serving and filling.
+    pub drain: Duration,
+}
+
+/// The outcome of one step: the new phase, what to publish, and when to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The phase to keep for the next step.
+    pub phase: Phase,
+    /// The value for the mode channel.
+    pub state: ModeState,
+    /// The next instant at which the outcome can change by the clock alone.
+    pub wake_at: Option<Timestamp>,
+}
+
+/// Decides the mode at `now`.
+///
+/// - `auto` fills inside a window and serves outside; `fill` and `serve` hold until changed.
+/// - Serving to filling always goes through draining for `plan.drain` (skipped when zero),
+///   so steering has time to move players away; a fill that stops being wanted mid-drain
+///   goes straight back to serving.
+/// - Filling to serving is immediate at the window's end (the fill engine checkpoints).
+pub fn step(phase: Phase, now: Timestamp, wanted: Override, plan: &Plan) -> Step {
+    let (fill_wanted, window_end, next_window_start) = match wanted {
+        Override::Fill => (true, None, None),
+        Override::Serve => (false, None, None),
+        Override::Auto => match position(&plan.windows, &plan.zone, now) {
+            WindowPosition::Inside { ends } => (true, Some(ends), None),
+            WindowPosition::Outside { next_start } => (false, None, next_start),
+        },
+    };
+    let phase = match (phase, fill_wanted) {
+        (_, false) => Phase::Serving,
+        (Phase::Serving, true) => match drain_end(now, plan.drain) {
+            Some(until) if until > now => Phase::Draining { until },
+            _ => Phase::Filling,
+        },
+        (Phase::Draining { until }, true) if now < until => Phase::Draining { until },
+        (Phase::Draining { .. } | Phase::Filling, true) => Phase::Filling,
+    };
+    let (mode, next_switch) = match phase {
+        Phase::Serving => (Mode::Serving, next_window_start),
+        Phase::Draining { until } => (Mode::Draining, Some(until)),
+        Phase::Filling => (Mode::Filling, window_end),
+    };
+    Step {
+        phase,
+        state: ModeState {
+            mode,
+            serving_resumes_at: window_end,
+            mode_override: wanted,
+            next_switch,
+        },
+        wake_at: next_switch,
+    }
+}
+
+/// When a drain starting at `now` ends, if it lasts at all.
+fn drain_end(now: Timestamp, drain: Duration) -> Option<Timestamp> {
+    let drain = jiff::SignedDuration::try_from(drain).ok()?;
+    now.checked_add(drain).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().expect("RFC 3339 instant")
+    }
+
+    fn plan(windows: &[&str], drain_secs: u64) -> Plan {
+        Plan {
+            windows: windows.iter().map(|text| text.parse().unwrap()).collect(),
+            zone: TimeZone::UTC,
+            drain: Duration::from_secs(drain_secs),
+        }
+    }
+
+    /// Runs the machine through instants in order, as the driver would.
+    fn walk(plan: &Plan, wanted: Override, instants: &[&str]) -> Vec<Step> {
+        let mut phase = Phase::Serving;
+        instants
+            .iter()
+            .map(|instant| {
+                let step = step(phase, at(instant), wanted, plan);
+                phase = step.phase;
+                step
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_night_serves_drains_fills_and_serves_again() {
+        let plan = plan(&["02:00-06:00"], 30);
+        let steps = walk(
+            &plan,
+            Override::Auto,
+            &[
+                "2026-11-25T01:00:00Z",
+                "2026-11-25T02:00:00Z",
+                "2026-11-25T02:00:29Z",
+                "2026-11-25T02:00:30Z",
+                "2026-11-25T05:59:59Z",
+                "2026-11-25T06:00:00Z",
+            ],
+        );
+        let modes: Vec<Mode> = steps.iter().map(|step| step.state.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                Mode::Serving,
+                Mode::Draining,
+                Mode::Draining,
+                Mode::Filling,
+                Mode::Filling,
+                Mode::Serving
+            ]
+        );
+        assert_eq!(steps[0].wake_at, Some(at("2026-11-25T02:00:00Z")));
+        assert_eq!(steps[1].wake_at, Some(at("2026-11-25T02:00:30Z")));
+        assert_eq!(steps[3].wake_at, Some(at("2026-11-25T06:00:00Z")));
+        assert_eq!(steps[5].wake_at, Some(at("2026-11-26T02:00:00Z")));
+        let window_end = at("2026-11-25T06:00:00Z");
+        assert_eq!(steps[1].state.serving_resumes_at, Some(window_end));
+        assert_eq!(steps[3].state.serving_resumes_at, Some(window_end));
+        assert_eq!(steps[5].state.serving_resumes_at, None);
+    }
+
+    #[test]
+    fn zero_drain_fills_at_once() {
+        let steps = walk(
+            &plan(&["02:00-06:00"], 0),
+            Override::Auto,
+            &["2026-11-25T03:00:00Z"],
+        );
+        assert_eq!(steps[0].state.mode, Mode::Filling);
+    }
+
+    #[test]
+    fn starting_inside_a_window_drains_first() {
+        let steps = walk(
+            &plan(&["02:00-06:00"], 30),
+            Override::Auto,
+            &["2026-11-25T03:00:00Z"],
+        );
+        assert_eq!(steps[0].state.mode, Mode::Draining);
+    }
+
+    #[test]
+    fn a_window_ending_mid_drain_goes_straight_back_to_serving() {
+        let steps = walk(
+            &plan(&["02:00-02:01"], 120),
+            Override::Auto,
+            &["2026-11-25T02:00:00Z", "2026-11-25T02:01:00Z"],
+        );
+        assert_eq!(steps[0].state.mode, Mode::Draining);
+        assert_eq!(steps[1].state.mode, Mode::Serving);
+    }
+
+    #[test]
+    fn fill_override_fills_outside_windows_with_no_end() {
+        let steps = walk(
+            &plan(&["02:00-06:00"], 0),
+            Override::Fill,
+            &["2026-11-25T12:00:00Z", "2026-11-26T12:00:00Z"],
+        );
+        for step in &steps {
+            assert_eq!(step.state.mode, Mode::Filling);
+            assert_eq!(step.state.mode_override, Override::Fill);
+            assert_eq!(
+                step.state.serving_resumes_at, None,
+                "Retry-After falls back"
+            );
+            assert_eq!(step.state.next_switch, None);
+            assert_eq!(step.wake_at, None);
+        }
+    }
+
+    #[test]
+    fn serve_override_serves_inside_windows() {
+        let steps = walk(
+            &plan(&["02:00-06:00"], 30),
+            Override::Serve,
+            &["2026-11-25T03:00:00Z"],
+        );
+        assert_eq!(steps[0].state.mode, Mode::Serving);
+        assert_eq!(steps[0].state.next_switch, None);
+    }
+
+    #[test]
+    fn auto_after_an_override_returns_to_the_windows() {
+        let plan = plan(&["02:00-06:00"], 0);
+        let filling = step(
+            Phase::Serving,
+            at("2026-11-25T12:00:00Z"),
+            Override::Fill,
+            &plan,
+        );
+        assert_eq!(filling.state.mode, Mode::Filling);
+        let auto = step(
+            filling.phase,
+            at("2026-11-25T12:00:01Z"),
+            Override::Auto,
+            &plan,
+        );
+        assert_eq!(auto.state.mode, Mode::Serving);
+        assert_eq!(auto.state.next_switch, Some(at("2026-11-26T02:00:00Z")));
+    }
+
+    #[test]
+    fn no_windows_and_auto_serves_forever() {
+        let steps = walk(&plan(&[], 30), Override::Auto, &["2026-11-25T03:00:00Z"]);
+        assert_eq!(steps[0].state.mode, Mode::Serving);
+        assert_eq!(steps[0].wake_at, None);
+    }
+}
