@@ -67,13 +67,13 @@ async fn inside_a_window_around_now_the_box_fills_and_refuses_viewers() {
 async fn before_a_later_window_the_box_serves_and_says_when_it_switches() {
     let test_box = TestBox::new();
     let now = Timestamp::now();
-    let start = now.as_second() - now.as_second().rem_euclid(3600) + 2 * 3600;
-    let start = Timestamp::from_second(start).unwrap();
+    let window_start = now.as_second() - now.as_second().rem_euclid(3600) + 2 * 3600;
+    let window_start = Timestamp::from_second(window_start).unwrap();
     let hour = |instant: Timestamp| instant.to_string()[11..16].to_owned();
     let window = format!(
         "{}-{}",
-        hour(start),
-        hour(Timestamp::from_second(start.as_second() + 3600).unwrap())
+        hour(window_start),
+        hour(Timestamp::from_second(window_start.as_second() + 3600).unwrap())
     );
     let config = test_box.config(
         1,
@@ -82,7 +82,7 @@ async fn before_a_later_window_the_box_serves_and_says_when_it_switches() {
     let daemon = start(&config).await;
     let status = status(&daemon).await;
     assert_eq!(status["mode"], "serving");
-    assert_eq!(status["next_switch"], start.to_string());
+    assert_eq!(status["next_switch"], window_start.to_string());
     assert_eq!(ready(&daemon).await, StatusCode::OK);
     daemon.shutdown().await;
 }
