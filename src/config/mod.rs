@@ -452,6 +452,7 @@ mod tests {
         );
         assert_eq!(example.admin.listen, defaults.admin.listen);
         assert_eq!(example.stores.len(), 2);
+        assert_eq!(example.state_dir, PathBuf::from("/var/lib/tidecache"));
     }
 
     /// Renders a config section as TOML so sections compare without `PartialEq`.
