@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use crate::config::StoreConfig;
 use journal::{JournalEntry, JournalWriter, Record};
 
-pub use writer::ObjectWriter;
+pub use writer::{ObjectWriter, partial_name};
 
 /// Share of a file system's size kept free when a store's capacity is not configured.
 const RESERVE_FRACTION: f64 = 0.02;
@@ -102,6 +102,13 @@ pub enum StoreError {
         /// What differed.
         detail: String,
     },
+}
+
+impl StoreError {
+    /// Whether the file system ran out of space (ENOSPC): the store is full, not broken.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+    }
 }
 
 /// What the index knows about one stored object. Small and `Copy`, so lookups hold no lock.
@@ -174,6 +181,9 @@ struct Store {
     id: String,
     capacity: u64,
     failed: AtomicBool,
+    /// Set when the file system said ENOSPC during a fill; placement skips the store until
+    /// the next fill starts ([`Stores::clear_full`]).
+    full: AtomicBool,
     failure: Mutex<Option<String>>,
     objects: AtomicU64,
     bytes_used: AtomicU64,
@@ -336,6 +346,87 @@ impl Stores {
         ObjectWriter::create(Arc::clone(self), store, path, size, sha256)
     }
 
+    /// Like [`Stores::begin_write`], but continues a partial temp file a checkpointed or
+    /// interrupted earlier write of the same object (same path and sha256) left in the chosen
+    /// store, re-hashing what it holds. [`ObjectWriter::written`] tells where to resume.
+    pub fn begin_or_resume_write(
+        self: &Arc<Self>,
+        path: &str,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> Result<ObjectWriter, StoreError> {
+        crate::object_path::validate(path).map_err(|source| StoreError::BadPath {
+            path: path.to_owned(),
+            source,
+        })?;
+        let store = self.place(path, size)?;
+        ObjectWriter::resume_or_create(Arc::clone(self), store, path, size, sha256)
+    }
+
+    /// Removes partial temp files that no planned write will resume (their object left the
+    /// manifest or changed). `keep` holds [`partial_name`]s. Returns how many were removed.
+    pub fn clean_partials(&self, keep: &std::collections::HashSet<String>) -> usize {
+        let mut removed = 0;
+        for store in self
+            .stores
+            .iter()
+            .filter(|store| !store.failed.load(Ordering::Relaxed))
+        {
+            let Ok(entries) = std::fs::read_dir(store.tmp_dir()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let keep_it = name.to_str().is_some_and(|name| keep.contains(name));
+                if !keep_it && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Marks a store full after the file system refused a write (ENOSPC), so placement passes
+    /// its objects to the next store for the rest of the fill.
+    pub fn mark_full(&self, store: usize) {
+        if let Some(store) = self.stores.get(store) {
+            store.full.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets every "full" mark; a new fill starts after deletes freed space.
+    pub fn clear_full(&self) {
+        for store in &self.stores {
+            store.full.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes the usable stores can still take, together.
+    pub fn free_bytes(&self) -> u64 {
+        self.stores
+            .iter()
+            .filter(|store| !store.failed.load(Ordering::Relaxed))
+            .map(|store| {
+                store
+                    .capacity
+                    .saturating_sub(store.bytes_used.load(Ordering::Relaxed))
+            })
+            .sum()
+    }
+
+    /// A copy of the index, for planning a fill against a manifest.
+    pub fn snapshot(&self) -> HashMap<String, ObjectMeta> {
+        self.index.read().map_or_else(
+            |_| HashMap::new(),
+            |index| {
+                index
+                    .iter()
+                    .map(|(path, meta)| (path.to_string(), *meta))
+                    .collect()
+            },
+        )
+    }
+
     /// Picks the best-ranked usable store with room for `size` more bytes.
     fn place(&self, path: &str, size: u64) -> Result<usize, StoreError> {
         let candidates: Vec<placement::Candidate<'_>> = self
@@ -362,7 +453,9 @@ impl Stores {
                     .bytes_used
                     .load(Ordering::Relaxed)
                     .saturating_sub(freed);
-                !store.failed.load(Ordering::Relaxed) && used.saturating_add(size) <= store.capacity
+                !store.failed.load(Ordering::Relaxed)
+                    && !store.full.load(Ordering::Relaxed)
+                    && used.saturating_add(size) <= store.capacity
             })
             .ok_or_else(|| StoreError::NoRoom {
                 path: path.to_owned(),
@@ -469,7 +562,13 @@ impl Stores {
                 let failed = store.failed.load(Ordering::Relaxed);
                 StoreStatus {
                     path: store.config_path.clone(),
-                    state: if failed { "failed" } else { "ok" },
+                    state: if failed {
+                        "failed"
+                    } else if store.full.load(Ordering::Relaxed) {
+                        "full"
+                    } else {
+                        "ok"
+                    },
                     error: store
                         .failure
                         .lock()
@@ -493,6 +592,7 @@ fn open_store(config: &StoreConfig) -> Opened {
         id: String::new(),
         capacity: 0,
         failed: AtomicBool::new(false),
+        full: AtomicBool::new(false),
         failure: Mutex::new(None),
         objects: AtomicU64::new(0),
         bytes_used: AtomicU64::new(0),

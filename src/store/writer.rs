@@ -1,7 +1,7 @@
 //! The only way bytes get into a store: a writer that verifies before it publishes.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,6 +27,8 @@ pub struct ObjectWriter {
     written: u64,
     expected_size: u64,
     expected_sha256: [u8; 32],
+    /// Set by [`ObjectWriter::checkpoint`]: the temp file stays for a later resume.
+    keep_temp: bool,
 }
 
 impl ObjectWriter {
@@ -55,7 +57,87 @@ impl ObjectWriter {
             written: 0,
             expected_size,
             expected_sha256,
+            keep_temp: false,
         })
+    }
+
+    /// Continues the partial temp file of the same (path, sha256) in `store` if there is one
+    /// no longer than the object, re-hashing its bytes; otherwise starts afresh.
+    pub(super) fn resume_or_create(
+        stores: Arc<Stores>,
+        store: usize,
+        path: &str,
+        expected_size: u64,
+        expected_sha256: [u8; 32],
+    ) -> Result<ObjectWriter, StoreError> {
+        let temp = stores.stores[store]
+            .tmp_dir()
+            .join(temp_name(path, &expected_sha256));
+        let partial = OpenOptions::new().read(true).write(true).open(&temp);
+        let Ok(mut file) = partial else {
+            return ObjectWriter::create(stores, store, path, expected_size, expected_sha256);
+        };
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut written: u64 = 0;
+        let rehashed = loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break Ok(()),
+                Ok(read) => {
+                    hasher.update(&buffer[..read]);
+                    written += read as u64;
+                }
+                Err(err) => break Err(err),
+            }
+        };
+        let positioned = rehashed.and_then(|()| file.seek(io::SeekFrom::End(0)).map(|_| ()));
+        if positioned.is_err() || written > expected_size {
+            drop(file);
+            return ObjectWriter::create(stores, store, path, expected_size, expected_sha256);
+        }
+        Ok(ObjectWriter {
+            stores,
+            store,
+            path: path.to_owned(),
+            temp,
+            file: Some(file),
+            hasher,
+            written,
+            expected_size,
+            expected_sha256,
+            keep_temp: false,
+        })
+    }
+
+    /// Which store (index in configuration order) the object is being written to.
+    pub fn store(&self) -> usize {
+        self.store
+    }
+
+    /// Throws away what was written and starts the object over (the origin would not resume).
+    pub fn restart(&mut self) -> Result<(), StoreError> {
+        let store = &self.stores.stores[self.store];
+        let file = self.file.as_mut().ok_or_else(|| {
+            store.io_error("restart", io::Error::other("writer already finished"))
+        })?;
+        file.set_len(0)
+            .and_then(|()| file.seek(io::SeekFrom::Start(0)).map(|_| ()))
+            .map_err(|err| store.io_error(format!("truncate {}", self.temp.display()), err))?;
+        self.hasher = Sha256::new();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Stops writing but keeps the temp file, flushed to disk, for a later
+    /// [`Stores::begin_or_resume_write`] to continue (the fill window ended mid-object).
+    pub fn checkpoint(mut self) -> Result<u64, StoreError> {
+        let store = &self.stores.stores[self.store];
+        if let Some(file) = self.file.take() {
+            file.sync_data()
+                .map_err(|err| store.io_error(format!("fsync {}", self.temp.display()), err))?;
+        }
+        self.keep_temp = true;
+        Ok(self.written)
     }
 
     /// The object path being written.
@@ -136,10 +218,19 @@ impl ObjectWriter {
 
 impl Drop for ObjectWriter {
     fn drop(&mut self) {
+        if self.keep_temp {
+            return;
+        }
         if self.file.take().is_some() || self.temp.exists() {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
+}
+
+/// The temp file name a write of (path, sha256) uses, so a fill can tell which partial files
+/// in `tmp/` it will resume and which are stale.
+pub fn partial_name(path: &str, sha256: &[u8; 32]) -> String {
+    temp_name(path, sha256)
 }
 
 /// A deterministic temp name per (path, content), so a later resume can find its partial file.
@@ -190,6 +281,53 @@ mod tests {
 
     fn sha(data: &[u8]) -> [u8; 32] {
         Sha256::digest(data).into()
+    }
+
+    #[test]
+    fn a_checkpointed_write_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let data = b"0123456789abcdef";
+        let mut writer = set.begin_write("t/r.ts", 16, sha(data)).unwrap();
+        writer.write(&data[..6]).unwrap();
+        assert_eq!(writer.checkpoint().unwrap(), 6);
+        assert!(
+            set.lookup("t/r.ts").is_none(),
+            "a partial object is never visible"
+        );
+        let mut resumed = set.begin_or_resume_write("t/r.ts", 16, sha(data)).unwrap();
+        assert_eq!(resumed.written(), 6);
+        resumed.write(&data[6..]).unwrap();
+        resumed.finish().unwrap();
+        assert_eq!(set.lookup("t/r.ts").unwrap().size, 16);
+    }
+
+    #[test]
+    fn a_restarted_write_forgets_what_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let mut writer = set.begin_write("t/x.ts", 5, sha(b"hello")).unwrap();
+        writer.write(b"junk").unwrap();
+        writer.restart().unwrap();
+        writer.write(b"hello").unwrap();
+        writer.finish().unwrap();
+    }
+
+    #[test]
+    fn stale_partials_are_cleaned_and_wanted_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        for (path, data) in [("a.ts", b"aaaa"), ("b.ts", b"bbbb")] {
+            let mut writer = set.begin_write(path, 4, sha(data)).unwrap();
+            writer.write(&data[..2]).unwrap();
+            writer.checkpoint().unwrap();
+        }
+        let keep = std::collections::HashSet::from([partial_name("a.ts", &sha(b"aaaa"))]);
+        assert_eq!(set.clean_partials(&keep), 1);
+        let resumed = set.begin_or_resume_write("a.ts", 4, sha(b"aaaa")).unwrap();
+        assert_eq!(resumed.written(), 2);
+        let fresh = set.begin_or_resume_write("b.ts", 4, sha(b"bbbb")).unwrap();
+        assert_eq!(fresh.written(), 0);
     }
 
     #[test]
