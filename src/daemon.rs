@@ -9,9 +9,12 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::Admin;
 use crate::admin::auth::AdminToken;
+use crate::admin::{Admin, AdminFill};
 use crate::config::Config;
+use crate::fill::Fill;
+use crate::fill::engine::{Engine, EngineSettings};
+use crate::fill::fetch::Fetcher;
 use crate::listener::{self, ConnectionLimits, ConnectionMetrics, Listener, ListenerError};
 use crate::metrics::Metrics;
 use crate::schedule::{
@@ -59,6 +62,7 @@ pub struct Daemon {
     pub stores: Arc<Stores>,
     mode: watch::Receiver<ModeState>,
     overrides: Arc<OverrideControl>,
+    fill: Arc<Fill>,
     stop_accepting: watch::Sender<bool>,
     accept_loops: JoinSet<()>,
     connections_finished: mpsc::Receiver<()>,
@@ -95,8 +99,27 @@ impl Daemon {
             tracing::error!(error = %err, "cannot read the saved mode override; following the windows (auto)");
             Override::Auto
         });
+        let hmac_key = match &config.admin.hmac_key_file {
+            Some(path) => {
+                let key = std::fs::read(path).map_err(|err| {
+                    StartError::Config(format!("admin.hmac_key_file {}: {err}", path.display()))
+                })?;
+                let key = key.trim_ascii().to_vec();
+                if key.is_empty() {
+                    return Err(StartError::Config(format!(
+                        "admin.hmac_key_file {}: the key is empty",
+                        path.display()
+                    )));
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        let fetcher = Fetcher::new(config.fill.ca_file.as_deref())
+            .map_err(|err| StartError::Config(err.to_string()))?;
         let metrics = Metrics::new()?;
         let stores = Arc::new(Stores::load(&config.stores));
+        let fill = Arc::new(Fill::load(&config.state_dir));
         let (scheduler, mode_rx, override_tx) = Scheduler::start(
             plan,
             clock,
@@ -180,6 +203,11 @@ impl Daemon {
                 metrics.clone(),
                 token,
                 Arc::clone(&overrides),
+                AdminFill {
+                    fill: Arc::clone(&fill),
+                    hmac_key,
+                    max_manifest_size: config.fill.max_manifest_size.0 as usize,
+                },
             )),
             permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             limits,
@@ -190,7 +218,25 @@ impl Daemon {
             finished,
         };
         accept_loops.spawn(admin.run(stop_rx.clone()));
-        accept_loops.spawn(scheduler.run(stop_rx));
+        let engine = Engine::new(
+            Arc::clone(&fill),
+            Arc::clone(&stores),
+            mode_rx.clone(),
+            fetcher,
+            config.fill.max_rate.bytes_per_sec,
+            EngineSettings {
+                concurrency: config.fill.concurrency as usize,
+                retries: config.fill.retries,
+                retry_base: config.fill.retry_delay.0,
+                stop_grace: config.fill.stop_grace.0,
+                manifest_url: (!config.fill.manifest_url.is_empty())
+                    .then(|| config.fill.manifest_url.clone()),
+                max_manifest_size: config.fill.max_manifest_size.0 as usize,
+            },
+            metrics.clone(),
+        );
+        accept_loops.spawn(scheduler.run(stop_rx.clone()));
+        accept_loops.spawn(engine.run(stop_rx));
         let status = stores.status();
         let failed = status.iter().filter(|store| store.state != "ok").count();
         tracing::info!(
@@ -211,6 +257,7 @@ impl Daemon {
             stores,
             mode: mode_rx,
             overrides,
+            fill,
             stop_accepting,
             accept_loops,
             connections_finished,
@@ -221,6 +268,11 @@ impl Daemon {
     /// The mode channel, as every part of the daemon observes it.
     pub fn mode(&self) -> watch::Receiver<ModeState> {
         self.mode.clone()
+    }
+
+    /// The fill's shared state: the manifest in force, progress, accepting manifests.
+    pub fn fill(&self) -> &Arc<Fill> {
+        &self.fill
     }
 
     /// Sets the operator's override, as `POST /v1/mode` does (saved, then applied).

@@ -22,6 +22,8 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::fill::progress::FillStatus;
+use crate::fill::{AcceptError, Fill, ManifestSummary, signature_is_valid};
 use crate::listener::Handler;
 use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState, Override, OverrideControl};
@@ -41,6 +43,17 @@ pub struct Admin {
     metrics: Metrics,
     token: AdminToken,
     overrides: Arc<OverrideControl>,
+    fill: AdminFill,
+}
+
+/// What the admin API needs of the fill: its state, and how pushes are checked.
+pub struct AdminFill {
+    /// The fill's shared state.
+    pub fill: Arc<Fill>,
+    /// When set, pushed manifests must carry a valid `X-Tidecache-Signature`.
+    pub hmac_key: Option<Vec<u8>>,
+    /// Largest manifest accepted; bigger pushes get 413.
+    pub max_manifest_size: usize,
 }
 
 /// The body of `POST /v1/mode`.
@@ -49,27 +62,6 @@ pub struct Admin {
 struct ModeRequest {
     mode: Override,
 }
-/// `fill` in `/v1/status`.
-#[derive(Debug, Serialize)]
-pub struct FillStatus {
-    /// `idle`, `running`, `done` or `paused`.
-    pub state: &'static str,
-    /// The manifest the fill works toward, when there is one.
-    pub manifest_id: Option<String>,
-    /// Objects in that manifest.
-    pub objects_total: u64,
-    /// Objects stored (already-present ones count).
-    pub objects_done: u64,
-    /// Objects that failed.
-    pub objects_failed: u64,
-    /// Bytes in that manifest.
-    pub bytes_total: u64,
-    /// Bytes stored.
-    pub bytes_done: u64,
-    /// Current ingest rate.
-    pub bytes_per_sec: u64,
-}
-
 /// The body of `GET /v1/status`.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -81,7 +73,7 @@ pub struct Status {
     /// Next scheduled mode switch, RFC 3339 UTC.
     pub next_switch: Option<String>,
     /// The manifest in force.
-    pub manifest: Option<serde_json::Value>,
+    pub manifest: Option<ManifestSummary>,
     /// Fill progress.
     pub fill: FillStatus,
     /// Objects in the index, all stores together.
@@ -99,6 +91,7 @@ impl Admin {
         metrics: Metrics,
         token: AdminToken,
         overrides: Arc<OverrideControl>,
+        fill: AdminFill,
     ) -> Admin {
         Admin {
             stores,
@@ -106,6 +99,7 @@ impl Admin {
             metrics,
             token,
             overrides,
+            fill,
         }
     }
 
@@ -116,17 +110,8 @@ impl Admin {
             mode: state.mode,
             mode_override: state.mode_override,
             next_switch: state.next_switch.map(|at| at.to_string()),
-            manifest: None,
-            fill: FillStatus {
-                state: "idle",
-                manifest_id: None,
-                objects_total: 0,
-                objects_done: 0,
-                objects_failed: 0,
-                bytes_total: 0,
-                bytes_done: 0,
-                bytes_per_sec: 0,
-            },
+            manifest: self.fill.fill.manifest().map(|accepted| accepted.summary()),
+            fill: self.fill.fill.status(),
             objects: self.stores.object_count(),
             stores: self.stores.status(),
         }
@@ -137,11 +122,15 @@ impl Admin {
         let allowed = match path.as_str() {
             "/healthz" | "/readyz" | "/metrics" | "/v1/status" => "GET, HEAD",
             "/v1/mode" => "POST",
+            "/v1/manifest" => "GET, HEAD, PUT",
             _ => return text(StatusCode::NOT_FOUND, "not found\n"),
         };
         let method = request.method();
         let method_allowed = match allowed {
             "POST" => method == Method::POST,
+            "GET, HEAD, PUT" => {
+                method == Method::GET || method == Method::HEAD || method == Method::PUT
+            }
             _ => method == Method::GET || method == Method::HEAD,
         };
         if !method_allowed {
@@ -153,6 +142,11 @@ impl Admin {
         }
         match path.as_str() {
             "/v1/mode" => self.set_mode(request).await,
+            "/v1/manifest" if request.method() == Method::PUT => self.put_manifest(request).await,
+            "/v1/manifest" => match self.fill.fill.manifest() {
+                Some(accepted) => json(StatusCode::OK, &accepted.summary()),
+                None => error(StatusCode::NOT_FOUND, "no manifest has been accepted yet"),
+            },
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readiness(),
             "/metrics" => {
@@ -240,6 +234,66 @@ impl Admin {
             tracing::warn!("the scheduler did not apply the override in time");
         }
         json(StatusCode::OK, &self.status())
+    }
+
+    /// `PUT /v1/manifest`: token, size limit, signature, full validation, atomic save; the
+    /// manifest in force changes only when all of that succeeds.
+    async fn put_manifest(&self, request: Request<Incoming>) -> Response<ObjectBody> {
+        if let Some(refusal) = self.refusal(&request) {
+            return refusal;
+        }
+        let limit = self.fill.max_manifest_size;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("manifest over fill.max_manifest_size ({limit} bytes)"),
+            );
+        }
+        let signature = request
+            .headers()
+            .get("x-tidecache-signature")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = match Limited::new(request.into_body(), limit).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(err)
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("manifest over fill.max_manifest_size ({limit} bytes)"),
+                );
+            }
+            Err(err) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {err}")),
+        };
+        if let Some(key) = &self.fill.hmac_key {
+            if !signature_is_valid(key, &body, signature.as_deref()) {
+                self.metrics.admin_auth_failures.inc();
+                tracing::warn!("manifest refused: missing or wrong X-Tidecache-Signature");
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong X-Tidecache-Signature (sha256=<hex HMAC-SHA256 of the body>)",
+                );
+            }
+        }
+        match self.fill.fill.accept(body).await {
+            Ok(summary) => json(StatusCode::ACCEPTED, &summary),
+            Err(AcceptError::Invalid(err)) => {
+                tracing::warn!(error = %err, "manifest refused; the one in force stays");
+                error(StatusCode::BAD_REQUEST, &err.to_string())
+            }
+            Err(err @ AcceptError::Save(_)) => {
+                tracing::error!(error = %err, "manifest not saved; the one in force stays");
+                error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string())
+            }
+        }
     }
 
     /// The refusal of a mutating call without the right token (401, or 403 when no token is

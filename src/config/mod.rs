@@ -237,6 +237,16 @@ pub struct FillConfig {
     pub max_rate: Rate,
     /// Attempts per object after the first, with exponential backoff and jitter.
     pub retries: u32,
+    /// First retry delay; each retry doubles it (with jitter), up to 30 s.
+    pub retry_delay: HumanDuration,
+    /// When a window ends, how long in-flight transfers may go on before they are
+    /// checkpointed for the next window.
+    pub stop_grace: HumanDuration,
+    /// Largest manifest accepted (pushed or pulled); bigger pushes get 413.
+    pub max_manifest_size: ByteSize,
+    /// Extra CA certificate(s), PEM, trusted for https origins besides the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for FillConfig {
@@ -246,6 +256,10 @@ impl Default for FillConfig {
             concurrency: 8,
             max_rate: Rate { bytes_per_sec: 0 },
             retries: 5,
+            retry_delay: HumanDuration(std::time::Duration::from_secs(1)),
+            stop_grace: HumanDuration(std::time::Duration::from_secs(10)),
+            max_manifest_size: ByteSize(256 * 1024 * 1024),
+            ca_file: None,
         }
     }
 }

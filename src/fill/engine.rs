@@ -1,0 +1,701 @@
+//! The fill engine: while the mode is filling, it makes the stores hold exactly what the
+//! manifest in force says.
+//!
+//! A pass deletes what left the manifest, then fetches what is missing or differs, highest
+//! priority first, `fill.concurrency` at a time, paced by `fill.max_rate`. Each object streams
+//! into a resumable temp file through the store's verifying writer; only a verified, durable
+//! object enters the index. Connection errors, stalls and 5xx are retried with exponential
+//! backoff and jitter (continuing from the bytes already written when the origin honours
+//! `Range`); a 4xx or a wrong sha256 fails the object. When the mode leaves filling, no new
+//! transfer starts, in-flight ones get a grace period and are then checkpointed for the next
+//! window, and the index is flushed.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::fetch::{FetchError, Fetcher};
+use super::manifest::ManifestObject;
+use super::plan::plan;
+use super::progress::{FillReport, FillState};
+use super::rate::RateLimiter;
+use super::{AcceptedManifest, Fill};
+use crate::metrics::Metrics;
+use crate::schedule::{Mode, ModeState};
+use crate::store::{ObjectWriter, StoreError, Stores, partial_name};
+
+/// Bytes gathered from the network before one write to disk.
+const WRITE_BATCH: usize = 1 << 20;
+/// Longest pause between retries of one object.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How the engine behaves, from `[fill]`.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Transfers at once.
+    pub concurrency: usize,
+    /// Retries per object after the first attempt.
+    pub retries: u32,
+    /// First retry delay; doubles each retry (with jitter), up to 30 s.
+    pub retry_base: Duration,
+    /// How long in-flight transfers may go on after the window ends before they are
+    /// checkpointed.
+    pub stop_grace: Duration,
+    /// Manifest pulled when a fill starts, if any.
+    pub manifest_url: Option<String>,
+    /// Largest manifest accepted.
+    pub max_manifest_size: usize,
+}
+
+/// The engine task.
+pub struct Engine {
+    fill: Arc<Fill>,
+    stores: Arc<Stores>,
+    mode: watch::Receiver<ModeState>,
+    fetcher: Fetcher,
+    rate: Arc<RateLimiter>,
+    settings: EngineSettings,
+    metrics: Metrics,
+    pulled_etag: Option<String>,
+}
+
+/// How a pass ended.
+enum PassEnd {
+    /// Every object stored or failed.
+    Done,
+    /// The window ended first.
+    Paused,
+    /// A new manifest arrived; start over with it.
+    Superseded,
+    /// The daemon is stopping.
+    Stopped,
+}
+
+/// How one object's transfer ended.
+enum Outcome {
+    Stored { bytes: u64 },
+    Failed { reason: String },
+    Skipped { reason: String },
+    Paused,
+}
+
+/// Everything a transfer task needs, cheap to clone.
+#[derive(Clone)]
+struct TransferContext {
+    fill: Arc<Fill>,
+    stores: Arc<Stores>,
+    fetcher: Fetcher,
+    rate: Arc<RateLimiter>,
+    metrics: Metrics,
+    retries: u32,
+    retry_base: Duration,
+    cancel: watch::Receiver<bool>,
+}
+
+impl Engine {
+    /// An engine filling `stores` toward `fill`'s manifest whenever `mode` says filling.
+    pub fn new(
+        fill: Arc<Fill>,
+        stores: Arc<Stores>,
+        mode: watch::Receiver<ModeState>,
+        fetcher: Fetcher,
+        max_rate: u64,
+        settings: EngineSettings,
+        metrics: Metrics,
+    ) -> Engine {
+        Engine {
+            fill,
+            stores,
+            mode,
+            fetcher,
+            rate: Arc::new(RateLimiter::new(max_rate)),
+            settings,
+            metrics,
+            pulled_etag: None,
+        }
+    }
+
+    /// Runs until `stop` turns true.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut manifests = self.fill.watch_manifest();
+        let mut session = 0u64;
+        let mut was_filling = false;
+        let mut done: Option<(usize, u64)> = None;
+        loop {
+            let filling = self.mode.borrow_and_update().mode == Mode::Filling;
+            if filling && !was_filling {
+                session += 1;
+                self.pull_manifest().await;
+            }
+            was_filling = filling;
+            let manifest = manifests.borrow_and_update().clone();
+            if let (true, Some(manifest)) = (filling, manifest) {
+                let key = (Arc::as_ptr(&manifest) as usize, session);
+                if done != Some(key) {
+                    match self.pass(&manifest, &mut manifests, &mut stop).await {
+                        PassEnd::Done => done = Some(key),
+                        PassEnd::Paused | PassEnd::Superseded => {}
+                        PassEnd::Stopped => return,
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = self.mode.changed() => {}
+                _ = manifests.changed() => {}
+                _ = cancelled(&mut stop) => return,
+            }
+        }
+    }
+
+    /// Pulls `fill.manifest_url` with a conditional GET; an unchanged manifest costs nothing.
+    async fn pull_manifest(&mut self) {
+        let Some(url) = self.settings.manifest_url.clone() else {
+            return;
+        };
+        let fetched = match url.strip_prefix("file://") {
+            Some(path) => {
+                read_if_changed(
+                    path,
+                    self.pulled_etag.as_deref(),
+                    self.settings.max_manifest_size,
+                )
+                .await
+            }
+            None => {
+                self.fetcher
+                    .get_if_changed(
+                        &url,
+                        self.pulled_etag.as_deref(),
+                        self.settings.max_manifest_size,
+                    )
+                    .await
+            }
+        };
+        match fetched {
+            Ok(None) => tracing::info!(url, "pulled manifest unchanged"),
+            Ok(Some((body, etag))) => match self.fill.accept(body).await {
+                Ok(summary) => {
+                    tracing::info!(url, id = %summary.id, "pulled a new manifest");
+                    self.pulled_etag = etag;
+                }
+                Err(err) => {
+                    tracing::error!(url, error = %err, "pulled manifest refused; the one in force stays")
+                }
+            },
+            Err(err) => {
+                tracing::warn!(url, error = %err, "cannot pull the manifest; using the one in force")
+            }
+        }
+    }
+
+    /// One pass toward `accepted`.
+    async fn pass(
+        &mut self,
+        accepted: &Arc<AcceptedManifest>,
+        manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> PassEnd {
+        let manifest = &accepted.manifest;
+        let started = Instant::now();
+        let started_at = Timestamp::now();
+        tracing::info!(id = %manifest.id, objects = manifest.objects.len(), bytes = manifest.total_bytes, "fill pass starting");
+
+        self.stores.clear_full();
+        let deletes = plan(manifest, &self.stores.snapshot(), 0).deletes;
+        let stores = Arc::clone(&self.stores);
+        let deleted = tokio::task::spawn_blocking(move || {
+            let mut deleted = 0u64;
+            for path in deletes {
+                match stores.remove(&path) {
+                    Ok(true) => deleted += 1,
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(path, error = %err, "delete failed"),
+                }
+            }
+            deleted
+        })
+        .await
+        .unwrap_or(0);
+        let work = plan(manifest, &self.stores.snapshot(), self.stores.free_bytes());
+        let keep: HashSet<String> = work
+            .fetches
+            .iter()
+            .map(|object| partial_name(&object.path, &object.sha256))
+            .collect();
+        let stale = self.stores.clean_partials(&keep);
+        if stale > 0 {
+            tracing::info!(removed = stale, "removed stale partial files");
+        }
+        self.fill.with_progress(|progress| {
+            progress.state = FillState::Running;
+            progress.manifest_id = Some(manifest.id.clone());
+            progress.objects_total = manifest.objects.len() as u64;
+            progress.objects_done = work.present;
+            progress.objects_failed = 0;
+            progress.bytes_total = manifest.total_bytes;
+            progress.bytes_done = work.present_bytes;
+            progress.bytes_fetched = 0;
+            progress.failures.clear();
+            progress.more_failures = 0;
+            for object in &work.no_room {
+                progress.fail(
+                    &object.path,
+                    format!("no room: {} bytes do not fit in what is left", object.size),
+                );
+            }
+        });
+        let skipped_no_room = work.no_room.len() as u64;
+        self.metrics
+            .fill_objects
+            .with_label_values(&["skipped"])
+            .inc_by(skipped_no_room);
+
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let context = TransferContext {
+            fill: Arc::clone(&self.fill),
+            stores: Arc::clone(&self.stores),
+            fetcher: self.fetcher.clone(),
+            rate: Arc::clone(&self.rate),
+            metrics: self.metrics.clone(),
+            retries: self.settings.retries,
+            retry_base: self.settings.retry_base,
+            cancel: cancel_rx,
+        };
+        let mut queue: VecDeque<ManifestObject> = work.fetches.into();
+        let mut transfers = JoinSet::new();
+        let mut stored = 0u64;
+        let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
+        loop {
+            while winding_down.is_none() && transfers.len() < self.settings.concurrency.max(1) {
+                let Some(object) = queue.pop_front() else {
+                    break;
+                };
+                transfers.spawn(transfer(context.clone(), object));
+            }
+            if transfers.is_empty() {
+                break;
+            }
+            let grace_over = async {
+                match &winding_down {
+                    Some((deadline, _)) => tokio::time::sleep_until(*deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                joined = transfers.join_next() => {
+                    if let Some(Ok((path, outcome))) = joined {
+                        if let Outcome::Stored { .. } = outcome {
+                            stored += 1;
+                        }
+                        self.record(&path, outcome);
+                    }
+                }
+                _ = self.mode.changed(), if winding_down.is_none() => {
+                    if self.mode.borrow().mode != Mode::Filling {
+                        tracing::info!(grace = ?self.settings.stop_grace, in_flight = transfers.len(), "fill window ended; finishing in-flight transfers");
+                        winding_down = Some((tokio::time::Instant::now() + self.settings.stop_grace, PassEnd::Paused));
+                    }
+                }
+                _ = manifests.changed(), if winding_down.is_none() => {
+                    tracing::info!("a new manifest arrived; this pass stops and the next starts with it");
+                    winding_down = Some((tokio::time::Instant::now() + self.settings.stop_grace, PassEnd::Superseded));
+                }
+                _ = cancelled(stop), if !matches!(winding_down, Some((_, PassEnd::Stopped))) => {
+                    winding_down = Some((tokio::time::Instant::now(), PassEnd::Stopped));
+                }
+                _ = grace_over => {
+                    let _ = cancel_tx.send(true);
+                }
+            }
+        }
+        let end = match winding_down {
+            Some((_, end)) => end,
+            None if queue.is_empty() => PassEnd::Done,
+            None => PassEnd::Paused,
+        };
+        let stores = Arc::clone(&self.stores);
+        match tokio::task::spawn_blocking(move || stores.compact_journals()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "index flush failed; the journal still holds every change")
+            }
+            Err(err) => tracing::warn!(error = %err, "index flush did not run"),
+        }
+        let state = match end {
+            PassEnd::Done => FillState::Done,
+            _ => FillState::Paused,
+        };
+        let report = self.fill.with_progress(|progress| {
+            progress.state = state;
+            let report = FillReport {
+                manifest_id: manifest.id.clone(),
+                state,
+                started_at: started_at.to_string(),
+                duration_secs: started.elapsed().as_secs_f64(),
+                stored,
+                already_present: work.present,
+                failed: progress.objects_failed,
+                skipped_no_room,
+                deleted,
+                bytes_fetched: progress.bytes_fetched,
+                failures: progress.failures.clone(),
+            };
+            progress.last_fill = Some(report.clone());
+            report
+        });
+        log_report(&report);
+        end
+    }
+
+    /// Counts a finished transfer.
+    fn record(&self, path: &str, outcome: Outcome) {
+        match outcome {
+            Outcome::Stored { bytes } => {
+                self.metrics
+                    .fill_objects
+                    .with_label_values(&["stored"])
+                    .inc();
+                self.fill
+                    .with_progress(|progress| progress.objects_done += 1);
+                tracing::debug!(path, bytes, "stored");
+            }
+            Outcome::Failed { reason } => {
+                self.metrics
+                    .fill_objects
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::warn!(path, reason = %reason, "object failed");
+                self.fill
+                    .with_progress(|progress| progress.fail(path, reason));
+            }
+            Outcome::Skipped { reason } => {
+                self.metrics
+                    .fill_objects
+                    .with_label_values(&["skipped"])
+                    .inc();
+                tracing::warn!(path, reason = %reason, "object skipped");
+                self.fill
+                    .with_progress(|progress| progress.fail(path, reason));
+            }
+            Outcome::Paused => {}
+        }
+    }
+}
+
+/// Logs the end-of-pass report: one summary line, then one line per listed failure.
+fn log_report(report: &FillReport) {
+    tracing::info!(
+        id = %report.manifest_id,
+        state = ?report.state,
+        stored = report.stored,
+        already_present = report.already_present,
+        failed = report.failed,
+        skipped_no_room = report.skipped_no_room,
+        deleted = report.deleted,
+        bytes_fetched = report.bytes_fetched,
+        duration_secs = format!("{:.1}", report.duration_secs),
+        "fill report"
+    );
+    for failure in &report.failures {
+        tracing::warn!(path = %failure.path, reason = %failure.reason, "fill report: failed object");
+    }
+}
+
+/// Why one attempt at an object stopped.
+enum AttemptEnd {
+    Retry(String),
+    Fail(String),
+    Verify { reason: String, resumed: bool },
+    StoreFull(usize),
+    Cancelled,
+}
+
+/// Fetches one object, with retries. Returns its path and how it ended.
+async fn transfer(context: TransferContext, object: ManifestObject) -> (String, Outcome) {
+    let outcome = transfer_object(&context, &object).await;
+    (object.path, outcome)
+}
+
+async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> Outcome {
+    let mut attempt = 0u32;
+    let mut from_scratch = false;
+    loop {
+        if *context.cancel.borrow() {
+            return Outcome::Paused;
+        }
+        let stores = Arc::clone(&context.stores);
+        let (path, size, sha256) = (object.path.clone(), object.size, object.sha256);
+        let opened = tokio::task::spawn_blocking(move || {
+            if from_scratch {
+                stores.begin_write(&path, size, sha256)
+            } else {
+                stores.begin_or_resume_write(&path, size, sha256)
+            }
+        })
+        .await;
+        let writer = match opened {
+            Ok(Ok(writer)) => writer,
+            Ok(Err(StoreError::NoRoom { .. })) => {
+                return Outcome::Skipped {
+                    reason: format!("no room: no store can take {} more bytes", object.size),
+                };
+            }
+            Ok(Err(err)) => {
+                return Outcome::Failed {
+                    reason: err.to_string(),
+                };
+            }
+            Err(err) => {
+                return Outcome::Failed {
+                    reason: err.to_string(),
+                };
+            }
+        };
+        let already = writer.written();
+        context
+            .fill
+            .with_progress(|progress| progress.bytes_done += already);
+        match attempt_object(context, object, writer).await {
+            Ok(bytes) => return Outcome::Stored { bytes },
+            Err((end, counted)) => {
+                context
+                    .fill
+                    .with_progress(|progress| progress.take_back(counted));
+                match end {
+                    AttemptEnd::Cancelled => return Outcome::Paused,
+                    AttemptEnd::Fail(reason) => return Outcome::Failed { reason },
+                    AttemptEnd::Verify {
+                        resumed: true,
+                        reason,
+                    } if !from_scratch => {
+                        tracing::warn!(path = %object.path, reason = %reason, "resumed object failed verification; fetching it whole");
+                        from_scratch = true;
+                    }
+                    AttemptEnd::Verify { reason, .. } => return Outcome::Failed { reason },
+                    AttemptEnd::StoreFull(store) => {
+                        tracing::warn!(path = %object.path, store, "store full (ENOSPC); placing elsewhere");
+                        context.stores.mark_full(store);
+                        attempt += 1;
+                    }
+                    AttemptEnd::Retry(reason) => {
+                        attempt += 1;
+                        if attempt > context.retries {
+                            return Outcome::Failed {
+                                reason: format!("{reason} (gave up after {attempt} attempts)"),
+                            };
+                        }
+                        let delay = backoff(context.retry_base, attempt);
+                        tracing::info!(path = %object.path, attempt, delay = ?delay, reason = %reason, "retrying");
+                        let mut cancel = context.cancel.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = cancelled(&mut cancel) => return Outcome::Paused,
+                        }
+                    }
+                }
+                if attempt > context.retries {
+                    return Outcome::Failed {
+                        reason: format!("gave up after {attempt} attempts"),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with ±50% jitter, capped.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exponential = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let capped = exponential.min(MAX_BACKOFF);
+    capped.mul_f64(0.5 + fastrand::f64())
+}
+
+/// One attempt: download into `writer` and finish it. On error, returns how it ended and the
+/// bytes it had counted as done (so progress can take them back).
+async fn attempt_object(
+    context: &TransferContext,
+    object: &ManifestObject,
+    mut writer: ObjectWriter,
+) -> Result<u64, (AttemptEnd, u64)> {
+    let offset = writer.written();
+    let mut counted = offset;
+    let resumed_from_partial = offset > 0;
+    let mut download = match context.fetcher.open(&object.source, offset).await {
+        Ok(download) => download,
+        Err(err) => {
+            let end = fetch_end(err);
+            checkpoint(writer).await;
+            return Err((end, counted));
+        }
+    };
+    if offset > 0 && !download.resumed {
+        let restarted =
+            tokio::task::spawn_blocking(move || writer.restart().map(|()| writer)).await;
+        writer = match restarted {
+            Ok(Ok(writer)) => writer,
+            Ok(Err(err)) => return Err((AttemptEnd::Fail(err.to_string()), counted)),
+            Err(err) => return Err((AttemptEnd::Fail(err.to_string()), counted)),
+        };
+        context
+            .fill
+            .with_progress(|progress| progress.take_back(offset));
+        counted = 0;
+    }
+    let resumed = resumed_from_partial && download.resumed;
+    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut cancel = context.cancel.clone();
+    loop {
+        let chunk = tokio::select! {
+            chunk = download.next_chunk() => chunk,
+            _ = cancelled(&mut cancel) => {
+                return match flush(writer, batch).await {
+                    Ok(writer) => {
+                        checkpoint(writer).await;
+                        Err((AttemptEnd::Cancelled, counted))
+                    }
+                    Err(end) => Err((end, counted)),
+                };
+            }
+        };
+        match chunk {
+            Ok(Some(data)) => {
+                context.rate.acquire(data.len()).await;
+                batch.extend_from_slice(&data);
+                counted += data.len() as u64;
+                context.metrics.fill_bytes.inc_by(data.len() as u64);
+                context
+                    .fill
+                    .with_progress(|progress| progress.add_bytes(data.len() as u64));
+                if batch.len() >= WRITE_BATCH {
+                    writer = flush(writer, std::mem::take(&mut batch))
+                        .await
+                        .map_err(|end| (end, counted))?;
+                    batch.reserve(WRITE_BATCH);
+                }
+            }
+            Ok(None) => break,
+            Err(err) => {
+                let end = fetch_end(err);
+                return match flush(writer, batch).await {
+                    Ok(writer) => {
+                        checkpoint(writer).await;
+                        Err((end, counted))
+                    }
+                    Err(write_end) => Err((write_end, counted)),
+                };
+            }
+        }
+    }
+    let writer = flush(writer, batch).await.map_err(|end| (end, counted))?;
+    let store = writer.store();
+    match tokio::task::spawn_blocking(move || writer.finish()).await {
+        Ok(Ok(meta)) => Ok(meta.size),
+        Ok(Err(err @ (StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. }))) => {
+            Err((
+                AttemptEnd::Verify {
+                    reason: err.to_string(),
+                    resumed,
+                },
+                counted,
+            ))
+        }
+        Ok(Err(err)) if err.is_storage_full() => Err((AttemptEnd::StoreFull(store), counted)),
+        Ok(Err(err)) => Err((AttemptEnd::Fail(err.to_string()), counted)),
+        Err(err) => Err((AttemptEnd::Fail(err.to_string()), counted)),
+    }
+}
+
+/// Writes a batch on a blocking thread and hands the writer back.
+async fn flush(writer: ObjectWriter, batch: Vec<u8>) -> Result<ObjectWriter, AttemptEnd> {
+    if batch.is_empty() {
+        return Ok(writer);
+    }
+    let mut writer = writer;
+    let written = tokio::task::spawn_blocking(move || {
+        let result = writer.write(&batch);
+        (writer, result)
+    })
+    .await;
+    match written {
+        Ok((writer, Ok(()))) => Ok(writer),
+        Ok((writer, Err(err))) => {
+            let store = writer.store();
+            drop(writer);
+            Err(match err {
+                StoreError::SizeMismatch { .. } => AttemptEnd::Verify {
+                    reason: format!("{err} (the origin sent more than the manifest's size)"),
+                    resumed: false,
+                },
+                err if err.is_storage_full() => AttemptEnd::StoreFull(store),
+                err => AttemptEnd::Fail(err.to_string()),
+            })
+        }
+        Err(err) => Err(AttemptEnd::Fail(err.to_string())),
+    }
+}
+
+/// Keeps what was written for a later resume.
+async fn checkpoint(writer: ObjectWriter) {
+    let path = writer.path().to_owned();
+    if let Ok(Err(err)) = tokio::task::spawn_blocking(move || writer.checkpoint()).await {
+        tracing::warn!(path, error = %err, "checkpoint failed; the object starts over next time");
+    }
+}
+
+/// The file-URL counterpart of a conditional GET: the "ETag" is the content's sha256.
+async fn read_if_changed(
+    path: &str,
+    etag: Option<&str>,
+    limit: usize,
+) -> Result<Option<(bytes::Bytes, Option<String>)>, FetchError> {
+    let bytes = tokio::fs::read(path).await.map_err(|err| FetchError {
+        message: format!("{path}: {err}"),
+        retryable: true,
+    })?;
+    if bytes.len() > limit {
+        return Err(FetchError {
+            message: format!("{path}: larger than fill.max_manifest_size"),
+            retryable: false,
+        });
+    }
+    let digest = crate::store::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    if etag == Some(digest.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some((bytes.into(), Some(digest))))
+}
+
+/// Resolves once the flag turns true (or its sender is gone), holding no borrow across awaits.
+async fn cancelled(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+fn fetch_end(err: FetchError) -> AttemptEnd {
+    if err.retryable {
+        AttemptEnd::Retry(err.message)
+    } else {
+        AttemptEnd::Fail(err.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        for _ in 0..100 {
+            let first = backoff(base, 1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(150));
+            let fourth = backoff(base, 4);
+            assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(1200));
+            assert!(backoff(base, 30) <= MAX_BACKOFF.mul_f64(1.5));
+        }
+    }
+}

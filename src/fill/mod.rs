@@ -1,0 +1,249 @@
+//! The nightly fill: manifests pushed (or pulled), and the engine that makes the stores hold
+//! exactly what the manifest in force says.
+//!
+//! What lives where:
+//! - [`manifest`]: parsing and validating manifests (CONTRACT section 3).
+//! - [`plan`]: the manifest against the index: deletes, fetches in priority order, no-room.
+//! - [`fetch`]: downloads over HTTP(S) (hyper + rustls) or from local files, with resume.
+//! - [`rate`]: the global `fill.max_rate` pacing.
+//! - [`progress`]: status counters and the end-of-pass report.
+//! - [`engine`]: the task that runs passes while the mode is filling.
+//! - [`build`]: the origin side, `tidecache manifest build`.
+//! - this file: the [`Fill`] handle the admin API and the daemon share, and the manifest in
+//!   force, persisted in `state_dir/manifest.json`.
+
+pub mod build;
+pub mod engine;
+pub mod fetch;
+pub mod manifest;
+pub mod plan;
+pub mod progress;
+pub mod rate;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use manifest::{Manifest, ManifestError};
+use progress::{FillStatus, Progress};
+
+/// A manifest that was accepted, with when.
+#[derive(Debug, Clone)]
+pub struct AcceptedManifest {
+    /// The validated manifest.
+    pub manifest: Manifest,
+    /// When it was accepted.
+    pub accepted_at: Timestamp,
+}
+
+/// What `GET /v1/manifest` and status say about the manifest in force.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ManifestSummary {
+    /// Its id.
+    pub id: String,
+    /// How many objects it lists.
+    pub objects: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// When it was accepted (RFC 3339, UTC).
+    pub accepted_at: String,
+}
+
+impl AcceptedManifest {
+    /// The summary shown by the admin API.
+    pub fn summary(&self) -> ManifestSummary {
+        ManifestSummary {
+            id: self.manifest.id.clone(),
+            objects: self.manifest.objects.len(),
+            bytes: self.manifest.total_bytes,
+            accepted_at: self.accepted_at.to_string(),
+        }
+    }
+}
+
+/// Why a manifest was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// It is invalid; the manifest in force stays.
+    #[error(transparent)]
+    Invalid(#[from] ManifestError),
+    /// It could not be saved; the manifest in force stays.
+    #[error("cannot save the manifest: {0}")]
+    Save(std::io::Error),
+}
+
+/// The fill's shared state: the manifest in force and the progress of the fill.
+#[derive(Debug)]
+pub struct Fill {
+    manifest_file: PathBuf,
+    manifest: watch::Sender<Option<Arc<AcceptedManifest>>>,
+    progress: Mutex<Progress>,
+    accepting: tokio::sync::Mutex<()>,
+}
+
+impl Fill {
+    /// Loads the manifest in force from `state_dir`, if one was accepted before. A saved
+    /// manifest that no longer validates is reported and set aside, not guessed at.
+    pub fn load(state_dir: &Path) -> Fill {
+        let manifest_file = state_dir.join("manifest.json");
+        let accepted = match std::fs::read(&manifest_file) {
+            Ok(bytes) => match manifest::parse(&bytes) {
+                Ok(manifest) => {
+                    let accepted_at = std::fs::metadata(&manifest_file)
+                        .and_then(|meta| meta.modified())
+                        .ok()
+                        .and_then(|time| Timestamp::try_from(time).ok())
+                        .unwrap_or_else(Timestamp::now);
+                    Some(Arc::new(AcceptedManifest {
+                        manifest,
+                        accepted_at,
+                    }))
+                }
+                Err(err) => {
+                    tracing::error!(file = %manifest_file.display(), error = %err, "the saved manifest is invalid; waiting for a new one");
+                    None
+                }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => {
+                tracing::error!(file = %manifest_file.display(), error = %err, "cannot read the saved manifest; waiting for a new one");
+                None
+            }
+        };
+        let mut progress = Progress::default();
+        progress.manifest_id = accepted
+            .as_ref()
+            .map(|accepted| accepted.manifest.id.clone());
+        Fill {
+            manifest_file,
+            manifest: watch::Sender::new(accepted),
+            progress: Mutex::new(progress),
+            accepting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Validates, saves (atomically) and puts a manifest in force. Nothing changes unless
+    /// every step succeeds.
+    pub async fn accept(&self, raw: Bytes) -> Result<ManifestSummary, AcceptError> {
+        let _one_at_a_time = self.accepting.lock().await;
+        let file = self.manifest_file.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let manifest = manifest::parse(&raw)?;
+            crate::durable::write_atomically(&file, &raw).map_err(AcceptError::Save)?;
+            Ok::<_, AcceptError>(manifest)
+        })
+        .await
+        .map_err(|err| AcceptError::Save(std::io::Error::other(err)))??;
+        let accepted = Arc::new(AcceptedManifest {
+            manifest: saved,
+            accepted_at: Timestamp::now(),
+        });
+        let summary = accepted.summary();
+        tracing::info!(id = %summary.id, objects = summary.objects, bytes = summary.bytes, "manifest accepted");
+        self.manifest.send_replace(Some(accepted));
+        Ok(summary)
+    }
+
+    /// The manifest in force, if any.
+    pub fn manifest(&self) -> Option<Arc<AcceptedManifest>> {
+        self.manifest.borrow().clone()
+    }
+
+    /// Watches the manifest in force.
+    pub fn watch_manifest(&self) -> watch::Receiver<Option<Arc<AcceptedManifest>>> {
+        self.manifest.subscribe()
+    }
+
+    /// The `fill` object of `/v1/status`.
+    pub fn status(&self) -> FillStatus {
+        self.with_progress(|progress| progress.status())
+    }
+
+    /// Runs `update` on the progress counters.
+    pub fn with_progress<T>(&self, update: impl FnOnce(&mut Progress) -> T) -> T {
+        match self.progress.lock() {
+            Ok(mut progress) => update(&mut progress),
+            Err(poisoned) => update(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// Checks `X-Tidecache-Signature: sha256=<hex>` against the HMAC-SHA256 of `body` under
+/// `key`, in constant time.
+pub fn signature_is_valid(key: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    use hmac::{Hmac, Mac};
+    let Some(hex) = header.and_then(|value| value.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Some(signature) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&signature).is_ok()
+}
+
+/// The `X-Tidecache-Signature` value for `body` under `key` (for `manifest push`).
+pub fn sign(key: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    format!("sha256={}", crate::store::hex(&mac.finalize().into_bytes()))
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let high = (pair[0] as char).to_digit(16)?;
+            let low = (pair[1] as char).to_digit(16)?;
+            Some((high * 16 + low) as u8)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_only_with_the_right_key_and_body() {
+        let header = sign(b"key", b"body");
+        assert!(signature_is_valid(b"key", b"body", Some(&header)));
+        assert!(!signature_is_valid(b"other", b"body", Some(&header)));
+        assert!(!signature_is_valid(b"key", b"body!", Some(&header)));
+        assert!(!signature_is_valid(b"key", b"body", None));
+        assert!(!signature_is_valid(b"key", b"body", Some("sha256=zz")));
+        assert!(!signature_is_valid(
+            b"key",
+            b"body",
+            Some(&header.replace("sha256=", "md5="))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_manifest_leaves_the_one_in_force_and_an_accepted_one_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = Fill::load(dir.path());
+        assert!(fill.manifest().is_none());
+        let good = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": []}"#;
+        fill.accept(Bytes::from_static(good)).await.unwrap();
+        let bad = br#"{"version": 1, "id": "two", "objects": [{"path": "../x", "size": 1, "sha256": "00"}]}"#;
+        assert!(fill.accept(Bytes::from_static(bad)).await.is_err());
+        assert_eq!(fill.manifest().unwrap().manifest.id, "one");
+        let reloaded = Fill::load(dir.path());
+        assert_eq!(reloaded.manifest().unwrap().manifest.id, "one");
+    }
+}

@@ -1,0 +1,170 @@
+//! What a fill must do: the manifest against the index, as a plain function.
+
+use std::collections::{HashMap, HashSet};
+
+use super::manifest::{Manifest, ManifestObject};
+use crate::store::ObjectMeta;
+
+/// The work of one fill pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillPlan {
+    /// Stored paths that left the manifest: deleted first, to free space.
+    pub deletes: Vec<String>,
+    /// Objects to fetch, highest priority first (ties in manifest order).
+    pub fetches: Vec<ManifestObject>,
+    /// Objects of the manifest already stored with the right size and sha256.
+    pub present: u64,
+    /// Their bytes.
+    pub present_bytes: u64,
+    /// Fetches that do not fit in the room left, lowest priority first out.
+    pub no_room: Vec<ManifestObject>,
+}
+
+/// Plans a pass: delete what left the manifest; fetch what is missing or differs (a changed
+/// object, or one whose index entry disagrees with the manifest), in descending priority;
+/// and, when `room` bytes cannot hold every fetch, leave out the lowest-priority ones.
+///
+/// `room` is the stores' free space after the deletes; replacing an object frees its old copy,
+/// so that is counted as room too.
+pub fn plan(
+    manifest: &Manifest,
+    index: &HashMap<String, ObjectMeta>,
+    free_after_deletes: u64,
+) -> FillPlan {
+    let wanted: HashSet<&str> = manifest
+        .objects
+        .iter()
+        .map(|object| object.path.as_str())
+        .collect();
+    let mut deletes: Vec<String> = index
+        .keys()
+        .filter(|path| !wanted.contains(path.as_str()))
+        .cloned()
+        .collect();
+    deletes.sort();
+    let mut present = 0;
+    let mut present_bytes = 0;
+    let mut fetches = Vec::new();
+    let mut freed_by_replacing = 0u64;
+    for object in &manifest.objects {
+        match index.get(&object.path) {
+            Some(meta) if meta.size == object.size && meta.sha256 == object.sha256 => {
+                present += 1;
+                present_bytes += object.size;
+            }
+            Some(stale) => {
+                freed_by_replacing += stale.size;
+                fetches.push(object.clone());
+            }
+            None => fetches.push(object.clone()),
+        }
+    }
+    // Stable sort: equal priorities keep manifest order.
+    fetches.sort_by_key(|object| std::cmp::Reverse(object.priority));
+    let mut room = free_after_deletes.saturating_add(freed_by_replacing);
+    let mut fitting = Vec::with_capacity(fetches.len());
+    let mut no_room = Vec::new();
+    for object in fetches {
+        if object.size <= room {
+            room -= object.size;
+            fitting.push(object);
+        } else {
+            no_room.push(object);
+        }
+    }
+    FillPlan {
+        deletes,
+        fetches: fitting,
+        present,
+        present_bytes,
+        no_room,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fill::manifest::Source;
+
+    fn object(path: &str, size: u64, fill: u8, priority: i64) -> ManifestObject {
+        ManifestObject {
+            path: path.to_owned(),
+            size,
+            sha256: [fill; 32],
+            priority,
+            source: Source::Http(format!("http://origin/{path}")),
+        }
+    }
+
+    fn stored(size: u64, fill: u8) -> ObjectMeta {
+        ObjectMeta {
+            store: 0,
+            size,
+            sha256: [fill; 32],
+            filled_at: 0,
+        }
+    }
+
+    fn manifest(objects: Vec<ManifestObject>) -> Manifest {
+        let total_bytes = objects.iter().map(|object| object.size).sum();
+        Manifest {
+            id: "m".to_owned(),
+            objects,
+            total_bytes,
+        }
+    }
+
+    #[test]
+    fn deletes_what_left_fetches_what_is_missing_or_changed() {
+        let manifest = manifest(vec![
+            object("keep.ts", 10, 1, 0),
+            object("changed.ts", 10, 2, 0),
+            object("new.ts", 10, 3, 0),
+        ]);
+        let index = HashMap::from([
+            ("keep.ts".to_owned(), stored(10, 1)),
+            ("changed.ts".to_owned(), stored(10, 9)),
+            ("gone.ts".to_owned(), stored(10, 4)),
+        ]);
+        let plan = plan(&manifest, &index, 1000);
+        assert_eq!(plan.deletes, ["gone.ts"]);
+        let fetched: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
+        assert_eq!(fetched, ["changed.ts", "new.ts"]);
+        assert_eq!((plan.present, plan.present_bytes), (1, 10));
+        assert!(plan.no_room.is_empty());
+    }
+
+    #[test]
+    fn fetches_go_by_descending_priority_then_manifest_order() {
+        let manifest = manifest(vec![
+            object("a", 1, 1, 0),
+            object("b", 1, 1, 100),
+            object("c", 1, 1, 0),
+            object("d", 1, 1, 100),
+        ]);
+        let plan = plan(&manifest, &HashMap::new(), 1000);
+        let order: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
+        assert_eq!(order, ["b", "d", "a", "c"]);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_skipped_lowest_priority_first() {
+        let manifest = manifest(vec![
+            object("low", 40, 1, 1),
+            object("high", 40, 1, 9),
+            object("mid", 40, 1, 5),
+        ]);
+        let plan = plan(&manifest, &HashMap::new(), 100);
+        let fetched: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
+        assert_eq!(fetched, ["high", "mid"]);
+        assert_eq!(plan.no_room[0].path, "low");
+    }
+
+    #[test]
+    fn replacing_an_object_counts_its_old_copy_as_room() {
+        let manifest = manifest(vec![object("a", 50, 2, 0)]);
+        let index = HashMap::from([("a".to_owned(), stored(50, 1))]);
+        let plan = plan(&manifest, &index, 0);
+        assert_eq!(plan.fetches.len(), 1);
+    }
+}
