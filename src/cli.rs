@@ -43,6 +43,9 @@ pub enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Origin side: build a manifest from a directory, or push one to a box.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
     /// Override the fill windows: fill now, serve now, or follow the windows again (auto).
     Mode {
         /// `fill`, `serve` or `auto`.
@@ -51,6 +54,35 @@ pub enum Command {
         /// The daemon's admin listener.
         #[command(flatten)]
         admin: AdminArgs,
+    },
+}
+
+/// `tidecache manifest ...`.
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Hash every file under DIR (on all cores) and write the manifest that makes a box hold
+    /// exactly that tree, each object fetched from BASE_URL + its path.
+    Build {
+        /// The content tree.
+        dir: PathBuf,
+        /// Where boxes fetch the files from: `https://origin.example/content/` or
+        /// `file:///srv/seed/`.
+        #[arg(long)]
+        base_url: String,
+        /// Output file; standard output when absent.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Send a manifest to a box (`PUT /v1/manifest`).
+    Push {
+        /// The manifest file.
+        file: PathBuf,
+        /// The box's admin listener.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Sign the manifest with this key (the box's admin.hmac_key_file).
+        #[arg(long)]
+        hmac_key_file: Option<PathBuf>,
     },
 }
 
@@ -74,6 +106,13 @@ pub struct AdminArgs {
 }
 
 impl AdminArgs {
+    /// The admin client these arguments describe, or the exit code after a one-line error.
+    fn client(&self) -> Result<crate::admin::client::AdminClient, ExitCode> {
+        let token = self.token().map_err(|message| fail(EXIT_USAGE, &message))?;
+        crate::admin::client::AdminClient::new(&self.admin, token)
+            .map_err(|err| fail(EXIT_USAGE, &err.to_string()))
+    }
+
     /// The token from `--token`, `TIDECACHE_TOKEN` or `--token-file`.
     fn token(&self) -> Result<Option<String>, String> {
         if let Some(token) = &self.token {
@@ -127,6 +166,16 @@ pub fn main() -> ExitCode {
             Err(err) => fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
         },
         Command::Mode { mode, admin } => set_mode(mode, &admin),
+        Command::Manifest(ManifestCommand::Build {
+            dir,
+            base_url,
+            output,
+        }) => build_manifest(&dir, &base_url, output.as_deref()),
+        Command::Manifest(ManifestCommand::Push {
+            file,
+            admin,
+            hmac_key_file,
+        }) => push_manifest(&file, &admin, hmac_key_file.as_deref()),
         Command::Serve { config } => {
             let loaded = match &config {
                 Some(file) => {
@@ -162,31 +211,105 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `tidecache mode`: posts the override and prints the mode that results.
-fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
-    use crate::admin::client::{AdminClient, ClientError};
-    let token = match admin.token() {
-        Ok(token) => token,
-        Err(message) => return fail(EXIT_USAGE, &message),
+/// `tidecache manifest build`.
+fn build_manifest(dir: &std::path::Path, base_url: &str, output: Option<&std::path::Path>) -> ExitCode {
+    if !(base_url.starts_with("http://")
+        || base_url.starts_with("https://")
+        || base_url.starts_with("file://"))
+    {
+        return fail(
+            EXIT_USAGE,
+            &format!("--base-url {base_url:?}: must be an http, https or file URL"),
+        );
+    }
+    let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = match crate::fill::build::build(dir, base_url, show_progress) {
+        Ok(text) => text,
+        Err(err) => return fail(EXIT_FAILURE, &err.to_string()),
     };
-    let client = match AdminClient::new(&admin.admin, token) {
+    match output {
+        Some(path) => match crate::durable::write_atomically(path, text.as_bytes()) {
+            Ok(()) => {
+                eprintln!("tidecache: wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(EXIT_FAILURE, &format!("{}: {err}", path.display())),
+        },
+        None => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `tidecache manifest push`.
+fn push_manifest(
+    file: &std::path::Path,
+    admin: &AdminArgs,
+    hmac_key_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let body = match std::fs::read(file) {
+        Ok(body) => body,
+        Err(err) => return fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
+    };
+    let mut headers = Vec::new();
+    if let Some(key_file) = hmac_key_file {
+        match std::fs::read(key_file) {
+            Ok(key) => headers.push((
+                "x-tidecache-signature",
+                crate::fill::sign(key.trim_ascii(), &body),
+            )),
+            Err(err) => {
+                return fail(
+                    EXIT_USAGE,
+                    &format!("--hmac-key-file {}: {err}", key_file.display()),
+                );
+            }
+        }
+    }
+    let client = match admin.client() {
         Ok(client) => client,
-        Err(err) => return fail(EXIT_USAGE, &err.to_string()),
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    match run_call(client.put_json("/v1/manifest", body.into(), &headers)) {
+        Ok(answer) => {
+            let summary: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            println!(
+                "accepted manifest {} ({} objects, {} bytes)",
+                summary["id"].as_str().unwrap_or("?"),
+                summary["objects"],
+                summary["bytes"]
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Runs one admin call on a small runtime, turning errors into the exit code after one
+/// line on stderr.
+fn run_call<T>(
+    call: impl std::future::Future<Output = Result<T, crate::admin::client::ClientError>>,
+) -> Result<T, ExitCode> {
+    use crate::admin::client::ClientError;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            return fail(
-                EXIT_FAILURE,
-                &format!("cannot start the async runtime: {err}"),
-            );
-        }
+        .map_err(|err| fail(EXIT_FAILURE, &format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(call).map_err(|err| match err {
+        ClientError::BadUrl { .. } => fail(EXIT_USAGE, &err.to_string()),
+        err => fail(EXIT_FAILURE, &err.to_string()),
+    })
+}
+
+/// `tidecache mode`: posts the override and prints the mode that results.
+fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
+    let client = match admin.client() {
+        Ok(client) => client,
+        Err(code) => return code,
     };
     let body = serde_json::json!({ "mode": mode.as_str() }).to_string();
-    match runtime.block_on(client.post_json("/v1/mode", body.into())) {
+    match run_call(client.post_json("/v1/mode", body.into())) {
         Ok(answer) => {
             let status: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
             let field = |name: &str| status[name].as_str().unwrap_or("none").to_owned();
@@ -198,8 +321,7 @@ fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(err @ ClientError::BadUrl { .. }) => fail(EXIT_USAGE, &err.to_string()),
-        Err(err) => fail(EXIT_FAILURE, &err.to_string()),
+        Err(code) => code,
     }
 }
 

@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// How long one admin call may take, connection included.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one admin call may take, connection included (a large manifest push must fit).
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +91,22 @@ impl AdminClient {
 
     /// `GET path`, returning the body of a 2xx answer.
     pub async fn get(&self, path: &str) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, path, None).await
+        self.call(Method::GET, path, None, &[]).await
     }
 
     /// `POST path` with a JSON body, returning the body of a 2xx answer.
     pub async fn post_json(&self, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
-        self.call(Method::POST, path, Some(body)).await
+        self.call(Method::POST, path, Some(body), &[]).await
+    }
+
+    /// `PUT path` with a JSON body and extra headers (a manifest and its signature).
+    pub async fn put_json(
+        &self,
+        path: &str,
+        body: Bytes,
+        headers: &[(&'static str, String)],
+    ) -> Result<Bytes, ClientError> {
+        self.call(Method::PUT, path, Some(body), headers).await
     }
 
     async fn call(
@@ -104,9 +114,10 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        headers: &[(&'static str, String)],
     ) -> Result<Bytes, ClientError> {
         let url = format!("{}{path}", self.base);
-        match tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body)).await {
+        match tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body, headers)).await {
             Ok(Ok((status, bytes))) if status.is_success() => Ok(bytes),
             Ok(Ok((status, bytes))) => Err(ClientError::Refused {
                 url,
@@ -126,6 +137,7 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<Bytes>,
+        headers: &[(&'static str, String)],
     ) -> Result<(StatusCode, Bytes), String> {
         let stream = TcpStream::connect(&self.authority)
             .await
@@ -147,6 +159,9 @@ impl AdminClient {
         }
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         let request = request
             .body(Full::new(body.unwrap_or_default()))
