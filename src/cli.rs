@@ -212,7 +212,11 @@ pub fn main() -> ExitCode {
 }
 
 /// `tidecache manifest build`.
-fn build_manifest(dir: &std::path::Path, base_url: &str, output: Option<&std::path::Path>) -> ExitCode {
+fn build_manifest(
+    dir: &std::path::Path,
+    base_url: &str,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
     if !(base_url.starts_with("http://")
         || base_url.starts_with("https://")
         || base_url.starts_with("file://"))
@@ -295,7 +299,12 @@ fn run_call<T>(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|err| fail(EXIT_FAILURE, &format!("cannot start the async runtime: {err}")))?;
+        .map_err(|err| {
+            fail(
+                EXIT_FAILURE,
+                &format!("cannot start the async runtime: {err}"),
+            )
+        })?;
     runtime.block_on(call).map_err(|err| match err {
         ClientError::BadUrl { .. } => fail(EXIT_USAGE, &err.to_string()),
         err => fail(EXIT_FAILURE, &err.to_string()),

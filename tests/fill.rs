@@ -1,0 +1,545 @@
+//! The nightly fill against a real origin HTTP server started by the test.
+
+mod common;
+
+use std::time::Duration;
+
+use common::origin::{Fault, Origin};
+use common::*;
+use reqwest::StatusCode;
+use tidecache::config::Config;
+use tidecache::daemon::Daemon;
+use tidecache::schedule::{Mode, Override};
+
+const FILL_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct FillBox {
+    test_box: TestBox,
+    config: Config,
+    daemon: Daemon,
+    token: String,
+}
+
+async fn fill_box(stores: usize, extra: &str) -> FillBox {
+    let test_box = TestBox::new();
+    let (token_file, token) = test_box.token_file();
+    let mut config = test_box.config(
+        stores,
+        &format!("[schedule]\ndrain = \"0s\"\n[fill]\nretry_delay = \"20ms\"\nstop_grace = \"200ms\"\n{extra}"),
+    );
+    config.admin.token_file = Some(token_file);
+    let daemon = start(&config).await;
+    FillBox {
+        test_box,
+        config,
+        daemon,
+        token,
+    }
+}
+
+fn manifest(id: &str, base_url: &str, objects: &[(&str, &[u8])]) -> String {
+    let objects: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|(path, data)| {
+            serde_json::json!({"path": path, "size": data.len(), "sha256": sha256_hex(data)})
+        })
+        .collect();
+    serde_json::json!({"version": 1, "id": id, "base_url": base_url, "objects": objects})
+        .to_string()
+}
+
+async fn push(daemon: &Daemon, token: Option<&str>, body: &str) -> reqwest::Response {
+    let mut request = client()
+        .put(format!("http://{}/v1/manifest", daemon.admin_addr))
+        .body(body.to_owned());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn status(daemon: &Daemon) -> serde_json::Value {
+    client()
+        .get(format!("http://{}/v1/status", daemon.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Fills now (override), waits until the fill is done for `id`, then serves again.
+async fn run_fill(daemon: &Daemon, id: &str) -> serde_json::Value {
+    daemon.set_override(Override::Fill).await.unwrap();
+    let deadline = tokio::time::Instant::now() + FILL_TIMEOUT;
+    let done = loop {
+        let status = status(daemon).await;
+        if status["fill"]["state"] == "done" && status["fill"]["manifest_id"] == id {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fill not done in time: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    daemon.set_override(Override::Auto).await.unwrap();
+    wait_for_mode(daemon, |state| state.mode == Mode::Serving).await;
+    done
+}
+
+#[tokio::test]
+async fn a_few_hundred_objects_fill_and_are_served_byte_identical() {
+    let origin = Origin::start().await;
+    let mut objects: Vec<(String, Vec<u8>)> = vec![
+        (
+            "title/master.m3u8".to_owned(),
+            b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=5000000\n1080p/index.m3u8\n".to_vec(),
+        ),
+        (
+            "title/1080p/index.m3u8".to_owned(),
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg_00000.ts\n#EXT-X-ENDLIST\n"
+                .to_vec(),
+        ),
+        ("title/big.mp4".to_owned(), pattern(3 << 20)),
+    ];
+    for number in 0..300 {
+        objects.push((
+            format!("title/1080p/seg_{number:05}.ts"),
+            pattern(1000 + number * 37),
+        ));
+    }
+    for (path, data) in &objects {
+        origin.put(path, data, Fault::None);
+    }
+    let borrowed: Vec<(&str, &[u8])> = objects
+        .iter()
+        .map(|(path, data)| (path.as_str(), data.as_slice()))
+        .collect();
+    let fill = fill_box(2, "concurrency = 8\n").await;
+    let accepted = push(
+        &fill.daemon,
+        Some(&fill.token),
+        &manifest("night-1", &origin.base_url(), &borrowed),
+    )
+    .await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let summary: serde_json::Value = accepted.json().await.unwrap();
+    assert_eq!(summary["id"], "night-1");
+    assert_eq!(summary["objects"], objects.len());
+
+    let done = run_fill(&fill.daemon, "night-1").await;
+    let total: u64 = objects.iter().map(|(_, data)| data.len() as u64).sum();
+    assert_eq!(done["fill"]["objects_total"], objects.len());
+    assert_eq!(done["fill"]["objects_done"], objects.len());
+    assert_eq!(done["fill"]["objects_failed"], 0);
+    assert_eq!(done["fill"]["bytes_total"], total);
+    assert_eq!(done["fill"]["bytes_done"], total);
+    assert_eq!(done["fill"]["last_fill"]["stored"], objects.len());
+    assert_eq!(done["manifest"]["id"], "night-1");
+
+    let viewer = fill.daemon.viewer_addrs[0];
+    for (path, data) in &objects {
+        let response = get(viewer, &format!("/{path}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            response.headers()["etag"].to_str().unwrap(),
+            format!("\"{}\"", sha256_hex(data))
+        );
+        assert_eq!(&response.bytes().await.unwrap()[..], &data[..], "{path}");
+    }
+    let metrics = metrics_text(&fill.daemon).await;
+    assert!(metrics.contains(&format!(
+        "tidecache_fill_objects_total{{result=\"stored\"}} {}",
+        objects.len()
+    )));
+    assert!(metrics.contains(&format!("tidecache_fill_bytes_total {total}")));
+    fill.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_are_counted_never_served_and_transient_ones_retried() {
+    let origin = Origin::start().await;
+    let good = pattern(50_000);
+    let flaky = pattern(40_000);
+    let cut = pattern(300_000);
+    let wrong = pattern(1000);
+    origin.put("good.ts", &good, Fault::None);
+    origin.put("missing.ts", b"x", Fault::NotFound);
+    origin.put("flaky.ts", &flaky, Fault::FailFirst(2));
+    origin.put(
+        "cut.ts",
+        &cut,
+        Fault::CutFirst {
+            n: 1,
+            bytes: 100_000,
+        },
+    );
+    origin.put(
+        "wrong.ts",
+        &wrong,
+        Fault::WrongBody(pattern(999).into_iter().chain([7]).collect()),
+    );
+    let fill = fill_box(1, "retries = 3\n").await;
+    let body = manifest(
+        "faults",
+        &origin.base_url(),
+        &[
+            ("good.ts", &good),
+            ("missing.ts", b"x"),
+            ("flaky.ts", &flaky),
+            ("cut.ts", &cut),
+            ("wrong.ts", &wrong),
+        ],
+    );
+    assert_eq!(
+        push(&fill.daemon, Some(&fill.token), &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let done = run_fill(&fill.daemon, "faults").await;
+    assert_eq!(done["fill"]["objects_done"], 3);
+    assert_eq!(done["fill"]["objects_failed"], 2);
+    let failures = done["fill"]["last_fill"]["failures"].as_array().unwrap();
+    let reason = |path: &str| {
+        failures
+            .iter()
+            .find(|failure| failure["path"] == path)
+            .map(|failure| failure["reason"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{path} not among {failures:?}"))
+    };
+    assert!(
+        reason("missing.ts").contains("404"),
+        "{}",
+        reason("missing.ts")
+    );
+    let wrong_reason = reason("wrong.ts");
+    assert!(
+        wrong_reason.contains(&sha256_hex(&wrong)),
+        "names the expected hash: {wrong_reason}"
+    );
+
+    assert_eq!(
+        origin.requests("missing.ts").len(),
+        1,
+        "a 404 is not retried"
+    );
+    assert_eq!(
+        origin.requests("flaky.ts").len(),
+        3,
+        "two 500s, then success"
+    );
+    let cut_requests = origin.requests("cut.ts");
+    assert_eq!(cut_requests.len(), 2, "{cut_requests:?}");
+    assert_eq!(
+        cut_requests[1].as_deref(),
+        Some("bytes=100000-"),
+        "the cut download resumed where it stopped"
+    );
+
+    let viewer = fill.daemon.viewer_addrs[0];
+    for (path, data) in [("good.ts", &good), ("flaky.ts", &flaky), ("cut.ts", &cut)] {
+        let response = get(viewer, &format!("/{path}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(&response.bytes().await.unwrap()[..], &data[..], "{path}");
+    }
+    for path in ["missing.ts", "wrong.ts"] {
+        assert_eq!(
+            get(viewer, &format!("/{path}")).await.status(),
+            StatusCode::NOT_FOUND,
+            "{path} is never served"
+        );
+    }
+    let metrics = metrics_text(&fill.daemon).await;
+    assert!(metrics.contains("tidecache_fill_objects_total{result=\"failed\"} 2"));
+    fill.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_manifest_deletes_adds_and_keeps_without_refetching() {
+    let origin = Origin::start().await;
+    let (kept, dropped, added) = (pattern(5000), pattern(6000), pattern(7000));
+    origin.put("kept.ts", &kept, Fault::None);
+    origin.put("dropped.ts", &dropped, Fault::None);
+    origin.put("added.ts", &added, Fault::None);
+    let fill = fill_box(2, "").await;
+    let first = manifest(
+        "one",
+        &origin.base_url(),
+        &[("kept.ts", &kept), ("dropped.ts", &dropped)],
+    );
+    push(&fill.daemon, Some(&fill.token), &first).await;
+    run_fill(&fill.daemon, "one").await;
+    let second = manifest(
+        "two",
+        &origin.base_url(),
+        &[("kept.ts", &kept), ("added.ts", &added)],
+    );
+    push(&fill.daemon, Some(&fill.token), &second).await;
+    let done = run_fill(&fill.daemon, "two").await;
+    assert_eq!(done["fill"]["last_fill"]["deleted"], 1);
+    assert_eq!(done["fill"]["last_fill"]["already_present"], 1);
+    assert_eq!(done["fill"]["last_fill"]["stored"], 1);
+    assert_eq!(origin.requests("kept.ts").len(), 1, "not fetched again");
+    let viewer = fill.daemon.viewer_addrs[0];
+    assert_eq!(
+        get(viewer, "/dropped.ts").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        &get(viewer, "/added.ts").await.bytes().await.unwrap()[..],
+        &added[..]
+    );
+    assert_eq!(
+        &get(viewer, "/kept.ts").await.bytes().await.unwrap()[..],
+        &kept[..]
+    );
+    assert_eq!(done["objects"], 2);
+    let on_disk = |name: &str| {
+        (0..2).any(|store| {
+            fill.test_box
+                .store_path(store)
+                .join("objects")
+                .join(name)
+                .exists()
+        })
+    };
+    assert!(!on_disk("dropped.ts"), "deleted from disk too");
+    assert!(on_disk("added.ts"));
+    fill.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_too_small_skips_the_lowest_priority_objects() {
+    let origin = Origin::start().await;
+    let objects: Vec<(String, Vec<u8>, i64)> = (0..6)
+        .map(|number| (format!("p{number}.ts"), pattern(300 * 1024), number))
+        .collect();
+    for (path, data, _) in &objects {
+        origin.put(path, data, Fault::None);
+    }
+    let test_box = TestBox::new();
+    let (token_file, token) = test_box.token_file();
+    let mut config = test_box.config(
+        1,
+        "[schedule]\ndrain = \"0s\"\n[fill]\nretry_delay = \"20ms\"\n",
+    );
+    config.admin.token_file = Some(token_file);
+    config.stores[0].capacity = Some(tidecache::config::ByteSize(1024 * 1024));
+    let daemon = start(&config).await;
+    let listed: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|(path, data, priority)| {
+            serde_json::json!({"path": path, "size": data.len(), "sha256": sha256_hex(data), "priority": priority})
+        })
+        .collect();
+    let body = serde_json::json!({"version": 1, "id": "small", "base_url": origin.base_url(), "objects": listed}).to_string();
+    assert_eq!(
+        push(&daemon, Some(&token), &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let done = run_fill(&daemon, "small").await;
+    assert_eq!(
+        done["fill"]["objects_done"], 3,
+        "three of 300 KiB fit in 1 MiB"
+    );
+    assert_eq!(done["fill"]["objects_failed"], 3);
+    assert_eq!(done["fill"]["last_fill"]["skipped_no_room"], 3);
+    let viewer = daemon.viewer_addrs[0];
+    for (path, _, priority) in &objects {
+        let expected = if *priority >= 3 {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(
+            get(viewer, &format!("/{path}")).await.status(),
+            expected,
+            "{path}"
+        );
+        if *priority < 3 {
+            assert!(
+                origin.requests(path).is_empty(),
+                "{path} was not even fetched"
+            );
+        }
+    }
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn pushes_need_the_token_and_a_valid_signature_when_a_key_is_set() {
+    let fill = fill_box(1, "").await;
+    let body = manifest("m", "http://origin.example/", &[("a.ts", b"a")]);
+    assert_eq!(
+        push(&fill.daemon, None, &body).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        push(&fill.daemon, Some("wrong-token-wrong-token"), &body)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    fill.daemon.shutdown().await;
+
+    let key = fill
+        .test_box
+        .write_file("manifest.key", b"sign-me-please\n");
+    let mut config = fill.config.clone();
+    config.admin.hmac_key_file = Some(key);
+    let daemon = start(&config).await;
+    let url = format!("http://{}/v1/manifest", daemon.admin_addr);
+    let send = |signature: Option<String>| {
+        let mut request = client()
+            .put(&url)
+            .bearer_auth(&fill.token)
+            .body(body.clone());
+        if let Some(signature) = signature {
+            request = request.header("x-tidecache-signature", signature);
+        }
+        request.send()
+    };
+    assert_eq!(send(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(Some(tidecache::fill::sign(b"other-key", body.as_bytes())))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(Some(tidecache::fill::sign(
+            b"sign-me-please",
+            body.as_bytes()
+        )))
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::ACCEPTED
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_refused_and_the_one_in_force_stays() {
+    let fill = fill_box(1, "max_manifest_size = \"64KiB\"\n").await;
+    let good = manifest("good", "http://origin.example/", &[("a.ts", b"a")]);
+    assert_eq!(
+        push(&fill.daemon, Some(&fill.token), &good).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let sha = sha256_hex(b"a");
+    let bad_manifests = [
+        ("not json".to_owned(), "not valid"),
+        (
+            r#"{"version": 9, "id": "x", "objects": []}"#.to_owned(),
+            "version",
+        ),
+        (
+            format!(
+                r#"{{"version": 1, "id": "x", "base_url": "http://o/", "objects": [{{"path": "../etc/passwd", "size": 1, "sha256": "{sha}"}}]}}"#
+            ),
+            "objects[0]",
+        ),
+        (
+            format!(
+                r#"{{"version": 1, "id": "x", "base_url": "http://o/", "objects": [{{"path": "a.ts", "size": 1, "sha256": "{sha}"}}, {{"path": "a.ts", "size": 1, "sha256": "{sha}"}}]}}"#
+            ),
+            "duplicate",
+        ),
+        (
+            r#"{"version": 1, "id": "x", "base_url": "http://o/", "objects": [{"path": "a.ts", "size": 1, "sha256": "abc"}]}"#.to_owned(),
+            "sha256",
+        ),
+        (
+            format!(
+                r#"{{"version": 1, "id": "x", "base_url": "ftp://o/", "objects": [{{"path": "a.ts", "size": 1, "sha256": "{sha}"}}]}}"#
+            ),
+            "base_url",
+        ),
+    ];
+    for (body, expected) in bad_manifests {
+        let response = push(&fill.daemon, Some(&fill.token), &body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(100 * 1024));
+    assert_eq!(
+        push(&fill.daemon, Some(&fill.token), &huge).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let in_force: serde_json::Value = client()
+        .get(format!("http://{}/v1/manifest", fill.daemon.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(in_force["id"], "good");
+    assert_eq!(in_force["objects"], 1);
+    fill.daemon.shutdown().await;
+
+    let daemon = start(&fill.config).await;
+    assert_eq!(status(&daemon).await["manifest"]["id"], "good", "persisted");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_window_end_pauses_the_fill_and_the_next_window_resumes_it() {
+    let origin = Origin::start().await;
+    let slow = pattern(400_000);
+    origin.put(
+        "slow.ts",
+        &slow,
+        Fault::Drip {
+            chunk: 20_000,
+            pause: Duration::from_millis(20),
+        },
+    );
+    let fill = fill_box(1, "").await;
+    push(
+        &fill.daemon,
+        Some(&fill.token),
+        &manifest("slow", &origin.base_url(), &[("slow.ts", &slow)]),
+    )
+    .await;
+    fill.daemon.set_override(Override::Fill).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    fill.daemon.set_override(Override::Serve).await.unwrap();
+    let deadline = tokio::time::Instant::now() + FILL_TIMEOUT;
+    loop {
+        let status = status(&fill.daemon).await;
+        if status["fill"]["state"] == "paused" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get(fill.daemon.viewer_addrs[0], "/slow.ts").await.status(),
+        StatusCode::NOT_FOUND,
+        "a partial object is never served"
+    );
+    run_fill(&fill.daemon, "slow").await;
+    let requests = origin.requests("slow.ts");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests[1]
+            .as_deref()
+            .is_some_and(|range| range.starts_with("bytes=")),
+        "the next window resumed with a Range: {requests:?}"
+    );
+    assert_eq!(
+        &get(fill.daemon.viewer_addrs[0], "/slow.ts")
+            .await
+            .bytes()
+            .await
+            .unwrap()[..],
+        &slow[..]
+    );
+    fill.daemon.shutdown().await;
+}
