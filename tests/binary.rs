@@ -3,14 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use common::*;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_tidecache");
+use common::process::{BINARY, signal, spawn_serve, wait_with_timeout};
 
 /// A config file for `serve` inside the test box: `http` holds the `[http]` keys; state and
 /// store stay in the box, and no fill window interferes whatever the time of day.
@@ -103,75 +100,6 @@ fn usage_errors_exit_2() {
     assert_eq!(output.status.code(), Some(2));
     let output = run(&["serve", "--config"]);
     assert_eq!(output.status.code(), Some(2));
-}
-
-/// A daemon process started from a config file, and the addresses it logged.
-struct Running {
-    child: Child,
-    viewer: SocketAddr,
-    admin: SocketAddr,
-}
-
-/// Starts `tidecache serve` and reads its JSON start-up line for the bound addresses.
-fn spawn_serve(config_file: &std::path::Path) -> Running {
-    let mut child = Command::new(BINARY)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(config_file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tidecache serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("tidecache started") {
-                let _ = sender.send(line);
-            }
-        }
-    });
-    let line = receiver
-        .recv_timeout(IO_TIMEOUT)
-        .expect("start-up line within the timeout");
-    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-    let fields = &event["fields"];
-    let viewer = fields["viewers"]
-        .as_str()
-        .expect("viewers field")
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse()
-        .expect("viewer address");
-    let admin = fields["admin"]
-        .as_str()
-        .expect("admin field")
-        .parse()
-        .expect("admin address");
-    Running {
-        child,
-        viewer,
-        admin,
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-fn wait_with_timeout(child: &mut Child) -> Option<i32> {
-    let started = Instant::now();
-    while started.elapsed() < IO_TIMEOUT {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("tidecache did not exit within {IO_TIMEOUT:?}");
 }
 
 #[tokio::test]

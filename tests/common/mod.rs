@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod origin;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
