@@ -543,3 +543,101 @@ async fn the_window_end_pauses_the_fill_and_the_next_window_resumes_it() {
     );
     fill.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn manifest_build_and_push_from_the_cli_fill_from_local_files() {
+    let fill = fill_box(1, "").await;
+    let seed = fill.test_box.dir.path().join("seed");
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("title/master.m3u8", b"#EXTM3U\n#EXT-X-VERSION:7\n".to_vec()),
+        ("title/720p/seg 00001.ts", pattern(70_000)),
+        ("title/720p/seg_00002.ts", pattern(90_000)),
+    ];
+    for (path, data) in &files {
+        let full = seed.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, data).unwrap();
+    }
+    let manifest_file = fill.test_box.dir.path().join("manifest.json");
+    let key = fill
+        .test_box
+        .write_file("manifest.key", b"0123456789abcdef\n");
+    let token_file = fill.config.admin.token_file.clone().unwrap();
+    let binary = common::process::BINARY;
+    let base_url = format!("file://{}/", seed.display());
+    let build = {
+        let (seed, manifest_file) = (seed.clone(), manifest_file.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary)
+                .args(["manifest", "build"])
+                .arg(&seed)
+                .args(["--base-url", &base_url, "-o"])
+                .arg(&manifest_file)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(build.status.code(), Some(0), "{build:?}");
+    let built = tidecache::fill::manifest::parse(&std::fs::read(&manifest_file).unwrap()).unwrap();
+    assert_eq!(built.objects.len(), 3);
+
+    let admin = format!("http://{}", fill.daemon.admin_addr);
+    let push = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary)
+            .args(["manifest", "push"])
+            .arg(&manifest_file)
+            .args(["--admin", &admin, "--token-file"])
+            .arg(&token_file)
+            .arg("--hmac-key-file")
+            .arg(&key)
+            .env_remove("TIDECACHE_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&push.stdout);
+    assert_eq!(push.status.code(), Some(0), "{push:?}");
+    assert!(
+        stdout.contains("accepted manifest") && stdout.contains("3 objects"),
+        "{stdout}"
+    );
+
+    run_fill(&fill.daemon, &built.id).await;
+    for (path, data) in &files {
+        let encoded = path.replace(' ', "%20");
+        let response = get(fill.daemon.viewer_addrs[0], &format!("/{encoded}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(&response.bytes().await.unwrap()[..], &data[..], "{path}");
+    }
+    fill.daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_manifest_url_is_pulled_when_a_fill_starts() {
+    let origin = Origin::start().await;
+    let data = pattern(12_345);
+    origin.put("pulled.ts", &data, Fault::None);
+    let test_box = TestBox::new();
+    let manifest_path = test_box.write_file(
+        "pulled.json",
+        manifest("pulled-1", &origin.base_url(), &[("pulled.ts", &data)]).as_bytes(),
+    );
+    let mut config = test_box.config(1, "[schedule]\ndrain = \"0s\"\n");
+    config.fill.manifest_url = format!("file://{}", manifest_path.display());
+    let daemon = start(&config).await;
+    assert!(status(&daemon).await["manifest"].is_null());
+    run_fill(&daemon, "pulled-1").await;
+    assert_eq!(status(&daemon).await["manifest"]["id"], "pulled-1");
+    assert_eq!(
+        &get(daemon.viewer_addrs[0], "/pulled.ts")
+            .await
+            .bytes()
+            .await
+            .unwrap()[..],
+        &data[..]
+    );
+    daemon.shutdown().await;
+}
