@@ -641,3 +641,40 @@ async fn a_manifest_url_is_pulled_when_a_fill_starts() {
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn https_origins_are_verified_against_the_system_roots_or_fill_ca_file() {
+    let test_box = TestBox::new();
+    let cert = make_cert(test_box.dir.path());
+    let origin = Origin::start_tls(&cert.cert, &cert.key).await;
+    let data = pattern(80_000);
+    origin.put("secure.ts", &data, Fault::None);
+    let base_url = format!("https://localhost:{}/", origin.addr.port());
+    let body = manifest("tls", &base_url, &[("secure.ts", &data)]);
+
+    // Without the CA the certificate does not verify: the object fails, nothing is stored.
+    let untrusting = fill_box(1, "retries = 1\n").await;
+    push(&untrusting.daemon, Some(&untrusting.token), &body).await;
+    let done = run_fill(&untrusting.daemon, "tls").await;
+    assert_eq!(done["fill"]["objects_failed"], 1);
+    let reason = done["fill"]["last_fill"]["failures"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+    untrusting.daemon.shutdown().await;
+
+    let trusting = fill_box(1, &format!("ca_file = {:?}\n", cert.cert)).await;
+    push(&trusting.daemon, Some(&trusting.token), &body).await;
+    let done = run_fill(&trusting.daemon, "tls").await;
+    assert_eq!(done["fill"]["objects_done"], 1, "{done:#}");
+    assert_eq!(
+        &get(trusting.daemon.viewer_addrs[0], "/secure.ts")
+            .await
+            .bytes()
+            .await
+            .unwrap()[..],
+        &data[..]
+    );
+    trusting.daemon.shutdown().await;
+}

@@ -50,6 +50,18 @@ pub struct Origin {
 impl Origin {
     /// Starts an origin on 127.0.0.1:0.
     pub async fn start() -> Origin {
+        Origin::start_with_tls(None).await
+    }
+
+    /// Starts an origin that speaks HTTPS with this certificate and key (PEM files).
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Origin {
+        let mut config = (*tidecache::listener::load_tls(cert, key).expect("origin TLS")).clone();
+        // This origin speaks HTTP/1.1 only.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Origin::start_with_tls(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let state = Arc::new(Mutex::new(State::default()));
@@ -60,14 +72,27 @@ impl Origin {
                     continue;
                 };
                 let state = Arc::clone(&shared);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = Arc::clone(&state);
                         async move { Ok::<_, Infallible>(answer(&state, request)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
