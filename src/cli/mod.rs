@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod status;
+
 use crate::config::Config;
 
 /// tidecache: a push-filled video segment cache for ISP-embedded appliances.
@@ -38,6 +40,9 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A first run with no set-up: fill a small real HLS title from an in-process origin
+    /// through the real fill path, then serve it on loopback until Ctrl-C.
+    Demo,
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
         /// The file to check.
@@ -46,6 +51,15 @@ pub enum Command {
     /// Origin side: build a manifest from a directory, or push one to a box.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Summarise a running box: mode, next switch, fill progress, last fill, stores.
+    Status {
+        /// The daemon's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        admin: String,
+        /// Print `/v1/status` as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Override the fill windows: fill now, serve now, or follow the windows again (auto).
     Mode {
         /// `fill`, `serve` or `auto`.
@@ -156,7 +170,11 @@ const EXIT_FAILURE: u8 = 1;
 /// Parses the process arguments and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let default_level = match cli.command {
+        Command::Demo => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
@@ -165,7 +183,9 @@ pub fn main() -> ExitCode {
             }
             Err(err) => fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
         },
+        Command::Demo => run_demo(),
         Command::Mode { mode, admin } => set_mode(mode, &admin),
+        Command::Status { admin, json } => show_status(&admin, json),
         Command::Manifest(ManifestCommand::Build {
             dir,
             base_url,
@@ -311,6 +331,52 @@ fn run_call<T>(
     })
 }
 
+/// `tidecache demo`.
+fn run_demo() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return fail(
+                EXIT_FAILURE,
+                &format!("cannot start the async runtime: {err}"),
+            );
+        }
+    };
+    match runtime.block_on(crate::demo::run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, &err.to_string()),
+    }
+}
+
+/// `tidecache status`.
+fn show_status(admin: &str, json: bool) -> ExitCode {
+    let client = match crate::admin::client::AdminClient::new(admin, None) {
+        Ok(client) => client,
+        Err(err) => return fail(EXIT_USAGE, &err.to_string()),
+    };
+    let answer = match run_call(client.get("/v1/status")) {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", String::from_utf8_lossy(&answer).trim_end());
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_slice(&answer) {
+        Ok(status) => {
+            print!("{}", status::render(&status, jiff::Timestamp::now()));
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(
+            EXIT_FAILURE,
+            &format!("{admin}/v1/status: not status JSON: {err}"),
+        ),
+    }
+}
+
 /// `tidecache mode`: posts the override and prints the mode that results.
 fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
     let client = match admin.client() {
@@ -340,10 +406,12 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Sets up tracing to stderr; `RUST_LOG` overrides the default `info` level.
-fn init_logging(format: LogFormat) {
+/// Sets up tracing to stderr; `RUST_LOG` overrides the default level (`info`; `warn` for the
+/// demo, whose own lines tell the story).
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

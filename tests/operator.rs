@@ -1,0 +1,166 @@
+//! The operator's commands against real daemons: demo, status, verify, doctor.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::process::{BINARY, signal, wait_with_timeout};
+use common::*;
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_fills_and_serves_a_playable_hls_title_and_stops_on_ctrl_c() {
+    let mut child = Command::new(BINARY)
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut playlist_url = None;
+    let mut admin_url = None;
+    while playlist_url.is_none() {
+        let line = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .expect("demo prints its URLs");
+        if let Some(url) = line.strip_prefix("serving: ") {
+            playlist_url = Some(url.to_owned());
+        }
+        if let Some(rest) = line.split("(admin ").nth(1) {
+            admin_url = rest
+                .split(')')
+                .next()
+                .map(|url| url.trim_end_matches('/').to_owned());
+        }
+    }
+    let playlist_url = playlist_url.unwrap();
+    let client = client();
+    let master = client.get(&playlist_url).send().await.unwrap();
+    assert_eq!(master.status(), StatusCode::OK);
+    assert_eq!(
+        master.headers()["content-type"],
+        "application/vnd.apple.mpegurl"
+    );
+    let master = master.text().await.unwrap();
+    assert!(master.starts_with("#EXTM3U"));
+    let variant_path = master
+        .lines()
+        .find(|line| !line.starts_with('#') && !line.is_empty())
+        .unwrap();
+    let base = playlist_url.rsplit_once('/').unwrap().0;
+    let variant_url = format!("{base}/{variant_path}");
+    let variant = client
+        .get(&variant_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(variant.contains("#EXT-X-ENDLIST"));
+    let variant_base = variant_url.rsplit_once('/').unwrap().0;
+    let segments: Vec<&str> = variant
+        .lines()
+        .filter(|line| line.ends_with(".ts"))
+        .collect();
+    assert_eq!(segments.len(), 3);
+    for segment in segments {
+        let response = client
+            .get(format!("{variant_base}/{segment}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "video/mp2t");
+        let body = response.bytes().await.unwrap();
+        assert!(body.len() > 10_000 && body.len() % 188 == 0, "{segment}");
+        assert!(
+            body.chunks(188).all(|packet| packet[0] == 0x47),
+            "{segment}: MPEG-TS"
+        );
+    }
+    if let Ok(probe) = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&playlist_url)
+        .output()
+    {
+        let streams = String::from_utf8_lossy(&probe.stdout);
+        assert!(
+            streams.contains("h264") && streams.contains("aac"),
+            "ffprobe decodes the served title: {streams}"
+        );
+    }
+
+    let admin_url = admin_url.expect("demo prints its admin URL");
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(["status", "--admin", &admin_url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    assert!(
+        text.contains("mode:      serving (override auto)"),
+        "{text}"
+    );
+    assert!(text.contains("manifest:  demo (5 objects"), "{text}");
+    assert!(text.contains("last fill: done"), "{text}");
+
+    signal(&child, "INT");
+    assert_eq!(wait_with_timeout(&mut child), Some(0));
+}
+
+#[tokio::test]
+async fn status_prints_a_summary_or_json_and_fails_in_one_line_when_unreachable() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    seed(&config, &[("a.ts", b"abc")]);
+    let daemon = start(&config).await;
+    let admin = format!("http://{}", daemon.admin_addr);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || Command::new(BINARY).args(args).output().unwrap())
+    };
+    let json = run(vec![
+        "status".into(),
+        "--admin".into(),
+        admin.clone(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(json.status.code(), Some(0));
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed["objects"], 1);
+    let human = run(vec!["status".into(), "--admin".into(), admin.clone()])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("fill:      idle") && text.contains("1 objects"),
+        "{text}"
+    );
+    daemon.shutdown().await;
+    let down = run(vec!["status".into(), "--admin".into(), admin])
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
