@@ -164,3 +164,74 @@ async fn status_prints_a_summary_or_json_and_fails_in_one_line_when_unreachable(
     assert_eq!(down.status.code(), Some(1));
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn verify_finds_and_quarantines_damaged_objects_and_refuses_a_store_in_use() {
+    let test_box = TestBox::new();
+    let config = test_box.config(2, "");
+    let objects: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|number| (format!("t/seg_{number:02}.ts"), pattern(5000 + number)))
+        .collect();
+    let borrowed: Vec<(&str, &[u8])> = objects
+        .iter()
+        .map(|(path, data)| (path.as_str(), data.as_slice()))
+        .collect();
+    seed(&config, &borrowed);
+    let config_file = test_box.write_file(
+        "verify.toml",
+        format!(
+            "state_dir = {:?}\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
+            test_box.dir.path().join("state"),
+            test_box.store_path(0),
+            test_box.store_path(1)
+        )
+        .as_bytes(),
+    );
+    let flipped = (0..2)
+        .map(|store| test_box.store_path(store).join("objects/t/seg_07.ts"))
+        .find(|path| path.exists())
+        .unwrap();
+    let mut bytes = std::fs::read(&flipped).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&flipped, bytes).unwrap();
+
+    let run = |file: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BINARY)
+                .args(["verify", "--config"])
+                .arg(file)
+                .output()
+                .unwrap()
+        })
+    };
+    let first = run(config_file.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    assert!(stdout.contains("damaged: t/seg_07.ts"), "{stdout}");
+    assert!(
+        stdout.contains("verified 20 objects") && stdout.contains("1 damaged"),
+        "{stdout}"
+    );
+    let second = run(config_file.clone()).await.unwrap();
+    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    assert!(String::from_utf8_lossy(&second.stdout).contains("verified 19 objects"));
+
+    let daemon = start(&config).await;
+    assert_eq!(
+        get(daemon.viewer_addrs[0], "/t/seg_07.ts").await.status(),
+        StatusCode::NOT_FOUND,
+        "a quarantined object is not served"
+    );
+    assert_eq!(
+        get(daemon.viewer_addrs[0], "/t/seg_08.ts").await.status(),
+        StatusCode::OK
+    );
+    let busy = run(config_file).await.unwrap();
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(
+        stderr.contains("in use by another tidecache process"),
+        "{stderr}"
+    );
+    daemon.shutdown().await;
+}

@@ -51,6 +51,14 @@ pub enum Command {
     /// Origin side: build a manifest from a directory, or push one to a box.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Scrub: re-hash every stored object against its recorded sha256, quarantine the damaged
+    /// ones (not served; the next fill fetches them again) and list them. Exit 1 when any
+    /// was found. Run it with the daemon stopped: it takes the stores' locks.
+    Verify {
+        /// Configuration file; default /etc/tidecache/tidecache.toml if it exists, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Summarise a running box: mode, next switch, fill progress, last fill, stores.
     Status {
         /// The daemon's admin listener.
@@ -184,6 +192,7 @@ pub fn main() -> ExitCode {
             Err(err) => fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
         },
         Command::Demo => run_demo(),
+        Command::Verify { config } => verify(config.as_deref()),
         Command::Mode { mode, admin } => set_mode(mode, &admin),
         Command::Status { admin, json } => show_status(&admin, json),
         Command::Manifest(ManifestCommand::Build {
@@ -197,16 +206,9 @@ pub fn main() -> ExitCode {
             hmac_key_file,
         }) => push_manifest(&file, &admin, hmac_key_file.as_deref()),
         Command::Serve { config } => {
-            let loaded = match &config {
-                Some(file) => {
-                    Config::load(file).map_err(|err| format!("{}: {err}", file.display()))
-                }
-                None => Config::load_default()
-                    .map_err(|err| format!("{}: {err}", crate::config::DEFAULT_CONFIG_PATH)),
-            };
-            let config = match loaded {
+            let config = match load_config(config.as_deref()) {
                 Ok(config) => config,
-                Err(message) => return fail(EXIT_USAGE, &message),
+                Err(code) => return code,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -329,6 +331,84 @@ fn run_call<T>(
         ClientError::BadUrl { .. } => fail(EXIT_USAGE, &err.to_string()),
         err => fail(EXIT_FAILURE, &err.to_string()),
     })
+}
+
+/// Loads `--config FILE`, or the default configuration, or exits 2 with one line.
+fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match file {
+        Some(file) => Config::load(file).map_err(|err| format!("{}: {err}", file.display())),
+        None => Config::load_default()
+            .map_err(|err| format!("{}: {err}", crate::config::DEFAULT_CONFIG_PATH)),
+    }
+    .map_err(|message| fail(EXIT_USAGE, &message))
+}
+
+/// `tidecache verify`.
+fn verify(config: Option<&std::path::Path>) -> ExitCode {
+    let config = match load_config(config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let stores = crate::store::Stores::load(&config.stores);
+    for store in stores.status() {
+        if let Some(error) = &store.error {
+            return fail(
+                EXIT_FAILURE,
+                &format!(
+                    "store {}: {error}; stop the daemon (systemctl stop tidecache) and verify again",
+                    store.path.display()
+                ),
+            );
+        }
+    }
+    let total: u64 = stores.status().iter().map(|store| store.bytes_used).sum();
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} verifying [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let report = stores.scrub(threads, &|bytes| bar.inc(bytes));
+    bar.finish_and_clear();
+    let mut quarantine_failed = false;
+    for damage in &report.damaged {
+        println!(
+            "damaged: {} (store {}): {}",
+            damage.path,
+            damage.store.display(),
+            damage.problem
+        );
+        if let Err(err) = stores.quarantine(&damage.path) {
+            quarantine_failed = true;
+            eprintln!("tidecache: error: cannot quarantine {}: {err}", damage.path);
+        }
+    }
+    println!(
+        "verified {} objects ({} bytes) in {:.1}s: {} damaged{}",
+        report.objects,
+        report.bytes,
+        started.elapsed().as_secs_f64(),
+        report.damaged.len(),
+        if report.damaged.is_empty() {
+            String::new()
+        } else {
+            " and quarantined (the next fill fetches them again)".to_owned()
+        }
+    );
+    if report.damaged.is_empty() && !quarantine_failed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
 }
 
 /// `tidecache demo`.

@@ -23,6 +23,7 @@
 
 pub mod journal;
 pub mod placement;
+pub mod scrub;
 mod writer;
 
 use std::collections::HashMap;
@@ -189,6 +190,9 @@ struct Store {
     bytes_used: AtomicU64,
     errors: AtomicU64,
     journal: Mutex<JournalState>,
+    /// `<store>/lock`, held with an exclusive `flock` while this process has the store open,
+    /// so a second daemon (or a `verify`) cannot write the same store.
+    _lock: Option<File>,
 }
 
 impl Store {
@@ -601,9 +605,11 @@ fn open_store(config: &StoreConfig) -> Opened {
             valid_len: 0,
             writer: None,
         }),
+        _lock: None,
     };
     match initialise(&store) {
-        Ok((id, replay)) => {
+        Ok((id, replay, lock)) => {
+            store._lock = Some(lock);
             if replay.torn_tail {
                 tracing::warn!(store = %config.path.display(), valid_bytes = replay.valid_len, "index journal had a torn tail; it is cut at the next write");
             }
@@ -635,7 +641,7 @@ fn open_store(config: &StoreConfig) -> Opened {
 }
 
 /// Creates the layout if missing, reads the store id and replays the journal.
-fn initialise(store: &Store) -> io::Result<(String, journal::Replay)> {
+fn initialise(store: &Store) -> io::Result<(String, journal::Replay, File)> {
     for dir in [
         store.root.clone(),
         store.objects_dir(),
@@ -644,6 +650,7 @@ fn initialise(store: &Store) -> io::Result<(String, journal::Replay)> {
     ] {
         std::fs::create_dir_all(&dir).map_err(|err| annotate(err, "create", &dir))?;
     }
+    let lock = lock_store(&store.root)?;
     let id_path = store.root.join("store-id");
     let id = match std::fs::read_to_string(&id_path) {
         Ok(id) => id.trim().to_owned(),
@@ -655,7 +662,26 @@ fn initialise(store: &Store) -> io::Result<(String, journal::Replay)> {
         Err(err) => return Err(annotate(err, "read", &id_path)),
     };
     let replay = journal::replay(&store.journal_path())?;
-    Ok((id, replay))
+    Ok((id, replay, lock))
+}
+
+/// Takes the store's exclusive lock, or says who holds it.
+fn lock_store(root: &Path) -> io::Result<File> {
+    let path = root.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| annotate(err, "open", &path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "in use by another tidecache process (a running daemon, or a verify)",
+        )),
+        Err(err) => Err(annotate(io::Error::from(err), "lock", &path)),
+    }
 }
 
 /// An id unique enough to tell stores apart: a hash of the path, the time and the process.
