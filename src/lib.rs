@@ -11,6 +11,7 @@
 //! - [`schedule`]: the mode (serving, draining, filling) and fill windows.
 //! - [`listener`]: the accept loop shared by every listener (limits, TLS, graceful shutdown).
 //! - [`daemon`]: wires the pieces together for `tidecache serve`.
+//! - [`doctor`]: `tidecache doctor`, the host against the appliance spec.
 //! - [`demo`]: `tidecache demo`, a whole fill-then-serve cycle on loopback.
 //! - [`fill`]: manifests and the nightly fill engine.
 //! - [`durable`]: small files written crash-safely (state, index snapshots).
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod durable;
 pub mod fill;
 pub mod listener;

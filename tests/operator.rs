@@ -235,3 +235,42 @@ async fn verify_finds_and_quarantines_damaged_objects_and_refuses_a_store_in_use
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn doctor_prints_one_verdict_line_per_check() {
+    let test_box = TestBox::new();
+    let config = test_box.write_file(
+        "doctor.toml",
+        format!("[[store]]\npath = {:?}\n", test_box.dir.path()).as_bytes(),
+    );
+    let bad_spec = test_box.write_file("spec.toml", b"[cpu]\nwarn_below = \"many\"\n");
+    let (good, bad) = tokio::task::spawn_blocking(move || {
+        let good = Command::new(BINARY)
+            .args(["doctor", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let bad = Command::new(BINARY)
+            .args(["doctor", "--spec"])
+            .arg(&bad_spec)
+            .output()
+            .unwrap();
+        (good, bad)
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "seven checks and one per store: {stdout}");
+    for line in &lines {
+        assert!(
+            ["pass  ", "warn  ", "fail  "].iter().any(|verdict| line.starts_with(verdict)),
+            "{line}"
+        );
+    }
+    let any_fail = lines.iter().any(|line| line.starts_with("fail"));
+    assert_eq!(good.status.code(), Some(i32::from(any_fail)), "{stdout}");
+    assert!(stdout.contains("store "), "{stdout}");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("tidecache: error: spec:"));
+}

@@ -59,6 +59,17 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check this host against the appliance spec: cores, RAM, NVMe, NIC speed, each store's
+    /// file system, open-file limit, clock, io_uring. One pass/warn/fail line each; exit 1
+    /// when anything fails.
+    Doctor {
+        /// The spec; default: appliance-spec/spec.toml as built into the binary.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Configuration whose stores to check; default as for `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Summarise a running box: mode, next switch, fill progress, last fill, stores.
     Status {
         /// The daemon's admin listener.
@@ -192,6 +203,7 @@ pub fn main() -> ExitCode {
             Err(err) => fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
         },
         Command::Demo => run_demo(),
+        Command::Doctor { spec, config } => doctor(spec.as_deref(), config.as_deref()),
         Command::Verify { config } => verify(config.as_deref()),
         Command::Mode { mode, admin } => set_mode(mode, &admin),
         Command::Status { admin, json } => show_status(&admin, json),
@@ -341,6 +353,45 @@ fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
             .map_err(|err| format!("{}: {err}", crate::config::DEFAULT_CONFIG_PATH)),
     }
     .map_err(|message| fail(EXIT_USAGE, &message))
+}
+
+/// `tidecache doctor`.
+fn doctor(spec: Option<&std::path::Path>, config: Option<&std::path::Path>) -> ExitCode {
+    use crate::doctor::{Facts, Spec, Verdict, evaluate};
+    let spec_text = match spec {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) => return fail(EXIT_USAGE, &format!("{}: {err}", path.display())),
+        },
+        None => crate::doctor::BUILT_IN_SPEC.to_owned(),
+    };
+    let spec = match Spec::parse(&spec_text) {
+        Ok(spec) => spec,
+        Err(err) => return fail(EXIT_USAGE, &format!("spec: {err}")),
+    };
+    let config = match load_config(config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let stores: Vec<PathBuf> = config
+        .stores
+        .iter()
+        .map(|store| store.path.clone())
+        .collect();
+    let checks = evaluate(&Facts::gather(&stores), &spec);
+    for check in &checks {
+        println!(
+            "{}  {:<11} {}",
+            check.verdict.as_str(),
+            check.name,
+            check.detail
+        );
+    }
+    if checks.iter().any(|check| check.verdict == Verdict::Fail) {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `tidecache verify`.

@@ -1,0 +1,520 @@
+//! `tidecache doctor`: this host against the appliance spec (`appliance-spec/spec.toml`).
+//!
+//! Facts are gathered from `/proc`, `/sys` and a few system calls ([`Facts::gather`]); the
+//! verdicts are plain functions of facts and spec ([`evaluate`]), so they are unit-tested
+//! with made-up hosts.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::ByteSize;
+
+/// The spec shipped in the repository, used without `--spec`.
+pub const BUILT_IN_SPEC: &str = include_str!("../appliance-spec/spec.toml");
+
+/// The thresholds of `spec.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    cpu: CpuSpec,
+    memory: MemorySpec,
+    nvme: NvmeSpec,
+    network: NetworkSpec,
+    storage: StorageSpec,
+    limits: LimitsSpec,
+    clock: ClockSpec,
+    io_uring: IoUringSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CpuSpec {
+    warn_below: u64,
+    fail_below: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemorySpec {
+    warn_below_gib: u64,
+    fail_below_gib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NvmeSpec {
+    warn_below_devices: u64,
+    fail_below_devices: u64,
+    min_device_size: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkSpec {
+    warn_below_mbps: u64,
+    fail_below_mbps: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSpec {
+    good_file_systems: Vec<String>,
+    acceptable_file_systems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSpec {
+    warn_below_open_files: u64,
+    fail_below_open_files: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockSpec {
+    require_synchronised: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IoUringSpec {
+    warn_when_unavailable: bool,
+}
+
+impl Spec {
+    /// Parses a spec file's text.
+    pub fn parse(text: &str) -> Result<Spec, String> {
+        toml::from_str(text).map_err(|err| err.message().to_owned())
+    }
+}
+
+/// What was found on the host.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Logical cores.
+    pub cores: u64,
+    /// RAM in bytes.
+    pub memory_bytes: Option<u64>,
+    /// NVMe namespaces and their sizes in bytes.
+    pub nvme_devices: Vec<(String, u64)>,
+    /// Physical NICs and their link speeds in Mbit/s (None when the link is down or unknown).
+    pub nics: Vec<(String, Option<u64>)>,
+    /// Each store path and the file system it lives on.
+    pub stores: Vec<(PathBuf, Option<String>)>,
+    /// RLIMIT_NOFILE (soft).
+    pub open_files: Option<u64>,
+    /// Whether the clock is synchronised (None when it cannot be told).
+    pub clock_synchronised: Option<bool>,
+    /// Whether an io_uring instance could be created, and why not.
+    pub io_uring: Result<(), String>,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Meets the reference design.
+    Pass,
+    /// Works, with less headroom than the reference.
+    Warn,
+    /// Cannot do its job.
+    Fail,
+}
+
+impl Verdict {
+    /// `pass`, `warn` or `fail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "fail",
+        }
+    }
+}
+
+/// A check's verdict and what it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Pass, warn or fail.
+    pub verdict: Verdict,
+    /// What was checked.
+    pub name: &'static str,
+    /// What was found, against what was wanted.
+    pub detail: String,
+}
+
+fn threshold(value: u64, warn_below: u64, fail_below: u64) -> Verdict {
+    if value < fail_below {
+        Verdict::Fail
+    } else if value < warn_below {
+        Verdict::Warn
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// Judges the facts against the spec, one check per line.
+pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut push = |verdict, name, detail: String| {
+        checks.push(Check {
+            verdict,
+            name,
+            detail,
+        })
+    };
+    push(
+        threshold(facts.cores, spec.cpu.warn_below, spec.cpu.fail_below),
+        "cpu",
+        format!(
+            "{} logical cores (reference {})",
+            facts.cores, spec.cpu.warn_below
+        ),
+    );
+    match facts.memory_bytes {
+        Some(bytes) => {
+            let gib = bytes / (1 << 30);
+            push(
+                threshold(gib, spec.memory.warn_below_gib, spec.memory.fail_below_gib),
+                "memory",
+                format!("{gib} GiB (reference {} GiB)", spec.memory.warn_below_gib),
+            );
+        }
+        None => push(
+            Verdict::Warn,
+            "memory",
+            "cannot read /proc/meminfo".to_owned(),
+        ),
+    }
+    let big_enough = facts
+        .nvme_devices
+        .iter()
+        .filter(|(_, size)| *size >= spec.nvme.min_device_size.0)
+        .count() as u64;
+    let listed: Vec<String> = facts
+        .nvme_devices
+        .iter()
+        .map(|(name, size)| format!("{name} {:.2} TB", *size as f64 / 1e12))
+        .collect();
+    push(
+        threshold(
+            big_enough,
+            spec.nvme.warn_below_devices,
+            spec.nvme.fail_below_devices,
+        ),
+        "nvme",
+        format!(
+            "{big_enough} NVMe devices of at least {:.2} TB (reference {}){}",
+            spec.nvme.min_device_size.0 as f64 / 1e12,
+            spec.nvme.warn_below_devices,
+            if listed.is_empty() {
+                "; none found".to_owned()
+            } else {
+                format!(": {}", listed.join(", "))
+            }
+        ),
+    );
+    let fastest = facts.nics.iter().filter_map(|(_, speed)| *speed).max();
+    match fastest {
+        Some(speed) => push(
+            threshold(
+                speed,
+                spec.network.warn_below_mbps,
+                spec.network.fail_below_mbps,
+            ),
+            "network",
+            format!(
+                "fastest link {speed} Mbit/s (reference {} Mbit/s)",
+                spec.network.warn_below_mbps
+            ),
+        ),
+        None => push(
+            Verdict::Warn,
+            "network",
+            format!(
+                "no link speed reported for {} (virtual NICs report none; reference {} Mbit/s)",
+                if facts.nics.is_empty() {
+                    "any NIC".to_owned()
+                } else {
+                    facts
+                        .nics
+                        .iter()
+                        .map(|(name, _)| name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                spec.network.warn_below_mbps
+            ),
+        ),
+    }
+    for (path, file_system) in &facts.stores {
+        let (verdict, detail) = match file_system.as_deref() {
+            Some(fs) if spec.storage.good_file_systems.iter().any(|good| good == fs) => {
+                (Verdict::Pass, format!("{} on {fs}", path.display()))
+            }
+            Some(fs)
+                if spec
+                    .storage
+                    .acceptable_file_systems
+                    .iter()
+                    .any(|ok| ok == fs) =>
+            {
+                (
+                    Verdict::Warn,
+                    format!(
+                        "{} on {fs} (works; {} are the tested choices)",
+                        path.display(),
+                        spec.storage.good_file_systems.join(" or ")
+                    ),
+                )
+            }
+            Some(fs) => (
+                Verdict::Fail,
+                format!(
+                    "{} on {fs}: use a local {} file system per NVMe device",
+                    path.display(),
+                    spec.storage.good_file_systems.join(" or ")
+                ),
+            ),
+            None => (
+                Verdict::Warn,
+                format!(
+                    "{}: does not exist yet or cannot be inspected",
+                    path.display()
+                ),
+            ),
+        };
+        push(verdict, "store", detail);
+    }
+    match facts.open_files {
+        Some(limit) => push(
+            threshold(
+                limit,
+                spec.limits.warn_below_open_files,
+                spec.limits.fail_below_open_files,
+            ),
+            "open files",
+            format!(
+                "limit {limit} (reference {}; LimitNOFILE= in the unit)",
+                spec.limits.warn_below_open_files
+            ),
+        ),
+        None => push(
+            Verdict::Warn,
+            "open files",
+            "cannot read the limit".to_owned(),
+        ),
+    }
+    let clock_verdict = match facts.clock_synchronised {
+        Some(true) => Verdict::Pass,
+        Some(false) if spec.clock.require_synchronised => Verdict::Fail,
+        _ => Verdict::Warn,
+    };
+    push(
+        clock_verdict,
+        "clock",
+        match facts.clock_synchronised {
+            Some(true) => "synchronised".to_owned(),
+            Some(false) => {
+                "not synchronised: fill windows would start at the wrong time (enable NTP)"
+                    .to_owned()
+            }
+            None => "cannot tell whether the clock is synchronised (timedatectl missing, or timedated not running)".to_owned(),
+        },
+    );
+    match &facts.io_uring {
+        Ok(()) => push(Verdict::Pass, "io_uring", "available".to_owned()),
+        Err(reason) => push(
+            if spec.io_uring.warn_when_unavailable {
+                Verdict::Warn
+            } else {
+                Verdict::Pass
+            },
+            "io_uring",
+            format!("unavailable ({reason}); tidecache falls back to ordinary reads"),
+        ),
+    }
+    checks
+}
+
+impl Facts {
+    /// Reads the host.
+    pub fn gather(store_paths: &[PathBuf]) -> Facts {
+        Facts {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            memory_bytes: memory_bytes(),
+            nvme_devices: nvme_devices(Path::new("/sys/block")),
+            nics: nics(Path::new("/sys/class/net")),
+            stores: store_paths
+                .iter()
+                .map(|path| (path.clone(), file_system(path)))
+                .collect(),
+            open_files: rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+            clock_synchronised: clock_synchronised(),
+            io_uring: io_uring::IoUring::new(2)
+                .map(drop)
+                .map_err(|err| err.to_string()),
+        }
+    }
+}
+
+fn memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+fn nvme_devices(sys_block: &Path) -> Vec<(String, u64)> {
+    let Ok(entries) = std::fs::read_dir(sys_block) else {
+        return Vec::new();
+    };
+    let mut devices: Vec<(String, u64)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            if !name.starts_with("nvme") {
+                return None;
+            }
+            let sectors: u64 = std::fs::read_to_string(entry.path().join("size"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((name, sectors * 512))
+        })
+        .collect();
+    devices.sort();
+    devices
+}
+
+fn nics(sys_net: &Path) -> Vec<(String, Option<u64>)> {
+    let Ok(entries) = std::fs::read_dir(sys_net) else {
+        return Vec::new();
+    };
+    let mut nics: Vec<(String, Option<u64>)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            // Physical NICs have a `device` link; lo, bridges and tunnels do not.
+            if !entry.path().join("device").exists() {
+                return None;
+            }
+            let speed = std::fs::read_to_string(entry.path().join("speed"))
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .and_then(|speed| u64::try_from(speed).ok())
+                .filter(|speed| *speed > 0);
+            Some((name, speed))
+        })
+        .collect();
+    nics.sort();
+    nics
+}
+
+fn file_system(path: &Path) -> Option<String> {
+    let stats = rustix::fs::statfs(path).ok()?;
+    let name = match stats.f_type as u64 {
+        0x5846_5342 => "xfs",
+        0xEF53 => "ext4",
+        0x9123_683E => "btrfs",
+        0x2FC1_2FC1 => "zfs",
+        0x0102_1994 => "tmpfs",
+        0x794C_7630 => "overlayfs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        other => return Some(format!("unknown (magic {other:#x})")),
+    };
+    Some(name.to_owned())
+}
+
+fn clock_synchronised() -> Option<bool> {
+    let output = std::process::Command::new("timedatectl")
+        .args(["show", "-p", "NTPSynchronized", "--value"])
+        .output()
+        .ok()?;
+    match String::from_utf8_lossy(&output.stdout).trim() {
+        "yes" => Some(true),
+        "no" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec::parse(BUILT_IN_SPEC).expect("the shipped spec parses")
+    }
+
+    fn reference_box() -> Facts {
+        Facts {
+            cores: 32,
+            memory_bytes: Some(256 << 30),
+            nvme_devices: (0..12)
+                .map(|n| (format!("nvme{n}n1"), 7_680_000_000_000))
+                .collect(),
+            nics: vec![
+                ("enp65s0f0".into(), Some(100_000)),
+                ("enp65s0f1".into(), Some(100_000)),
+            ],
+            stores: vec![(PathBuf::from("/srv/nvme0/tidecache"), Some("xfs".into()))],
+            open_files: Some(1 << 20),
+            clock_synchronised: Some(true),
+            io_uring: Ok(()),
+        }
+    }
+
+    #[test]
+    fn the_reference_box_passes_everything() {
+        let checks = evaluate(&reference_box(), &spec());
+        assert!(
+            checks.iter().all(|check| check.verdict == Verdict::Pass),
+            "{checks:#?}"
+        );
+    }
+
+    #[test]
+    fn a_small_vm_warns_and_fails_where_it_should() {
+        let facts = Facts {
+            cores: 2,
+            memory_bytes: Some(24 << 30),
+            nvme_devices: vec![],
+            nics: vec![("eth0".into(), None)],
+            stores: vec![(PathBuf::from("/tmp/store"), Some("tmpfs".into()))],
+            open_files: Some(20_000),
+            clock_synchronised: Some(false),
+            io_uring: Err("Operation not permitted".into()),
+        };
+        let checks = evaluate(&facts, &spec());
+        let verdict = |name: &str| {
+            checks
+                .iter()
+                .find(|check| check.name == name)
+                .unwrap()
+                .verdict
+        };
+        assert_eq!(verdict("cpu"), Verdict::Warn);
+        assert_eq!(verdict("memory"), Verdict::Warn);
+        assert_eq!(verdict("nvme"), Verdict::Warn);
+        assert_eq!(verdict("network"), Verdict::Warn);
+        assert_eq!(verdict("store"), Verdict::Fail);
+        assert_eq!(verdict("open files"), Verdict::Fail);
+        assert_eq!(verdict("clock"), Verdict::Fail);
+        assert_eq!(verdict("io_uring"), Verdict::Warn);
+    }
+
+    #[test]
+    fn this_host_can_be_inspected_without_panicking() {
+        let facts = Facts::gather(&[std::env::temp_dir()]);
+        assert!(facts.cores >= 1);
+        assert_eq!(evaluate(&facts, &spec()).len(), 8, "seven checks and one per store");
+    }
+}
