@@ -4,21 +4,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::auth::AdminToken;
-use crate::admin::{Admin, AdminFill};
+use crate::admin::{Admin, AdminAuth};
 use crate::config::Config;
 use crate::fill::Fill;
 use crate::fill::engine::{Engine, EngineSettings};
 use crate::fill::fetch::Fetcher;
+use crate::fill::rate::RateLimiter;
 use crate::listener::{self, ConnectionLimits, ConnectionMetrics, Listener, ListenerError};
 use crate::metrics::Metrics;
 use crate::schedule::{
-    Clock, ModeState, Override, OverrideControl, OverrideError, OverrideFile, Scheduler,
+    Clock, ModeState, Override, OverrideControl, OverrideError, OverrideFile, Plan, Scheduler,
     SystemClock, plan_from_config,
 };
 use crate::serve::{Viewer, ViewerSettings};
@@ -63,6 +65,7 @@ pub struct Daemon {
     mode: watch::Receiver<ModeState>,
     overrides: Arc<OverrideControl>,
     fill: Arc<Fill>,
+    live: LiveSettings,
     stop_accepting: watch::Sender<bool>,
     accept_loops: JoinSet<()>,
     connections_finished: mpsc::Receiver<()>,
@@ -86,10 +89,14 @@ impl Daemon {
                 "http.url_signing_key_file: signed viewer URLs are not supported by this build yet; remove the key".to_owned(),
             ));
         }
-        let token = AdminToken::load(config.admin.token_file.as_deref())
-            .map_err(|err| StartError::Config(err.to_string()))?;
         let plan = plan_from_config(config)
             .map_err(|err| StartError::Config(format!("schedule.timezone: {err}")))?;
+        let tls = match &config.https {
+            Some(https) if !https.listen.is_empty() => Some(Arc::new(ArcSwap::from_pointee(
+                TlsAcceptor::from(listener::load_tls(&https.cert, &https.key)?),
+            ))),
+            _ => None,
+        };
         std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
             path: config.state_dir.display().to_string(),
             source,
@@ -99,41 +106,23 @@ impl Daemon {
             tracing::error!(error = %err, "cannot read the saved mode override; following the windows (auto)");
             Override::Auto
         });
-        let hmac_key = match &config.admin.hmac_key_file {
-            Some(path) => {
-                let key = std::fs::read(path).map_err(|err| {
-                    StartError::Config(format!("admin.hmac_key_file {}: {err}", path.display()))
-                })?;
-                let key = key.trim_ascii().to_vec();
-                if key.is_empty() {
-                    return Err(StartError::Config(format!(
-                        "admin.hmac_key_file {}: the key is empty",
-                        path.display()
-                    )));
-                }
-                Some(key)
-            }
-            None => None,
-        };
+        let auth = admin_auth(config)?;
         let fetcher = Fetcher::new(config.fill.ca_file.as_deref())
             .map_err(|err| StartError::Config(err.to_string()))?;
         let metrics = Metrics::new()?;
         let stores = Arc::new(Stores::load(&config.stores));
         let fill = Arc::new(Fill::load(&config.state_dir));
-        let (scheduler, mode_rx, override_tx) = Scheduler::start(
+        let (scheduler, handles) = Scheduler::start(
             plan,
             clock,
             initial_override,
             metrics.mode_transitions.clone(),
         );
-        let overrides = Arc::new(Scheduler::control(override_file, override_tx));
+        let mode_rx = handles.mode.clone();
+        let overrides = Arc::new(Scheduler::control(override_file, handles.overrides));
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (finished, connections_finished) = mpsc::channel(1);
-        let limits = ConnectionLimits {
-            header_timeout: config.limits.header_timeout.0,
-            idle_timeout: config.limits.idle_timeout.0,
-            max_header_size: config.limits.max_header_size.0 as usize,
-        };
+        let limits = Arc::new(ArcSwap::from_pointee(connection_limits(config)));
         let viewer = Arc::new(Viewer::new(
             Arc::clone(&stores),
             mode_rx.clone(),
@@ -147,13 +136,6 @@ impl Daemon {
         let permits = Arc::new(Semaphore::new(config.limits.max_connections as usize));
         let mut accept_loops = JoinSet::new();
 
-        let tls = match &config.https {
-            Some(https) if !https.listen.is_empty() => Some(TlsAcceptor::from(listener::load_tls(
-                &https.cert,
-                &https.key,
-            )?)),
-            _ => None,
-        };
         let https_listen = config
             .https
             .as_ref()
@@ -179,7 +161,7 @@ impl Daemon {
                 tls,
                 handler: Arc::clone(&viewer),
                 permits: Arc::clone(&permits),
-                limits,
+                limits: Arc::clone(&limits),
                 metrics: viewer_metrics.clone(),
                 finished: finished.clone(),
             });
@@ -194,23 +176,20 @@ impl Daemon {
         for listener in bound {
             accept_loops.spawn(listener.run(stop_rx.clone()));
         }
+        let admin_handler = Arc::new(Admin::new(
+            Arc::clone(&stores),
+            mode_rx.clone(),
+            metrics.clone(),
+            Arc::clone(&overrides),
+            Arc::clone(&fill),
+            auth,
+        ));
         let admin = Listener {
             tcp: admin_tcp,
             tls: None,
-            handler: Arc::new(Admin::new(
-                Arc::clone(&stores),
-                mode_rx.clone(),
-                metrics.clone(),
-                token,
-                Arc::clone(&overrides),
-                AdminFill {
-                    fill: Arc::clone(&fill),
-                    hmac_key,
-                    max_manifest_size: config.fill.max_manifest_size.0 as usize,
-                },
-            )),
+            handler: Arc::clone(&admin_handler),
             permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
-            limits,
+            limits: Arc::clone(&limits),
             metrics: ConnectionMetrics {
                 open: IntGauge::new("admin_open_connections", "unregistered")?,
                 refused: IntCounter::new("admin_connections_refused", "unregistered")?,
@@ -218,21 +197,15 @@ impl Daemon {
             finished,
         };
         accept_loops.spawn(admin.run(stop_rx.clone()));
+        let rate = Arc::new(RateLimiter::new(config.fill.max_rate.bytes_per_sec));
+        let (engine_settings, engine_settings_rx) = watch::channel(engine_settings(config));
         let engine = Engine::new(
             Arc::clone(&fill),
             Arc::clone(&stores),
             mode_rx.clone(),
             fetcher,
-            config.fill.max_rate.bytes_per_sec,
-            EngineSettings {
-                concurrency: config.fill.concurrency as usize,
-                retries: config.fill.retries,
-                retry_base: config.fill.retry_delay.0,
-                stop_grace: config.fill.stop_grace.0,
-                manifest_url: (!config.fill.manifest_url.is_empty())
-                    .then(|| config.fill.manifest_url.clone()),
-                max_manifest_size: config.fill.max_manifest_size.0 as usize,
-            },
+            Arc::clone(&rate),
+            engine_settings_rx,
             metrics.clone(),
         );
         accept_loops.spawn(scheduler.run(stop_rx.clone()));
@@ -258,6 +231,20 @@ impl Daemon {
             mode: mode_rx,
             overrides,
             fill,
+            live: LiveSettings {
+                config: std::sync::Mutex::new(config.clone()),
+                viewer,
+                admin: admin_handler,
+                limits,
+                tls,
+                permits,
+                max_connections: std::sync::atomic::AtomicUsize::new(
+                    config.limits.max_connections as usize,
+                ),
+                plan: handles.plan,
+                engine_settings,
+                rate,
+            },
             stop_accepting,
             accept_loops,
             connections_finished,
@@ -268,6 +255,95 @@ impl Daemon {
     /// The mode channel, as every part of the daemon observes it.
     pub fn mode(&self) -> watch::Receiver<ModeState> {
         self.mode.clone()
+    }
+
+    /// Applies a new configuration without dropping connections (SIGHUP): schedule,
+    /// `during_fill`, Cache-Control and CORS, limits, tokens and signing key, fill settings,
+    /// and the TLS certificate (re-read even when its path is unchanged). Listen addresses,
+    /// stores and `state_dir` need a restart: they are returned, and logged, as such. When
+    /// anything in the new configuration cannot be used, nothing is applied.
+    pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, StartError> {
+        let plan: Plan = plan_from_config(config)
+            .map_err(|err| StartError::Config(format!("schedule.timezone: {err}")))?;
+        let auth = admin_auth(config)?;
+        let tls = match (&config.https, &self.live.tls) {
+            (Some(https), Some(_)) => Some(TlsAcceptor::from(listener::load_tls(
+                &https.cert,
+                &https.key,
+            )?)),
+            _ => None,
+        };
+        if config.http.url_signing_key_file.is_some() {
+            return Err(StartError::Config(
+                "http.url_signing_key_file: signed viewer URLs are not supported by this build yet; remove the key".to_owned(),
+            ));
+        }
+        let mut current = self
+            .live
+            .config
+            .lock()
+            .map_err(|_| StartError::Config("configuration lock poisoned".to_owned()))?;
+        let mut needs_restart = Vec::new();
+        if config.http.listen != current.http.listen {
+            needs_restart.push("http.listen");
+        }
+        if config.https.as_ref().map(|https| &https.listen)
+            != current.https.as_ref().map(|https| &https.listen)
+        {
+            needs_restart.push("https.listen");
+        }
+        if config.admin.listen != current.admin.listen {
+            needs_restart.push("admin.listen");
+        }
+        if config.stores != current.stores {
+            needs_restart.push("store");
+        }
+        if config.state_dir != current.state_dir {
+            needs_restart.push("state_dir");
+        }
+        if config.fill.ca_file != current.fill.ca_file {
+            needs_restart.push("fill.ca_file");
+        }
+        self.live.viewer.reload(ViewerSettings::from_config(config));
+        self.live.admin.reload(auth);
+        self.live.limits.store(Arc::new(connection_limits(config)));
+        if let (Some(acceptor), Some(slot)) = (tls, &self.live.tls) {
+            slot.store(Arc::new(acceptor));
+        }
+        self.resize_connection_permits(config.limits.max_connections as usize);
+        self.live.plan.send_replace(plan);
+        self.live
+            .engine_settings
+            .send_replace(engine_settings(config));
+        self.live.rate.set_rate(config.fill.max_rate.bytes_per_sec);
+        *current = config.clone();
+        for key in &needs_restart {
+            tracing::warn!(key, "changed, but only takes effect after a restart");
+        }
+        tracing::info!(
+            restart_needed = needs_restart.len(),
+            "configuration reloaded"
+        );
+        Ok(needs_restart)
+    }
+
+    /// Grows or shrinks the viewer connection limit; a shrink takes effect as connections end.
+    fn resize_connection_permits(&self, wanted: usize) {
+        let previous = self
+            .live
+            .max_connections
+            .swap(wanted, std::sync::atomic::Ordering::Relaxed);
+        if wanted > previous {
+            self.live.permits.add_permits(wanted - previous);
+        } else if wanted < previous {
+            let permits = Arc::clone(&self.live.permits);
+            let surplus = (previous - wanted) as u32;
+            tokio::spawn(async move {
+                if let Ok(taken) = permits.acquire_many_owned(surplus).await {
+                    taken.forget();
+                }
+            });
+        }
     }
 
     /// The fill's shared state: the manifest in force, progress, accepting manifests.
@@ -297,14 +373,116 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: &Config) -> Result<(), StartError> {
+/// The handles a reload swaps settings through.
+struct LiveSettings {
+    config: std::sync::Mutex<Config>,
+    viewer: Arc<Viewer>,
+    admin: Arc<Admin>,
+    limits: Arc<ArcSwap<ConnectionLimits>>,
+    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
+    permits: Arc<Semaphore>,
+    max_connections: std::sync::atomic::AtomicUsize,
+    plan: watch::Sender<Plan>,
+    engine_settings: watch::Sender<EngineSettings>,
+    rate: Arc<RateLimiter>,
+}
+
+/// `[limits]` as the listener uses them.
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    ConnectionLimits {
+        header_timeout: config.limits.header_timeout.0,
+        idle_timeout: config.limits.idle_timeout.0,
+        max_header_size: config.limits.max_header_size.0 as usize,
+    }
+}
+
+/// `[fill]` as the engine uses it.
+fn engine_settings(config: &Config) -> EngineSettings {
+    EngineSettings {
+        concurrency: config.fill.concurrency as usize,
+        retries: config.fill.retries,
+        retry_base: config.fill.retry_delay.0,
+        stop_grace: config.fill.stop_grace.0,
+        manifest_url: (!config.fill.manifest_url.is_empty())
+            .then(|| config.fill.manifest_url.clone()),
+        max_manifest_size: config.fill.max_manifest_size.0 as usize,
+    }
+}
+
+/// The admin token, signing key and push limit, read from their files.
+fn admin_auth(config: &Config) -> Result<AdminAuth, StartError> {
+    let token = AdminToken::load(config.admin.token_file.as_deref())
+        .map_err(|err| StartError::Config(err.to_string()))?;
+    let hmac_key = match &config.admin.hmac_key_file {
+        Some(path) => {
+            let key = std::fs::read(path).map_err(|err| {
+                StartError::Config(format!("admin.hmac_key_file {}: {err}", path.display()))
+            })?;
+            let key = key.trim_ascii().to_vec();
+            if key.is_empty() {
+                return Err(StartError::Config(format!(
+                    "admin.hmac_key_file {}: the key is empty",
+                    path.display()
+                )));
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    Ok(AdminAuth {
+        token,
+        hmac_key,
+        max_manifest_size: config.fill.max_manifest_size.0 as usize,
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then drains and returns. SIGHUP re-reads
+/// `config_file` (when there is one) and applies it; a bad file is logged and ignored.
+pub async fn run(config: &Config, config_file: Option<&std::path::Path>) -> Result<(), StartError> {
     let daemon = Daemon::start(config).await?;
-    wait_for_stop_signal().await;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let stop = wait_for_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(hangups) => {
+                    hangups.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangup => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                reload_from(&daemon, config_file);
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
     tracing::info!("stop signal received; draining");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: re-read the configuration file and apply it, or keep the old one and say why.
+fn reload_from(daemon: &Daemon, config_file: Option<&std::path::Path>) {
+    let loaded = match config_file {
+        Some(file) => Config::load(file).map_err(|err| format!("{}: {err}", file.display())),
+        None => Config::load_default().map_err(|err| err.to_string()),
+    };
+    match loaded {
+        Ok(config) => {
+            if let Err(err) = daemon.reload(&config) {
+                tracing::error!(error = %err, "reload refused; the running configuration stays");
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reload refused; the running configuration stays")
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

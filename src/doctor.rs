@@ -515,6 +515,10 @@ mod tests {
     fn this_host_can_be_inspected_without_panicking() {
         let facts = Facts::gather(&[std::env::temp_dir()]);
         assert!(facts.cores >= 1);
-        assert_eq!(evaluate(&facts, &spec()).len(), 8, "seven checks and one per store");
+        assert_eq!(
+            evaluate(&facts, &spec()).len(),
+            8,
+            "seven checks and one per store"
+        );
     }
 }

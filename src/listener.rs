@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -41,7 +42,7 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Per-connection limits from `[limits]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Time allowed for a request head (HTTP/1) and for a TLS handshake.
     pub header_timeout: Duration,
@@ -115,14 +116,14 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Li
 pub struct Listener<H> {
     /// The bound socket.
     pub tcp: TcpListener,
-    /// TLS for HTTPS listeners.
-    pub tls: Option<TlsAcceptor>,
+    /// TLS for HTTPS listeners; swapped on SIGHUP when the certificate is re-read.
+    pub tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
     /// Who answers requests.
     pub handler: Arc<H>,
     /// Connection permits; shared by all viewer listeners.
     pub permits: Arc<Semaphore>,
-    /// Per-connection limits.
-    pub limits: ConnectionLimits,
+    /// Per-connection limits; swapped on SIGHUP, read by each new connection.
+    pub limits: Arc<ArcSwap<ConnectionLimits>>,
     /// Connection counters.
     pub metrics: ConnectionMetrics,
     /// Held by every connection task; the daemon knows all connections ended when the last
@@ -134,21 +135,8 @@ impl<H: Handler> Listener<H> {
     /// Accepts until `shutdown` turns true, then returns. Open connections see the same signal:
     /// they finish in-flight responses, then close.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(self.limits.max_header_size)
-            .keep_alive(true)
-            // A client that pipelines and then shuts its write side still gets every answer.
-            .half_close(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(256)
-            .max_header_list_size(self.limits.max_header_size as u32);
-        let builder = Arc::new(builder);
+        let mut built_for = **self.limits.load();
+        let mut builder = Arc::new(protocol_builder(built_for));
         loop {
             let accepted = tokio::select! {
                 accepted = self.tcp.accept() => accepted,
@@ -168,12 +156,16 @@ impl<H: Handler> Listener<H> {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let limits = **self.limits.load();
+            if limits.max_header_size != built_for.max_header_size {
+                built_for = limits;
+                builder = Arc::new(protocol_builder(limits));
+            }
             let handler = Arc::clone(&self.handler);
             let builder = Arc::clone(&builder);
-            let tls = self.tls.clone();
+            let tls = self.tls.as_ref().map(|tls| tls.load_full());
             let finished = self.finished.clone();
             let drain = shutdown.clone();
-            let limits = self.limits;
             let open = self.metrics.open.clone();
             tokio::spawn(async move {
                 let _permit = permit;
@@ -197,6 +189,25 @@ impl<H: Handler> Listener<H> {
             });
         }
     }
+}
+
+/// The HTTP/1.1 + HTTP/2 connection builder for these limits.
+fn protocol_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_size)
+        .keep_alive(true)
+        // A client that pipelines and then shuts its write side still gets every answer.
+        .half_close(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(limits.max_header_size as u32);
+    builder
 }
 
 /// Serves one connection until it ends, is idle too long, or shutdown drains it.

@@ -264,7 +264,9 @@ async fn doctor_prints_one_verdict_line_per_check() {
     assert_eq!(lines.len(), 8, "seven checks and one per store: {stdout}");
     for line in &lines {
         assert!(
-            ["pass  ", "warn  ", "fail  "].iter().any(|verdict| line.starts_with(verdict)),
+            ["pass  ", "warn  ", "fail  "]
+                .iter()
+                .any(|verdict| line.starts_with(verdict)),
             "{line}"
         );
     }

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState, Override, OverrideControl};
 use crate::serve::body::ObjectBody;
 use crate::store::{StoreStatus, Stores};
+use arc_swap::ArcSwap;
 use auth::{AdminToken, AuthError};
 
 /// Largest `POST /v1/mode` body accepted.
@@ -41,15 +42,16 @@ pub struct Admin {
     stores: Arc<Stores>,
     mode: watch::Receiver<ModeState>,
     metrics: Metrics,
-    token: AdminToken,
     overrides: Arc<OverrideControl>,
-    fill: AdminFill,
+    fill: Arc<Fill>,
+    auth: ArcSwap<AdminAuth>,
 }
 
-/// What the admin API needs of the fill: its state, and how pushes are checked.
-pub struct AdminFill {
-    /// The fill's shared state.
-    pub fill: Arc<Fill>,
+/// Who may change the box and what a push may be; swapped whole on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    /// The bearer token of mutating calls.
+    pub token: AdminToken,
     /// When set, pushed manifests must carry a valid `X-Tidecache-Signature`.
     pub hmac_key: Option<Vec<u8>>,
     /// Largest manifest accepted; bigger pushes get 413.
@@ -89,18 +91,23 @@ impl Admin {
         stores: Arc<Stores>,
         mode: watch::Receiver<ModeState>,
         metrics: Metrics,
-        token: AdminToken,
         overrides: Arc<OverrideControl>,
-        fill: AdminFill,
+        fill: Arc<Fill>,
+        auth: AdminAuth,
     ) -> Admin {
         Admin {
             stores,
             mode,
             metrics,
-            token,
             overrides,
             fill,
+            auth: ArcSwap::from_pointee(auth),
         }
+    }
+
+    /// Applies a new token, signing key and manifest size limit (SIGHUP).
+    pub fn reload(&self, auth: AdminAuth) {
+        self.auth.store(Arc::new(auth));
     }
 
     /// The current status document.
@@ -110,8 +117,8 @@ impl Admin {
             mode: state.mode,
             mode_override: state.mode_override,
             next_switch: state.next_switch.map(|at| at.to_string()),
-            manifest: self.fill.fill.manifest().map(|accepted| accepted.summary()),
-            fill: self.fill.fill.status(),
+            manifest: self.fill.manifest().map(|accepted| accepted.summary()),
+            fill: self.fill.status(),
             objects: self.stores.object_count(),
             stores: self.stores.status(),
         }
@@ -143,7 +150,7 @@ impl Admin {
         match path.as_str() {
             "/v1/mode" => self.set_mode(request).await,
             "/v1/manifest" if request.method() == Method::PUT => self.put_manifest(request).await,
-            "/v1/manifest" => match self.fill.fill.manifest() {
+            "/v1/manifest" => match self.fill.manifest() {
                 Some(accepted) => json(StatusCode::OK, &accepted.summary()),
                 None => error(StatusCode::NOT_FOUND, "no manifest has been accepted yet"),
             },
@@ -242,7 +249,8 @@ impl Admin {
         if let Some(refusal) = self.refusal(&request) {
             return refusal;
         }
-        let limit = self.fill.max_manifest_size;
+        let auth = self.auth.load_full();
+        let limit = auth.max_manifest_size;
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -273,7 +281,7 @@ impl Admin {
             }
             Err(err) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {err}")),
         };
-        if let Some(key) = &self.fill.hmac_key {
+        if let Some(key) = &auth.hmac_key {
             if !signature_is_valid(key, &body, signature.as_deref()) {
                 self.metrics.admin_auth_failures.inc();
                 tracing::warn!("manifest refused: missing or wrong X-Tidecache-Signature");
@@ -283,7 +291,7 @@ impl Admin {
                 );
             }
         }
-        match self.fill.fill.accept(body).await {
+        match self.fill.accept(body).await {
             Ok(summary) => json(StatusCode::ACCEPTED, &summary),
             Err(AcceptError::Invalid(err)) => {
                 tracing::warn!(error = %err, "manifest refused; the one in force stays");
@@ -299,7 +307,7 @@ impl Admin {
     /// The refusal of a mutating call without the right token (401, or 403 when no token is
     /// configured); `None` when the token is right.
     fn refusal<B>(&self, request: &Request<B>) -> Option<Response<ObjectBody>> {
-        let err = self.token.check(request.headers()).err()?;
+        let err = self.auth.load().token.check(request.headers()).err()?;
         if err != AuthError::NotConfigured {
             self.metrics.admin_auth_failures.inc();
         }

@@ -218,6 +218,7 @@ pub fn main() -> ExitCode {
             hmac_key_file,
         }) => push_manifest(&file, &admin, hmac_key_file.as_deref()),
         Command::Serve { config } => {
+            let config_path = config.clone();
             let config = match load_config(config.as_deref()) {
                 Ok(config) => config,
                 Err(code) => return code,
@@ -234,7 +235,7 @@ pub fn main() -> ExitCode {
                     );
                 }
             };
-            match runtime.block_on(crate::daemon::run(&config)) {
+            match runtime.block_on(crate::daemon::run(&config, config_path.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err @ crate::daemon::StartError::Config(_)) => {
                     fail(EXIT_USAGE, &err.to_string())

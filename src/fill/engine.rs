@@ -59,6 +59,7 @@ pub struct Engine {
     fetcher: Fetcher,
     rate: Arc<RateLimiter>,
     settings: EngineSettings,
+    reloads: watch::Receiver<EngineSettings>,
     metrics: Metrics,
     pulled_etag: Option<String>,
 }
@@ -97,23 +98,27 @@ struct TransferContext {
 }
 
 impl Engine {
-    /// An engine filling `stores` toward `fill`'s manifest whenever `mode` says filling.
+    /// An engine filling `stores` toward `fill`'s manifest whenever `mode` says filling,
+    /// paced by `rate`, with settings from `settings` (read again at each pass, so a
+    /// SIGHUP applies from the next one).
     pub fn new(
         fill: Arc<Fill>,
         stores: Arc<Stores>,
         mode: watch::Receiver<ModeState>,
         fetcher: Fetcher,
-        max_rate: u64,
-        settings: EngineSettings,
+        rate: Arc<RateLimiter>,
+        settings: watch::Receiver<EngineSettings>,
         metrics: Metrics,
     ) -> Engine {
+        let current = settings.borrow().clone();
         Engine {
             fill,
             stores,
             mode,
             fetcher,
-            rate: Arc::new(RateLimiter::new(max_rate)),
-            settings,
+            rate,
+            settings: current,
+            reloads: settings,
             metrics,
             pulled_etag: None,
         }
@@ -126,6 +131,7 @@ impl Engine {
         let mut was_filling = false;
         let mut done: Option<(usize, u64)> = None;
         loop {
+            self.settings = self.reloads.borrow_and_update().clone();
             let filling = self.mode.borrow_and_update().mode == Mode::Filling;
             if filling && !was_filling {
                 session += 1;

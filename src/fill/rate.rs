@@ -1,5 +1,6 @@
 //! The global `fill.max_rate` cap: a pacing limiter shared by every transfer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -10,7 +11,7 @@ use tokio::time::Instant;
 /// holds however many transfers share it, without a background refill task.
 #[derive(Debug)]
 pub struct RateLimiter {
-    bytes_per_sec: u64,
+    bytes_per_sec: AtomicU64,
     next_free: Mutex<Instant>,
 }
 
@@ -18,17 +19,23 @@ impl RateLimiter {
     /// A limiter for `bytes_per_sec`; 0 means unlimited.
     pub fn new(bytes_per_sec: u64) -> RateLimiter {
         RateLimiter {
-            bytes_per_sec,
+            bytes_per_sec: AtomicU64::new(bytes_per_sec),
             next_free: Mutex::new(Instant::now()),
         }
     }
 
+    /// Changes the cap (SIGHUP); 0 means unlimited.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.bytes_per_sec.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
     /// Waits until `bytes` more may flow.
     pub async fn acquire(&self, bytes: usize) {
-        if self.bytes_per_sec == 0 {
+        let rate = self.bytes_per_sec.load(Ordering::Relaxed);
+        if rate == 0 {
             return;
         }
-        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let cost = Duration::from_secs_f64(bytes as f64 / rate as f64);
         let start = {
             let mut next_free = self.next_free.lock().await;
             let now = Instant::now();

@@ -234,9 +234,21 @@ impl OverrideControl {
     }
 }
 
+/// What the rest of the daemon holds of a scheduler.
+#[derive(Debug)]
+pub struct SchedulerHandles {
+    /// The mode channel, for everyone to observe.
+    pub mode: watch::Receiver<ModeState>,
+    /// Where the operator's override goes (through [`OverrideControl`]).
+    pub overrides: watch::Sender<Override>,
+    /// Where a reloaded schedule goes (SIGHUP).
+    pub plan: watch::Sender<Plan>,
+}
+
 /// The task that owns the mode channel's sender and drives the state machine.
 pub struct Scheduler {
     plan: Plan,
+    plans: watch::Receiver<Plan>,
     clock: Arc<dyn Clock>,
     mode: watch::Sender<ModeState>,
     overrides: watch::Receiver<Override>,
@@ -255,15 +267,13 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
         initial_override: Override,
         transitions: IntCounterVec,
-    ) -> (
-        Scheduler,
-        watch::Receiver<ModeState>,
-        watch::Sender<Override>,
-    ) {
+    ) -> (Scheduler, SchedulerHandles) {
         let (mode, mode_rx) = mode_channel(ModeState::SERVING);
         let (override_tx, overrides) = watch::channel(initial_override);
+        let (plan_tx, plans) = watch::channel(plan.clone());
         let mut scheduler = Scheduler {
             plan,
+            plans,
             clock,
             mode,
             overrides,
@@ -272,7 +282,14 @@ impl Scheduler {
             announced: false,
         };
         scheduler.step();
-        (scheduler, mode_rx, override_tx)
+        (
+            scheduler,
+            SchedulerHandles {
+                mode: mode_rx,
+                overrides: override_tx,
+                plan: plan_tx,
+            },
+        )
     }
 
     /// The operator's handle for this scheduler's override, saving to `file`.
@@ -298,6 +315,15 @@ impl Scheduler {
                         // The control is gone (the daemon is stopping); the clock still rules.
                         let last = *self.overrides.borrow();
                         self.overrides = watch::channel(last).1;
+                    }
+                }
+                changed = self.plans.changed() => {
+                    if changed.is_ok() {
+                        self.plan = self.plans.borrow_and_update().clone();
+                        tracing::info!(windows = self.plan.windows.len(), drain = ?self.plan.drain, "schedule reloaded");
+                    } else {
+                        let last = self.plan.clone();
+                        self.plans = watch::channel(last).1;
                     }
                 }
                 _ = stop.wait_for(|stop| *stop) => return,
@@ -397,8 +423,9 @@ mod tests {
     async fn the_scheduler_follows_a_manual_clock_through_a_night() {
         let clock = Arc::new(ManualClock::new(at("2026-11-25T01:59:00Z")));
         let transitions = counter();
-        let (scheduler, mut mode, _overrides) =
+        let (scheduler, handles) =
             Scheduler::start(plan(), clock.clone(), Override::Auto, transitions.clone());
+        let mut mode = handles.mode.clone();
         assert_eq!(mode.borrow().mode, Mode::Serving);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(scheduler.run(stop_rx));
@@ -429,9 +456,9 @@ mod tests {
     async fn an_override_takes_effect_at_once_and_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(at("2026-11-25T12:00:00Z")));
-        let (scheduler, mut mode, override_tx) =
-            Scheduler::start(plan(), clock, Override::Auto, counter());
-        let control = Scheduler::control(OverrideFile::in_dir(dir.path()), override_tx);
+        let (scheduler, handles) = Scheduler::start(plan(), clock, Override::Auto, counter());
+        let mut mode = handles.mode.clone();
+        let control = Scheduler::control(OverrideFile::in_dir(dir.path()), handles.overrides);
         let (_stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(scheduler.run(stop_rx));
         control.set(Override::Fill).await.unwrap();

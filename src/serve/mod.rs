@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use jiff::Timestamp;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -100,7 +101,7 @@ impl ViewerSettings {
 pub struct Viewer {
     stores: Arc<Stores>,
     mode: watch::Receiver<ModeState>,
-    settings: ViewerSettings,
+    settings: ArcSwap<ViewerSettings>,
     metrics: Metrics,
 }
 
@@ -139,9 +140,14 @@ impl Viewer {
         Viewer {
             stores,
             mode,
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             metrics,
         }
+    }
+
+    /// Applies new settings (SIGHUP): requests from now on see them; none is cut.
+    pub fn reload(&self, settings: ViewerSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Turns one request into a response. Synchronous: lookups and opens do not wait on
@@ -289,7 +295,10 @@ impl Viewer {
             header::LAST_MODIFIED,
             &httpdate::fmt_http_date(modified),
         );
-        headers.insert(header::CACHE_CONTROL, self.settings.cache_control.clone());
+        headers.insert(
+            header::CACHE_CONTROL,
+            self.settings.load().cache_control.clone(),
+        );
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
 
@@ -297,7 +306,7 @@ impl Viewer {
     fn with_common(&self, mut response: Response<ObjectBody>) -> Response<ObjectBody> {
         let headers = response.headers_mut();
         headers.insert(header::SERVER, HeaderValue::from_static("tidecache"));
-        if let Some(origin) = &self.settings.cors_origin {
+        if let Some(origin) = &self.settings.load().cors_origin {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             headers.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
@@ -339,7 +348,7 @@ impl Viewer {
 
     /// A missing object: 302 to the fallback when configured, else 404.
     fn miss<B>(&self, request: &Request<B>) -> Response<ObjectBody> {
-        match &self.settings.fallback_url {
+        match &self.settings.load().fallback_url {
             Some(fallback) => self.redirect(fallback, request),
             None => self.text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -348,10 +357,11 @@ impl Viewer {
     /// The `during_fill` answer when the box is not serving, or `None` when it serves.
     fn not_serving<B>(&self, request: &Request<B>) -> Option<Response<ObjectBody>> {
         let state = *self.mode.borrow();
-        if state.mode == Mode::Serving || self.settings.during_fill == DuringFill::Serve {
+        let settings = self.settings.load();
+        if state.mode == Mode::Serving || settings.during_fill == DuringFill::Serve {
             return None;
         }
-        match (self.settings.during_fill, &self.settings.fallback_url) {
+        match (settings.during_fill, &settings.fallback_url) {
             (DuringFill::Redirect, Some(fallback)) => Some(self.redirect(fallback, request)),
             _ => {
                 let mut response = self.text(
@@ -375,7 +385,7 @@ impl Viewer {
         headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         let preflight = request_headers.contains_key(header::ORIGIN)
             && request_headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        if preflight && self.settings.cors_origin.is_some() {
+        if preflight && self.settings.load().cors_origin.is_some() {
             headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
