@@ -440,6 +440,7 @@ fn admin_auth(config: &Config) -> Result<AdminAuth, StartError> {
 /// `config_file` (when there is one) and applies it; a bad file is logged and ignored.
 pub async fn run(config: &Config, config_file: Option<&std::path::Path>) -> Result<(), StartError> {
     let daemon = Daemon::start(config).await?;
+    let watchdog = tokio::spawn(watchdog_pings());
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let stop = wait_for_stop_signal();
     tokio::pin!(stop);
@@ -463,8 +464,24 @@ pub async fn run(config: &Config, config_file: Option<&std::path::Path>) -> Resu
     }
     tracing::info!("stop signal received; draining");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    watchdog.abort();
     daemon.shutdown().await;
     Ok(())
+}
+
+/// Under systemd with `WatchdogSec=`, pings at half the interval from the runtime that
+/// serves viewers: if that runtime wedges, the pings stop and systemd restarts the daemon.
+async fn watchdog_pings() {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+    }
 }
 
 /// SIGHUP: re-read the configuration file and apply it, or keep the old one and say why.

@@ -276,3 +276,53 @@ async fn doctor_prints_one_verdict_line_per_check() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("tidecache: error: spec:"));
 }
+
+#[test]
+fn the_systemd_unit_has_what_an_appliance_needs() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/tidecache.service"
+    ))
+    .unwrap();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "User=tidecache",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "StateDirectory=tidecache",
+        "PrivateTmp=yes",
+        "LimitNOFILE=",
+        "ExecStartPre=/usr/local/bin/tidecache check-config",
+    ] {
+        assert!(unit.lines().any(|l| l.starts_with(line)), "missing {line}");
+    }
+    let sysusers = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/tidecache.sysusers"
+    ))
+    .unwrap();
+    assert!(sysusers.lines().any(|l| l.starts_with("u tidecache ")));
+    // Where systemd-analyze exists, the unit must verify; the only complaint allowed is that
+    // the binary is not installed on the machine running the tests.
+    if let Ok(output) = Command::new("systemd-analyze")
+        .args([
+            "verify",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/tidecache.service"),
+        ])
+        .output()
+    {
+        let complaints = String::from_utf8_lossy(&output.stderr);
+        for complaint in complaints.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                complaint.contains("/usr/local/bin/tidecache")
+                    && complaint.contains("not executable"),
+                "systemd-analyze: {complaint}"
+            );
+        }
+    }
+}
