@@ -23,6 +23,7 @@ use crate::schedule::{
     Clock, ModeState, Override, OverrideControl, OverrideError, OverrideFile, Plan, Scheduler,
     SystemClock, plan_from_config,
 };
+use crate::serve::access_log::AccessLog;
 use crate::serve::{Viewer, ViewerSettings};
 use crate::store::Stores;
 
@@ -123,12 +124,24 @@ impl Daemon {
         let (stop_accepting, stop_rx) = watch::channel(false);
         let (finished, connections_finished) = mpsc::channel(1);
         let limits = Arc::new(ArcSwap::from_pointee(connection_limits(config)));
-        let viewer = Arc::new(Viewer::new(
+        let mut viewer = Viewer::new(
             Arc::clone(&stores),
             mode_rx.clone(),
             ViewerSettings::from_config(config),
             metrics.clone(),
-        ));
+        );
+        if let Some(path) = &config.http.access_log {
+            let log = AccessLog::start(
+                path.clone(),
+                config.http.access_log_format,
+                metrics.access_log_dropped.clone(),
+            )
+            .map_err(|err| {
+                StartError::Config(format!("http.access_log {}: {err}", path.display()))
+            })?;
+            viewer = viewer.with_access_log(log);
+        }
+        let viewer = Arc::new(viewer);
         let viewer_metrics = ConnectionMetrics {
             open: metrics.open_connections.clone(),
             refused: metrics.connections_refused.clone(),
@@ -304,6 +317,12 @@ impl Daemon {
         if config.fill.ca_file != current.fill.ca_file {
             needs_restart.push("fill.ca_file");
         }
+        if config.http.access_log != current.http.access_log
+            || config.http.access_log_format != current.http.access_log_format
+        {
+            needs_restart.push("http.access_log");
+        }
+        self.live.viewer.reopen_access_log();
         self.live.viewer.reload(ViewerSettings::from_config(config));
         self.live.admin.reload(auth);
         self.live.limits.store(Arc::new(connection_limits(config)));

@@ -32,6 +32,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::serve::body::ObjectBody;
 
+/// The client's address, put in every request's extensions (for the access log).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// Answers requests; implemented by the viewer data plane and the admin API.
 pub trait Handler: Send + Sync + 'static {
     /// Produces the response to one request. Never fails: errors are HTTP answers.
@@ -142,7 +146,7 @@ impl<H: Handler> Listener<H> {
                 accepted = self.tcp.accept() => accepted,
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
-            let (stream, _peer) = match accepted {
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed");
@@ -172,13 +176,13 @@ impl<H: Handler> Listener<H> {
                 let _finished = finished;
                 open.inc();
                 match tls {
-                    None => serve_io(stream, handler, &builder, drain, limits).await,
+                    None => serve_io(stream, peer, handler, &builder, drain, limits).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
                             .await
                         {
                             Ok(Ok(stream)) => {
-                                serve_io(stream, handler, &builder, drain, limits).await
+                                serve_io(stream, peer, handler, &builder, drain, limits).await
                             }
                             Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
                             Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -213,6 +217,7 @@ fn protocol_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
 /// Serves one connection until it ends, is idle too long, or shutdown drains it.
 async fn serve_io<I, H>(
     io: I,
+    peer: SocketAddr,
     handler: Arc<H>,
     builder: &auto::Builder<TokioExecutor>,
     mut drain: watch::Receiver<bool>,
@@ -227,7 +232,8 @@ async fn serve_io<I, H>(
         activity: Arc::clone(&activity),
     });
     let service_activity = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(peer));
         let handler = Arc::clone(&handler);
         let in_flight = InFlight::begin(Arc::clone(&service_activity));
         async move {

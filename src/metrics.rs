@@ -45,6 +45,9 @@ pub struct Metrics {
     pub mode_transitions: IntCounterVec,
     /// `tidecache_admin_auth_failures_total`: mutating admin calls refused for their token.
     pub admin_auth_failures: IntCounter,
+    /// `tidecache_access_log_dropped_total`: access-log lines dropped because the writer fell
+    /// behind.
+    pub access_log_dropped: IntCounter,
     mode: IntGaugeVec,
     store_bytes_used: IntGaugeVec,
     store_bytes_capacity: IntGaugeVec,
@@ -137,6 +140,10 @@ impl Metrics {
                 "tidecache_admin_auth_failures_total",
                 "Mutating admin calls refused for a missing or wrong token.",
             )?,
+            access_log_dropped: IntCounter::new(
+                "tidecache_access_log_dropped_total",
+                "Access-log lines dropped because the writer fell behind.",
+            )?,
             registry,
         };
         for mode in Mode::ALL {
@@ -160,6 +167,7 @@ impl Metrics {
             Box::new(metrics.objects.clone()),
             Box::new(metrics.mode_transitions.clone()),
             Box::new(metrics.admin_auth_failures.clone()),
+            Box::new(metrics.access_log_dropped.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;

@@ -881,3 +881,60 @@ async fn oversized_headers_on_http2_are_refused_and_the_connection_survives() {
     assert_eq!(after.status(), StatusCode::OK);
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_access_log_records_each_request_in_combined_or_json_lines() {
+    for format in ["combined", "json"] {
+        let test_box = TestBox::new();
+        let log = test_box.dir.path().join("access.log");
+        let mut config = test_box.config(1, "");
+        config.http.access_log = Some(log.clone());
+        config.http.access_log_format = if format == "json" {
+            tidecache::config::AccessLogFormat::Json
+        } else {
+            tidecache::config::AccessLogFormat::Combined
+        };
+        seed(&config, &[("a.ts", b"segment")]);
+        let daemon = start(&config).await;
+        let addr = daemon.viewer_addrs[0];
+        client()
+            .get(url(addr, "/a.ts?token=1"))
+            .header("user-agent", "test-player/1.0")
+            .send()
+            .await
+            .unwrap();
+        get(addr, "/missing.ts").await;
+        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().count() >= 2 {
+                break text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log written within the timeout"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        if format == "combined" {
+            assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+            assert!(
+                lines[0].contains("\"GET /a.ts?token=1 HTTP/1.1\" 200 7 \"-\" \"test-player/1.0\""),
+                "{}",
+                lines[0]
+            );
+            assert!(
+                lines[1].contains("\"GET /missing.ts HTTP/1.1\" 404"),
+                "{}",
+                lines[1]
+            );
+        } else {
+            let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+            assert_eq!(first["status"], 200);
+            assert_eq!(first["target"], "/a.ts?token=1");
+            assert_eq!(first["user_agent"], "test-player/1.0");
+        }
+        daemon.shutdown().await;
+    }
+}

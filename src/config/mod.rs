@@ -115,6 +115,22 @@ pub struct HttpConfig {
     /// Optional key for signed viewer URLs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url_signing_key_file: Option<PathBuf>,
+    /// Optional viewer access log file; written by a background task, reopened on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<PathBuf>,
+    /// `combined` (Apache/nginx) or `json`, one line per request.
+    pub access_log_format: AccessLogFormat,
+}
+
+/// Line format of the viewer access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// The combined log format that log tools already read.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for HttpConfig {
@@ -124,6 +140,8 @@ impl Default for HttpConfig {
             cache_control: "public, max-age=86400".to_owned(),
             cors_allow_origin: "*".to_owned(),
             url_signing_key_file: None,
+            access_log: None,
+            access_log_format: AccessLogFormat::Combined,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! The viewer never writes to a store; it only looks up the index and reads files.
 
+pub mod access_log;
 pub mod body;
 pub mod conditional;
 pub mod range;
@@ -103,11 +104,13 @@ pub struct Viewer {
     mode: watch::Receiver<ModeState>,
     settings: ArcSwap<ViewerSettings>,
     metrics: Metrics,
+    access_log: Option<access_log::AccessLog>,
 }
 
 impl Handler for Viewer {
     async fn handle(&self, request: Request<Incoming>) -> Response<ObjectBody> {
         let started = Instant::now();
+        let arrived = self.access_log.as_ref().map(|_| SystemTime::now());
         let response = self.respond(&request);
         let method = match *request.method() {
             Method::GET => "GET",
@@ -119,9 +122,11 @@ impl Handler for Viewer {
             .requests
             .with_label_values(&[response.status().as_str(), method])
             .inc();
-        self.metrics
-            .request_duration
-            .observe(started.elapsed().as_secs_f64());
+        let duration = started.elapsed().as_secs_f64();
+        self.metrics.request_duration.observe(duration);
+        if let (Some(log), Some(time)) = (&self.access_log, arrived) {
+            log.record(access_record(&request, &response, time, duration));
+        }
         response.map(|body| body.count_into(self.metrics.response_bytes.clone()))
     }
 }
@@ -142,6 +147,20 @@ impl Viewer {
             mode,
             settings: ArcSwap::from_pointee(settings),
             metrics,
+            access_log: None,
+        }
+    }
+
+    /// Logs every answered request to `log` (built before the viewer starts serving).
+    pub fn with_access_log(mut self, log: access_log::AccessLog) -> Viewer {
+        self.access_log = Some(log);
+        self
+    }
+
+    /// Reopens the access log file (SIGHUP, after logrotate).
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.reopen();
         }
     }
 
@@ -402,6 +421,49 @@ impl Viewer {
             );
         }
         response
+    }
+}
+
+/// The access-log record of an answered request.
+fn access_record<B, R>(
+    request: &Request<B>,
+    response: &Response<R>,
+    time: SystemTime,
+    duration: f64,
+) -> access_log::AccessRecord {
+    let header = |name: HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    access_log::AccessRecord {
+        peer: request
+            .extensions()
+            .get::<crate::listener::PeerAddr>()
+            .map(|peer| peer.0),
+        time,
+        method: request.method().to_string(),
+        target: request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |target| target.to_string()),
+        version: match request.version() {
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        status: response.status().as_u16(),
+        bytes: response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0),
+        referer: header(header::REFERER),
+        user_agent: header(header::USER_AGENT),
+        duration,
     }
 }
 
