@@ -252,3 +252,36 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_metric_the_grafana_dashboard_uses_is_exported() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../config/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    seed(&config, &[("a.ts", b"a")]);
+    let daemon = start(&config).await;
+    get(daemon.viewer_addrs[0], "/a.ts").await;
+    let metrics = metrics_text(&daemon).await;
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("tidecache_"))
+            {
+                let exported = name.strip_suffix("_bucket").unwrap_or(name);
+                assert!(
+                    metrics.contains(&format!("# TYPE {exported} ")),
+                    "{name} (panel {:?}) is not exported",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 15, "{checked}");
+    daemon.shutdown().await;
+}
