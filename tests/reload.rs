@@ -112,3 +112,56 @@ async fn sighup_rereads_the_file_and_a_bad_file_keeps_the_old_configuration() {
     signal(&running.child, "TERM");
     assert_eq!(wait_with_timeout(&mut running.child), Some(0));
 }
+
+#[tokio::test]
+async fn reload_rereads_the_tls_certificate() {
+    let test_box = TestBox::new();
+    let first_dir = test_box.dir.path().join("first");
+    std::fs::create_dir_all(&first_dir).unwrap();
+    let first = make_cert(&first_dir);
+    let https = format!(
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n",
+        first.cert, first.key
+    );
+    let config = test_box.config(1, &https);
+    seed(&config, &[("a.ts", b"segment")]);
+    let daemon = start(&config).await;
+    let target = format!("https://localhost:{}/a.ts", daemon.https_addrs[0].port());
+    let trusting = |pem: &str| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+            .timeout(IO_TIMEOUT)
+            .build()
+            .unwrap()
+    };
+    assert_eq!(
+        trusting(&first.cert_pem)
+            .get(&target)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // A new certificate at the same paths, as a renewal would leave it.
+    let second = make_cert(&first_dir);
+    daemon.reload(&config).unwrap();
+    assert_eq!(
+        trusting(&second.cert_pem)
+            .get(&target)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "new connections get the renewed certificate"
+    );
+    assert!(
+        trusting(&first.cert_pem).get(&target).send().await.is_err(),
+        "the old certificate is no longer presented"
+    );
+    daemon.shutdown().await;
+}
