@@ -85,11 +85,6 @@ impl Daemon {
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Daemon, StartError> {
-        if config.http.url_signing_key_file.is_some() {
-            return Err(StartError::Config(
-                "http.url_signing_key_file: signed viewer URLs are not supported by this build yet; remove the key".to_owned(),
-            ));
-        }
         let plan = plan_from_config(config)
             .map_err(|err| StartError::Config(format!("schedule.timezone: {err}")))?;
         let tls = match &config.https {
@@ -127,7 +122,7 @@ impl Daemon {
         let mut viewer = Viewer::new(
             Arc::clone(&stores),
             mode_rx.clone(),
-            ViewerSettings::from_config(config),
+            ViewerSettings::from_config(config).with_signing_key(signing_key(config)?),
             metrics.clone(),
         );
         if let Some(path) = &config.http.access_log {
@@ -279,6 +274,7 @@ impl Daemon {
         let plan: Plan = plan_from_config(config)
             .map_err(|err| StartError::Config(format!("schedule.timezone: {err}")))?;
         let auth = admin_auth(config)?;
+        let url_key = signing_key(config)?;
         let tls = match (&config.https, &self.live.tls) {
             (Some(https), Some(_)) => Some(TlsAcceptor::from(listener::load_tls(
                 &https.cert,
@@ -286,11 +282,6 @@ impl Daemon {
             )?)),
             _ => None,
         };
-        if config.http.url_signing_key_file.is_some() {
-            return Err(StartError::Config(
-                "http.url_signing_key_file: signed viewer URLs are not supported by this build yet; remove the key".to_owned(),
-            ));
-        }
         let mut current = self
             .live
             .config
@@ -323,7 +314,9 @@ impl Daemon {
             needs_restart.push("http.access_log");
         }
         self.live.viewer.reopen_access_log();
-        self.live.viewer.reload(ViewerSettings::from_config(config));
+        self.live
+            .viewer
+            .reload(ViewerSettings::from_config(config).with_signing_key(url_key));
         self.live.admin.reload(auth);
         self.live.limits.store(Arc::new(connection_limits(config)));
         if let (Some(acceptor), Some(slot)) = (tls, &self.live.tls) {
@@ -426,6 +419,27 @@ fn engine_settings(config: &Config) -> EngineSettings {
             .then(|| config.fill.manifest_url.clone()),
         max_manifest_size: config.fill.max_manifest_size.0 as usize,
     }
+}
+
+/// The signed-URL key from `http.url_signing_key_file`, if configured.
+fn signing_key(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
+    let Some(path) = &config.http.url_signing_key_file else {
+        return Ok(None);
+    };
+    let key = std::fs::read(path).map_err(|err| {
+        StartError::Config(format!(
+            "http.url_signing_key_file {}: {err}",
+            path.display()
+        ))
+    })?;
+    let key = key.trim_ascii().to_vec();
+    if key.len() < 16 {
+        return Err(StartError::Config(format!(
+            "http.url_signing_key_file {}: the key must be at least 16 bytes",
+            path.display()
+        )));
+    }
+    Ok(Some(key))
 }
 
 /// The admin token, signing key and push limit, read from their files.

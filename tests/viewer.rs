@@ -938,3 +938,60 @@ async fn the_access_log_records_each_request_in_combined_or_json_lines() {
         daemon.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn signed_urls_are_required_when_a_key_is_set_and_checked_before_the_disk() {
+    let test_box = TestBox::new();
+    let key_file = test_box.write_file("url.key", b"0123456789abcdef-url-key\n");
+    let mut config = test_box.config(1, "");
+    config.http.url_signing_key_file = Some(key_file.clone());
+    seed(&config, &[("t/a.ts", b"segment")]);
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    let key = b"0123456789abcdef-url-key";
+    let now = jiff::Timestamp::now().as_second();
+    let signed = |path: &str, expires: i64| {
+        format!(
+            "{path}?{}",
+            tidecache::serve::signed::sign(key, path, expires)
+        )
+    };
+    let good = get(addr, &signed("/t/a.ts", now + 60)).await;
+    assert_eq!(good.status(), StatusCode::OK);
+    assert_eq!(&good.bytes().await.unwrap()[..], b"segment");
+    assert_eq!(
+        get(addr, &signed("/t/missing.ts", now + 60)).await.status(),
+        StatusCode::NOT_FOUND,
+        "a valid signature for a missing object is a plain miss"
+    );
+    for bad in [
+        "/t/a.ts".to_owned(),
+        signed("/t/a.ts", now - 1),
+        signed("/t/other.ts", now + 60).replace("/t/other.ts", "/t/a.ts"),
+        format!("/t/a.ts?exp={}&sig={}", now + 60, "0".repeat(64)),
+        "/t/a.ts?exp=soon&sig=zz".to_owned(),
+    ] {
+        assert_eq!(
+            get(addr, &bad).await.status(),
+            StatusCode::FORBIDDEN,
+            "{bad}"
+        );
+    }
+    // Hostile paths are refused without a disk access either way.
+    assert_eq!(
+        get(addr, "/../etc/passwd").await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // The CLI helper makes URLs the box accepts.
+    let output = std::process::Command::new(common::process::BINARY)
+        .args(["sign-url", "/t/a.ts", "--expires", "5m", "--key-file"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let url_path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(url_path.starts_with("/t/a.ts?exp="), "{url_path}");
+    assert_eq!(get(addr, &url_path).await.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}

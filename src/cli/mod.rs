@@ -70,6 +70,17 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Origin side: sign a viewer URL path for boxes with http.url_signing_key_file.
+    SignUrl {
+        /// The URL path as players will request it, e.g. /title123/master.m3u8.
+        path: String,
+        /// How long the URL stays valid, e.g. 6h, 30m.
+        #[arg(long, default_value = "6h")]
+        expires: String,
+        /// The key file (the box's http.url_signing_key_file).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
     /// Summarise a running box: mode, next switch, fill progress, last fill, stores.
     Status {
         /// The daemon's admin listener.
@@ -203,6 +214,11 @@ pub fn main() -> ExitCode {
             Err(err) => fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
         },
         Command::Demo => run_demo(),
+        Command::SignUrl {
+            path,
+            expires,
+            key_file,
+        } => sign_url(&path, &expires, &key_file),
         Command::Doctor { spec, config } => doctor(spec.as_deref(), config.as_deref()),
         Command::Verify { config } => verify(config.as_deref()),
         Command::Mode { mode, admin } => set_mode(mode, &admin),
@@ -354,6 +370,35 @@ fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
             .map_err(|err| format!("{}: {err}", crate::config::DEFAULT_CONFIG_PATH)),
     }
     .map_err(|message| fail(EXIT_USAGE, &message))
+}
+
+/// `tidecache sign-url`.
+fn sign_url(path: &str, expires: &str, key_file: &std::path::Path) -> ExitCode {
+    let lifetime = match crate::config::parse_duration(expires) {
+        Ok(lifetime) => lifetime.0,
+        Err(err) => return fail(EXIT_USAGE, &format!("--expires: {err}")),
+    };
+    let key = match std::fs::read(key_file) {
+        Ok(key) => key.trim_ascii().to_vec(),
+        Err(err) => {
+            return fail(
+                EXIT_USAGE,
+                &format!("--key-file {}: {err}", key_file.display()),
+            );
+        }
+    };
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    let expires_at = jiff::Timestamp::now().as_second()
+        + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2);
+    println!(
+        "{path}?{}",
+        crate::serve::signed::sign(&key, &path, expires_at)
+    );
+    ExitCode::SUCCESS
 }
 
 /// `tidecache doctor`.

@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod body;
 pub mod conditional;
 pub mod range;
+pub mod signed;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +75,8 @@ pub fn etag(sha256: &[u8; 32]) -> String {
 /// Viewer settings taken from the configuration once, as ready-made header values.
 #[derive(Debug, Clone)]
 pub struct ViewerSettings {
+    /// The key of signed URLs; when set, every GET/HEAD must carry a valid signature.
+    signing_key: Option<Vec<u8>>,
     cache_control: HeaderValue,
     cors_origin: Option<HeaderValue>,
     fallback_url: Option<String>,
@@ -81,13 +84,21 @@ pub struct ViewerSettings {
 }
 
 impl ViewerSettings {
-    /// Derives the settings from a validated configuration.
+    /// Requires signed URLs under `key` (read from `http.url_signing_key_file`).
+    pub fn with_signing_key(mut self, key: Option<Vec<u8>>) -> ViewerSettings {
+        self.signing_key = key;
+        self
+    }
+
+    /// Derives the settings from a validated configuration (without the signing key, which
+    /// lives in a file: see [`ViewerSettings::with_signing_key`]).
     pub fn from_config(config: &Config) -> ViewerSettings {
         let header = |text: &str| {
             HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
         };
         let fallback = config.schedule.fallback_url.trim_end_matches('/');
         ViewerSettings {
+            signing_key: None,
             cache_control: header(&config.http.cache_control),
             cors_origin: (!config.http.cors_allow_origin.is_empty())
                 .then(|| header(&config.http.cors_allow_origin)),
@@ -182,6 +193,12 @@ impl Viewer {
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
             return response;
+        }
+        if let Some(key) = &self.settings.load().signing_key {
+            let now = jiff::Timestamp::now().as_second();
+            if let Err(err) = signed::check(key, request.uri().path(), request.uri().query(), now) {
+                return self.text(StatusCode::FORBIDDEN, &format!("forbidden: {err}\n"));
+            }
         }
         if let Some(response) = self.not_serving(request) {
             return response;
