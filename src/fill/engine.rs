@@ -212,6 +212,7 @@ impl Engine {
         tracing::info!(id = %manifest.id, objects = manifest.objects.len(), bytes = manifest.total_bytes, "fill pass starting");
 
         self.stores.clear_full();
+        self.stores.probe();
         let deletes = plan(manifest, &self.stores.snapshot(), 0).deletes;
         let stores = Arc::clone(&self.stores);
         let deleted = tokio::task::spawn_blocking(move || {
@@ -534,8 +535,13 @@ async fn attempt_object(
     let mut download = match context.fetcher.open(&object.source, offset).await {
         Ok(download) => download,
         Err(err) => {
+            let retryable = err.retryable;
             let end = fetch_end(err);
-            checkpoint(writer).await;
+            if retryable {
+                checkpoint(writer).await;
+            } else {
+                discard(writer).await;
+            }
             return Err((end, counted));
         }
     };
@@ -586,10 +592,15 @@ async fn attempt_object(
             }
             Ok(None) => break,
             Err(err) => {
+                let retryable = err.retryable;
                 let end = fetch_end(err);
                 return match flush(writer, batch).await {
-                    Ok(writer) => {
+                    Ok(writer) if retryable => {
                         checkpoint(writer).await;
+                        Err((end, counted))
+                    }
+                    Ok(writer) => {
+                        discard(writer).await;
                         Err((end, counted))
                     }
                     Err(write_end) => Err((write_end, counted)),
@@ -643,6 +654,12 @@ async fn flush(writer: ObjectWriter, batch: Vec<u8>) -> Result<ObjectWriter, Att
         }
         Err(err) => Err(AttemptEnd::Fail(err.to_string())),
     }
+}
+
+/// Throws away what was written (the object failed for good): the writer's drop removes
+/// its temp file, on a blocking thread since that is disk I/O.
+async fn discard(writer: ObjectWriter) {
+    let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
 }
 
 /// Keeps what was written for a later resume.

@@ -261,6 +261,9 @@ struct Opened {
 pub struct Stores {
     stores: Vec<Store>,
     index: RwLock<HashMap<Box<str>, ObjectMeta>>,
+    /// Objects found missing or the wrong size while serving. Serving writes nothing, so they
+    /// stay in the journal; the next fill plans them as missing and fetches them again.
+    damaged: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Stores {
@@ -297,6 +300,7 @@ impl Stores {
         Stores {
             stores,
             index: RwLock::new(index),
+            damaged: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -314,14 +318,23 @@ impl Stores {
     pub fn open(&self, path: &str, meta: ObjectMeta) -> Result<OpenObject, StoreError> {
         let store = &self.stores[meta.store];
         let file_path = store.object_file(path);
-        let file = File::open(&file_path)
-            .map_err(|err| store.io_error(format!("open objects/{path}"), err))?;
-        let len = file
-            .metadata()
-            .map_err(|err| store.io_error(format!("stat objects/{path}"), err))?
-            .len();
+        let file = match File::open(&file_path) {
+            Ok(file) => file,
+            Err(err) => {
+                self.judge_open_failure(meta.store, path, &err);
+                return Err(store.io_error(format!("open objects/{path}"), err));
+            }
+        };
+        let len = match file.metadata() {
+            Ok(metadata) => metadata.len(),
+            Err(err) => {
+                self.judge_open_failure(meta.store, path, &err);
+                return Err(store.io_error(format!("stat objects/{path}"), err));
+            }
+        };
         if len != meta.size {
             store.errors.fetch_add(1, Ordering::Relaxed);
+            self.note_damaged(path);
             return Err(StoreError::Damaged {
                 store: store.config_path.clone(),
                 path: path.to_owned(),
@@ -332,6 +345,46 @@ impl Stores {
             file: Arc::new(file),
             meta,
         })
+    }
+
+    /// After an object could not be opened: a store whose directory vanished or that
+    /// answers EIO is failed as a whole (its objects become misses, the others keep
+    /// serving); otherwise just this object is damaged.
+    fn judge_open_failure(&self, store_number: usize, path: &str, err: &io::Error) {
+        let store = &self.stores[store_number];
+        let whole_store = err.raw_os_error() == Some(5) || !store.objects_dir().is_dir();
+        if whole_store {
+            if !store.failed.swap(true, Ordering::Relaxed) {
+                let reason = format!("unreadable while serving: {err}");
+                tracing::error!(store = %store.config_path.display(), error = %reason, "store failed; its objects are misses until it is repaired and the daemon restarted");
+                store.mark_failed(reason);
+            }
+        } else {
+            self.note_damaged(path);
+        }
+    }
+
+    fn note_damaged(&self, path: &str) {
+        if let Ok(mut damaged) = self.damaged.lock() {
+            if damaged.insert(path.to_owned()) {
+                tracing::warn!(
+                    path,
+                    "stored object missing or the wrong size; the next fill fetches it again"
+                );
+            }
+        }
+    }
+
+    /// Checks every store's directories are still there, failing those that vanished (a
+    /// fill calls it before planning, so their objects are re-placed).
+    pub fn probe(&self) {
+        for store in &self.stores {
+            if !store.failed.load(Ordering::Relaxed) && !store.objects_dir().is_dir() {
+                let reason = format!("{} vanished", store.objects_dir().display());
+                tracing::error!(store = %store.config_path.display(), error = %reason, "store failed");
+                store.mark_failed(reason);
+            }
+        }
     }
 
     /// Starts writing an object to the store placement picks for it. The returned writer
@@ -418,13 +471,24 @@ impl Stores {
             .sum()
     }
 
-    /// A copy of the index, for planning a fill against a manifest.
+    /// A copy of the index as far as it can be trusted, for planning a fill against a
+    /// manifest: objects on failed stores and objects found damaged while serving are left
+    /// out, so the plan fetches them again.
     pub fn snapshot(&self) -> HashMap<String, ObjectMeta> {
+        let damaged = self
+            .damaged
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default();
         self.index.read().map_or_else(
             |_| HashMap::new(),
             |index| {
                 index
                     .iter()
+                    .filter(|(path, meta)| {
+                        !self.stores[meta.store].failed.load(Ordering::Relaxed)
+                            && !damaged.contains(&***path)
+                    })
                     .map(|(path, meta)| (path.to_string(), *meta))
                     .collect()
             },
@@ -482,12 +546,17 @@ impl Stores {
             let old = &self.stores[previous.store];
             old.objects.fetch_sub(1, Ordering::Relaxed);
             old.bytes_used.fetch_sub(previous.size, Ordering::Relaxed);
-            if previous.store != meta.store {
-                old.append_journal(&[Record::Remove(path.to_owned())])?;
+            if previous.store != meta.store && !old.failed.load(Ordering::Relaxed) {
+                if let Err(err) = old.append_journal(&[Record::Remove(path.to_owned())]) {
+                    tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not record the move away from this store");
+                }
                 if let Err(err) = std::fs::remove_file(old.object_file(path)) {
                     tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not remove the replaced copy");
                 }
             }
+        }
+        if let Ok(mut damaged) = self.damaged.lock() {
+            damaged.remove(path);
         }
         Ok(())
     }

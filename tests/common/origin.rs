@@ -32,6 +32,8 @@ pub enum Fault {
     WrongBody(Vec<u8>),
     /// Send the body in `chunk`-byte pieces, `pause` apart.
     Drip { chunk: usize, pause: Duration },
+    /// Always 302 back to the same path.
+    RedirectLoop,
 }
 
 #[derive(Debug, Default)]
@@ -146,6 +148,15 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<ChannelB
     };
     let data = match &fault {
         Fault::NotFound => return status(StatusCode::NOT_FOUND),
+        Fault::RedirectLoop => {
+            let mut response = status(StatusCode::FOUND);
+            if let Ok(location) = format!("/{path}").parse() {
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location);
+            }
+            return response;
+        }
         Fault::FailFirst(n) if count <= *n => return status(StatusCode::INTERNAL_SERVER_ERROR),
         Fault::WrongBody(bytes) => Bytes::copy_from_slice(bytes),
         _ => data,
