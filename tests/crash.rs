@@ -113,8 +113,22 @@ async fn sigkill_mid_fill_leaves_the_box_consistent_and_the_fill_finishes() {
         .unwrap();
     assert_eq!(filling.status(), StatusCode::OK);
 
+    // TIDECACHE_CRASH_KILLS=30 (and a seed in TIDECACHE_CRASH_SEED) runs a longer crash
+    // loop at random moments; CI runs three kills at fixed ones.
+    let kills: usize = std::env::var("TIDECACHE_CRASH_KILLS")
+        .ok()
+        .and_then(|kills| kills.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("TIDECACHE_CRASH_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(0);
+    let mut random = fastrand::Rng::with_seed(seed);
+    let delays: Vec<u64> = (0..kills)
+        .map(|_| if seed == 0 { 900 } else { random.u64(50..1200) })
+        .collect();
     let mut completed_before: HashMap<String, usize> = HashMap::new();
-    for kill_after in [900u64, 900, 900] {
+    for kill_after in delays {
         tokio::time::sleep(Duration::from_millis(kill_after)).await;
         let _ = running.child.kill();
         let _ = running.child.wait();
@@ -127,7 +141,7 @@ async fn sigkill_mid_fill_leaves_the_box_consistent_and_the_fill_finishes() {
         }
     }
     assert!(
-        completed_before.len() < OBJECTS,
+        kills > 3 || completed_before.len() < OBJECTS,
         "the kills came before the fill finished"
     );
 
