@@ -174,3 +174,42 @@ async fn shutdown_lets_an_in_flight_response_finish_and_stops_accepting() {
     );
     assert!(stopping.await.unwrap(), "drained within the bound");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_slow_header_connections_are_cut_while_a_real_viewer_is_served() {
+    let test_box = TestBox::new();
+    let config = test_box.config(
+        1,
+        "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"10s\"\nmax_connections = 5000\n",
+    );
+    seed(&config, &[("a.ts", &pattern(64 * 1024))]);
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    let mut attackers = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let _ = stream.write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+        attackers.push(stream);
+    }
+    let client = client();
+    let mut latencies = Vec::new();
+    for _ in 0..100 {
+        let started = Instant::now();
+        let response = client.get(url(addr, "/a.ts")).send().await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        response.bytes().await.unwrap();
+        latencies.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    latencies.sort();
+    let p95 = latencies[94];
+    assert!(p95 < Duration::from_millis(200), "real viewer p95 {p95:?} under attack");
+    // Every attacker is cut at the header timeout, not held.
+    let started = Instant::now();
+    for mut stream in attackers {
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut sink)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "all cut by then");
+    daemon.shutdown().await;
+}
