@@ -313,3 +313,83 @@ async fn request_smuggling_shapes_are_refused_and_the_server_stays_up() {
     assert_eq!(get(addr, "/a.ts").await.status(), StatusCode::OK);
     daemon.shutdown().await;
 }
+
+/// A 1 MiB tmpfs mounted for a test, unmounted when dropped; `None` where mounting is not
+/// allowed (not root, or no mount namespace rights), so the test says so and skips.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&path).ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(SmallDisk { path })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_runs_out_of_space_is_marked_full_and_objects_go_elsewhere() {
+    let test_box = TestBox::new();
+    let Some(disk) = SmallDisk::mount(test_box.store_path(0)) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let origin = Origin::start().await;
+    let objects: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|number| {
+            let mut data = pattern(300_000);
+            data[0] = number as u8;
+            (format!("big/seg_{number:02}.ts"), data)
+        })
+        .collect();
+    for (path, data) in &objects {
+        origin.put(path, data, Fault::None);
+    }
+    let mut config = test_box.config(
+        2,
+        "[schedule]\ndrain = \"0s\"\n[fill]\nconcurrency = 2\nretry_delay = \"10ms\"\n",
+    );
+    // The small disk claims far more room than it has, so placement sends objects there
+    // until the file system itself says ENOSPC.
+    config.stores[0].capacity = Some(tidecache::config::ByteSize(100 << 30));
+    let daemon = start(&config).await;
+    let done = fill(
+        &daemon,
+        manifest("full", &origin.base_url(), &objects),
+        "full",
+    )
+    .await;
+    assert_eq!(done["fill"]["objects_done"], objects.len(), "{done:#}");
+    assert_eq!(done["stores"][0]["state"], "full");
+    let viewer = daemon.viewer_addrs[0];
+    for (path, data) in &objects {
+        assert_eq!(
+            &get(viewer, &format!("/{path}"))
+                .await
+                .bytes()
+                .await
+                .unwrap()[..],
+            &data[..]
+        );
+    }
+    let leftovers = std::fs::read_dir(disk.path.join("tmp")).unwrap().count();
+    assert_eq!(
+        leftovers, 0,
+        "the temp file of the refused write was removed"
+    );
+    daemon.shutdown().await;
+}

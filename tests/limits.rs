@@ -188,7 +188,9 @@ async fn a_thousand_slow_header_connections_are_cut_while_a_real_viewer_is_serve
     let mut attackers = Vec::new();
     for _ in 0..1000 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let _ = stream.write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+        let _ = stream
+            .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await;
         attackers.push(stream);
     }
     let client = client();
@@ -203,13 +205,19 @@ async fn a_thousand_slow_header_connections_are_cut_while_a_real_viewer_is_serve
     }
     latencies.sort();
     let p95 = latencies[94];
-    assert!(p95 < Duration::from_millis(200), "real viewer p95 {p95:?} under attack");
+    assert!(
+        p95 < Duration::from_millis(200),
+        "real viewer p95 {p95:?} under attack"
+    );
     // Every attacker is cut at the header timeout, not held.
     let started = Instant::now();
     for mut stream in attackers {
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut sink)).await;
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "all cut by then");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "all cut by then"
+    );
     daemon.shutdown().await;
 }
