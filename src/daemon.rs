@@ -125,6 +125,12 @@ impl Daemon {
             ViewerSettings::from_config(config).with_signing_key(signing_key(config)?),
             metrics.clone(),
         );
+        if config.cache.ram.0 > 0 {
+            viewer = viewer.with_ram_cache(crate::serve::cache::RamCache::new(
+                config.cache.ram.0,
+                config.cache.max_object.0,
+            ));
+        }
         if let Some(path) = &config.http.access_log {
             let log = AccessLog::start(
                 path.clone(),
@@ -304,6 +310,9 @@ impl Daemon {
         }
         if config.state_dir != current.state_dir {
             needs_restart.push("state_dir");
+        }
+        if config.cache != current.cache {
+            needs_restart.push("cache");
         }
         if config.fill.ca_file != current.fill.ca_file {
             needs_restart.push("fill.ca_file");

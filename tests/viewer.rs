@@ -995,3 +995,57 @@ async fn signed_urls_are_required_when_a_key_is_set_and_checked_before_the_disk(
     assert_eq!(get(addr, &url_path).await.status(), StatusCode::OK);
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn hot_objects_are_served_from_ram_byte_identical_with_ranges() {
+    let (_box, daemon, segment) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    for _ in 0..3 {
+        let whole = get(addr, &format!("/{SEGMENT_PATH}")).await;
+        assert_eq!(&whole.bytes().await.unwrap()[..], &segment[..]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let ranged = get_range(addr, "bytes=1000-1999").await;
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&ranged.bytes().await.unwrap()[..], &segment[1000..2000]);
+    let multi = get_range(addr, "bytes=0-9,-10").await;
+    let body = multi.bytes().await.unwrap();
+    assert!(body.windows(10).any(|window| window == &segment[..10]));
+    assert!(
+        body.windows(10)
+            .any(|window| window == &segment[SEGMENT_LEN - 10..])
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_found_when_loading_into_ram_takes_the_object_out_of_service() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    let data = pattern(50_000);
+    seed(&config, &[("flip.ts", &data), ("fine.ts", &data[..40_000])]);
+    let file = test_box.store_path(0).join("objects/flip.ts");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[12_345] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    let _first = get(addr, "/flip.ts").await;
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while get(addr, "/flip.ts").await.status() != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "taken out of service"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(addr, "/fine.ts").await.status(), StatusCode::OK);
+    let metrics = metrics_text(&daemon).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("tidecache_store_errors_total") && line.ends_with(" 1")),
+        "{metrics}"
+    );
+    daemon.shutdown().await;
+}

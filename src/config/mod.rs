@@ -82,6 +82,27 @@ pub struct Config {
     pub fill: FillConfig,
     /// Protection against slow or abusive clients.
     pub limits: LimitsConfig,
+    /// The RAM cache of hot objects.
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: hot objects kept in RAM as verified bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Bytes of RAM for hot objects; "0" turns the cache off.
+    pub ram: ByteSize,
+    /// Largest object kept in RAM.
+    pub max_object: ByteSize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            ram: ByteSize(1 << 30),
+            max_object: ByteSize(16 << 20),
+        }
+    }
 }
 
 impl Default for Config {
@@ -98,6 +119,7 @@ impl Default for Config {
             schedule: ScheduleConfig::default(),
             fill: FillConfig::default(),
             limits: LimitsConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -477,6 +499,7 @@ mod tests {
         assert_eq!(render(&example.schedule), render(&defaults.schedule));
         assert_eq!(render(&example.fill), render(&defaults.fill));
         assert_eq!(render(&example.limits), render(&defaults.limits));
+        assert_eq!(render(&example.cache), render(&defaults.cache));
         assert_eq!(example.http.cache_control, defaults.http.cache_control);
         assert_eq!(
             example.http.cors_allow_origin,

@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod cache;
 pub mod conditional;
 pub mod range;
 pub mod signed;
@@ -32,7 +33,7 @@ use crate::listener::Handler;
 use crate::metrics::Metrics;
 use crate::object_path;
 use crate::schedule::{Mode, ModeState};
-use crate::store::{OpenObject, Stores, hex};
+use crate::store::{Stores, hex};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
 use range::{ByteRange, RangeRequest};
@@ -116,6 +117,28 @@ pub struct Viewer {
     settings: ArcSwap<ViewerSettings>,
     metrics: Metrics,
     access_log: Option<access_log::AccessLog>,
+    cache: Arc<cache::RamCache>,
+}
+
+/// Where a response's bytes come from.
+enum Source {
+    /// A verified copy in the RAM cache: ranges are zero-copy slices.
+    Memory(Bytes),
+    /// The stored file, streamed in chunks.
+    File(Arc<std::fs::File>),
+}
+
+impl Source {
+    /// Appends `len` bytes from `offset` to `body`.
+    fn push(&self, body: &mut ObjectBody, offset: u64, len: u64) {
+        match self {
+            Source::Memory(bytes) => {
+                let start = offset as usize;
+                body.push_bytes(bytes.slice(start..start + len as usize));
+            }
+            Source::File(file) => body.push_file_range(Arc::clone(file), offset, len),
+        }
+    }
 }
 
 impl Handler for Viewer {
@@ -159,7 +182,14 @@ impl Viewer {
             settings: ArcSwap::from_pointee(settings),
             metrics,
             access_log: None,
+            cache: Arc::new(cache::RamCache::new(0, 0)),
         }
+    }
+
+    /// Keeps hot objects in `cache` (see [`cache::RamCache`]).
+    pub fn with_ram_cache(mut self, cache: cache::RamCache) -> Viewer {
+        self.cache = Arc::new(cache);
+        self
     }
 
     /// Logs every answered request to `log` (built before the viewer starts serving).
@@ -210,14 +240,40 @@ impl Viewer {
         let Some(meta) = self.stores.lookup(&path) else {
             return self.miss(request);
         };
-        let object = match self.stores.open(&path, meta) {
-            Ok(object) => object,
-            Err(err) => {
-                tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
-                return self.miss(request);
+        let source = match self.cache.lookup(&path, &meta) {
+            cache::Lookup::Hit(bytes) => Source::Memory(bytes),
+            cache::Lookup::Miss { load } => {
+                let object = match self.stores.open(&path, meta) {
+                    Ok(object) => object,
+                    Err(err) => {
+                        if load {
+                            self.cache.insert(&path, &meta, None);
+                        }
+                        tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
+                        return self.miss(request);
+                    }
+                };
+                if load {
+                    let (cache, stores, file, path) = (
+                        Arc::clone(&self.cache),
+                        Arc::clone(&self.stores),
+                        Arc::clone(&object.file),
+                        path.to_string(),
+                    );
+                    tokio::task::spawn_blocking(move || match cache::load_verified(&file, &meta) {
+                        Ok(bytes) => cache.insert(&path, &meta, Some(bytes)),
+                        Err(failure) => {
+                            cache.insert(&path, &meta, None);
+                            if failure == cache::LoadError::Mismatch {
+                                stores.report_damaged(&path);
+                            }
+                        }
+                    });
+                }
+                Source::File(object.file)
             }
         };
-        self.object(request, &path, object)
+        self.object(request, &path, meta, source)
     }
 
     /// The answer for a found object: 200, 206, 304, 412 or 416.
@@ -225,11 +281,11 @@ impl Viewer {
         &self,
         request: &Request<B>,
         path: &str,
-        object: OpenObject,
+        meta: crate::store::ObjectMeta,
+        source: Source,
     ) -> Response<ObjectBody> {
         let headers = request.headers();
         let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
-        let meta = object.meta;
         let etag = etag(&meta.sha256);
         let preconditions = Preconditions {
             if_match: text(header::IF_MATCH),
@@ -259,13 +315,13 @@ impl Viewer {
         let (status, mut body, content_range, multipart_type) = match range {
             RangeRequest::Whole => {
                 let mut body = ObjectBody::empty();
-                body.push_file_range(Arc::clone(&object.file), 0, meta.size);
+                source.push(&mut body, 0, meta.size);
                 (StatusCode::OK, body, None, None)
             }
             RangeRequest::Partial(ranges) if ranges.len() == 1 => {
                 let ByteRange { start, end } = ranges[0];
                 let mut body = ObjectBody::empty();
-                body.push_file_range(Arc::clone(&object.file), start, end - start + 1);
+                source.push(&mut body, start, end - start + 1);
                 (
                     StatusCode::PARTIAL_CONTENT,
                     body,
@@ -279,7 +335,7 @@ impl Viewer {
                     BOUNDARY_COUNTER.fetch_add(1, Ordering::Relaxed),
                     &etag[1..17]
                 );
-                let body = multipart(&object, &ranges, mime, &boundary);
+                let body = multipart(&source, meta.size, &ranges, mime, &boundary);
                 (
                     StatusCode::PARTIAL_CONTENT,
                     body,
@@ -497,15 +553,21 @@ pub fn retry_after_secs(resumes_at: Option<Timestamp>, now: Timestamp) -> u64 {
 }
 
 /// A `multipart/byteranges` body over several ranges of one file.
-fn multipart(object: &OpenObject, ranges: &[ByteRange], mime: &str, boundary: &str) -> ObjectBody {
+fn multipart(
+    source: &Source,
+    size: u64,
+    ranges: &[ByteRange],
+    mime: &str,
+    boundary: &str,
+) -> ObjectBody {
     let mut body = ObjectBody::empty();
     for range in ranges {
         let head = format!(
             "\r\n--{boundary}\r\nContent-Type: {mime}\r\nContent-Range: bytes {}-{}/{}\r\n\r\n",
-            range.start, range.end, object.meta.size
+            range.start, range.end, size
         );
         body.push_bytes(Bytes::from(head));
-        body.push_file_range(Arc::clone(&object.file), range.start, range.len());
+        source.push(&mut body, range.start, range.len());
     }
     body.push_bytes(Bytes::from(format!("\r\n--{boundary}--\r\n")));
     body

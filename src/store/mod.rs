@@ -264,6 +264,8 @@ pub struct Stores {
     /// Objects found missing or the wrong size while serving. Serving writes nothing, so they
     /// stay in the journal; the next fill plans them as missing and fetches them again.
     damaged: Mutex<std::collections::HashSet<String>>,
+    /// How many objects are in `damaged`, so lookups only take its lock when it matters.
+    damaged_count: AtomicU64,
 }
 
 impl Stores {
@@ -301,16 +303,38 @@ impl Stores {
             stores,
             index: RwLock::new(index),
             damaged: Mutex::new(std::collections::HashSet::new()),
+            damaged_count: AtomicU64::new(0),
         }
     }
 
-    /// The index entry for an object path, if stored on a store that has not failed.
+    /// The index entry for an object path, if stored on a store that has not failed and not
+    /// found damaged.
     pub fn lookup(&self, path: &str) -> Option<ObjectMeta> {
         let meta = *self.index.read().ok()?.get(path)?;
         if self.stores[meta.store].failed.load(Ordering::Relaxed) {
             return None;
         }
+        if self.damaged_count.load(Ordering::Relaxed) > 0
+            && self
+                .damaged
+                .lock()
+                .is_ok_and(|damaged| damaged.contains(path))
+        {
+            return None;
+        }
         Some(meta)
+    }
+
+    /// Takes an object out of service because its bytes on disk are not what the index
+    /// says (found when loading it into the RAM cache): it is a miss from now on, and the
+    /// next fill fetches it again. Nothing is written to the store.
+    pub fn report_damaged(&self, path: &str) {
+        if let Some(meta) = self.lookup(path) {
+            self.stores[meta.store]
+                .errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.note_damaged(path);
     }
 
     /// Opens a looked-up object and checks its size against the index, so a file truncated
@@ -367,6 +391,7 @@ impl Stores {
     fn note_damaged(&self, path: &str) {
         if let Ok(mut damaged) = self.damaged.lock() {
             if damaged.insert(path.to_owned()) {
+                self.damaged_count.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     path,
                     "stored object missing or the wrong size; the next fill fetches it again"
@@ -556,7 +581,9 @@ impl Stores {
             }
         }
         if let Ok(mut damaged) = self.damaged.lock() {
-            damaged.remove(path);
+            if damaged.remove(path) {
+                self.damaged_count.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }

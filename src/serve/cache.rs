@@ -1,0 +1,231 @@
+//! A RAM cache of hot objects as shared [`Bytes`], so popular segments are answered without
+//! a disk read or a thread hop, and ranges are zero-copy slices.
+//!
+//! Admission: an object no larger than `max_object` is loaded whole, once, on a blocking
+//! thread after its first request (that request is streamed from the file as usual), and
+//! its sha256 is checked while loading, so the cache only ever holds verified bytes.
+//! Eviction: CLOCK (second chance) over entries until the total fits `capacity`. Entries
+//! are keyed by path and carry the sha256 they were loaded for, so a refilled object never
+//! answers with old bytes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::store::ObjectMeta;
+
+/// One cached object.
+#[derive(Debug)]
+struct Entry {
+    sha256: [u8; 32],
+    bytes: Bytes,
+    referenced: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<Box<str>, Entry>,
+    clock: VecDeque<Box<str>>,
+    used: u64,
+    loading: HashSet<Box<str>>,
+}
+
+/// The cache; one per daemon, shared by every viewer connection.
+#[derive(Debug)]
+pub struct RamCache {
+    capacity: u64,
+    max_object: u64,
+    inner: Mutex<Inner>,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// The object's verified bytes.
+    Hit(Bytes),
+    /// Not cached; the caller should stream from disk and, if `load` is true, start loading
+    /// it (nobody else is).
+    Miss {
+        /// Whether this caller should load the object into the cache.
+        load: bool,
+    },
+}
+
+impl RamCache {
+    /// A cache holding up to `capacity` bytes of objects no larger than `max_object` each.
+    /// A capacity of 0 disables it.
+    pub fn new(capacity: u64, max_object: u64) -> RamCache {
+        RamCache {
+            capacity,
+            max_object: max_object.min(capacity),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Looks `path` up for the stored object described by `meta`.
+    pub fn lookup(&self, path: &str, meta: &ObjectMeta) -> Lookup {
+        if meta.size > self.max_object || meta.size == 0 {
+            return Lookup::Miss { load: false };
+        }
+        let Ok(mut inner) = self.inner.lock() else {
+            return Lookup::Miss { load: false };
+        };
+        if let Some(entry) = inner.entries.get_mut(path) {
+            if entry.sha256 == meta.sha256 {
+                entry.referenced = true;
+                return Lookup::Hit(entry.bytes.clone());
+            }
+        }
+        let load = inner.loading.insert(path.into());
+        Lookup::Miss { load }
+    }
+
+    /// Stores loaded bytes if they are the object `meta` describes; evicts to make room.
+    pub fn insert(&self, path: &str, meta: &ObjectMeta, bytes: Option<Bytes>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.loading.remove(path);
+        let Some(bytes) = bytes else {
+            return;
+        };
+        if bytes.len() as u64 != meta.size {
+            return;
+        }
+        if let Some(old) = inner.entries.remove(path) {
+            inner.used -= old.bytes.len() as u64;
+        } else {
+            inner.clock.push_back(path.into());
+        }
+        inner.used += meta.size;
+        inner.entries.insert(
+            path.into(),
+            Entry {
+                sha256: meta.sha256,
+                bytes,
+                referenced: false,
+            },
+        );
+        while inner.used > self.capacity {
+            let Some(candidate) = inner.clock.pop_front() else {
+                break;
+            };
+            let second_chance = match inner.entries.get_mut(&candidate) {
+                Some(entry) if entry.referenced => {
+                    entry.referenced = false;
+                    true
+                }
+                Some(_) => false,
+                None => continue,
+            };
+            if second_chance {
+                inner.clock.push_back(candidate);
+            } else if let Some(evicted) = inner.entries.remove(&candidate) {
+                inner.used -= evicted.bytes.len() as u64;
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.inner.lock().map_or(0, |inner| inner.used)
+    }
+}
+
+/// Why a stored object could not be loaded into the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadError {
+    /// The read failed (the caller already serves or reports the error elsewhere).
+    Read,
+    /// The bytes on disk are not the object: a flipped bit, a replaced file.
+    Mismatch,
+}
+
+/// Reads a whole stored file and checks its sha256: the bytes the cache may hold.
+pub fn load_verified(file: &std::fs::File, meta: &ObjectMeta) -> Result<Bytes, LoadError> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
+    let length = usize::try_from(meta.size).map_err(|_| LoadError::Read)?;
+    let mut buffer = vec![0u8; length];
+    file.read_exact_at(&mut buffer, 0)
+        .map_err(|_| LoadError::Read)?;
+    let digest: [u8; 32] = Sha256::digest(&buffer).into();
+    if digest == meta.sha256 {
+        Ok(Bytes::from(buffer))
+    } else {
+        Err(LoadError::Mismatch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(size: u64, fill: u8) -> ObjectMeta {
+        ObjectMeta {
+            store: 0,
+            size,
+            sha256: [fill; 32],
+            filled_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_loaded_object_hits_until_its_content_changes() {
+        let cache = RamCache::new(1000, 500);
+        assert!(matches!(
+            cache.lookup("a", &meta(10, 1)),
+            Lookup::Miss { load: true }
+        ));
+        assert!(
+            matches!(
+                cache.lookup("a", &meta(10, 1)),
+                Lookup::Miss { load: false }
+            ),
+            "one loader"
+        );
+        cache.insert("a", &meta(10, 1), Some(Bytes::from(vec![7; 10])));
+        assert!(matches!(cache.lookup("a", &meta(10, 1)), Lookup::Hit(bytes) if bytes.len() == 10));
+        assert!(
+            matches!(cache.lookup("a", &meta(10, 2)), Lookup::Miss { load: true }),
+            "refilled"
+        );
+    }
+
+    #[test]
+    fn too_big_objects_are_never_loaded_and_capacity_holds() {
+        let cache = RamCache::new(1000, 400);
+        assert!(matches!(
+            cache.lookup("big", &meta(401, 1)),
+            Lookup::Miss { load: false }
+        ));
+        for (index, path) in ["a", "b", "c", "d"].iter().enumerate() {
+            let object = meta(300, index as u8);
+            let _ = cache.lookup(path, &object);
+            cache.insert(path, &object, Some(Bytes::from(vec![0; 300])));
+            assert!(cache.used() <= 1000);
+        }
+        assert_eq!(cache.used(), 900);
+    }
+
+    #[test]
+    fn recently_used_entries_get_a_second_chance() {
+        let cache = RamCache::new(600, 300);
+        for (index, path) in ["a", "b"].iter().enumerate() {
+            let object = meta(300, index as u8);
+            let _ = cache.lookup(path, &object);
+            cache.insert(path, &object, Some(Bytes::from(vec![0; 300])));
+        }
+        assert!(matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(_)));
+        let _ = cache.lookup("c", &meta(300, 2));
+        cache.insert("c", &meta(300, 2), Some(Bytes::from(vec![0; 300])));
+        assert!(
+            matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(_)),
+            "a was referenced"
+        );
+        assert!(
+            matches!(cache.lookup("b", &meta(300, 1)), Lookup::Miss { .. }),
+            "b was evicted"
+        );
+    }
+}
