@@ -86,15 +86,19 @@ pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
     let decoded = percent_decode_str(uri_path)
         .decode_utf8()
         .map_err(|_| PathError::NotUtf8)?;
-    let needs_merge = decoded.starts_with('/') || decoded.contains("//") || decoded.ends_with('/');
-    let path: Cow<'_, str> = if needs_merge {
-        let merged: Vec<&str> = decoded
-            .split('/')
-            .filter(|segment| !segment.is_empty())
-            .collect();
-        Cow::Owned(merged.join("/"))
-    } else {
-        decoded
+    let needs_merge = |text: &str| text.contains("//") || text.ends_with('/');
+    let path: Cow<'_, str> = match decoded {
+        // The common case, `/title/seg.ts` with no escapes: a borrowed slice, no allocation.
+        Cow::Borrowed(text) if !needs_merge(text) => {
+            Cow::Borrowed(text.strip_prefix('/').unwrap_or(text))
+        }
+        decoded => {
+            let merged: Vec<&str> = decoded
+                .split('/')
+                .filter(|segment| !segment.is_empty())
+                .collect();
+            Cow::Owned(merged.join("/"))
+        }
     };
     if path.len() > MAX_PATH_BYTES {
         return Err(PathError::TooLong);

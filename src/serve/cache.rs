@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use super::Validators;
 use crate::store::ObjectMeta;
 
 /// One cached object.
@@ -20,6 +21,7 @@ use crate::store::ObjectMeta;
 struct Entry {
     sha256: [u8; 32],
     bytes: Bytes,
+    validators: Validators,
     referenced: bool,
 }
 
@@ -41,8 +43,8 @@ pub struct RamCache {
 
 /// What a lookup found.
 pub enum Lookup {
-    /// The object's verified bytes.
-    Hit(Bytes),
+    /// The object's verified bytes and its validators.
+    Hit(Bytes, Validators),
     /// Not cached; the caller should stream from disk and, if `load` is true, start loading
     /// it (nobody else is).
     Miss {
@@ -73,7 +75,7 @@ impl RamCache {
         if let Some(entry) = inner.entries.get_mut(path) {
             if entry.sha256 == meta.sha256 {
                 entry.referenced = true;
-                return Lookup::Hit(entry.bytes.clone());
+                return Lookup::Hit(entry.bytes.clone(), entry.validators.clone());
             }
         }
         let load = inner.loading.insert(path.into());
@@ -103,6 +105,7 @@ impl RamCache {
             Entry {
                 sha256: meta.sha256,
                 bytes,
+                validators: Validators::of(meta),
                 referenced: false,
             },
         );
@@ -185,7 +188,9 @@ mod tests {
             "one loader"
         );
         cache.insert("a", &meta(10, 1), Some(Bytes::from(vec![7; 10])));
-        assert!(matches!(cache.lookup("a", &meta(10, 1)), Lookup::Hit(bytes) if bytes.len() == 10));
+        assert!(
+            matches!(cache.lookup("a", &meta(10, 1)), Lookup::Hit(bytes, _) if bytes.len() == 10)
+        );
         assert!(
             matches!(cache.lookup("a", &meta(10, 2)), Lookup::Miss { load: true }),
             "refilled"
@@ -216,11 +221,11 @@ mod tests {
             let _ = cache.lookup(path, &object);
             cache.insert(path, &object, Some(Bytes::from(vec![0; 300])));
         }
-        assert!(matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(_)));
+        assert!(matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(..)));
         let _ = cache.lookup("c", &meta(300, 2));
         cache.insert("c", &meta(300, 2), Some(Bytes::from(vec![0; 300])));
         assert!(
-            matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(_)),
+            matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(..)),
             "a was referenced"
         );
         assert!(

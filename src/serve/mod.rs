@@ -73,6 +73,29 @@ pub fn etag(sha256: &[u8; 32]) -> String {
     format!("\"{}\"", hex(sha256))
 }
 
+/// An object's `ETag` and `Last-Modified`, as header values ready to clone (the RAM cache
+/// keeps them with the bytes, so a hit formats nothing).
+#[derive(Debug, Clone)]
+pub struct Validators {
+    /// The strong ETag.
+    pub etag: HeaderValue,
+    /// Last-Modified: when the object was filled.
+    pub last_modified: HeaderValue,
+}
+
+impl Validators {
+    /// Computes the validators of a stored object.
+    pub fn of(meta: &crate::store::ObjectMeta) -> Validators {
+        let modified: SystemTime = conditional::last_modified_time(meta.filled_at);
+        Validators {
+            etag: HeaderValue::from_str(&etag(&meta.sha256))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"\"")),
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+        }
+    }
+}
+
 /// Viewer settings taken from the configuration once, as ready-made header values.
 #[derive(Debug, Clone)]
 pub struct ViewerSettings {
@@ -118,12 +141,15 @@ pub struct Viewer {
     metrics: Metrics,
     access_log: Option<access_log::AccessLog>,
     cache: Arc<cache::RamCache>,
+    /// `tidecache_requests_total` series for the common answers to GET and HEAD, resolved
+    /// once: a label lookup per request costs a lock and a hash.
+    common_counters: Vec<(StatusCode, &'static str, prometheus::IntCounter)>,
 }
 
 /// Where a response's bytes come from.
 enum Source {
     /// A verified copy in the RAM cache: ranges are zero-copy slices.
-    Memory(Bytes),
+    Memory(Bytes, Validators),
     /// The stored file, streamed in chunks.
     File(Arc<std::fs::File>),
 }
@@ -132,7 +158,7 @@ impl Source {
     /// Appends `len` bytes from `offset` to `body`.
     fn push(&self, body: &mut ObjectBody, offset: u64, len: u64) {
         match self {
-            Source::Memory(bytes) => {
+            Source::Memory(bytes, _) => {
                 let start = offset as usize;
                 body.push_bytes(bytes.slice(start..start + len as usize));
             }
@@ -152,10 +178,7 @@ impl Handler for Viewer {
             Method::OPTIONS => "OPTIONS",
             _ => "other",
         };
-        self.metrics
-            .requests
-            .with_label_values(&[response.status().as_str(), method])
-            .inc();
+        self.count_request(response.status(), method);
         let duration = started.elapsed().as_secs_f64();
         self.metrics.request_duration.observe(duration);
         if let (Some(log), Some(time)) = (&self.access_log, arrived) {
@@ -183,6 +206,42 @@ impl Viewer {
             metrics,
             access_log: None,
             cache: Arc::new(cache::RamCache::new(0, 0)),
+            common_counters: Vec::new(),
+        }
+        .with_common_counters()
+    }
+
+    fn with_common_counters(mut self) -> Viewer {
+        for status in [
+            StatusCode::OK,
+            StatusCode::PARTIAL_CONTENT,
+            StatusCode::NOT_MODIFIED,
+            StatusCode::NOT_FOUND,
+        ] {
+            for method in ["GET", "HEAD"] {
+                let counter = self
+                    .metrics
+                    .requests
+                    .with_label_values(&[status.as_str(), method]);
+                self.common_counters.push((status, method, counter));
+            }
+        }
+        self
+    }
+
+    /// Counts an answer in `tidecache_requests_total`.
+    fn count_request(&self, status: StatusCode, method: &'static str) {
+        match self
+            .common_counters
+            .iter()
+            .find(|(known, known_method, _)| *known == status && *known_method == method)
+        {
+            Some((_, _, counter)) => counter.inc(),
+            None => self
+                .metrics
+                .requests
+                .with_label_values(&[status.as_str(), method])
+                .inc(),
         }
     }
 
@@ -241,7 +300,7 @@ impl Viewer {
             return self.miss(request);
         };
         let source = match self.cache.lookup(&path, &meta) {
-            cache::Lookup::Hit(bytes) => Source::Memory(bytes),
+            cache::Lookup::Hit(bytes, validators) => Source::Memory(bytes, validators),
             cache::Lookup::Miss { load } => {
                 let object = match self.stores.open(&path, meta) {
                     Ok(object) => object,
@@ -286,7 +345,11 @@ impl Viewer {
     ) -> Response<ObjectBody> {
         let headers = request.headers();
         let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
-        let etag = etag(&meta.sha256);
+        let validators = match &source {
+            Source::Memory(_, validators) => validators.clone(),
+            Source::File(_) => Validators::of(&meta),
+        };
+        let etag = validators.etag.to_str().unwrap_or("");
         let preconditions = Preconditions {
             if_match: text(header::IF_MATCH),
             if_none_match: text(header::IF_NONE_MATCH),
@@ -294,11 +357,11 @@ impl Viewer {
             if_unmodified_since: text(header::IF_UNMODIFIED_SINCE),
             if_range: text(header::IF_RANGE),
         };
-        let honor_range = match conditional::evaluate(&preconditions, &etag, meta.filled_at) {
+        let honor_range = match conditional::evaluate(&preconditions, etag, meta.filled_at) {
             Verdict::NotModified => {
                 let mut response = self.with_common(Response::new(ObjectBody::empty()));
                 *response.status_mut() = StatusCode::NOT_MODIFIED;
-                self.validators(response.headers_mut(), &etag, meta.filled_at);
+                self.validators(response.headers_mut(), &validators);
                 return response;
             }
             Verdict::PreconditionFailed => {
@@ -333,7 +396,7 @@ impl Viewer {
                 let boundary = format!(
                     "{:016x}{}",
                     BOUNDARY_COUNTER.fetch_add(1, Ordering::Relaxed),
-                    &etag[1..17]
+                    etag.get(1..17).unwrap_or("")
                 );
                 let body = multipart(&source, meta.size, &ranges, mime, &boundary);
                 (
@@ -364,7 +427,7 @@ impl Viewer {
         let mut response = self.with_common(Response::new(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        self.validators(headers, &etag, meta.filled_at);
+        self.validators(headers, &validators);
         match multipart_type {
             Some(value) => insert(headers, header::CONTENT_TYPE, &value),
             None => {
@@ -379,14 +442,9 @@ impl Viewer {
     }
 
     /// `ETag`, `Last-Modified`, `Cache-Control` and `Accept-Ranges`: sent on 200, 206 and 304.
-    fn validators(&self, headers: &mut HeaderMap, etag: &str, filled_at: i64) {
-        insert(headers, header::ETAG, etag);
-        let modified: SystemTime = conditional::last_modified_time(filled_at);
-        insert(
-            headers,
-            header::LAST_MODIFIED,
-            &httpdate::fmt_http_date(modified),
-        );
+    fn validators(&self, headers: &mut HeaderMap, validators: &Validators) {
+        headers.insert(header::ETAG, validators.etag.clone());
+        headers.insert(header::LAST_MODIFIED, validators.last_modified.clone());
         headers.insert(
             header::CACHE_CONTROL,
             self.settings.load().cache_control.clone(),
