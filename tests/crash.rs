@@ -39,14 +39,7 @@ async fn check_nothing_torn(running: &Running, objects: &[(String, Vec<u8>)]) ->
 }
 
 async fn fill_state(running: &Running) -> serde_json::Value {
-    client()
-        .get(format!("http://{}/v1/status", running.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_status(running.admin).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

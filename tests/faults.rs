@@ -12,25 +12,11 @@ use tidecache::daemon::Daemon;
 use tidecache::schedule::{Mode, Override};
 
 fn manifest(id: &str, base_url: &str, objects: &[(String, Vec<u8>)]) -> String {
-    let objects: Vec<serde_json::Value> = objects
-        .iter()
-        .map(|(path, data)| {
-            serde_json::json!({"path": path, "size": data.len(), "sha256": sha256_hex(data)})
-        })
-        .collect();
-    serde_json::json!({"version": 1, "id": id, "base_url": base_url, "objects": objects})
-        .to_string()
+    manifest_json(id, base_url, objects)
 }
 
 async fn status(daemon: &Daemon) -> serde_json::Value {
-    client()
-        .get(format!("http://{}/v1/status", daemon.admin_addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_status(daemon.admin_addr).await
 }
 
 /// Pushes `body` (through the fill handle, as PUT /v1/manifest does), fills until done.

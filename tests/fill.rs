@@ -38,14 +38,7 @@ async fn fill_box(stores: usize, extra: &str) -> FillBox {
 }
 
 fn manifest(id: &str, base_url: &str, objects: &[(&str, &[u8])]) -> String {
-    let objects: Vec<serde_json::Value> = objects
-        .iter()
-        .map(|(path, data)| {
-            serde_json::json!({"path": path, "size": data.len(), "sha256": sha256_hex(data)})
-        })
-        .collect();
-    serde_json::json!({"version": 1, "id": id, "base_url": base_url, "objects": objects})
-        .to_string()
+    manifest_json(id, base_url, objects)
 }
 
 async fn push(daemon: &Daemon, token: Option<&str>, body: &str) -> reqwest::Response {
@@ -59,14 +52,7 @@ async fn push(daemon: &Daemon, token: Option<&str>, body: &str) -> reqwest::Resp
 }
 
 async fn status(daemon: &Daemon) -> serde_json::Value {
-    client()
-        .get(format!("http://{}/v1/status", daemon.admin_addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_status(daemon.admin_addr).await
 }
 
 /// Fills now (override), waits until the fill is done for `id`, then serves again.

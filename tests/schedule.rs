@@ -17,14 +17,7 @@ fn at(text: &str) -> Timestamp {
 }
 
 async fn status(daemon: &Daemon) -> serde_json::Value {
-    client()
-        .get(format!("http://{}/v1/status", daemon.admin_addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    admin_status(daemon.admin_addr).await
 }
 
 async fn ready(daemon: &Daemon) -> StatusCode {

@@ -197,22 +197,9 @@ impl Admin {
         if let Some(refusal) = self.refusal(&request) {
             return refusal;
         }
-        let body = match Limited::new(request.into_body(), MODE_BODY_LIMIT)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(err)
-                if err
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("body over {MODE_BODY_LIMIT} bytes"),
-                );
-            }
-            Err(err) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {err}")),
+        let body = match read_body(request.into_body(), MODE_BODY_LIMIT, "body").await {
+            Ok(body) => body,
+            Err((status, message)) => return error(status, &message),
         };
         let wanted = match serde_json::from_slice::<ModeRequest>(&body) {
             Ok(request) => request.mode,
@@ -267,19 +254,10 @@ impl Admin {
             .get("x-tidecache-signature")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let body = match Limited::new(request.into_body(), limit).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(err)
-                if err
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("manifest over fill.max_manifest_size ({limit} bytes)"),
-                );
-            }
-            Err(err) => return error(StatusCode::BAD_REQUEST, &format!("reading body: {err}")),
+        let what = "manifest (fill.max_manifest_size)";
+        let body = match read_body(request.into_body(), limit, what).await {
+            Ok(body) => body,
+            Err((status, message)) => return error(status, &message),
         };
         if let Some(key) = &auth.hmac_key {
             if !signature_is_valid(key, &body, signature.as_deref()) {
@@ -335,6 +313,29 @@ impl Admin {
 impl Handler for Admin {
     async fn handle(&self, request: Request<Incoming>) -> Response<ObjectBody> {
         self.respond(request).await
+    }
+}
+
+/// Reads a request body of at most `limit` bytes: 413 beyond it, 400 when the client breaks
+/// off.
+async fn read_body(
+    body: Incoming,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, (StatusCode, String)> {
+    match Limited::new(body, limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{what} over {limit} bytes"),
+            ))
+        }
+        Err(err) => Err((StatusCode::BAD_REQUEST, format!("reading body: {err}"))),
     }
 }
 

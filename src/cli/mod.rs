@@ -239,17 +239,9 @@ pub fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match multi_thread_runtime() {
                 Ok(runtime) => runtime,
-                Err(err) => {
-                    return fail(
-                        EXIT_FAILURE,
-                        &format!("cannot start the async runtime: {err}"),
-                    );
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(crate::daemon::run(&config, config_path.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -459,19 +451,11 @@ fn verify(config: Option<&std::path::Path>) -> ExitCode {
         }
     }
     let total: u64 = stores.status().iter().map(|store| store.bytes_used).sum();
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} verifying [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::fill::build::byte_progress_bar(
+        total,
+        "verifying",
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let started = std::time::Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let report = stores.scrub(threads, &|bytes| bar.inc(bytes));
@@ -510,17 +494,9 @@ fn verify(config: Option<&std::path::Path>) -> ExitCode {
 
 /// `tidecache demo`.
 fn run_demo() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match multi_thread_runtime() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            return fail(
-                EXIT_FAILURE,
-                &format!("cannot start the async runtime: {err}"),
-            );
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(crate::demo::run()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -575,6 +551,19 @@ fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// The runtime of the long-running commands, or the exit code after a one-line error.
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            fail(
+                EXIT_FAILURE,
+                &format!("cannot start the async runtime: {err}"),
+            )
+        })
 }
 
 /// Prints one readable error line and returns the exit code.

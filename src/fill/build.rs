@@ -55,19 +55,7 @@ pub fn build(dir: &Path, base_url: &str, show_progress: bool) -> Result<String, 
     walk(dir, dir, &mut files)?;
     files.sort();
     let total_bytes: u64 = files.iter().map(|(_, _, size)| size).sum();
-    let bar = if show_progress {
-        let bar = ProgressBar::new(total_bytes);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} hashing [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = byte_progress_bar(total_bytes, "hashing", show_progress);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<String, BuildError>>>> =
         Mutex::new((0..files.len()).map(|_| None).collect());
@@ -112,6 +100,23 @@ pub fn build(dir: &Path, base_url: &str, show_progress: bool) -> Result<String, 
         path: dir.display().to_string(),
         source: std::io::Error::other(err),
     })
+}
+
+/// A progress bar over `total` bytes labelled `verb` on stderr, or a hidden one (not a
+/// terminal, scripts, tests).
+pub fn byte_progress_bar(total: u64, verb: &str, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
 }
 
 /// Collects (full path, object path, size) of every regular file below `dir`.

@@ -200,17 +200,7 @@ fn check_url(url: &str) -> Result<Source, String> {
 
 /// 64 hex digits into bytes.
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (index, pair) in bytes.chunks(2).enumerate() {
-        let high = (pair[0] as char).to_digit(16)?;
-        let low = (pair[1] as char).to_digit(16)?;
-        out[index] = (high * 16 + low) as u8;
-    }
-    Some(out)
+    crate::store::unhex(text)?.try_into().ok()
 }
 
 #[cfg(test)]

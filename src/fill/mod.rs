@@ -179,7 +179,7 @@ pub fn signature_is_valid(key: &[u8], body: &[u8], header: Option<&str>) -> bool
     let Some(hex) = header.and_then(|value| value.trim().strip_prefix("sha256=")) else {
         return false;
     };
-    let Some(signature) = decode_hex(hex) else {
+    let Some(signature) = crate::store::unhex(hex) else {
         return false;
     };
     let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
@@ -198,20 +198,6 @@ pub fn sign(key: &[u8], body: &[u8]) -> String {
     };
     mac.update(body);
     format!("sha256={}", crate::store::hex(&mac.finalize().into_bytes()))
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let high = (pair[0] as char).to_digit(16)?;
-            let low = (pair[1] as char).to_digit(16)?;
-            Some((high * 16 + low) as u8)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -33,7 +33,10 @@ pub fn check(key: &[u8], path: &str, query: Option<&str>, now: i64) -> Result<()
     }
     let exp_text = exp.ok_or(SignatureError::Malformed)?;
     let expires: i64 = exp_text.parse().map_err(|_| SignatureError::Malformed)?;
-    let signature = sig.and_then(decode_hex).ok_or(SignatureError::Malformed)?;
+    let signature = sig
+        .filter(|sig| sig.len() == 64)
+        .and_then(crate::store::unhex)
+        .ok_or(SignatureError::Malformed)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| SignatureError::Wrong)?;
     mac.update(path.as_bytes());
     mac.update(b":");
@@ -58,20 +61,6 @@ pub fn sign(key: &[u8], path: &str, expires: i64) -> String {
         "exp={expires}&sig={}",
         crate::store::hex(&mac.finalize().into_bytes())
     )
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 {
-        return None;
-    }
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let high = (pair[0] as char).to_digit(16)?;
-            let low = (pair[1] as char).to_digit(16)?;
-            Some((high * 16 + low) as u8)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -420,11 +420,7 @@ impl Stores {
         size: u64,
         sha256: [u8; 32],
     ) -> Result<ObjectWriter, StoreError> {
-        crate::object_path::validate(path).map_err(|source| StoreError::BadPath {
-            path: path.to_owned(),
-            source,
-        })?;
-        let store = self.place(path, size)?;
+        let store = self.place_valid(path, size)?;
         ObjectWriter::create(Arc::clone(self), store, path, size, sha256)
     }
 
@@ -437,12 +433,17 @@ impl Stores {
         size: u64,
         sha256: [u8; 32],
     ) -> Result<ObjectWriter, StoreError> {
+        let store = self.place_valid(path, size)?;
+        ObjectWriter::resume_or_create(Arc::clone(self), store, path, size, sha256)
+    }
+
+    /// Checks the path, then picks its store.
+    fn place_valid(&self, path: &str, size: u64) -> Result<usize, StoreError> {
         crate::object_path::validate(path).map_err(|source| StoreError::BadPath {
             path: path.to_owned(),
             source,
         })?;
-        let store = self.place(path, size)?;
-        ObjectWriter::resume_or_create(Arc::clone(self), store, path, size, sha256)
+        self.place(path, size)
     }
 
     /// Removes partial temp files that no planned write will resume (their object left the
@@ -808,6 +809,21 @@ pub(crate) use crate::durable::fsync_dir;
 
 fn annotate(err: io::Error, action: &str, path: &Path) -> io::Error {
     io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))
+}
+
+/// Bytes from hex text (either case), or `None` when it is not whole hex pairs.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let high = (pair[0] as char).to_digit(16)?;
+            let low = (pair[1] as char).to_digit(16)?;
+            Some((high * 16 + low) as u8)
+        })
+        .collect()
 }
 
 /// Lower-case hex of bytes (sha256 digests, ids).

@@ -262,6 +262,38 @@ pub fn make_cert(dir: &Path) -> TestCert {
     }
 }
 
+/// `GET /v1/status` of the admin listener at `admin`.
+pub async fn admin_status(admin: SocketAddr) -> serde_json::Value {
+    client()
+        .get(format!("http://{admin}/v1/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("status JSON")
+}
+
+/// A manifest (CONTRACT section 3) listing `objects` under `base_url`.
+pub fn manifest_json<P: AsRef<str>, D: AsRef<[u8]>>(
+    id: &str,
+    base_url: &str,
+    objects: &[(P, D)],
+) -> String {
+    let objects: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|(path, data)| {
+            serde_json::json!({
+                "path": path.as_ref(),
+                "size": data.as_ref().len(),
+                "sha256": sha256_hex(data.as_ref()),
+            })
+        })
+        .collect();
+    serde_json::json!({"version": 1, "id": id, "base_url": base_url, "objects": objects})
+        .to_string()
+}
+
 /// Fetches the admin `/metrics` text.
 pub async fn metrics_text(daemon: &Daemon) -> String {
     client()
