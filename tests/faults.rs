@@ -9,7 +9,6 @@ use common::origin::{Fault, Origin};
 use common::*;
 use reqwest::StatusCode;
 use tidecache::daemon::Daemon;
-use tidecache::schedule::{Mode, Override};
 
 fn manifest(id: &str, base_url: &str, objects: &[(String, Vec<u8>)]) -> String {
     manifest_json(id, base_url, objects)
@@ -22,19 +21,7 @@ async fn status(daemon: &Daemon) -> serde_json::Value {
 /// Pushes `body` (through the fill handle, as PUT /v1/manifest does), fills until done.
 async fn fill(daemon: &Daemon, body: String, id: &str) -> serde_json::Value {
     daemon.fill().accept(body.into()).await.unwrap();
-    daemon.set_override(Override::Fill).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let status = status(daemon).await;
-        if status["fill"]["state"] == "done" && status["fill"]["manifest_id"] == id {
-            break status;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{status:#}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    daemon.set_override(Override::Auto).await.unwrap();
-    wait_for_mode(daemon, |state| state.mode == Mode::Serving).await;
-    done
+    fill_until_done(daemon, id).await
 }
 
 fn objects(count: usize) -> Vec<(String, Vec<u8>)> {

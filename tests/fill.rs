@@ -9,7 +9,7 @@ use common::*;
 use reqwest::StatusCode;
 use tidecache::config::Config;
 use tidecache::daemon::Daemon;
-use tidecache::schedule::{Mode, Override};
+use tidecache::schedule::Override;
 
 const FILL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,22 +57,7 @@ async fn status(daemon: &Daemon) -> serde_json::Value {
 
 /// Fills now (override), waits until the fill is done for `id`, then serves again.
 async fn run_fill(daemon: &Daemon, id: &str) -> serde_json::Value {
-    daemon.set_override(Override::Fill).await.unwrap();
-    let deadline = tokio::time::Instant::now() + FILL_TIMEOUT;
-    let done = loop {
-        let status = status(daemon).await;
-        if status["fill"]["state"] == "done" && status["fill"]["manifest_id"] == id {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fill not done in time: {status:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    daemon.set_override(Override::Auto).await.unwrap();
-    wait_for_mode(daemon, |state| state.mode == Mode::Serving).await;
-    done
+    fill_until_done(daemon, id).await
 }
 
 #[tokio::test]

@@ -591,13 +591,27 @@ impl Stores {
 
     /// Removes an object from the index, its journal and its disk (a fill delete).
     pub fn remove(&self, path: &str) -> Result<bool, StoreError> {
+        let Some(meta) = self.forget(path)? else {
+            return Ok(false);
+        };
+        let store = &self.stores[meta.store];
+        match std::fs::remove_file(store.object_file(path)) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(err) => Err(store.io_error(format!("remove objects/{path}"), err)),
+        }
+    }
+
+    /// Takes an object out of the journal and the index (its file is the caller's to remove
+    /// or move); `None` when it was not stored.
+    fn forget(&self, path: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let Some(meta) = self
             .index
             .read()
             .ok()
             .and_then(|index| index.get(path).copied())
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let store = &self.stores[meta.store];
         store.append_journal(&[Record::Remove(path.to_owned())])?;
@@ -606,11 +620,7 @@ impl Stores {
         }
         store.objects.fetch_sub(1, Ordering::Relaxed);
         store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
-        match std::fs::remove_file(store.object_file(path)) {
-            Ok(()) => Ok(true),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(true),
-            Err(err) => Err(store.io_error(format!("remove objects/{path}"), err)),
-        }
+        Ok(Some(meta))
     }
 
     /// Rewrites every healthy store's journal to hold only its live entries.

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 
 use super::{ObjectMeta, StoreError, Stores, hex};
-use crate::store::journal::Record;
 
 /// One object that does not match the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,21 +104,10 @@ impl Stores {
     /// inspection, and it leaves the journal and the index, so it is not served and the next
     /// fill fetches it again.
     pub fn quarantine(&self, path: &str) -> Result<(), StoreError> {
-        let Some(meta) = self
-            .index
-            .read()
-            .ok()
-            .and_then(|index| index.get(path).copied())
-        else {
+        let Some(meta) = self.forget(path)? else {
             return Ok(());
         };
         let store = &self.stores[meta.store];
-        store.append_journal(&[Record::Remove(path.to_owned())])?;
-        if let Ok(mut index) = self.index.write() {
-            index.remove(path);
-        }
-        store.objects.fetch_sub(1, Ordering::Relaxed);
-        store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
         let target = store.root.join("quarantine").join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)

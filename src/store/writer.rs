@@ -47,18 +47,37 @@ impl ObjectWriter {
             .truncate(true)
             .open(&temp)
             .map_err(|err| target.io_error(format!("create {}", temp.display()), err))?;
-        Ok(ObjectWriter {
+        Ok(ObjectWriter::at(
+            stores,
+            store,
+            path,
+            (temp, file),
+            (Sha256::new(), 0),
+            (expected_size, expected_sha256),
+        ))
+    }
+
+    /// A writer on an open temp file whose first `written` bytes `hasher` has seen.
+    fn at(
+        stores: Arc<Stores>,
+        store: usize,
+        path: &str,
+        (temp, file): (PathBuf, File),
+        (hasher, written): (Sha256, u64),
+        (expected_size, expected_sha256): (u64, [u8; 32]),
+    ) -> ObjectWriter {
+        ObjectWriter {
             stores,
             store,
             path: path.to_owned(),
             temp,
             file: Some(file),
-            hasher: Sha256::new(),
-            written: 0,
+            hasher,
+            written,
             expected_size,
             expected_sha256,
             keep_temp: false,
-        })
+        }
     }
 
     /// Continues the partial temp file of the same (path, sha256) in `store` if there is one
@@ -95,18 +114,14 @@ impl ObjectWriter {
             drop(file);
             return ObjectWriter::create(stores, store, path, expected_size, expected_sha256);
         }
-        Ok(ObjectWriter {
+        Ok(ObjectWriter::at(
             stores,
             store,
-            path: path.to_owned(),
-            temp,
-            file: Some(file),
-            hasher,
-            written,
-            expected_size,
-            expected_sha256,
-            keep_temp: false,
-        })
+            path,
+            (temp, file),
+            (hasher, written),
+            (expected_size, expected_sha256),
+        ))
     }
 
     /// Which store (index in configuration order) the object is being written to.

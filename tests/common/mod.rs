@@ -274,6 +274,34 @@ pub async fn admin_status(admin: SocketAddr) -> serde_json::Value {
         .expect("status JSON")
 }
 
+/// Fills now (operator override), waits until the fill is done for manifest `id`, then
+/// returns to the windows and waits for serving; the status at "done".
+pub async fn fill_until_done(daemon: &Daemon, id: &str) -> serde_json::Value {
+    use tidecache::schedule::{Mode, Override};
+    daemon
+        .set_override(Override::Fill)
+        .await
+        .expect("override fill");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let status = admin_status(daemon.admin_addr).await;
+        if status["fill"]["state"] == "done" && status["fill"]["manifest_id"] == id {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fill not done in time: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    daemon
+        .set_override(Override::Auto)
+        .await
+        .expect("override auto");
+    wait_for_mode(daemon, |state| state.mode == Mode::Serving).await;
+    done
+}
+
 /// A manifest (CONTRACT section 3) listing `objects` under `base_url`.
 pub fn manifest_json<P: AsRef<str>, D: AsRef<[u8]>>(
     id: &str,
