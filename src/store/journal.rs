@@ -87,6 +87,8 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
     }
     let mut offset = MAGIC.len();
     replay.valid_len = offset as u64;
+    // A put record of a typical path is about 90 bytes: size the map once.
+    replay.entries.reserve(bytes.len() / 96);
     while offset < bytes.len() {
         match decode_record(&bytes[offset..]) {
             Some((record, used)) => {

@@ -278,6 +278,8 @@ impl Stores {
         let mut index: HashMap<Box<str>, ObjectMeta> = HashMap::new();
         for (number, config) in configs.iter().enumerate() {
             let Opened { store, entries } = open_store(config);
+            // One allocation for the whole index instead of a rehash at every doubling.
+            index.reserve(entries.len());
             for (path, entry) in entries {
                 let meta = ObjectMeta {
                     store: number,
