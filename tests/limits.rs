@@ -9,6 +9,17 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Raises the soft open-file limit to the hard one; returns the new soft limit.
+fn raise_open_file_limit() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+    getrlimit(Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |current| current as usize)
+}
+
 const LIMITS: &str = "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\nmax_connections = 3\nshutdown_timeout = \"5s\"\n";
 
 async fn limited_box() -> (TestBox, tidecache::daemon::Daemon) {
@@ -185,8 +196,11 @@ async fn a_thousand_slow_header_connections_are_cut_while_a_real_viewer_is_serve
     seed(&config, &[("a.ts", &pattern(64 * 1024))]);
     let daemon = start(&config).await;
     let addr = daemon.viewer_addrs[0];
+    // Both ends of every connection live in this process: make room for them, as the unit's
+    // LimitNOFILE does for the daemon, and scale down where the hard limit is low.
+    let attackers_wanted = raise_open_file_limit().saturating_sub(256) / 2;
     let mut attackers = Vec::new();
-    for _ in 0..1000 {
+    for _ in 0..attackers_wanted.min(1000) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let _ = stream
             .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\nX-Slow: ")
