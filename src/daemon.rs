@@ -170,8 +170,10 @@ impl Daemon {
             } else {
                 viewer_addrs.push(local);
             }
+            let fast_path = (tls.is_none() && config.http.sendfile).then(|| Arc::clone(&viewer));
             bound.push(Listener {
                 tcp,
+                fast_path,
                 tls,
                 handler: Arc::clone(&viewer),
                 permits: Arc::clone(&permits),
@@ -200,6 +202,7 @@ impl Daemon {
         ));
         let admin = Listener {
             tcp: admin_tcp,
+            fast_path: None,
             tls: None,
             handler: Arc::clone(&admin_handler),
             permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
@@ -310,6 +313,9 @@ impl Daemon {
         }
         if config.state_dir != current.state_dir {
             needs_restart.push("state_dir");
+        }
+        if config.http.sendfile != current.http.sendfile {
+            needs_restart.push("http.sendfile");
         }
         if config.cache != current.cache {
             needs_restart.push("cache");

@@ -9,6 +9,7 @@
 //! - [`admin`]: the operator's listener (health, readiness, metrics, status).
 //! - [`metrics`]: the Prometheus registry and the metric names of the contract.
 //! - [`schedule`]: the mode (serving, draining, filling) and fill windows.
+//! - [`fast_http1`]: the sendfile fast path for plain GET/HEAD beside hyper.
 //! - [`listener`]: the accept loop shared by every listener (limits, TLS, graceful shutdown).
 //! - [`daemon`]: wires the pieces together for `tidecache serve`.
 //! - [`doctor`]: `tidecache doctor`, the host against the appliance spec.
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod durable;
+pub mod fast_http1;
 pub mod fill;
 pub mod listener;
 pub mod metrics;

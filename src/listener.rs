@@ -130,6 +130,9 @@ pub struct Listener<H> {
     pub limits: Arc<ArcSwap<ConnectionLimits>>,
     /// Connection counters.
     pub metrics: ConnectionMetrics,
+    /// Plain-HTTP viewer listeners answer plain GET/HEAD here first (sendfile), handing
+    /// anything else to hyper; `None` for HTTPS and admin listeners.
+    pub fast_path: Option<Arc<crate::serve::Viewer>>,
     /// Held by every connection task; the daemon knows all connections ended when the last
     /// clone is dropped (the receiver then yields `None`).
     pub finished: mpsc::Sender<()>,
@@ -168,6 +171,7 @@ impl<H: Handler> Listener<H> {
             let handler = Arc::clone(&self.handler);
             let builder = Arc::clone(&builder);
             let tls = self.tls.as_ref().map(|tls| tls.load_full());
+            let fast_path = self.fast_path.clone();
             let finished = self.finished.clone();
             let drain = shutdown.clone();
             let open = self.metrics.open.clone();
@@ -176,7 +180,27 @@ impl<H: Handler> Listener<H> {
                 let _finished = finished;
                 open.inc();
                 match tls {
-                    None => serve_io(stream, peer, handler, &builder, drain, limits).await,
+                    None => match fast_path {
+                        Some(viewer) => {
+                            let mut fast_drain = drain.clone();
+                            match crate::fast_http1::serve(
+                                stream,
+                                peer,
+                                &viewer,
+                                &mut fast_drain,
+                                limits,
+                            )
+                            .await
+                            {
+                                crate::fast_http1::Outcome::Done => {}
+                                crate::fast_http1::Outcome::HandOver { buffered, stream } => {
+                                    let io = crate::fast_http1::Replayed::new(buffered, stream);
+                                    serve_io(io, peer, handler, &builder, drain, limits).await
+                                }
+                            }
+                        }
+                        None => serve_io(stream, peer, handler, &builder, drain, limits).await,
+                    },
                     Some(acceptor) => {
                         match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
                             .await

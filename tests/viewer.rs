@@ -1049,3 +1049,49 @@ async fn a_flipped_bit_found_when_loading_into_ram_takes_the_object_out_of_servi
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_sendfile_fast_path_and_hyper_answer_alike() {
+    let mut answers = Vec::new();
+    for sendfile in [true, false] {
+        let test_box = TestBox::new();
+        let mut config = test_box.config(1, "");
+        config.http.sendfile = sendfile;
+        let data = pattern(300_000);
+        seed(&config, &[("a.ts", &data)]);
+        let daemon = start(&config).await;
+        let addr = daemon.viewer_addrs[0];
+        let mut seen = Vec::new();
+        for range in [None, Some("bytes=1000-1999"), Some("bytes=0-9,-10")] {
+            let mut request = client().get(url(addr, "/a.ts"));
+            if let Some(range) = range {
+                request = request.header("range", range);
+            }
+            let response = request.send().await.unwrap();
+            let mut headers: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .filter(|(name, _)| !["date", "content-type"].contains(&name.as_str()))
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+                .collect();
+            headers.sort();
+            let status = response.status();
+            let body = response.bytes().await.unwrap();
+            if range.is_none() {
+                assert_eq!(&body[..], &data[..], "sendfile = {sendfile}");
+            }
+            seen.push((
+                status,
+                headers,
+                if range == Some("bytes=0-9,-10") {
+                    body.len()
+                } else {
+                    0
+                },
+            ));
+        }
+        answers.push(seen);
+        daemon.shutdown().await;
+    }
+    assert_eq!(answers[0], answers[1]);
+}

@@ -142,6 +142,8 @@ pub struct HttpConfig {
     pub access_log: Option<PathBuf>,
     /// `combined` (Apache/nginx) or `json`, one line per request.
     pub access_log_format: AccessLogFormat,
+    /// Answer plain GET/HEAD on HTTP/1.1 with the sendfile fast path (hyper answers the rest).
+    pub sendfile: bool,
 }
 
 /// Line format of the viewer access log.
@@ -164,6 +166,7 @@ impl Default for HttpConfig {
             url_signing_key_file: None,
             access_log: None,
             access_log_format: AccessLogFormat::Combined,
+            sendfile: true,
         }
     }
 }

@@ -37,6 +37,22 @@ enum Segment {
     },
 }
 
+/// A piece of a body as [`ObjectBody::into_parts`] gives it.
+#[derive(Debug)]
+pub enum BodyPart {
+    /// Bytes in memory.
+    Memory(Bytes),
+    /// `len` bytes of `file` from `offset`.
+    File {
+        /// The open file.
+        file: Arc<File>,
+        /// Where the bytes start.
+        offset: u64,
+        /// How many.
+        len: u64,
+    },
+}
+
 /// The body type of every response tidecache sends, viewer or admin.
 #[derive(Debug, Default)]
 pub struct ObjectBody {
@@ -77,6 +93,25 @@ impl ObjectBody {
                 remaining: len,
             });
         }
+    }
+
+    /// The body's pieces, for a writer that sends files itself (the sendfile fast path).
+    pub fn into_parts(self) -> Vec<BodyPart> {
+        self.segments
+            .into_iter()
+            .map(|segment| match segment {
+                Segment::Memory(bytes) => BodyPart::Memory(bytes),
+                Segment::File {
+                    file,
+                    offset,
+                    remaining,
+                } => BodyPart::File {
+                    file,
+                    offset,
+                    len: remaining,
+                },
+            })
+            .collect()
     }
 
     /// Counts every byte handed to the connection in `counter` (response_bytes_total).

@@ -1,0 +1,382 @@
+//! A small HTTP/1.1 fast path beside hyper for what players send most: plain `GET` and `HEAD`.
+//!
+//! hyper has no sendfile path, so every body byte is copied into the socket from user
+//! memory. This loop parses request heads with httparse, lets the same [`Viewer`] answer,
+//! writes the head itself, and sends file-backed bodies with `sendfile(2)`: the kernel moves
+//! page-cache pages to the socket without a copy through user space. Keep-alive and
+//! pipelining work as with hyper. Anything else — a body, `Expect`, `Upgrade`, a malformed or
+//! oversized head, an HTTP/2 preface — is handed, with every byte already read, to hyper for
+//! the rest of the connection, so the fast path never has to be right about the unusual.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use http::{Method, Request, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout_at};
+
+use crate::listener::{ConnectionLimits, PeerAddr};
+use crate::serve::Viewer;
+use crate::serve::body::BodyPart;
+
+/// Request headers parsed at most; a request with more goes to hyper (which answers 431).
+const MAX_HEADERS: usize = 64;
+
+/// How a fast-path connection ended.
+pub enum Outcome {
+    /// Closed (by the client, a timeout, an error, or `Connection: close`).
+    Done,
+    /// Not for the fast path: hyper takes over, first replaying `buffered`.
+    HandOver {
+        /// Bytes read but not yet answered.
+        buffered: BytesMut,
+        /// The connection.
+        stream: TcpStream,
+    },
+}
+
+/// Serves a plain-HTTP viewer connection until it ends or needs hyper.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    viewer: &Viewer,
+    drain: &mut watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) -> Outcome {
+    let mut buffer = BytesMut::with_capacity(4096);
+    let mut first = true;
+    loop {
+        let head_len = match read_head(&mut stream, &mut buffer, first, drain, limits).await {
+            Ok(Some(head_len)) => head_len,
+            Ok(None) => return Outcome::Done,
+            Err(()) => {
+                return Outcome::HandOver {
+                    buffered: buffer,
+                    stream,
+                };
+            }
+        };
+        first = false;
+        let Some((request, keep_alive)) = parse(&buffer[..head_len], peer) else {
+            return Outcome::HandOver {
+                buffered: buffer,
+                stream,
+            };
+        };
+        let keep_alive = keep_alive && !*drain.borrow();
+        let response = viewer.answer(&request, true);
+        buffer.advance(head_len);
+        let (parts, head) = encode_head(response, keep_alive);
+        match write_response(&mut stream, head, parts, limits.idle_timeout).await {
+            Ok(sent) => viewer.count_sent(sent),
+            Err(_) => return Outcome::Done,
+        }
+        if !keep_alive {
+            let _ = stream.shutdown().await;
+            return Outcome::Done;
+        }
+    }
+}
+
+/// Reads until `buffer` holds a whole request head and returns its length; `Ok(None)` when
+/// the connection should just close (EOF, timeout, drain); `Err` when hyper should take over
+/// (an oversized head: hyper answers 431; an HTTP/2 preface).
+async fn read_head(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    first: bool,
+    drain: &mut watch::Receiver<bool>,
+    limits: ConnectionLimits,
+) -> Result<Option<usize>, ()> {
+    let mut deadline = if buffer.is_empty() && !first {
+        Instant::now() + limits.idle_timeout
+    } else {
+        Instant::now() + limits.header_timeout
+    };
+    let mut head_started = !buffer.is_empty() || first;
+    loop {
+        if buffer.starts_with(b"PRI ") {
+            return Err(());
+        }
+        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+            return Ok(Some(end + 4));
+        }
+        if buffer.len() > limits.max_header_size {
+            return Err(());
+        }
+        if *drain.borrow() && buffer.is_empty() {
+            return Ok(None);
+        }
+        let read = tokio::select! {
+            read = timeout_at(deadline, stream.read_buf(buffer)) => read,
+            _ = drain.changed(), if buffer.is_empty() => return Ok(None),
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
+            Ok(Ok(_)) => {
+                if !head_started {
+                    head_started = true;
+                    deadline = Instant::now() + limits.header_timeout;
+                }
+            }
+        }
+    }
+}
+
+/// The request of a plain GET or HEAD head, and whether the connection stays open; `None`
+/// for anything the fast path leaves to hyper.
+fn parse(head: &[u8], peer: std::net::SocketAddr) -> Option<(Request<()>, bool)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let method = match parsed.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    let version = match parsed.version? {
+        1 => Version::HTTP_11,
+        0 => Version::HTTP_10,
+        _ => return None,
+    };
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(parsed.path?)
+        .version(version);
+    let mut connection_close = false;
+    let mut connection_keep_alive = false;
+    for header in parsed.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+            || (name.eq_ignore_ascii_case("content-length") && header.value != b"0")
+        {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("connection") {
+            let value = std::str::from_utf8(header.value).ok()?.to_ascii_lowercase();
+            connection_close |= value.split(',').any(|token| token.trim() == "close");
+            connection_keep_alive |= value.split(',').any(|token| token.trim() == "keep-alive");
+        }
+        builder = builder.header(name, header.value);
+    }
+    let mut request = builder.body(()).ok()?;
+    request.extensions_mut().insert(PeerAddr(peer));
+    let keep_alive = match version {
+        Version::HTTP_11 => !connection_close,
+        _ => connection_keep_alive && !connection_close,
+    };
+    Some((request, keep_alive))
+}
+
+/// The response head as bytes (with `Date` and, when closing, `Connection: close`) and the
+/// body's parts.
+fn encode_head(
+    response: http::Response<crate::serve::body::ObjectBody>,
+    keep_alive: bool,
+) -> (Vec<BodyPart>, Vec<u8>) {
+    let (head, body) = response.into_parts();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(head.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(http_date().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (body.into_parts(), out)
+}
+
+/// Writes head and body; returns the body bytes sent. The head and the memory parts that
+/// follow it go out in one `writev`, as hyper would; file parts go by sendfile.
+async fn write_response(
+    stream: &mut TcpStream,
+    head: Vec<u8>,
+    parts: Vec<BodyPart>,
+    idle: Duration,
+) -> io::Result<u64> {
+    let mut sent = 0u64;
+    let mut pending: Vec<bytes::Bytes> = vec![bytes::Bytes::from(head)];
+    for part in parts {
+        match part {
+            BodyPart::Memory(bytes) => {
+                sent += bytes.len() as u64;
+                pending.push(bytes);
+            }
+            BodyPart::File { file, offset, len } => {
+                write_all_vectored(stream, &mut pending, idle).await?;
+                send_file(stream, &file, offset, len, idle).await?;
+                sent += len;
+            }
+        }
+    }
+    write_all_vectored(stream, &mut pending, idle).await?;
+    Ok(sent)
+}
+
+/// Writes every buffer of `pending` with as few `writev` calls as the socket allows.
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    pending: &mut Vec<bytes::Bytes>,
+    idle: Duration,
+) -> io::Result<()> {
+    let mut first = 0;
+    while first < pending.len() {
+        let slices: Vec<io::IoSlice<'_>> = pending[first..]
+            .iter()
+            .map(|bytes| io::IoSlice::new(bytes))
+            .collect();
+        let mut written = within(idle, stream.write_vectored(&slices)).await?;
+        if written == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        while written > 0 && first < pending.len() {
+            let length = pending[first].len();
+            if written >= length {
+                written -= length;
+                first += 1;
+            } else {
+                pending[first].advance(written);
+                written = 0;
+            }
+        }
+    }
+    pending.clear();
+    Ok(())
+}
+
+/// `sendfile(2)` of `len` bytes from `offset`, waiting for the socket as needed.
+async fn send_file(
+    stream: &mut TcpStream,
+    file: &std::fs::File,
+    mut offset: u64,
+    mut remaining: u64,
+    idle: Duration,
+) -> io::Result<()> {
+    while remaining > 0 {
+        within(idle, stream.writable()).await?;
+        let chunk = usize::try_from(remaining.min(1 << 22)).unwrap_or(1 << 22);
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream.as_fd(), file, Some(&mut offset), chunk)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(sent) => remaining -= sent as u64,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+async fn within<T>(
+    idle: Duration,
+    operation: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(idle, operation)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
+}
+
+/// The `Date` header value, formatted once per second.
+fn http_date() -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second || cached.1.is_empty() {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        cached.1.clone()
+    })
+}
+
+/// A connection whose first bytes were already read: hyper reads `buffered` first.
+pub struct Replayed {
+    buffered: BytesMut,
+    stream: TcpStream,
+}
+
+impl Replayed {
+    /// Wraps `stream`, replaying `buffered` before reading from it again.
+    pub fn new(buffered: BytesMut, stream: TcpStream) -> Replayed {
+        Replayed { buffered, stream }
+    }
+}
+
+impl AsyncRead for Replayed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.buffered.is_empty() {
+            let take = self.buffered.len().min(buf.remaining());
+            buf.put_slice(&self.buffered[..take]);
+            self.buffered.advance(take);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replayed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
