@@ -196,7 +196,7 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"date: ");
-    out.extend_from_slice(http_date().as_bytes());
+    append_http_date(&mut out);
     out.extend_from_slice(b"\r\n");
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
@@ -297,8 +297,8 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
 }
 
-/// The `Date` header value, formatted once per second.
-fn http_date() -> String {
+/// Appends the `Date` header value, formatted once per second per thread.
+fn append_http_date(out: &mut Vec<u8>) {
     use std::cell::RefCell;
     thread_local! {
         static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
@@ -312,7 +312,7 @@ fn http_date() -> String {
         if cached.0 != second || cached.1.is_empty() {
             *cached = (second, httpdate::fmt_http_date(now));
         }
-        cached.1.clone()
+        out.extend_from_slice(cached.1.as_bytes());
     })
 }
 

@@ -339,15 +339,7 @@ fn run_call<T>(
     call: impl std::future::Future<Output = Result<T, crate::admin::client::ClientError>>,
 ) -> Result<T, ExitCode> {
     use crate::admin::client::ClientError;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| {
-            fail(
-                EXIT_FAILURE,
-                &format!("cannot start the async runtime: {err}"),
-            )
-        })?;
+    let runtime = runtime(tokio::runtime::Builder::new_current_thread())?;
     runtime.block_on(call).map_err(|err| match err {
         ClientError::BadUrl { .. } => fail(EXIT_USAGE, &err.to_string()),
         err => fail(EXIT_FAILURE, &err.to_string()),
@@ -555,15 +547,17 @@ fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
 
 /// The runtime of the long-running commands, or the exit code after a one-line error.
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|err| {
-            fail(
-                EXIT_FAILURE,
-                &format!("cannot start the async runtime: {err}"),
-            )
-        })
+    runtime(tokio::runtime::Builder::new_multi_thread())
+}
+
+/// Builds a runtime with I/O and time, or the exit code after a one-line error.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|err| {
+        fail(
+            EXIT_FAILURE,
+            &format!("cannot start the async runtime: {err}"),
+        )
+    })
 }
 
 /// Prints one readable error line and returns the exit code.

@@ -9,7 +9,8 @@
 //! answers with old bytes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -22,7 +23,8 @@ struct Entry {
     sha256: [u8; 32],
     bytes: Bytes,
     validators: Validators,
-    referenced: bool,
+    /// Set by hits under the read lock; cleared by the eviction sweep.
+    referenced: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -38,7 +40,8 @@ struct Inner {
 pub struct RamCache {
     capacity: u64,
     max_object: u64,
-    inner: Mutex<Inner>,
+    /// Hits take only the read lock; misses, loads and evictions the write lock.
+    inner: RwLock<Inner>,
 }
 
 /// What a lookup found.
@@ -60,7 +63,7 @@ impl RamCache {
         RamCache {
             capacity,
             max_object: max_object.min(capacity),
-            inner: Mutex::new(Inner::default()),
+            inner: RwLock::new(Inner::default()),
         }
     }
 
@@ -69,22 +72,24 @@ impl RamCache {
         if meta.size > self.max_object || meta.size == 0 {
             return Lookup::Miss { load: false };
         }
-        let Ok(mut inner) = self.inner.lock() else {
-            return Lookup::Miss { load: false };
-        };
-        if let Some(entry) = inner.entries.get_mut(path) {
-            if entry.sha256 == meta.sha256 {
-                entry.referenced = true;
-                return Lookup::Hit(entry.bytes.clone(), entry.validators.clone());
+        if let Ok(inner) = self.inner.read() {
+            if let Some(entry) = inner.entries.get(path) {
+                if entry.sha256 == meta.sha256 {
+                    entry.referenced.store(true, Ordering::Relaxed);
+                    return Lookup::Hit(entry.bytes.clone(), entry.validators.clone());
+                }
             }
         }
+        let Ok(mut inner) = self.inner.write() else {
+            return Lookup::Miss { load: false };
+        };
         let load = inner.loading.insert(path.into());
         Lookup::Miss { load }
     }
 
     /// Stores loaded bytes if they are the object `meta` describes; evicts to make room.
     pub fn insert(&self, path: &str, meta: &ObjectMeta, bytes: Option<Bytes>) {
-        let Ok(mut inner) = self.inner.lock() else {
+        let Ok(mut inner) = self.inner.write() else {
             return;
         };
         inner.loading.remove(path);
@@ -106,19 +111,15 @@ impl RamCache {
                 sha256: meta.sha256,
                 bytes,
                 validators: Validators::of(meta),
-                referenced: false,
+                referenced: AtomicBool::new(false),
             },
         );
         while inner.used > self.capacity {
             let Some(candidate) = inner.clock.pop_front() else {
                 break;
             };
-            let second_chance = match inner.entries.get_mut(&candidate) {
-                Some(entry) if entry.referenced => {
-                    entry.referenced = false;
-                    true
-                }
-                Some(_) => false,
+            let second_chance = match inner.entries.get(&candidate) {
+                Some(entry) => entry.referenced.swap(false, Ordering::Relaxed),
                 None => continue,
             };
             if second_chance {
@@ -131,7 +132,7 @@ impl RamCache {
 
     /// Bytes held now.
     pub fn used(&self) -> u64 {
-        self.inner.lock().map_or(0, |inner| inner.used)
+        self.inner.read().map_or(0, |inner| inner.used)
     }
 }
 

@@ -153,8 +153,9 @@ pub struct Viewer {
 enum Source {
     /// A verified copy in the RAM cache: ranges are zero-copy slices.
     Memory(Bytes, Validators),
-    /// The stored file, streamed in chunks.
-    File(Arc<std::fs::File>),
+    /// The stored file, streamed in chunks (or sent with sendfile), with the validators when
+    /// the RAM cache already had them.
+    File(Arc<std::fs::File>, Option<Validators>),
 }
 
 impl Source {
@@ -165,7 +166,7 @@ impl Source {
                 let start = offset as usize;
                 body.push_bytes(bytes.slice(start..start + len as usize));
             }
-            Source::File(file) => body.push_file_range(Arc::clone(file), offset, len),
+            Source::File(file, _) => body.push_file_range(Arc::clone(file), offset, len),
         }
     }
 }
@@ -326,8 +327,8 @@ impl Viewer {
             }
             // A verified, cached object the caller will sendfile: the file, whose bytes the
             // cache checked when it loaded them.
-            cache::Lookup::Hit(_, _) => match self.stores.open(&path, meta) {
-                Ok(object) => Source::File(object.file),
+            cache::Lookup::Hit(_, validators) => match self.stores.open(&path, meta) {
+                Ok(object) => Source::File(object.file, Some(validators)),
                 Err(err) => {
                     tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
                     return self.miss(request);
@@ -361,7 +362,7 @@ impl Viewer {
                         }
                     });
                 }
-                Source::File(object.file)
+                Source::File(object.file, None)
             }
         };
         self.object(request, &path, meta, source)
@@ -378,8 +379,8 @@ impl Viewer {
         let headers = request.headers();
         let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
         let validators = match &source {
-            Source::Memory(_, validators) => validators.clone(),
-            Source::File(_) => Validators::of(&meta),
+            Source::Memory(_, validators) | Source::File(_, Some(validators)) => validators.clone(),
+            Source::File(_, None) => Validators::of(&meta),
         };
         let etag = validators.etag.to_str().unwrap_or("");
         let preconditions = Preconditions {
