@@ -103,11 +103,7 @@ async fn status_reports_mode_and_stores_with_object_counts() {
     let objects: Vec<(String, Vec<u8>)> = (0..40)
         .map(|number| (format!("t/seg_{number:05}.m4s"), pattern(1000 + number)))
         .collect();
-    let borrowed: Vec<(&str, &[u8])> = objects
-        .iter()
-        .map(|(path, data)| (path.as_str(), data.as_slice()))
-        .collect();
-    seed(&config, &borrowed);
+    seed_all(&config, &objects);
     let daemon = start(&config).await;
     let response = client()
         .get(admin_url(&daemon, "/v1/status"))

@@ -38,9 +38,7 @@ fn objects(count: usize) -> Vec<(String, Vec<u8>)> {
 async fn files_lost_or_truncated_behind_the_daemons_back_are_misses_and_refetched() {
     let origin = Origin::start().await;
     let objects = objects(6);
-    for (path, data) in &objects {
-        origin.put(path, data, Fault::None);
-    }
+    origin.put_all(&objects);
     let test_box = TestBox::new();
     let daemon = start(&test_box.config(1, "[schedule]\ndrain = \"0s\"\n")).await;
     let body = manifest("one", &origin.base_url(), &objects);
@@ -89,9 +87,7 @@ async fn files_lost_or_truncated_behind_the_daemons_back_are_misses_and_refetche
 async fn a_store_that_vanishes_fails_alone_and_its_objects_are_replaced_by_the_next_fill() {
     let origin = Origin::start().await;
     let objects = objects(16);
-    for (path, data) in &objects {
-        origin.put(path, data, Fault::None);
-    }
+    origin.put_all(&objects);
     let test_box = TestBox::new();
     let daemon = start(&test_box.config(2, "[schedule]\ndrain = \"0s\"\n")).await;
     let body = manifest("one", &origin.base_url(), &objects);
@@ -329,9 +325,7 @@ async fn a_store_that_runs_out_of_space_is_marked_full_and_objects_go_elsewhere(
             (format!("big/seg_{number:02}.ts"), data)
         })
         .collect();
-    for (path, data) in &objects {
-        origin.put(path, data, Fault::None);
-    }
+    origin.put_all(&objects);
     let mut config = test_box.config(
         2,
         "[schedule]\ndrain = \"0s\"\n[fill]\nconcurrency = 2\nretry_delay = \"10ms\"\n",

@@ -81,18 +81,12 @@ async fn a_few_hundred_objects_fill_and_are_served_byte_identical() {
             pattern(1000 + number * 37),
         ));
     }
-    for (path, data) in &objects {
-        origin.put(path, data, Fault::None);
-    }
-    let borrowed: Vec<(&str, &[u8])> = objects
-        .iter()
-        .map(|(path, data)| (path.as_str(), data.as_slice()))
-        .collect();
+    origin.put_all(&objects);
     let fill = fill_box(2, "concurrency = 8\n").await;
     let accepted = push(
         &fill.daemon,
         Some(&fill.token),
-        &manifest("night-1", &origin.base_url(), &borrowed),
+        &manifest_json("night-1", &origin.base_url(), &objects),
     )
     .await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);

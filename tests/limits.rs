@@ -25,9 +25,9 @@ const LIMITS: &str = "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\n
 async fn limited_box() -> (TestBox, tidecache::daemon::Daemon) {
     let test_box = TestBox::new();
     let config = test_box.config(1, LIMITS);
-    seed(
+    seed_all(
         &config,
-        &[("a.ts", b"segment"), ("big.ts", &pattern(4 << 20))],
+        &[("a.ts", b"segment".to_vec()), ("big.ts", pattern(4 << 20))],
     );
     let daemon = start(&config).await;
     (test_box, daemon)

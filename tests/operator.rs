@@ -172,11 +172,7 @@ async fn verify_finds_and_quarantines_damaged_objects_and_refuses_a_store_in_use
     let objects: Vec<(String, Vec<u8>)> = (0..20)
         .map(|number| (format!("t/seg_{number:02}.ts"), pattern(5000 + number)))
         .collect();
-    let borrowed: Vec<(&str, &[u8])> = objects
-        .iter()
-        .map(|(path, data)| (path.as_str(), data.as_slice()))
-        .collect();
-    seed(&config, &borrowed);
+    seed_all(&config, &objects);
     let config_file = test_box.write_file(
         "verify.toml",
         format!(

@@ -998,13 +998,24 @@ async fn signed_urls_are_required_when_a_key_is_set_and_checked_before_the_disk(
 
 #[tokio::test]
 async fn hot_objects_are_served_from_ram_byte_identical_with_ranges() {
-    let (_box, daemon, segment) = serving_box("").await;
+    let (test_box, daemon, segment) = serving_box("").await;
     let addr = daemon.viewer_addrs[0];
     for _ in 0..3 {
         let whole = get(addr, &format!("/{SEGMENT_PATH}")).await;
         assert_eq!(&whole.bytes().await.unwrap()[..], &segment[..]);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // With the file gone from disk, only the RAM copy can answer these ranges.
+    let on_disk = (0..2)
+        .map(|store| {
+            test_box
+                .store_path(store)
+                .join("objects")
+                .join(SEGMENT_PATH)
+        })
+        .find(|path| path.exists())
+        .unwrap();
+    std::fs::remove_file(on_disk).unwrap();
     let ranged = get_range(addr, "bytes=1000-1999").await;
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(&ranged.bytes().await.unwrap()[..], &segment[1000..2000]);

@@ -117,8 +117,14 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// Puts objects into the configured stores through the store module's own write API (the one
 /// fill uses), then closes the stores so the daemon loads them from their journals.
 pub fn seed(config: &Config, objects: &[(&str, &[u8])]) {
+    seed_all(config, objects);
+}
+
+/// [`seed`] for owned or mixed (path, bytes) pairs.
+pub fn seed_all<P: AsRef<str>, D: AsRef<[u8]>>(config: &Config, objects: &[(P, D)]) {
     let stores = Arc::new(Stores::load(&config.stores));
     for (path, data) in objects {
+        let (path, data) = (path.as_ref(), data.as_ref());
         let mut writer = stores
             .begin_write(path, data.len() as u64, sha256(data))
             .unwrap_or_else(|err| panic!("begin_write {path}: {err}"));

@@ -110,6 +110,13 @@ impl Origin {
         }
     }
 
+    /// Adds every object, served normally.
+    pub fn put_all<P: AsRef<str>, D: AsRef<[u8]>>(&self, objects: &[(P, D)]) {
+        for (path, data) in objects {
+            self.put(path.as_ref(), data.as_ref(), Fault::None);
+        }
+    }
+
     /// The base URL objects are under.
     pub fn base_url(&self) -> String {
         format!("http://{}/", self.addr)
