@@ -213,7 +213,7 @@ impl Engine {
 
         self.stores.clear_full();
         self.stores.probe();
-        let deletes = plan(manifest, &self.stores.snapshot(), 0).deletes;
+        let deletes = plan(manifest, &self.stores.snapshot(), &self.stores.damaged(), 0).deletes;
         let stores = Arc::clone(&self.stores);
         let deleted = tokio::task::spawn_blocking(move || {
             let mut deleted = 0u64;
@@ -228,7 +228,12 @@ impl Engine {
         })
         .await
         .unwrap_or(0);
-        let work = plan(manifest, &self.stores.snapshot(), self.stores.free_bytes());
+        let work = plan(
+            manifest,
+            &self.stores.snapshot(),
+            &self.stores.damaged(),
+            self.stores.free_bytes(),
+        );
         let keep: HashSet<String> = work
             .fetches
             .iter()

@@ -20,8 +20,8 @@ pub struct FillPlan {
     pub no_room: Vec<ManifestObject>,
 }
 
-/// Plans a pass: delete what left the manifest; fetch what is missing or differs (a changed
-/// object, or one whose index entry disagrees with the manifest), in descending priority;
+/// Plans a pass: delete what left the manifest (damaged or not); fetch what is missing,
+/// differs from the manifest, or was found `damaged` while serving, in descending priority;
 /// and, when `room` bytes cannot hold every fetch, leave out the lowest-priority ones.
 ///
 /// `room` is the stores' free space after the deletes; replacing an object frees its old copy,
@@ -29,6 +29,7 @@ pub struct FillPlan {
 pub fn plan(
     manifest: &Manifest,
     index: &HashMap<String, ObjectMeta>,
+    damaged: &HashSet<String>,
     free_after_deletes: u64,
 ) -> FillPlan {
     let wanted: HashSet<&str> = manifest
@@ -48,7 +49,11 @@ pub fn plan(
     let mut freed_by_replacing = 0u64;
     for object in &manifest.objects {
         match index.get(&object.path) {
-            Some(meta) if meta.size == object.size && meta.sha256 == object.sha256 => {
+            Some(meta)
+                if meta.size == object.size
+                    && meta.sha256 == object.sha256
+                    && !damaged.contains(&object.path) =>
+            {
                 present += 1;
                 present_bytes += object.size;
             }
@@ -126,12 +131,26 @@ mod tests {
             ("changed.ts".to_owned(), stored(10, 9)),
             ("gone.ts".to_owned(), stored(10, 4)),
         ]);
-        let plan = plan(&manifest, &index, 1000);
+        let plan = plan(&manifest, &index, &HashSet::new(), 1000);
         assert_eq!(plan.deletes, ["gone.ts"]);
         let fetched: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
         assert_eq!(fetched, ["changed.ts", "new.ts"]);
         assert_eq!((plan.present, plan.present_bytes), (1, 10));
         assert!(plan.no_room.is_empty());
+    }
+
+    #[test]
+    fn damaged_objects_are_refetched_when_wanted_and_deleted_when_not() {
+        let manifest = manifest(vec![object("wanted.ts", 10, 1, 0)]);
+        let index = HashMap::from([
+            ("wanted.ts".to_owned(), stored(10, 1)),
+            ("unwanted.ts".to_owned(), stored(10, 2)),
+        ]);
+        let damaged = HashSet::from(["wanted.ts".to_owned(), "unwanted.ts".to_owned()]);
+        let plan = plan(&manifest, &index, &damaged, 1000);
+        assert_eq!(plan.deletes, ["unwanted.ts"]);
+        assert_eq!(plan.fetches.len(), 1);
+        assert_eq!(plan.present, 0);
     }
 
     #[test]
@@ -142,7 +161,7 @@ mod tests {
             object("c", 1, 1, 0),
             object("d", 1, 1, 100),
         ]);
-        let plan = plan(&manifest, &HashMap::new(), 1000);
+        let plan = plan(&manifest, &HashMap::new(), &HashSet::new(), 1000);
         let order: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
         assert_eq!(order, ["b", "d", "a", "c"]);
     }
@@ -154,7 +173,7 @@ mod tests {
             object("high", 40, 1, 9),
             object("mid", 40, 1, 5),
         ]);
-        let plan = plan(&manifest, &HashMap::new(), 100);
+        let plan = plan(&manifest, &HashMap::new(), &HashSet::new(), 100);
         let fetched: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
         assert_eq!(fetched, ["high", "mid"]);
         assert_eq!(plan.no_room[0].path, "low");
@@ -164,7 +183,7 @@ mod tests {
     fn replacing_an_object_counts_its_old_copy_as_room() {
         let manifest = manifest(vec![object("a", 50, 2, 0)]);
         let index = HashMap::from([("a".to_owned(), stored(50, 1))]);
-        let plan = plan(&manifest, &index, 0);
+        let plan = plan(&manifest, &index, &HashSet::new(), 0);
         assert_eq!(plan.fetches.len(), 1);
     }
 }

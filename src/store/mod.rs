@@ -499,28 +499,28 @@ impl Stores {
             .sum()
     }
 
-    /// A copy of the index as far as it can be trusted, for planning a fill against a
-    /// manifest: objects on failed stores and objects found damaged while serving are left
-    /// out, so the plan fetches them again.
+    /// A copy of the index of the usable stores, for planning a fill against a manifest
+    /// (objects on failed stores are left out, so the plan fetches them again) and for scrubs.
     pub fn snapshot(&self) -> HashMap<String, ObjectMeta> {
-        let damaged = self
-            .damaged
-            .lock()
-            .map(|set| set.clone())
-            .unwrap_or_default();
         self.index.read().map_or_else(
             |_| HashMap::new(),
             |index| {
                 index
                     .iter()
-                    .filter(|(path, meta)| {
-                        !self.stores[meta.store].failed.load(Ordering::Relaxed)
-                            && !damaged.contains(&***path)
-                    })
+                    .filter(|(_, meta)| !self.stores[meta.store].failed.load(Ordering::Relaxed))
                     .map(|(path, meta)| (path.to_string(), *meta))
                     .collect()
             },
         )
+    }
+
+    /// Objects found missing, truncated or wrong while serving: still indexed (serving writes
+    /// nothing), answered as misses, and for the next fill to fetch again or delete.
+    pub fn damaged(&self) -> std::collections::HashSet<String> {
+        self.damaged
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default()
     }
 
     /// Picks the best-ranked usable store with room for `size` more bytes.
@@ -583,11 +583,7 @@ impl Stores {
                 }
             }
         }
-        if let Ok(mut damaged) = self.damaged.lock() {
-            if damaged.remove(path) {
-                self.damaged_count.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        self.clear_damaged(path);
         Ok(())
     }
 
@@ -622,7 +618,21 @@ impl Stores {
         }
         store.objects.fetch_sub(1, Ordering::Relaxed);
         store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
+        self.clear_damaged(path);
         Ok(Some(meta))
+    }
+
+    /// Forgets a damaged mark once the object is replaced or gone, so lookups stop taking
+    /// the damaged set's lock when none is left.
+    fn clear_damaged(&self, path: &str) {
+        if self.damaged_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(mut damaged) = self.damaged.lock() {
+            if damaged.remove(path) {
+                self.damaged_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Rewrites every healthy store's journal to hold only its live entries.
