@@ -26,6 +26,7 @@ use crate::schedule::{
 use crate::serve::access_log::AccessLog;
 use crate::serve::{Viewer, ViewerSettings};
 use crate::store::Stores;
+use crate::workers::{ViewerShared, ViewerSocket, ViewerWorkers};
 
 /// Connections the admin listener holds at once; separate from viewers' `max_connections`.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -48,6 +49,9 @@ pub enum StartError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The viewer worker threads could not be started (out of threads or memory).
+    #[error("cannot start the viewer workers: {0}")]
+    Workers(std::io::Error),
     /// The metrics registry refused a metric (a programming error, reported not panicked).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -69,6 +73,7 @@ pub struct Daemon {
     live: LiveSettings,
     stop_accepting: watch::Sender<bool>,
     accept_loops: JoinSet<()>,
+    workers: ViewerWorkers,
     connections_finished: mpsc::Receiver<()>,
     shutdown_timeout: Duration,
 }
@@ -159,7 +164,7 @@ impl Daemon {
         let mut https_addrs = Vec::new();
         let plain = config.http.listen.iter().map(|addr| (*addr, None));
         let secure = https_listen.iter().map(|addr| (*addr, tls.clone()));
-        let mut bound = Vec::new();
+        let mut sockets = Vec::new();
         for (addr, tls) in plain.chain(secure) {
             let tcp = listener::bind(addr).await?;
             let local = tcp
@@ -170,16 +175,13 @@ impl Daemon {
             } else {
                 viewer_addrs.push(local);
             }
-            let fast_path = (tls.is_none() && config.http.sendfile).then(|| Arc::clone(&viewer));
-            bound.push(Listener {
+            let tcp = tcp
+                .into_std()
+                .map_err(|source| ListenerError::Bind { addr, source })?;
+            sockets.push(ViewerSocket {
                 tcp,
-                fast_path,
+                fast_path: tls.is_none() && config.http.sendfile,
                 tls,
-                handler: Arc::clone(&viewer),
-                permits: Arc::clone(&permits),
-                limits: Arc::clone(&limits),
-                metrics: viewer_metrics.clone(),
-                finished: finished.clone(),
             });
         }
         let admin_tcp = listener::bind(config.admin.listen).await?;
@@ -189,9 +191,19 @@ impl Daemon {
                 addr: config.admin.listen,
                 source,
             })?;
-        for listener in bound {
-            accept_loops.spawn(listener.run(stop_rx.clone()));
-        }
+        let workers = ViewerWorkers::start(
+            config.http.workers,
+            sockets,
+            ViewerShared {
+                viewer: Arc::clone(&viewer),
+                permits: Arc::clone(&permits),
+                limits: Arc::clone(&limits),
+                metrics: viewer_metrics,
+            },
+            stop_rx.clone(),
+            finished.clone(),
+        )
+        .map_err(StartError::Workers)?;
         let admin_handler = Arc::new(Admin::new(
             Arc::clone(&stores),
             mode_rx.clone(),
@@ -237,6 +249,7 @@ impl Daemon {
             failed_stores = failed,
             objects = stores.object_count(),
             mode = mode_rx.borrow().mode.as_str(),
+            viewer_workers = workers.count(),
             "tidecache started"
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -264,6 +277,7 @@ impl Daemon {
             },
             stop_accepting,
             accept_loops,
+            workers,
             connections_finished,
             shutdown_timeout: config.limits.shutdown_timeout.0,
         })
@@ -316,6 +330,9 @@ impl Daemon {
         }
         if config.http.sendfile != current.http.sendfile {
             needs_restart.push("http.sendfile");
+        }
+        if config.http.workers != current.http.workers {
+            needs_restart.push("http.workers");
         }
         if config.cache != current.cache {
             needs_restart.push("cache");
@@ -395,6 +412,7 @@ impl Daemon {
             tracing::info!("all connections finished; stopped");
         } else {
             tracing::warn!(timeout = ?self.shutdown_timeout, "connections still open after the shutdown timeout; cutting them");
+            self.workers.cut();
         }
         drained
     }

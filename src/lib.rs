@@ -11,6 +11,7 @@
 //! - [`schedule`]: the mode (serving, draining, filling) and fill windows.
 //! - [`fast_http1`]: the sendfile fast path for plain GET/HEAD beside hyper.
 //! - [`listener`]: the accept loop shared by every listener (limits, TLS, graceful shutdown).
+//! - [`workers`]: the viewer event-loop threads, one runtime each.
 //! - [`daemon`]: wires the pieces together for `tidecache serve`.
 //! - [`doctor`]: `tidecache doctor`, the host against the appliance spec.
 //! - [`demo`]: `tidecache demo`, a whole fill-then-serve cycle on loopback.
@@ -33,3 +34,4 @@ pub mod object_path;
 pub mod schedule;
 pub mod serve;
 pub mod store;
+pub mod workers;

@@ -186,6 +186,96 @@ async fn shutdown_lets_an_in_flight_response_finish_and_stops_accepting() {
     assert!(stopping.await.unwrap(), "drained within the bound");
 }
 
+#[tokio::test]
+async fn a_download_stalled_past_the_shutdown_timeout_is_cut_and_shutdown_returns() {
+    let test_box = TestBox::new();
+    let mut config = test_box.config(
+        1,
+        "[limits]\nidle_timeout = \"60s\"\nshutdown_timeout = \"1s\"\n",
+    );
+    config.http.workers = 2;
+    seed(&config, &[("big.ts", &pattern(16 << 20))]);
+    let daemon = start(&config).await;
+    let mut stalled = TcpStream::connect(daemon.viewer_addrs[0]).await.unwrap();
+    stalled
+        .write_all(b"GET /big.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    let read = stalled.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..read]).starts_with("HTTP/1.1 200"));
+
+    let started = Instant::now();
+    let drained = tokio::time::timeout(IO_TIMEOUT, daemon.shutdown())
+        .await
+        .expect("shutdown returns");
+    assert!(!drained, "a reader that never reads cannot drain");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The worker that held it has ended: the connection is closed, not left hanging.
+    let waited = time_until_closed(&mut stalled).await;
+    assert!(
+        waited < Duration::from_secs(4),
+        "still open after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn many_workers_share_the_listener_and_the_connection_limit() {
+    let test_box = TestBox::new();
+    let mut config = test_box.config(1, "[limits]\nmax_connections = 40\n");
+    config.http.workers = 4;
+    seed(&config, &[("a.ts", &pattern(100_000))]);
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            for _ in 0..5 {
+                let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+            }
+            stream
+        }));
+    }
+    let mut held = Vec::new();
+    for task in tasks {
+        held.push(task.await.unwrap());
+    }
+    let metrics = metrics_text(&daemon).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "tidecache_open_connections 32"),
+        "every worker counts into one gauge"
+    );
+    // 32 held + 8 more reach the limit of 40 across all workers; the 41st is refused.
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        held.push(stream);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let waited = time_until_closed(&mut extra).await;
+    assert!(
+        waited < Duration::from_secs(1),
+        "refused fast, took {waited:?}"
+    );
+    drop(held);
+    assert!(
+        daemon.shutdown().await,
+        "idle keep-alive connections drain at once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_slow_header_connections_are_cut_while_a_real_viewer_is_served() {
     let test_box = TestBox::new();

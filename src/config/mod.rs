@@ -124,6 +124,9 @@ impl Default for Config {
     }
 }
 
+/// The most viewer event-loop threads `http.workers` may ask for.
+pub const MAX_VIEWER_WORKERS: u32 = 1024;
+
 /// `[http]`: viewers over plain HTTP/1.1 and HTTP/2 (h2c prior knowledge).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -144,6 +147,9 @@ pub struct HttpConfig {
     pub access_log_format: AccessLogFormat,
     /// Answer plain GET/HEAD on HTTP/1.1 with the sendfile fast path (hyper answers the rest).
     pub sendfile: bool,
+    /// Viewer event-loop threads, each accepting on every HTTP and HTTPS listener (like
+    /// nginx's `worker_processes`); 0 means one per CPU.
+    pub workers: u32,
 }
 
 /// Line format of the viewer access log.
@@ -167,6 +173,7 @@ impl Default for HttpConfig {
             access_log: None,
             access_log_format: AccessLogFormat::Combined,
             sendfile: true,
+            workers: 0,
         }
     }
 }
@@ -391,6 +398,15 @@ impl Config {
                 "no viewer listener: give at least one address here or in [https]",
             ));
         }
+        if self.http.workers > MAX_VIEWER_WORKERS {
+            return Err(ConfigError::invalid(
+                "http.workers",
+                format!(
+                    "{} threads is more than {MAX_VIEWER_WORKERS}; 0 means one per CPU",
+                    self.http.workers
+                ),
+            ));
+        }
         header_value("http.cache_control", &self.http.cache_control)?;
         header_value("http.cors_allow_origin", &self.http.cors_allow_origin)?;
         if self.stores.is_empty() {
@@ -581,6 +597,7 @@ mod tests {
                 "store[1].path",
             ),
             ("[http]\ncache_control = \"a\\nb\"\n", "http.cache_control"),
+            ("[http]\nworkers = 5000\n", "http.workers"),
             (
                 "[limits]\nmax_header_size = \"1KiB\"\n",
                 "limits.max_header_size",
