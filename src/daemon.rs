@@ -111,7 +111,10 @@ impl Daemon {
         let fetcher = Fetcher::new(config.fill.ca_file.as_deref())
             .map_err(|err| StartError::Config(err.to_string()))?;
         let metrics = Metrics::new()?;
-        let stores = Arc::new(Stores::load(&config.stores));
+        let stores = Arc::new(
+            Stores::load(&config.stores)
+                .with_open_file_cache(open_file_cache_size(config.cache.open_files)),
+        );
         let fill = Arc::new(Fill::load(&config.state_dir));
         let (scheduler, handles) = Scheduler::start(
             plan,
@@ -430,6 +433,14 @@ struct LiveSettings {
     plan: watch::Sender<Plan>,
     engine_settings: watch::Sender<EngineSettings>,
     rate: Arc<RateLimiter>,
+}
+
+/// The open-file cache's size: as configured, but at most a quarter of the soft open-file
+/// limit, so cached files can never starve accepts (a shell's default is 1024).
+fn open_file_cache_size(configured: u64) -> u64 {
+    use rustix::process::{Resource, getrlimit};
+    let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    configured.min(limit / 4)
 }
 
 /// `[limits]` as the listener uses them.

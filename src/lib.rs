@@ -9,6 +9,7 @@
 //! - [`admin`]: the operator's listener (health, readiness, metrics, status).
 //! - [`metrics`]: the Prometheus registry and the metric names of the contract.
 //! - [`schedule`]: the mode (serving, draining, filling) and fill windows.
+//! - [`clock`]: the CLOCK-evicted map behind the RAM and open-file caches.
 //! - [`fast_http1`]: the sendfile fast path for plain GET/HEAD beside hyper.
 //! - [`listener`]: the accept loop shared by every listener (limits, TLS, graceful shutdown).
 //! - [`workers`]: the viewer event-loop threads, one runtime each.
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -94,6 +94,9 @@ pub struct CacheConfig {
     pub ram: ByteSize,
     /// Largest object kept in RAM.
     pub max_object: ByteSize,
+    /// Object files kept open between requests (nginx's `open_file_cache max=`); 0 turns it
+    /// off. Bounded at start to a quarter of the process's open-file limit.
+    pub open_files: u64,
 }
 
 impl Default for CacheConfig {
@@ -101,6 +104,7 @@ impl Default for CacheConfig {
         CacheConfig {
             ram: ByteSize(1 << 30),
             max_object: ByteSize(16 << 20),
+            open_files: 10_000,
         }
     }
 }

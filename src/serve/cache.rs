@@ -8,13 +8,13 @@
 //! are keyed by path and carry the sha256 they were loaded for, so a refilled object never
 //! answers with old bytes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
 use super::Validators;
+use crate::clock::ClockMap;
 use crate::store::ObjectMeta;
 
 /// One cached object.
@@ -23,22 +23,17 @@ struct Entry {
     sha256: [u8; 32],
     bytes: Bytes,
     validators: Validators,
-    /// Set by hits under the read lock; cleared by the eviction sweep.
-    referenced: AtomicBool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    entries: HashMap<Box<str>, Entry>,
-    clock: VecDeque<Box<str>>,
-    used: u64,
+    entries: ClockMap<Entry>,
     loading: HashSet<Box<str>>,
 }
 
 /// The cache; one per daemon, shared by every viewer connection.
 #[derive(Debug)]
 pub struct RamCache {
-    capacity: u64,
     max_object: u64,
     /// Hits take only the read lock; misses, loads and evictions the write lock.
     inner: RwLock<Inner>,
@@ -61,9 +56,11 @@ impl RamCache {
     /// A capacity of 0 disables it.
     pub fn new(capacity: u64, max_object: u64) -> RamCache {
         RamCache {
-            capacity,
             max_object: max_object.min(capacity),
-            inner: RwLock::new(Inner::default()),
+            inner: RwLock::new(Inner {
+                entries: ClockMap::new(capacity),
+                loading: HashSet::new(),
+            }),
         }
     }
 
@@ -75,7 +72,6 @@ impl RamCache {
         if let Ok(inner) = self.inner.read() {
             if let Some(entry) = inner.entries.get(path) {
                 if entry.sha256 == meta.sha256 {
-                    entry.referenced.store(true, Ordering::Relaxed);
                     return Lookup::Hit(entry.bytes.clone(), entry.validators.clone());
                 }
             }
@@ -99,40 +95,17 @@ impl RamCache {
         if bytes.len() as u64 != meta.size {
             return;
         }
-        if let Some(old) = inner.entries.remove(path) {
-            inner.used -= old.bytes.len() as u64;
-        } else {
-            inner.clock.push_back(path.into());
-        }
-        inner.used += meta.size;
-        inner.entries.insert(
-            path.into(),
-            Entry {
-                sha256: meta.sha256,
-                bytes,
-                validators: Validators::of(meta),
-                referenced: AtomicBool::new(false),
-            },
-        );
-        while inner.used > self.capacity {
-            let Some(candidate) = inner.clock.pop_front() else {
-                break;
-            };
-            let second_chance = match inner.entries.get(&candidate) {
-                Some(entry) => entry.referenced.swap(false, Ordering::Relaxed),
-                None => continue,
-            };
-            if second_chance {
-                inner.clock.push_back(candidate);
-            } else if let Some(evicted) = inner.entries.remove(&candidate) {
-                inner.used -= evicted.bytes.len() as u64;
-            }
-        }
+        let entry = Entry {
+            sha256: meta.sha256,
+            bytes,
+            validators: Validators::of(meta),
+        };
+        inner.entries.insert(path, entry, meta.size);
     }
 
     /// Bytes held now.
     pub fn used(&self) -> u64 {
-        self.inner.read().map_or(0, |inner| inner.used)
+        self.inner.read().map_or(0, |inner| inner.entries.used())
     }
 }
 

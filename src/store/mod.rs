@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::clock::ClockMap;
 use crate::config::StoreConfig;
 use journal::{JournalEntry, JournalWriter, Record};
 
@@ -266,7 +267,28 @@ pub struct Stores {
     damaged: Mutex<std::collections::HashSet<String>>,
     /// How many objects are in `damaged`, so lookups only take its lock when it matters.
     damaged_count: AtomicU64,
+    /// Open files of recently served objects (nginx's `open_file_cache`), so a hit costs no
+    /// `open`, `fstat` or `close`. Every change to an object goes through [`Stores`], which
+    /// drops its entry first, so a cached file is never a replaced or deleted one (and never
+    /// pins the disk space of a deleted object). Empty (capacity 0) unless enabled.
+    open_files: RwLock<ClockMap<CachedFile>>,
+    /// The open-file cache's capacity; 0 skips it without taking its lock.
+    open_file_capacity: u64,
 }
+
+/// An object file kept open by the open-file cache.
+#[derive(Debug)]
+struct CachedFile {
+    file: Arc<File>,
+    store: usize,
+    sha256: [u8; 32],
+    opened: std::time::Instant,
+}
+
+/// How long a cached open file is trusted before it is opened again, so a file changed
+/// behind tidecache's back (by hand, or a disk swapped) is noticed (nginx's
+/// `open_file_cache_valid`).
+const OPEN_FILE_VALID: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Stores {
     /// Opens every configured store, creating the layout of new ones and replaying journals.
@@ -306,6 +328,66 @@ impl Stores {
             index: RwLock::new(index),
             damaged: Mutex::new(std::collections::HashSet::new()),
             damaged_count: AtomicU64::new(0),
+            open_files: RwLock::new(ClockMap::new(0)),
+            open_file_capacity: 0,
+        }
+    }
+
+    /// Keeps up to `capacity` object files open between requests (0: none). The daemon sizes
+    /// it within its open-file limit.
+    pub fn with_open_file_cache(self, capacity: u64) -> Stores {
+        Stores {
+            open_files: RwLock::new(ClockMap::new(capacity)),
+            open_file_capacity: capacity,
+            ..self
+        }
+    }
+
+    /// How many object files the open-file cache holds now.
+    pub fn open_files_cached(&self) -> usize {
+        self.open_files.read().map_or(0, |files| files.len())
+    }
+
+    /// The cached open file of the object `meta` describes, if still trusted.
+    fn cached_file(&self, path: &str, meta: &ObjectMeta) -> Option<Arc<File>> {
+        if self.open_file_capacity == 0 {
+            return None;
+        }
+        let files = self.open_files.read().ok()?;
+        let cached = files.get(path)?;
+        (cached.store == meta.store
+            && cached.sha256 == meta.sha256
+            && cached.opened.elapsed() < OPEN_FILE_VALID)
+            .then(|| Arc::clone(&cached.file))
+    }
+
+    /// Keeps `file` open for the next requests of `path`, unless the object changed while it
+    /// was being opened: a change takes `path` out of the index before it closes the cached
+    /// file, so looking at the index after caching can never leave a stale file behind.
+    fn cache_file(&self, path: &str, meta: &ObjectMeta, file: &Arc<File>) {
+        if let Ok(mut files) = self.open_files.write() {
+            let cached = CachedFile {
+                file: Arc::clone(file),
+                store: meta.store,
+                sha256: meta.sha256,
+                opened: std::time::Instant::now(),
+            };
+            files.insert(path, cached, 1);
+        }
+        let unchanged = self.index.read().is_ok_and(|index| {
+            index
+                .get(path)
+                .is_some_and(|now| now.sha256 == meta.sha256 && now.store == meta.store)
+        });
+        if !unchanged {
+            self.uncache_file(path);
+        }
+    }
+
+    /// Closes the cached file of `path` (it is about to be replaced, moved or deleted).
+    fn uncache_file(&self, path: &str) {
+        if let Ok(mut files) = self.open_files.write() {
+            files.remove(path);
         }
     }
 
@@ -342,6 +424,9 @@ impl Stores {
     /// Opens a looked-up object and checks its size against the index, so a file truncated
     /// or replaced behind the daemon's back is never served as if it were whole.
     pub fn open(&self, path: &str, meta: ObjectMeta) -> Result<OpenObject, StoreError> {
+        if let Some(file) = self.cached_file(path, &meta) {
+            return Ok(OpenObject { file, meta });
+        }
         let store = &self.stores[meta.store];
         let file_path = store.object_file(path);
         let file = match File::open(&file_path) {
@@ -367,10 +452,11 @@ impl Stores {
                 detail: format!("index says {} bytes, file has {len}", meta.size),
             });
         }
-        Ok(OpenObject {
-            file: Arc::new(file),
-            meta,
-        })
+        let file = Arc::new(file);
+        if self.open_file_capacity > 0 {
+            self.cache_file(path, &meta, &file);
+        }
+        Ok(OpenObject { file, meta })
     }
 
     /// After an object could not be opened: a store whose directory vanished or that
@@ -562,6 +648,7 @@ impl Stores {
     /// Records a verified, durable object in its store's journal and in the index, removing
     /// an older copy that lived on another store.
     fn publish(&self, path: &str, meta: ObjectMeta) -> Result<(), StoreError> {
+        self.uncache_file(path);
         let store = &self.stores[meta.store];
         store.append_journal(&[Record::Put(path.to_owned(), meta.journal_entry())])?;
         let previous = match self.index.write() {
@@ -616,6 +703,7 @@ impl Stores {
         if let Ok(mut index) = self.index.write() {
             index.remove(path);
         }
+        self.uncache_file(path);
         store.objects.fetch_sub(1, Ordering::Relaxed);
         store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
         self.clear_damaged(path);

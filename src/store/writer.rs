@@ -317,6 +317,67 @@ mod tests {
         assert_eq!(set.lookup("t/r.ts").unwrap().size, 16);
     }
 
+    fn put(set: &Arc<Stores>, path: &str, data: &[u8]) -> ObjectMeta {
+        let mut writer = set.begin_write(path, data.len() as u64, sha(data)).unwrap();
+        writer.write(data).unwrap();
+        writer.finish().unwrap()
+    }
+
+    fn read_all(set: &Stores, path: &str) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let meta = set.lookup(path).unwrap();
+        let object = set.open(path, meta).unwrap();
+        let mut bytes = vec![0; meta.size as usize];
+        object.file.read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn the_open_file_cache_reuses_files_and_never_outlives_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = Arc::new(
+            Stores::load(&[StoreConfig {
+                path: dir.path().to_owned(),
+                capacity: Some(ByteSize(1 << 20)),
+            }])
+            .with_open_file_cache(2),
+        );
+        put(&set, "a.ts", b"first");
+        let meta = set.lookup("a.ts").unwrap();
+        let once = set.open("a.ts", meta).unwrap().file;
+        let twice = set.open("a.ts", meta).unwrap().file;
+        assert!(Arc::ptr_eq(&once, &twice), "the second open is a cache hit");
+
+        put(&set, "a.ts", b"second, longer");
+        assert_eq!(
+            read_all(&set, "a.ts"),
+            b"second, longer",
+            "a refill is never served old"
+        );
+
+        assert!(set.remove("a.ts").unwrap());
+        assert_eq!(
+            set.open_files_cached(),
+            0,
+            "a deleted object's file is closed at once"
+        );
+
+        for name in ["b.ts", "c.ts", "d.ts"] {
+            put(&set, name, name.as_bytes());
+            assert_eq!(read_all(&set, name), name.as_bytes());
+        }
+        assert_eq!(set.open_files_cached(), 2, "capacity holds");
+    }
+
+    #[test]
+    fn without_an_open_file_cache_nothing_is_kept_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        put(&set, "a.ts", b"data");
+        assert_eq!(read_all(&set, "a.ts"), b"data");
+        assert_eq!(set.open_files_cached(), 0);
+    }
+
     #[test]
     fn a_restarted_write_forgets_what_it_had() {
         let dir = tempfile::tempdir().unwrap();
