@@ -8,7 +8,6 @@ use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin::auth::AdminToken;
 use crate::admin::{Admin, AdminAuth};
@@ -17,7 +16,9 @@ use crate::fill::Fill;
 use crate::fill::engine::{Engine, EngineSettings};
 use crate::fill::fetch::Fetcher;
 use crate::fill::rate::RateLimiter;
-use crate::listener::{self, ConnectionLimits, ConnectionMetrics, Listener, ListenerError};
+use crate::listener::{
+    self, ConnectionLimits, ConnectionMetrics, Listener, ListenerError, ViewerTls,
+};
 use crate::metrics::Metrics;
 use crate::schedule::{
     Clock, ModeState, Override, OverrideControl, OverrideError, OverrideFile, Plan, Scheduler,
@@ -94,7 +95,7 @@ impl Daemon {
             .map_err(|err| StartError::Config(format!("schedule.timezone: {err}")))?;
         let tls = match &config.https {
             Some(https) if !https.listen.is_empty() => Some(Arc::new(ArcSwap::from_pointee(
-                TlsAcceptor::from(listener::load_tls(&https.cert, &https.key)?),
+                ViewerTls::load(&https.cert, &https.key, &https.cipher_suites)?,
             ))),
             _ => None,
         };
@@ -302,10 +303,11 @@ impl Daemon {
         let auth = admin_auth(config)?;
         let url_key = signing_key(config)?;
         let tls = match (&config.https, &self.live.tls) {
-            (Some(https), Some(_)) => Some(TlsAcceptor::from(listener::load_tls(
+            (Some(https), Some(_)) => Some(ViewerTls::load(
                 &https.cert,
                 &https.key,
-            )?)),
+                &https.cipher_suites,
+            )?),
             _ => None,
         };
         let mut current = self
@@ -427,7 +429,7 @@ struct LiveSettings {
     viewer: Arc<Viewer>,
     admin: Arc<Admin>,
     limits: Arc<ArcSwap<ConnectionLimits>>,
-    tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
+    tls: Option<Arc<ArcSwap<ViewerTls>>>,
     permits: Arc<Semaphore>,
     max_connections: std::sync::atomic::AtomicUsize,
     plan: watch::Sender<Plan>,

@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::listener::{ConnectionLimits, ConnectionMetrics, Listener};
 use crate::serve::Viewer;
@@ -27,7 +26,7 @@ pub struct ViewerSocket {
     /// The bound, non-blocking socket; each worker accepts on a duplicate of it.
     pub tcp: std::net::TcpListener,
     /// TLS for HTTPS sockets.
-    pub tls: Option<Arc<ArcSwap<TlsAcceptor>>>,
+    pub tls: Option<Arc<ArcSwap<crate::listener::ViewerTls>>>,
     /// Whether plain GET/HEAD go through the sendfile fast path first.
     pub fast_path: bool,
 }

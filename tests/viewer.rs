@@ -740,6 +740,94 @@ async fn https_with_alpn_h2_and_http_1_1() {
     daemon.shutdown().await;
 }
 
+/// The suite a TLS client offering `offered` (in that order of preference) ends up with.
+async fn negotiated_suite(
+    addr: std::net::SocketAddr,
+    cert_pem: &str,
+    offered: &[rustls::SupportedCipherSuite],
+) -> std::io::Result<rustls::CipherSuite> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = offered.to_vec();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(IO_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+    Ok(tls.get_ref().1.negotiated_cipher_suite().unwrap().suite())
+}
+
+#[tokio::test]
+async fn https_prefers_aes_128_gcm_gives_chacha20_to_clients_without_aes_and_obeys_config() {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let test_box = TestBox::new();
+    let cert = make_cert(test_box.dir.path());
+    let https = format!(
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n",
+        cert.cert, cert.key
+    );
+    let daemon = start(&test_box.config(1, &https)).await;
+    let addr = daemon.https_addrs[0];
+    let openssl_order = [
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(
+        negotiated_suite(addr, &cert.cert_pem, &openssl_order)
+            .await
+            .unwrap(),
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        "the server's order for a client with AES hardware"
+    );
+    assert_eq!(
+        negotiated_suite(
+            addr,
+            &cert.cert_pem,
+            &[TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256]
+        )
+        .await
+        .unwrap(),
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        "a client putting ChaCha20 first has no AES hardware: it gets ChaCha20"
+    );
+    assert!(
+        negotiated_suite(addr, &cert.cert_pem, &[TLS13_AES_256_GCM_SHA384])
+            .await
+            .is_err(),
+        "AES-256 is not offered by default"
+    );
+    daemon.shutdown().await;
+
+    let test_box = TestBox::new();
+    let cert = make_cert(test_box.dir.path());
+    let https = format!(
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\ncipher_suites = [\"TLS_AES_256_GCM_SHA384\"]\n",
+        cert.cert, cert.key
+    );
+    let daemon = start(&test_box.config(1, &https)).await;
+    assert_eq!(
+        negotiated_suite(daemon.https_addrs[0], &cert.cert_pem, &openssl_order)
+            .await
+            .unwrap(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+    );
+    daemon.shutdown().await;
+}
+
 #[tokio::test]
 async fn missing_tls_files_stop_the_start_with_a_clear_error() {
     let test_box = TestBox::new();
