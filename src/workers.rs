@@ -69,9 +69,13 @@ impl ViewerWorkers {
         let sockets = Arc::new(sockets);
         let (cut, cut_rx) = watch::channel(false);
         let mut threads = Vec::with_capacity(count);
+        // Disk reads of objects not in the RAM cache go to each runtime's blocking pool;
+        // together the pools keep tokio's default of 512 threads for the whole process.
+        let blocking_threads = (512 / count).max(8);
         for number in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_blocking_threads(blocking_threads)
                 .thread_name(format!("tidecache-viewer-{number}-io"))
                 .build()?;
             let (sockets, shared, stop, finished, cut_rx) = (
