@@ -213,9 +213,19 @@ pub fn client_prefers_chacha20(
     client: &[rustls::CipherSuite],
     offered: &[rustls::CipherSuite],
 ) -> bool {
-    client
-        .first()
-        .is_some_and(|suite| offered.contains(suite) && format!("{suite:?}").contains("CHACHA20"))
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    client.first().is_some_and(|suite| {
+        offered.contains(suite)
+            && matches!(
+                suite,
+                TLS13_CHACHA20_POLY1305_SHA256
+                    | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            )
+    })
 }
 
 /// Everything one accept loop needs.

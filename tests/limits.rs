@@ -41,6 +41,37 @@ async fn time_until_closed(stream: &mut TcpStream) -> Duration {
     started.elapsed()
 }
 
+/// Opens `count` connections to `addr`, each answered 200 for `/a.ts`, and keeps them.
+async fn hold_answered_connections(
+    addr: std::net::SocketAddr,
+    count: usize,
+    held: &mut Vec<TcpStream>,
+) {
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        held.push(stream);
+    }
+}
+
+/// A new connection to `addr` is closed within a second, its request unanswered.
+async fn assert_refused_at_once(addr: std::net::SocketAddr) {
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(IO_TIMEOUT, extra.read_to_end(&mut answer)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(1),
+        "refused fast, took {waited:?}"
+    );
+    assert!(answer.is_empty(), "refused without an answer: {answer:?}");
+}
+
 #[tokio::test]
 async fn slow_header_senders_are_cut_at_header_timeout() {
     let (_box, daemon) = limited_box().await;
@@ -115,21 +146,8 @@ async fn connections_beyond_max_connections_are_refused_and_others_kept() {
     let (_box, daemon) = limited_box().await;
     let addr = daemon.viewer_addrs[0];
     let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
-        held.push(stream);
-    }
-    let mut extra = TcpStream::connect(addr).await.unwrap();
-    let _ = extra
-        .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    let waited = time_until_closed(&mut extra).await;
-    assert!(
-        waited < Duration::from_secs(1),
-        "refused fast, took {waited:?}"
-    );
+    hold_answered_connections(addr, 3, &mut held).await;
+    assert_refused_at_once(addr).await;
 
     // The held connections still work.
     let answer = exchange(&mut held[0], b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -254,21 +272,8 @@ async fn many_workers_share_the_listener_and_the_connection_limit() {
         "every worker counts into one gauge"
     );
     // 32 held + 8 more reach the limit of 40 across all workers; the 41st is refused.
-    for _ in 0..8 {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
-        held.push(stream);
-    }
-    let mut extra = TcpStream::connect(addr).await.unwrap();
-    let _ = extra
-        .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
-    let waited = time_until_closed(&mut extra).await;
-    assert!(
-        waited < Duration::from_secs(1),
-        "refused fast, took {waited:?}"
-    );
+    hold_answered_connections(addr, 8, &mut held).await;
+    assert_refused_at_once(addr).await;
     drop(held);
     assert!(
         daemon.shutdown().await,
