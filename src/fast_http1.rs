@@ -61,7 +61,8 @@ pub async fn serve(
             }
         };
         first = false;
-        let Some((request, keep_alive)) = parse(&buffer[..head_len], peer) else {
+        let Some((request, keep_alive)) = parse(&buffer[..head_len], peer, viewer.logs_access())
+        else {
             return Outcome::HandOver {
                 buffered: buffer,
                 stream,
@@ -128,8 +129,9 @@ async fn read_head(
 }
 
 /// The request of a plain GET or HEAD head, and whether the connection stays open; `None`
-/// for anything the fast path leaves to hyper.
-fn parse(head: &[u8], peer: std::net::SocketAddr) -> Option<(Request<()>, bool)> {
+/// for anything the fast path leaves to hyper. The client's address goes into the request's extensions only `with_peer` (the access log
+/// reads it there; the first insert allocates the extension map).
+fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Request<()>, bool)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -145,10 +147,12 @@ fn parse(head: &[u8], peer: std::net::SocketAddr) -> Option<(Request<()>, bool)>
         0 => Version::HTTP_10,
         _ => return None,
     };
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(parsed.path?)
-        .version(version);
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = http::Uri::try_from(parsed.path?).ok()?;
+    *request.version_mut() = version;
+    let headers = request.headers_mut();
+    headers.reserve(parsed.headers.len());
     let mut connection_close = false;
     let mut connection_keep_alive = false;
     for header in parsed.headers.iter() {
@@ -165,10 +169,14 @@ fn parse(head: &[u8], peer: std::net::SocketAddr) -> Option<(Request<()>, bool)>
             connection_close |= value.split(',').any(|token| token.trim() == "close");
             connection_keep_alive |= value.split(',').any(|token| token.trim() == "keep-alive");
         }
-        builder = builder.header(name, header.value);
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+            http::HeaderValue::from_bytes(header.value).ok()?,
+        );
     }
-    let mut request = builder.body(()).ok()?;
-    request.extensions_mut().insert(PeerAddr(peer));
+    if with_peer {
+        request.extensions_mut().insert(PeerAddr(peer));
+    }
     let keep_alive = match version {
         Version::HTTP_11 => !connection_close,
         _ => connection_keep_alive && !connection_close,

@@ -41,6 +41,10 @@ use range::{ByteRange, RangeRequest};
 /// Largest RAM-cached object the sendfile fast path still sends from its file.
 const SENDFILE_MAX_CACHED: u64 = 256 * 1024;
 
+/// Headers a viewer answer carries at most (Server, CORS, validators, Cache-Control,
+/// Accept-Ranges, Content-Type/Length/Range, Retry-After or Location).
+const RESPONSE_HEADERS: usize = 12;
+
 /// `Retry-After` when serving is paused with no known end (a manual override), in seconds.
 pub const RETRY_AFTER_UNKNOWN_SECS: u64 = 300;
 
@@ -242,6 +246,11 @@ impl Viewer {
             log.record(access_record(request, &response, time, duration));
         }
         response
+    }
+
+    /// Whether requests are logged, so callers know the client's address is needed.
+    pub fn logs_access(&self) -> bool {
+        self.access_log.is_some()
     }
 
     /// Counts body bytes a writer other than hyper sent (the sendfile fast path).
@@ -488,6 +497,9 @@ impl Viewer {
     /// Headers every viewer response carries: `Server` and CORS.
     fn with_common(&self, mut response: Response<ObjectBody>) -> Response<ObjectBody> {
         let headers = response.headers_mut();
+        // One allocation for the dozen headers an answer carries, instead of regrowing the
+        // map (and rehashing) twice on the way.
+        headers.reserve(RESPONSE_HEADERS);
         headers.insert(header::SERVER, HeaderValue::from_static("tidecache"));
         if let Some(origin) = &self.settings.load().cors_origin {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
