@@ -74,7 +74,15 @@ pub async fn serve(
         let parts = encode_head(response, keep_alive, &mut head);
         match write_response(&stream, &head, &parts, limits.idle_timeout).await {
             Ok(sent) => viewer.count_sent(sent),
-            Err(_) => return Outcome::Done,
+            Err(err) => {
+                if err.kind() == io::ErrorKind::UnexpectedEof {
+                    // The file ended before its indexed size: changed behind our back while
+                    // open. This answer is cut (the client sees the short body); the next
+                    // is a miss and the next fill fetches the object again.
+                    viewer.report_short_file(request.uri().path());
+                }
+                return Outcome::Done;
+            }
         }
         if !keep_alive {
             let _ = stream.shutdown().await;

@@ -84,6 +84,48 @@ async fn files_lost_or_truncated_behind_the_daemons_back_are_misses_and_refetche
 }
 
 #[tokio::test]
+async fn a_file_truncated_while_its_open_file_is_cached_cuts_one_answer_then_is_a_miss() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    let data = pattern(50_000);
+    seed(&config, &[("t/a.ts", &data)]);
+    let daemon = start(&config).await;
+    let viewer = daemon.viewer_addrs[0];
+    let request = b"GET /t/a.ts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let first = raw(viewer, request).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    assert!(
+        first.ends_with(&*String::from_utf8_lossy(&data)),
+        "whole body"
+    );
+
+    // Same inode, shorter: the cached open file sees it, its size check at open does not run.
+    let file = test_box.store_path(0).join("objects/t/a.ts");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let cut = raw(viewer, request).await;
+    assert!(
+        cut.starts_with("HTTP/1.1 200"),
+        "served from the cached file: {cut:?}"
+    );
+    let body_len = cut.len() - cut.find("\r\n\r\n").map_or(cut.len(), |end| end + 4);
+    assert!(
+        body_len < data.len(),
+        "the client sees a short body against Content-Length, never a complete wrong 200"
+    );
+    assert_eq!(
+        get(viewer, "/t/a.ts").await.status(),
+        StatusCode::NOT_FOUND,
+        "taken out of service; the next fill fetches it again"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_store_that_vanishes_fails_alone_and_its_objects_are_replaced_by_the_next_fill() {
     let origin = Origin::start().await;
     let objects = objects(16);

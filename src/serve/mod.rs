@@ -248,6 +248,14 @@ impl Viewer {
         response
     }
 
+    /// Takes the object behind `uri_path` out of service because its file ended before its
+    /// indexed size while being sent (truncated behind tidecache's back).
+    pub fn report_short_file(&self, uri_path: &str) {
+        if let Ok(path) = object_path::from_request(uri_path) {
+            self.stores.report_damaged(&path);
+        }
+    }
+
     /// Whether requests are logged, so callers know the client's address is needed.
     pub fn logs_access(&self) -> bool {
         self.access_log.is_some()

@@ -477,6 +477,7 @@ impl Stores {
     }
 
     fn note_damaged(&self, path: &str) {
+        self.uncache_file(path);
         if let Ok(mut damaged) = self.damaged.lock() {
             if damaged.insert(path.to_owned()) {
                 self.damaged_count.fetch_add(1, Ordering::Relaxed);
