@@ -53,13 +53,27 @@ pub enum BodyPart {
     },
 }
 
+/// Called once when a file ends before the range the body promised from it.
+pub type ShortFileReport = Box<dyn FnOnce() + Send + Sync>;
+
 /// The body type of every response tidecache sends, viewer or admin.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ObjectBody {
     segments: VecDeque<Segment>,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     remaining: u64,
     sent_bytes: Option<IntCounter>,
+    short_file: Option<ShortFileReport>,
+}
+
+impl std::fmt::Debug for ObjectBody {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ObjectBody")
+            .field("segments", &self.segments)
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObjectBody {
@@ -114,6 +128,14 @@ impl ObjectBody {
             .collect()
     }
 
+    /// Runs `report` if a file turns out shorter than the range read from it (changed behind
+    /// tidecache's back while open), so the object can be taken out of service; the body
+    /// still ends in an error, so the client never takes the short answer for whole.
+    pub fn on_short_file(mut self, report: ShortFileReport) -> Self {
+        self.short_file = Some(report);
+        self
+    }
+
     /// Counts every byte handed to the connection in `counter` (response_bytes_total).
     pub fn count_into(mut self, counter: IntCounter) -> Self {
         self.sent_bytes = Some(counter);
@@ -161,7 +183,14 @@ impl Body for ObjectBody {
                 this.pending = None;
                 return match joined {
                     Ok(Ok(bytes)) => this.emit(bytes),
-                    Ok(Err(err)) => Poll::Ready(Some(Err(err))),
+                    Ok(Err(err)) => {
+                        if err.kind() == io::ErrorKind::UnexpectedEof {
+                            if let Some(report) = this.short_file.take() {
+                                report();
+                            }
+                        }
+                        Poll::Ready(Some(Err(err)))
+                    }
                     Err(join) => Poll::Ready(Some(Err(io::Error::other(join)))),
                 };
             }
@@ -232,6 +261,15 @@ mod tests {
         let file = file_with(b"short");
         let mut body = ObjectBody::empty();
         body.push_file_range(file, 0, 100);
+        let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&reported);
+        let body = body.on_short_file(Box::new(move || {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }));
         assert!(body.collect().await.is_err());
+        assert!(
+            reported.load(std::sync::atomic::Ordering::Relaxed),
+            "reported"
+        );
     }
 }

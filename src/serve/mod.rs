@@ -229,10 +229,7 @@ impl Viewer {
     pub fn answer<B>(&self, request: &Request<B>, for_sendfile: bool) -> Response<ObjectBody> {
         let started = Instant::now();
         let arrived = self.access_log.as_ref().map(|_| SystemTime::now());
-        let prefer_file = for_sendfile && !request.headers().contains_key(header::RANGE);
-        // Measured: sendfile wins for small objects (it skips a copy where per-request cost
-        // dominates); for large ones, writing a RAM-cached copy was faster on our test box.
-        let response = self.respond(request, prefer_file);
+        let response = self.respond(request, for_sendfile);
         let method = match *request.method() {
             Method::GET => "GET",
             Method::HEAD => "HEAD",
@@ -308,7 +305,7 @@ impl Viewer {
 
     /// Turns one request into a response. Synchronous: lookups and opens do not wait on
     /// anything but the local disk; bytes are streamed later by the body.
-    fn respond<B>(&self, request: &Request<B>, prefer_file: bool) -> Response<ObjectBody> {
+    fn respond<B>(&self, request: &Request<B>, for_sendfile: bool) -> Response<ObjectBody> {
         let method = request.method();
         if method == Method::OPTIONS {
             return self.options(request.headers());
@@ -336,6 +333,9 @@ impl Viewer {
         let Some(meta) = self.stores.lookup(&path) else {
             return self.miss(request);
         };
+        // Measured: sendfile wins for small objects (it skips a copy where per-request cost
+        // dominates); for large ones, writing a RAM-cached copy was faster on our test box.
+        let prefer_file = for_sendfile && !request.headers().contains_key(header::RANGE);
         let source = match self.cache.lookup(&path, &meta) {
             cache::Lookup::Hit(bytes, validators)
                 if !prefer_file || meta.size > SENDFILE_MAX_CACHED =>
@@ -382,16 +382,19 @@ impl Viewer {
                 Source::File(object.file, None)
             }
         };
-        self.object(request, &path, meta, source)
+        self.object(request, &path, meta, source, for_sendfile)
     }
 
-    /// The answer for a found object: 200, 206, 304, 412 or 416.
+    /// The answer for a found object: 200, 206, 304, 412 or 416. A body streamed by hyper
+    /// (not `for_sendfile`) reports a file found shorter than indexed; the sendfile path
+    /// notices that itself.
     fn object<B>(
         &self,
         request: &Request<B>,
         path: &str,
         meta: crate::store::ObjectMeta,
         source: Source,
+        for_sendfile: bool,
     ) -> Response<ObjectBody> {
         let headers = request.headers();
         let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
@@ -473,6 +476,10 @@ impl Viewer {
         let length = body.len();
         if is_head {
             body = ObjectBody::empty();
+        } else if !for_sendfile && matches!(source, Source::File(..)) {
+            let stores = Arc::clone(&self.stores);
+            let path: Box<str> = path.into();
+            body = body.on_short_file(Box::new(move || stores.report_damaged(&path)));
         }
         let mut response = self.with_common(Response::new(body));
         *response.status_mut() = status;
