@@ -135,10 +135,14 @@ impl Daemon {
             metrics.clone(),
         );
         if config.cache.ram.0 > 0 {
-            viewer = viewer.with_ram_cache(crate::serve::cache::RamCache::new(
-                config.cache.ram.0,
-                config.cache.max_object.0,
-            ));
+            viewer = viewer.with_ram_cache(
+                crate::serve::cache::RamCache::new(config.cache.ram.0, config.cache.max_object.0)
+                    .with_metrics(crate::serve::cache::CacheMetrics {
+                        bytes: metrics.ram_cache_bytes.clone(),
+                        hits: metrics.ram_cache_hits.clone(),
+                        misses: metrics.ram_cache_misses.clone(),
+                    }),
+            );
         }
         if let Some(path) = &config.http.access_log {
             let log = AccessLog::start(

@@ -48,6 +48,13 @@ pub struct Metrics {
     /// `tidecache_access_log_dropped_total`: access-log lines dropped because the writer fell
     /// behind.
     pub access_log_dropped: IntCounter,
+    /// `tidecache_ram_cache_bytes`: object bytes the RAM cache holds.
+    pub ram_cache_bytes: IntGauge,
+    /// `tidecache_ram_cache_hits_total`: lookups of cacheable objects answered from RAM.
+    pub ram_cache_hits: IntCounter,
+    /// `tidecache_ram_cache_misses_total`: lookups of cacheable objects not in RAM (yet).
+    pub ram_cache_misses: IntCounter,
+    open_files_cached: IntGauge,
     mode: IntGaugeVec,
     store_bytes_used: IntGaugeVec,
     store_bytes_capacity: IntGaugeVec,
@@ -144,6 +151,22 @@ impl Metrics {
                 "tidecache_access_log_dropped_total",
                 "Access-log lines dropped because the writer fell behind.",
             )?,
+            ram_cache_bytes: IntGauge::new(
+                "tidecache_ram_cache_bytes",
+                "Object bytes held by the RAM cache.",
+            )?,
+            ram_cache_hits: IntCounter::new(
+                "tidecache_ram_cache_hits_total",
+                "Lookups of objects small enough for the RAM cache that it answered.",
+            )?,
+            ram_cache_misses: IntCounter::new(
+                "tidecache_ram_cache_misses_total",
+                "Lookups of objects small enough for the RAM cache that it did not hold (yet).",
+            )?,
+            open_files_cached: IntGauge::new(
+                "tidecache_open_files_cached",
+                "Object files the open-file cache keeps open.",
+            )?,
             registry,
         };
         for mode in Mode::ALL {
@@ -168,6 +191,10 @@ impl Metrics {
             Box::new(metrics.mode_transitions.clone()),
             Box::new(metrics.admin_auth_failures.clone()),
             Box::new(metrics.access_log_dropped.clone()),
+            Box::new(metrics.ram_cache_bytes.clone()),
+            Box::new(metrics.ram_cache_hits.clone()),
+            Box::new(metrics.ram_cache_misses.clone()),
+            Box::new(metrics.open_files_cached.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;
@@ -175,8 +202,11 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Renders the text exposition, first reading the current mode and store state.
-    pub fn render(&self, mode: Mode, stores: &[StoreStatus]) -> String {
+    /// Renders the text exposition, first reading the current mode, store state and the
+    /// number of cached open files.
+    pub fn render(&self, mode: Mode, stores: &[StoreStatus], open_files: usize) -> String {
+        self.open_files_cached
+            .set(i64::try_from(open_files).unwrap_or(i64::MAX));
         for each in Mode::ALL {
             self.mode
                 .with_label_values(&[each.as_str()])

@@ -1114,6 +1114,24 @@ async fn hot_objects_are_served_from_ram_byte_identical_with_ranges() {
         body.windows(10)
             .any(|window| window == &segment[SEGMENT_LEN - 10..])
     );
+
+    // The operator sees it: bytes held, hits (the ranges above at least), the first miss.
+    let metrics = metrics_text(&daemon).await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"))
+    };
+    assert_eq!(value("tidecache_ram_cache_bytes"), SEGMENT_LEN as u64);
+    assert!(value("tidecache_ram_cache_hits_total") >= 2);
+    assert!(value("tidecache_ram_cache_misses_total") >= 1);
+    assert_eq!(
+        value("tidecache_open_files_cached"),
+        1,
+        "whole answers of small objects go by sendfile from the cached open file"
+    );
     daemon.shutdown().await;
 }
 

@@ -157,9 +157,11 @@ impl Admin {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readiness(),
             "/metrics" => {
-                let body = self
-                    .metrics
-                    .render(self.mode.borrow().mode, &self.stores.status());
+                let body = self.metrics.render(
+                    self.mode.borrow().mode,
+                    &self.stores.status(),
+                    self.stores.open_files_cached(),
+                );
                 let mut response = text(StatusCode::OK, &body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

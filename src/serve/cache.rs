@@ -31,10 +31,22 @@ struct Inner {
     loading: HashSet<Box<str>>,
 }
 
+/// The cache's Prometheus series.
+#[derive(Debug, Clone)]
+pub struct CacheMetrics {
+    /// Bytes held.
+    pub bytes: prometheus::IntGauge,
+    /// Lookups answered from RAM.
+    pub hits: prometheus::IntCounter,
+    /// Lookups of cacheable objects not held.
+    pub misses: prometheus::IntCounter,
+}
+
 /// The cache; one per daemon, shared by every viewer connection.
 #[derive(Debug)]
 pub struct RamCache {
     max_object: u64,
+    metrics: Option<CacheMetrics>,
     /// Hits take only the read lock; misses, loads and evictions the write lock.
     inner: RwLock<Inner>,
 }
@@ -57,11 +69,18 @@ impl RamCache {
     pub fn new(capacity: u64, max_object: u64) -> RamCache {
         RamCache {
             max_object: max_object.min(capacity),
+            metrics: None,
             inner: RwLock::new(Inner {
                 entries: ClockMap::new(capacity),
                 loading: HashSet::new(),
             }),
         }
+    }
+
+    /// Counts hits, misses and bytes held in `metrics`.
+    pub fn with_metrics(mut self, metrics: CacheMetrics) -> RamCache {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Looks `path` up for the stored object described by `meta`.
@@ -72,9 +91,15 @@ impl RamCache {
         if let Ok(inner) = self.inner.read() {
             if let Some(entry) = inner.entries.get(path) {
                 if entry.sha256 == meta.sha256 {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.hits.inc();
+                    }
                     return Lookup::Hit(entry.bytes.clone(), entry.validators.clone());
                 }
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.misses.inc();
         }
         let Ok(mut inner) = self.inner.write() else {
             return Lookup::Miss { load: false };
@@ -101,6 +126,11 @@ impl RamCache {
             validators: Validators::of(meta),
         };
         inner.entries.insert(path, entry, meta.size);
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .bytes
+                .set(i64::try_from(inner.entries.used()).unwrap_or(i64::MAX));
+        }
     }
 
     /// Bytes held now.
