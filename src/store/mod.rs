@@ -649,13 +649,16 @@ impl Stores {
     /// Records a verified, durable object in its store's journal and in the index, removing
     /// an older copy that lived on another store.
     fn publish(&self, path: &str, meta: ObjectMeta) -> Result<(), StoreError> {
-        self.uncache_file(path);
         let store = &self.stores[meta.store];
         store.append_journal(&[Record::Put(path.to_owned(), meta.journal_entry())])?;
         let previous = match self.index.write() {
             Ok(mut index) => index.insert(path.into(), meta),
             Err(_) => None,
         };
+        // After the index changed: a request that opened the path under the old entry either
+        // cached its file before this (dropped here) or sees the new entry when it checks
+        // the index after caching (and drops it itself); see `cache_file`.
+        self.uncache_file(path);
         store.objects.fetch_add(1, Ordering::Relaxed);
         store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
         if let Some(previous) = previous {
