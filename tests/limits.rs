@@ -242,7 +242,7 @@ async fn a_download_stalled_past_the_shutdown_timeout_is_cut_and_shutdown_return
 }
 
 #[tokio::test]
-async fn many_workers_share_the_listener_and_the_connection_limit() {
+async fn four_workers_share_one_connection_limit_and_one_open_connections_gauge() {
     let test_box = TestBox::new();
     let mut config = test_box.config(1, "[limits]\nmax_connections = 40\n");
     config.http.workers = 4;

@@ -362,8 +362,8 @@ impl Stores {
     }
 
     /// Keeps `file` open for the next requests of `path`, unless the object changed while it
-    /// was being opened: a change takes `path` out of the index before it closes the cached
-    /// file, so looking at the index after caching can never leave a stale file behind.
+    /// was being opened: a change (publish, forget) updates the index before it closes the
+    /// cached file, so looking at the index after caching can never leave a stale file behind.
     fn cache_file(&self, path: &str, meta: &ObjectMeta, file: &Arc<File>) {
         if let Ok(mut files) = self.open_files.write() {
             let cached = CachedFile {

@@ -288,10 +288,17 @@ mod tests {
     use crate::config::{ByteSize, StoreConfig};
 
     fn stores(dir: &std::path::Path) -> Arc<Stores> {
-        Arc::new(Stores::load(&[StoreConfig {
-            path: dir.to_owned(),
-            capacity: Some(ByteSize(1 << 20)),
-        }]))
+        stores_keeping_open(dir, 0)
+    }
+
+    fn stores_keeping_open(dir: &std::path::Path, open_files: u64) -> Arc<Stores> {
+        Arc::new(
+            Stores::load(&[StoreConfig {
+                path: dir.to_owned(),
+                capacity: Some(ByteSize(1 << 20)),
+            }])
+            .with_open_file_cache(open_files),
+        )
     }
 
     fn sha(data: &[u8]) -> [u8; 32] {
@@ -335,13 +342,7 @@ mod tests {
     #[test]
     fn the_open_file_cache_reuses_files_and_never_outlives_a_change() {
         let dir = tempfile::tempdir().unwrap();
-        let set = Arc::new(
-            Stores::load(&[StoreConfig {
-                path: dir.path().to_owned(),
-                capacity: Some(ByteSize(1 << 20)),
-            }])
-            .with_open_file_cache(2),
-        );
+        let set = stores_keeping_open(dir.path(), 2);
         put(&set, "a.ts", b"first");
         let meta = set.lookup("a.ts").unwrap();
         let once = set.open("a.ts", meta).unwrap().file;
@@ -349,6 +350,11 @@ mod tests {
         assert!(Arc::ptr_eq(&once, &twice), "the second open is a cache hit");
 
         put(&set, "a.ts", b"second, longer");
+        assert_eq!(
+            set.open_files_cached(),
+            0,
+            "a refill closes the old file at once"
+        );
         assert_eq!(
             read_all(&set, "a.ts"),
             b"second, longer",
