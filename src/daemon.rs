@@ -16,18 +16,18 @@ use crate::fill::Fill;
 use crate::fill::engine::{Engine, EngineSettings};
 use crate::fill::fetch::Fetcher;
 use crate::fill::rate::RateLimiter;
-use crate::listener::{
-    self, ConnectionLimits, ConnectionMetrics, Listener, ListenerError, ViewerTls,
-};
+use crate::http::listener::Listener;
+use crate::http::tls::ViewerTls;
+use crate::http::workers::{ViewerShared, ViewerSocket, ViewerWorkers};
+use crate::http::{self, ConnectionLimits, ConnectionMetrics, ListenerError};
 use crate::metrics::Metrics;
 use crate::schedule::{
     Clock, ModeState, Override, OverrideControl, OverrideError, OverrideFile, Plan, Scheduler,
-    SystemClock, plan_from_config,
+    SystemClock,
 };
 use crate::serve::access_log::AccessLog;
 use crate::serve::{Viewer, ViewerSettings};
 use crate::store::Stores;
-use crate::workers::{ViewerShared, ViewerSocket, ViewerWorkers};
 
 /// Connections the admin listener holds at once; separate from viewers' `max_connections`.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -174,7 +174,7 @@ impl Daemon {
         let secure = https_listen.iter().map(|addr| (*addr, tls.clone()));
         let mut sockets = Vec::new();
         for (addr, tls) in plain.chain(secure) {
-            let tcp = listener::bind(addr).await?;
+            let tcp = http::bind(addr).await?;
             let local = tcp
                 .local_addr()
                 .map_err(|source| ListenerError::Bind { addr, source })?;
@@ -192,7 +192,7 @@ impl Daemon {
                 tls,
             });
         }
-        let admin_tcp = listener::bind(config.admin.listen).await?;
+        let admin_tcp = http::bind(config.admin.listen).await?;
         let admin_addr = admin_tcp
             .local_addr()
             .map_err(|source| ListenerError::Bind {
@@ -447,6 +447,21 @@ fn open_file_cache_size(configured: u64) -> u64 {
     use rustix::process::{Resource, getrlimit};
     let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     configured.min(limit / 4)
+}
+
+/// The scheduler's plan from the configuration.
+pub fn plan_from_config(config: &Config) -> Result<Plan, String> {
+    let zone = if config.schedule.timezone == "local" {
+        jiff::tz::TimeZone::try_system().map_err(|err| format!("the host's time zone: {err}"))?
+    } else {
+        jiff::tz::TimeZone::get(&config.schedule.timezone)
+            .map_err(|err| format!("time zone {:?}: {err}", config.schedule.timezone))?
+    };
+    Ok(Plan {
+        windows: config.schedule.fill_windows.clone(),
+        zone,
+        drain: config.schedule.drain.0,
+    })
 }
 
 /// `[limits]` as the listener uses them.

@@ -10,9 +10,7 @@
 //! - [`metrics`]: the Prometheus registry and the metric names of the contract.
 //! - [`schedule`]: the mode (serving, draining, filling) and fill windows.
 //! - [`clock`]: the CLOCK-evicted map behind the RAM and open-file caches.
-//! - [`fast_http1`]: the sendfile fast path for plain GET/HEAD beside hyper.
-//! - [`listener`]: the accept loop shared by every listener (limits, TLS, graceful shutdown).
-//! - [`workers`]: the viewer event-loop threads, one runtime each.
+//! - [`http`]: the viewer transport: listeners, the sendfile fast path, TLS, worker threads.
 //! - [`daemon`]: wires the pieces together for `tidecache serve`.
 //! - [`doctor`]: `tidecache doctor`, the host against the appliance spec.
 //! - [`demo`]: `tidecache demo`, a whole fill-then-serve cycle on loopback.
@@ -28,12 +26,10 @@ pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod durable;
-pub mod fast_http1;
 pub mod fill;
-pub mod listener;
+pub mod http;
 pub mod metrics;
 pub mod object_path;
 pub mod schedule;
 pub mod serve;
 pub mod store;
-pub mod workers;

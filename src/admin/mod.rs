@@ -24,10 +24,10 @@ use tokio::sync::watch;
 
 use crate::fill::progress::FillStatus;
 use crate::fill::{AcceptError, Fill, ManifestSummary, signature_is_valid};
-use crate::listener::Handler;
 use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState, Override, OverrideControl};
 use crate::serve::body::ObjectBody;
+use crate::serve::handler::Handler;
 use crate::store::{StoreStatus, Stores};
 use arc_swap::ArcSwap;
 use auth::{AdminToken, AuthError};

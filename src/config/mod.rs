@@ -5,6 +5,7 @@
 //! change how a box behaves. Errors name the offending key (`http.listen[0]: ...`) so that
 //! `tidecache check-config` can print one line an operator can act on.
 
+pub mod cipher_suites;
 mod units;
 
 use std::collections::HashSet;
@@ -439,12 +440,12 @@ impl Config {
                 ));
             }
             for (index, name) in https.cipher_suites.iter().enumerate() {
-                if crate::listener::cipher_suite(name).is_none() {
+                if cipher_suites::cipher_suite(name).is_none() {
                     return Err(ConfigError::invalid(
                         format!("https.cipher_suites[{index}]"),
                         format!(
                             "{name:?} is not a suite this build offers (one of: {})",
-                            crate::listener::cipher_suite_names().join(", ")
+                            cipher_suites::cipher_suite_names().join(", ")
                         ),
                     ));
                 }

@@ -27,7 +27,6 @@ use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::Config;
 pub use machine::{Override, Phase, Plan};
 pub use window::{FillWindow, Interval, WindowPosition, intervals_around, local_instant, position};
 
@@ -371,21 +370,6 @@ impl Scheduler {
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
     }
-}
-
-/// The scheduler's plan from the configuration.
-pub fn plan_from_config(config: &Config) -> Result<Plan, String> {
-    let zone = if config.schedule.timezone == "local" {
-        jiff::tz::TimeZone::try_system().map_err(|err| format!("the host's time zone: {err}"))?
-    } else {
-        jiff::tz::TimeZone::get(&config.schedule.timezone)
-            .map_err(|err| format!("time zone {:?}: {err}", config.schedule.timezone))?
-    };
-    Ok(Plan {
-        windows: config.schedule.fill_windows.clone(),
-        zone,
-        drain: config.schedule.drain.0,
-    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod body;
 pub mod cache;
 pub mod conditional;
+pub mod handler;
 pub mod range;
 pub mod signed;
 
@@ -29,13 +30,13 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use crate::config::{Config, DuringFill};
-use crate::listener::Handler;
 use crate::metrics::Metrics;
 use crate::object_path;
 use crate::schedule::{Mode, ModeState};
 use crate::store::{Stores, hex};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
+use handler::Handler;
 use range::{ByteRange, RangeRequest};
 
 /// Largest RAM-cached object the sendfile fast path still sends from its file.
@@ -632,7 +633,7 @@ fn access_record<B, R>(
     access_log::AccessRecord {
         peer: request
             .extensions()
-            .get::<crate::listener::PeerAddr>()
+            .get::<handler::PeerAddr>()
             .map(|peer| peer.0),
         time,
         method: request.method().to_string(),

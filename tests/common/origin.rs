@@ -57,7 +57,7 @@ impl Origin {
 
     /// Starts an origin that speaks HTTPS with this certificate and key (PEM files).
     pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Origin {
-        let mut config = (*tidecache::listener::load_tls(cert, key).expect("origin TLS")).clone();
+        let mut config = (*tidecache::http::tls::load_tls(cert, key).expect("origin TLS")).clone();
         // This origin speaks HTTP/1.1 only.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Origin::start_with_tls(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await

@@ -8,10 +8,8 @@
 //! a watcher so SIGTERM can drain it gracefully.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -19,214 +17,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use super::fast_http1;
+use super::tls::ViewerTls;
+use super::{ConnectionLimits, ConnectionMetrics};
 use crate::serve::body::ObjectBody;
-
-/// The client's address, put in every request's extensions (for the access log).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// Answers requests; implemented by the viewer data plane and the admin API.
-pub trait Handler: Send + Sync + 'static {
-    /// Produces the response to one request. Never fails: errors are HTTP answers.
-    fn handle(
-        &self,
-        request: Request<Incoming>,
-    ) -> impl Future<Output = Response<ObjectBody>> + Send;
-}
-
-/// Per-connection limits from `[limits]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Time allowed for a request head (HTTP/1) and for a TLS handshake.
-    pub header_timeout: Duration,
-    /// A connection with no bytes moving for this long is closed.
-    pub idle_timeout: Duration,
-    /// Largest request head; beyond it HTTP/1 answers 431.
-    pub max_header_size: usize,
-}
-
-/// Counters a listener keeps up to date.
-#[derive(Debug, Clone)]
-pub struct ConnectionMetrics {
-    /// Connections open now.
-    pub open: IntGauge,
-    /// Connections closed at accept for lack of a permit.
-    pub refused: IntCounter,
-}
-
-/// Errors that stop a listener from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// The TLS certificate or key could not be used.
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-/// Binds a TCP listener, naming the address in the error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ListenerError::Bind { addr, source })
-}
-
-/// The IANA name of a rustls cipher suite (rustls spells TLS 1.3 ones `TLS13_...`).
-fn suite_name(suite: &rustls::SupportedCipherSuite) -> String {
-    format!("{:?}", suite.suite()).replacen("TLS13_", "TLS_", 1)
-}
-
-/// Every cipher suite this build can offer, by IANA name (for `https.cipher_suites`).
-pub fn cipher_suite_names() -> Vec<String> {
-    rustls::crypto::ring::ALL_CIPHER_SUITES
-        .iter()
-        .map(suite_name)
-        .collect()
-}
-
-/// The suite called `name` (IANA spelling, case-insensitive), if this build offers it.
-pub fn cipher_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
-    rustls::crypto::ring::ALL_CIPHER_SUITES
-        .iter()
-        .find(|suite| suite_name(suite).eq_ignore_ascii_case(name.trim()))
-        .copied()
-}
-
-/// Builds the rustls server configuration from PEM files with rustls' default cipher suites.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ListenerError> {
-    load_tls_with(cert, key, &[])
-}
-
-/// Builds the rustls server configuration from PEM files, offering `suites` (IANA names;
-/// all of this build's when empty) and h2 and http/1.1 by ALPN.
-pub fn load_tls_with(
-    cert: &Path,
-    key: &Path,
-    suites: &[String],
-) -> Result<Arc<rustls::ServerConfig>, ListenerError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| ListenerError::Tls(format!("certificate {}: {err}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(ListenerError::Tls(format!(
-            "certificate {}: no certificate in file",
-            cert.display()
-        )));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|err| ListenerError::Tls(format!("key {}: {err}", key.display())))?;
-    let mut provider = rustls::crypto::ring::default_provider();
-    if !suites.is_empty() {
-        provider.cipher_suites = suites
-            .iter()
-            .map(|name| {
-                cipher_suite(name)
-                    .ok_or_else(|| ListenerError::Tls(format!("unknown cipher suite {name:?}")))
-            })
-            .collect::<Result<_, _>>()?;
-    }
-    let provider = Arc::new(provider);
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| ListenerError::Tls(err.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|err| {
-            ListenerError::Tls(format!("certificate and key do not fit together: {err}"))
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// The TLS settings of HTTPS viewer listeners (swapped whole on SIGHUP).
-///
-/// Cipher suites follow the server's order (`https.cipher_suites`, AES-128-GCM first by
-/// default), except for a client that lists a ChaCha20-Poly1305 suite first of all: such a
-/// client (BoringSSL on a phone without AES instructions) says ChaCha20 is much cheaper for
-/// it, and it gets it, as OpenSSL's `SSL_OP_PRIORITIZE_CHACHA` does. Following clients'
-/// order alone would hand ChaCha20 to every OpenSSL client (ffmpeg), whose fixed order is
-/// AES-256-GCM, ChaCha20, AES-128-GCM, even on AES hardware.
-pub struct ViewerTls {
-    server_order: Arc<rustls::ServerConfig>,
-    client_order: Arc<rustls::ServerConfig>,
-    offered: Vec<rustls::CipherSuite>,
-}
-
-impl ViewerTls {
-    /// Loads the certificate and key and offers `suites` (IANA names, in preference order).
-    pub fn load(cert: &Path, key: &Path, suites: &[String]) -> Result<ViewerTls, ListenerError> {
-        let client_order = load_tls_with(cert, key, suites)?;
-        let mut server_order = (*client_order).clone();
-        server_order.ignore_client_order = true;
-        let offered = client_order
-            .crypto_provider()
-            .cipher_suites
-            .iter()
-            .map(|suite| suite.suite())
-            .collect();
-        Ok(ViewerTls {
-            server_order: Arc::new(server_order),
-            client_order,
-            offered,
-        })
-    }
-
-    /// Reads the ClientHello and completes the handshake with the configuration it calls
-    /// for.
-    pub async fn accept<IO>(&self, stream: IO) -> io::Result<tokio_rustls::server::TlsStream<IO>>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin,
-    {
-        let start =
-            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
-                .await?;
-        let config = if client_prefers_chacha20(start.client_hello().cipher_suites(), &self.offered)
-        {
-            Arc::clone(&self.client_order)
-        } else {
-            Arc::clone(&self.server_order)
-        };
-        start.into_stream(config).await
-    }
-}
-
-/// Whether the client lists a ChaCha20-Poly1305 suite first of all, and it is `offered`.
-pub fn client_prefers_chacha20(
-    client: &[rustls::CipherSuite],
-    offered: &[rustls::CipherSuite],
-) -> bool {
-    use rustls::CipherSuite::{
-        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        TLS13_CHACHA20_POLY1305_SHA256,
-    };
-    client.first().is_some_and(|suite| {
-        offered.contains(suite)
-            && matches!(
-                suite,
-                TLS13_CHACHA20_POLY1305_SHA256
-                    | TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-                    | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-            )
-    })
-}
+use crate::serve::handler::{Handler, PeerAddr};
 
 /// Everything one accept loop needs.
 pub struct Listener<H> {
@@ -295,18 +99,12 @@ impl<H: Handler> Listener<H> {
                     None => match fast_path {
                         Some(viewer) => {
                             let mut fast_drain = drain.clone();
-                            match crate::fast_http1::serve(
-                                stream,
-                                peer,
-                                &viewer,
-                                &mut fast_drain,
-                                limits,
-                            )
-                            .await
+                            match fast_http1::serve(stream, peer, &viewer, &mut fast_drain, limits)
+                                .await
                             {
-                                crate::fast_http1::Outcome::Done => {}
-                                crate::fast_http1::Outcome::HandOver { buffered, stream } => {
-                                    let io = crate::fast_http1::Replayed::new(buffered, stream);
+                                fast_http1::Outcome::Done => {}
+                                fast_http1::Outcome::HandOver { buffered, stream } => {
+                                    let io = fast_http1::Replayed::new(buffered, stream);
                                     serve_io(io, peer, handler, &builder, drain, limits).await
                                 }
                             }
@@ -573,27 +371,5 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rustls::CipherSuite::{
-        TLS13_AES_128_GCM_SHA256 as AES128, TLS13_AES_256_GCM_SHA384 as AES256,
-        TLS13_CHACHA20_POLY1305_SHA256 as CHACHA,
-    };
-
-    #[test]
-    fn chacha20_goes_only_to_clients_that_list_it_first_of_all() {
-        let offered = [AES128, CHACHA];
-        assert!(client_prefers_chacha20(&[CHACHA, AES128], &offered));
-        assert!(
-            !client_prefers_chacha20(&[AES256, CHACHA, AES128], &offered),
-            "OpenSSL's fixed order says nothing about its hardware"
-        );
-        assert!(!client_prefers_chacha20(&[AES128, CHACHA], &offered));
-        assert!(!client_prefers_chacha20(&[AES256], &offered));
-        assert!(!client_prefers_chacha20(&[CHACHA], &[AES128]));
     }
 }

@@ -18,9 +18,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
-use crate::listener::{ConnectionLimits, PeerAddr};
+use super::ConnectionLimits;
 use crate::serve::Viewer;
 use crate::serve::body::BodyPart;
+use crate::serve::handler::PeerAddr;
 
 /// Request headers parsed at most; a request with more goes to hyper (which answers 431).
 const MAX_HEADERS: usize = 64;

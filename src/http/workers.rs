@@ -20,7 +20,9 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::listener::{ConnectionLimits, ConnectionMetrics, Listener};
+use super::listener::Listener;
+use super::tls::ViewerTls;
+use super::{ConnectionLimits, ConnectionMetrics};
 use crate::serve::Viewer;
 
 /// A bound viewer socket and what its connections need, shared by every worker.
@@ -28,7 +30,7 @@ pub struct ViewerSocket {
     /// The bound, non-blocking socket; each worker accepts on a duplicate of it.
     pub tcp: std::net::TcpListener,
     /// TLS for HTTPS sockets.
-    pub tls: Option<Arc<ArcSwap<crate::listener::ViewerTls>>>,
+    pub tls: Option<Arc<ArcSwap<ViewerTls>>>,
     /// Whether plain GET/HEAD go through the sendfile fast path first.
     pub fast_path: bool,
 }

@@ -1,0 +1,66 @@
+//! The viewer transport: listeners, the HTTP/1 fast path, TLS and the worker threads.
+//!
+//! This room owns the connection, from accept to close; what a request gets is decided one
+//! floor down, in [`crate::serve`], through the [`crate::serve::handler::Handler`] seam.
+//!
+//! What lives where:
+//! - this file: per-connection limits, connection counters, listener errors, binding.
+//! - [`listener`]: the accept loop shared by every listener (viewer HTTP, HTTPS and admin).
+//! - [`fast_http1`]: the sendfile fast path for plain GET/HEAD beside hyper.
+//! - [`tls`]: loading certificates and the per-client cipher suite choice.
+//! - [`workers`]: the viewer event-loop threads, one runtime each.
+
+pub mod fast_http1;
+pub mod listener;
+pub mod tls;
+pub mod workers;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use tokio::net::TcpListener;
+
+/// Per-connection limits from `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Time allowed for a request head (HTTP/1) and for a TLS handshake.
+    pub header_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head; beyond it HTTP/1 answers 431.
+    pub max_header_size: usize,
+}
+
+/// Counters a listener keeps up to date.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: IntGauge,
+    /// Connections closed at accept for lack of a permit.
+    pub refused: IntCounter,
+}
+
+/// Errors that stop a listener from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Binds a TCP listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenerError::Bind { addr, source })
+}
