@@ -153,39 +153,62 @@ fn threshold(value: u64, warn_below: u64, fail_below: u64) -> Verdict {
     }
 }
 
-/// Judges the facts against the spec, one check per line.
-pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
-    let mut checks = Vec::new();
-    let mut push = |verdict, name, detail: String| {
-        checks.push(Check {
+impl Check {
+    fn new(verdict: Verdict, name: &'static str, detail: String) -> Check {
+        Check {
             verdict,
             name,
             detail,
-        })
-    };
-    push(
+        }
+    }
+}
+
+/// Judges the facts against the spec, one check per line.
+pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
+    let mut checks = vec![
+        check_cpu(facts, spec),
+        check_memory(facts, spec),
+        check_nvme(facts, spec),
+        check_network(facts, spec),
+    ];
+    checks.extend(check_stores(facts, spec));
+    checks.push(check_open_files(facts, spec));
+    checks.push(check_clock(facts, spec));
+    checks.push(check_io_uring(facts, spec));
+    checks
+}
+
+/// Logical cores against the reference.
+fn check_cpu(facts: &Facts, spec: &Spec) -> Check {
+    Check::new(
         threshold(facts.cores, spec.cpu.warn_below, spec.cpu.fail_below),
         "cpu",
         format!(
             "{} logical cores (reference {})",
             facts.cores, spec.cpu.warn_below
         ),
-    );
-    match facts.memory_bytes {
-        Some(bytes) => {
-            let gib = bytes / (1 << 30);
-            push(
-                threshold(gib, spec.memory.warn_below_gib, spec.memory.fail_below_gib),
-                "memory",
-                format!("{gib} GiB (reference {} GiB)", spec.memory.warn_below_gib),
-            );
-        }
-        None => push(
+    )
+}
+
+/// RAM against the reference (the page cache and the index live there).
+fn check_memory(facts: &Facts, spec: &Spec) -> Check {
+    let Some(bytes) = facts.memory_bytes else {
+        return Check::new(
             Verdict::Warn,
             "memory",
             "cannot read /proc/meminfo".to_owned(),
-        ),
-    }
+        );
+    };
+    let gib = bytes / (1 << 30);
+    Check::new(
+        threshold(gib, spec.memory.warn_below_gib, spec.memory.fail_below_gib),
+        "memory",
+        format!("{gib} GiB (reference {} GiB)", spec.memory.warn_below_gib),
+    )
+}
+
+/// NVMe devices of at least the reference size.
+fn check_nvme(facts: &Facts, spec: &Spec) -> Check {
     let big_enough = facts
         .nvme_devices
         .iter()
@@ -196,7 +219,7 @@ pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
         .iter()
         .map(|(name, size)| format!("{name} {:.2} TB", *size as f64 / 1e12))
         .collect();
-    push(
+    Check::new(
         threshold(
             big_enough,
             spec.nvme.warn_below_devices,
@@ -213,10 +236,14 @@ pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
                 format!(": {}", listed.join(", "))
             }
         ),
-    );
+    )
+}
+
+/// The fastest NIC's link speed against the reference.
+fn check_network(facts: &Facts, spec: &Spec) -> Check {
     let fastest = facts.nics.iter().filter_map(|(_, speed)| *speed).max();
-    match fastest {
-        Some(speed) => push(
+    if let Some(speed) = fastest {
+        return Check::new(
             threshold(
                 speed,
                 spec.network.warn_below_mbps,
@@ -227,114 +254,120 @@ pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
                 "fastest link {speed} Mbit/s (reference {} Mbit/s)",
                 spec.network.warn_below_mbps
             ),
-        ),
-        None => push(
-            Verdict::Warn,
-            "network",
-            format!(
-                "no link speed reported for {} (virtual NICs report none; reference {} Mbit/s)",
-                if facts.nics.is_empty() {
-                    "any NIC".to_owned()
-                } else {
-                    facts
-                        .nics
-                        .iter()
-                        .map(|(name, _)| name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-                spec.network.warn_below_mbps
-            ),
-        ),
+        );
     }
-    for (path, file_system) in &facts.stores {
-        let (verdict, detail) = match file_system.as_deref() {
-            Some(fs) if spec.storage.good_file_systems.iter().any(|good| good == fs) => {
-                (Verdict::Pass, format!("{} on {fs}", path.display()))
-            }
-            Some(fs)
-                if spec
-                    .storage
-                    .acceptable_file_systems
-                    .iter()
-                    .any(|ok| ok == fs) =>
-            {
-                (
+    let nics = if facts.nics.is_empty() {
+        "any NIC".to_owned()
+    } else {
+        facts
+            .nics
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Check::new(
+        Verdict::Warn,
+        "network",
+        format!(
+            "no link speed reported for {nics} (virtual NICs report none; reference {} Mbit/s)",
+            spec.network.warn_below_mbps
+        ),
+    )
+}
+
+/// Each store's file system: a tested one, one that works, or one to move off.
+fn check_stores(facts: &Facts, spec: &Spec) -> Vec<Check> {
+    let storage = &spec.storage;
+    let good = storage.good_file_systems.join(" or ");
+    facts
+        .stores
+        .iter()
+        .map(|(path, file_system)| {
+            let path = path.display();
+            let (verdict, detail) = match file_system.as_deref() {
+                Some(fs) if storage.good_file_systems.iter().any(|ok| ok == fs) => {
+                    (Verdict::Pass, format!("{path} on {fs}"))
+                }
+                Some(fs) if storage.acceptable_file_systems.iter().any(|ok| ok == fs) => (
                     Verdict::Warn,
-                    format!(
-                        "{} on {fs} (works; {} are the tested choices)",
-                        path.display(),
-                        spec.storage.good_file_systems.join(" or ")
-                    ),
-                )
-            }
-            Some(fs) => (
-                Verdict::Fail,
-                format!(
-                    "{} on {fs}: use a local {} file system per NVMe device",
-                    path.display(),
-                    spec.storage.good_file_systems.join(" or ")
+                    format!("{path} on {fs} (works; {good} are the tested choices)"),
                 ),
-            ),
-            None => (
-                Verdict::Warn,
-                format!(
-                    "{}: does not exist yet or cannot be inspected",
-                    path.display()
+                Some(fs) => (
+                    Verdict::Fail,
+                    format!("{path} on {fs}: use a local {good} file system per NVMe device"),
                 ),
-            ),
-        };
-        push(verdict, "store", detail);
-    }
-    match facts.open_files {
-        Some(limit) => push(
-            threshold(
-                limit,
-                spec.limits.warn_below_open_files,
-                spec.limits.fail_below_open_files,
-            ),
-            "open files",
-            format!(
-                "limit {limit} (reference {}; LimitNOFILE= in the unit)",
-                spec.limits.warn_below_open_files
-            ),
-        ),
-        None => push(
+                None => (
+                    Verdict::Warn,
+                    format!("{path}: does not exist yet or cannot be inspected"),
+                ),
+            };
+            Check::new(verdict, "store", detail)
+        })
+        .collect()
+}
+
+/// The open-file limit (every viewer connection and cached file holds one).
+fn check_open_files(facts: &Facts, spec: &Spec) -> Check {
+    let Some(limit) = facts.open_files else {
+        return Check::new(
             Verdict::Warn,
             "open files",
             "cannot read the limit".to_owned(),
+        );
+    };
+    Check::new(
+        threshold(
+            limit,
+            spec.limits.warn_below_open_files,
+            spec.limits.fail_below_open_files,
+        ),
+        "open files",
+        format!(
+            "limit {limit} (reference {}; LimitNOFILE= in the unit)",
+            spec.limits.warn_below_open_files
+        ),
+    )
+}
+
+/// Clock synchronisation: fill windows are local wall-clock times.
+fn check_clock(facts: &Facts, spec: &Spec) -> Check {
+    match facts.clock_synchronised {
+        Some(true) => Check::new(Verdict::Pass, "clock", "synchronised".to_owned()),
+        Some(false) => Check::new(
+            if spec.clock.require_synchronised {
+                Verdict::Fail
+            } else {
+                Verdict::Warn
+            },
+            "clock",
+            "not synchronised: fill windows would start at the wrong time (enable NTP)".to_owned(),
+        ),
+        None => Check::new(
+            Verdict::Warn,
+            "clock",
+            "cannot tell whether the clock is synchronised (timedatectl missing, or timedated not running)".to_owned(),
         ),
     }
-    let clock_verdict = match facts.clock_synchronised {
-        Some(true) => Verdict::Pass,
-        Some(false) if spec.clock.require_synchronised => Verdict::Fail,
-        _ => Verdict::Warn,
-    };
-    push(
-        clock_verdict,
-        "clock",
-        match facts.clock_synchronised {
-            Some(true) => "synchronised".to_owned(),
-            Some(false) => {
-                "not synchronised: fill windows would start at the wrong time (enable NTP)"
-                    .to_owned()
-            }
-            None => "cannot tell whether the clock is synchronised (timedatectl missing, or timedated not running)".to_owned(),
-        },
-    );
+}
+
+/// Whether io_uring is there for a later version; tidecache reads with ordinary system calls
+/// today and does not need it.
+fn check_io_uring(facts: &Facts, spec: &Spec) -> Check {
     match &facts.io_uring {
-        Ok(()) => push(Verdict::Pass, "io_uring", "available".to_owned()),
-        Err(reason) => push(
+        Ok(()) => Check::new(Verdict::Pass, "io_uring", "available".to_owned()),
+        Err(reason) => Check::new(
             if spec.io_uring.warn_when_unavailable {
                 Verdict::Warn
             } else {
                 Verdict::Pass
             },
             "io_uring",
-            format!("unavailable ({reason}); tidecache falls back to ordinary reads"),
+            format!(
+                "unavailable ({reason}); this version does not need it (it reads with ordinary system calls)"
+            ),
         ),
     }
-    checks
 }
 
 impl Facts {

@@ -16,6 +16,7 @@
 //! - [`demo`]: `tidecache demo`, a whole fill-then-serve cycle on loopback.
 //! - [`fill`]: manifests and the nightly fill engine.
 //! - [`durable`]: small files written crash-safely (state, index snapshots).
+//! - [`signal`]: the typed stop, cut and cancel signals tasks wind down on.
 //! - [`cli`]: the command line.
 
 pub mod admin;
@@ -32,4 +33,5 @@ pub mod metrics;
 pub mod object_path;
 pub mod schedule;
 pub mod serve;
+pub mod signal;
 pub mod store;

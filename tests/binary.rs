@@ -177,3 +177,40 @@ fn serve_with_a_bad_config_or_a_taken_port_fails_in_one_line() {
     );
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn serve_with_unusable_tls_files_is_a_configuration_error_naming_the_key() {
+    let test_box = TestBox::new();
+    let TestCert { cert, key, .. } = make_cert(test_box.dir.path());
+    let garbage = test_box.write_file("garbage.pem", b"not PEM at all\n");
+    let missing = test_box.dir.path().join("missing.pem");
+    let cases = [
+        ("missing cert", &missing, &key, "https.cert: "),
+        ("cert without a certificate", &garbage, &key, "https.cert: "),
+        ("missing key", &cert, &missing, "https.key: "),
+        ("key that is not a key", &cert, &garbage, "https.key: "),
+    ];
+    for (name, cert, key, expected) in cases {
+        let file = test_box.write_file(
+            "tls.toml",
+            format!(
+                "state_dir = {:?}\n[http]\nlisten = []\n[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {cert:?}\nkey = {key:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
+                test_box.dir.path().join("state"),
+                test_box.store_path(0)
+            )
+            .as_bytes(),
+        );
+        let output = run(&["serve", "--config", file.to_str().unwrap()]);
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        let error_lines: Vec<&str> = stderr
+            .lines()
+            .filter(|line| line.starts_with("tidecache: error:"))
+            .collect();
+        assert_eq!(error_lines.len(), 1, "{name}: {stderr}");
+        assert!(
+            error_lines[0].contains(expected),
+            "{name}: expected {expected:?} in {stderr}"
+        );
+    }
+}

@@ -57,8 +57,16 @@ async fn reload_applies_live_settings_and_names_what_needs_a_restart() {
     assert_eq!(post.status(), StatusCode::OK, "the new token is accepted");
 
     let mut broken = changed.clone();
-    broken.schedule.timezone = "Mars/Olympus".to_owned();
-    assert!(daemon.reload(&broken).is_err());
+    broken.http.cache_control = "public, max-age=99".to_owned();
+    broken.http.url_signing_key_file = Some(test_box.dir.path().join("no-such-key"));
+    let refused = daemon.reload(&broken).unwrap_err();
+    assert!(refused.is_config(), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .starts_with("http.url_signing_key_file: "),
+        "the error names the key: {refused}"
+    );
     let third = exchange(&mut kept_alive, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         third.contains("max-age=5"),

@@ -32,7 +32,7 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
     /// The file could not be read.
-    #[error("admin.token_file {path}: {source}")]
+    #[error("{path}: {source}")]
     Read {
         /// The file.
         path: String,
@@ -40,7 +40,7 @@ pub enum TokenFileError {
         source: std::io::Error,
     },
     /// The token is too short to protect anything.
-    #[error("admin.token_file {path}: the token must be at least {MIN_TOKEN_LEN} characters")]
+    #[error("{path}: the token must be at least {MIN_TOKEN_LEN} characters")]
     TooShort {
         /// The file.
         path: String,

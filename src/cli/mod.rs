@@ -245,9 +245,7 @@ pub fn main() -> ExitCode {
             };
             match runtime.block_on(crate::daemon::run(&config, config_path.as_deref())) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err @ crate::daemon::StartError::Config(_)) => {
-                    fail(EXIT_USAGE, &err.to_string())
-                }
+                Err(err) if err.is_config() => fail(EXIT_USAGE, &err.to_string()),
                 Err(err) => fail(EXIT_FAILURE, &err.to_string()),
             }
         }

@@ -6,6 +6,7 @@
 //! `tidecache check-config` can print one line an operator can act on.
 
 pub mod cipher_suites;
+mod time_zone;
 mod units;
 
 use std::collections::HashSet;
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cipher_suites::CipherSuiteSetting;
+pub use time_zone::TimeZoneSetting;
 pub use units::{ByteSize, HumanDuration, Rate, parse_duration, parse_rate, parse_size};
 
 use crate::schedule::FillWindow;
@@ -63,8 +66,8 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the daemon keeps its own state (the mode override; later the manifest in force):
-    /// small files written atomically, never content. Default `./tidecache-state`; a service
+    /// Where the daemon keeps its own state (the mode override, the manifest in force and the
+    /// fill's progress): small files written atomically, never content. Default `./tidecache-state`; a service
     /// uses `/var/lib/tidecache`.
     pub state_dir: PathBuf,
     /// Plain-HTTP viewer listeners.
@@ -195,7 +198,7 @@ pub struct HttpsConfig {
     pub key: PathBuf,
     /// Cipher suites offered, by IANA name, in the server's order of preference; a client
     /// that lists ChaCha20-Poly1305 first (no AES hardware) gets ChaCha20.
-    pub cipher_suites: Vec<String>,
+    pub cipher_suites: Vec<CipherSuiteSetting>,
 }
 
 /// The default `https.cipher_suites`: AES-128-GCM and ChaCha20-Poly1305 for TLS 1.3 and 1.2.
@@ -219,7 +222,7 @@ impl Default for HttpsConfig {
             key: PathBuf::from("/etc/tidecache/tls/key.pem"),
             cipher_suites: DEFAULT_CIPHER_SUITES
                 .iter()
-                .map(|name| (*name).to_owned())
+                .filter_map(|name| CipherSuiteSetting::parse(name).ok())
                 .collect(),
         }
     }
@@ -276,8 +279,8 @@ pub enum DuringFill {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
-    /// IANA time zone name, or `local`.
-    pub timezone: String,
+    /// IANA time zone name, or `local`; resolved when the file is read.
+    pub timezone: TimeZoneSetting,
     /// Local wall-clock windows, `"HH:MM-HH:MM"`, possibly crossing midnight.
     pub fill_windows: Vec<FillWindow>,
     /// Viewer answer while filling.
@@ -291,7 +294,7 @@ pub struct ScheduleConfig {
 impl Default for ScheduleConfig {
     fn default() -> Self {
         ScheduleConfig {
-            timezone: "UTC".to_owned(),
+            timezone: TimeZoneSetting::utc(),
             fill_windows: vec![FillWindow::new(2 * 60, 6 * 60)],
             during_fill: DuringFill::Refuse,
             fallback_url: String::new(),
@@ -439,17 +442,6 @@ impl Config {
                     "is empty: name at least one suite",
                 ));
             }
-            for (index, name) in https.cipher_suites.iter().enumerate() {
-                if cipher_suites::cipher_suite(name).is_none() {
-                    return Err(ConfigError::invalid(
-                        format!("https.cipher_suites[{index}]"),
-                        format!(
-                            "{name:?} is not a suite this build offers (one of: {})",
-                            cipher_suites::cipher_suite_names().join(", ")
-                        ),
-                    ));
-                }
-            }
         }
         header_value("http.cache_control", &self.http.cache_control)?;
         header_value("http.cors_allow_origin", &self.http.cors_allow_origin)?;
@@ -473,14 +465,6 @@ impl Config {
                     format!("{} is listed twice", store.path.display()),
                 ));
             }
-        }
-        if self.schedule.timezone != "local" {
-            jiff::tz::TimeZone::get(&self.schedule.timezone).map_err(|_| {
-                ConfigError::invalid(
-                    "schedule.timezone",
-                    format!("unknown time zone {:?} (use an IANA name such as Europe/London, or \"local\")", self.schedule.timezone),
-                )
-            })?;
         }
         let fallback = &self.schedule.fallback_url;
         let has_http_scheme = fallback.starts_with("http://") || fallback.starts_with("https://");

@@ -19,13 +19,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::fetch::{FetchError, Fetcher};
-use super::manifest::ManifestObject;
-use super::plan::plan;
+use super::manifest::{Manifest, ManifestObject};
+use super::plan::{FillPlan, plan};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
 use super::{AcceptedManifest, Fill};
 use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState};
+use crate::signal::{self, Cancel, Shutdown, Signal};
 use crate::store::{ObjectWriter, StoreError, Stores, partial_name};
 
 /// Bytes gathered from the network before one write to disk.
@@ -76,8 +77,15 @@ enum PassEnd {
     Stopped,
 }
 
+/// What a pass counted besides the transfers, for its report.
+struct PassCounts {
+    already_present: u64,
+    skipped_no_room: u64,
+    deleted: u64,
+}
+
 /// How one object's transfer ended.
-enum Outcome {
+enum TransferOutcome {
     Stored { bytes: u64 },
     Failed { reason: String },
     Skipped { reason: String },
@@ -94,7 +102,7 @@ struct TransferContext {
     metrics: Metrics,
     retries: u32,
     retry_base: Duration,
-    cancel: watch::Receiver<bool>,
+    cancel: Signal<Cancel>,
 }
 
 impl Engine {
@@ -124,8 +132,8 @@ impl Engine {
         }
     }
 
-    /// Runs until `stop` turns true.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` is raised.
+    pub async fn run(mut self, mut stop: Shutdown) {
         let mut manifests = self.fill.watch_manifest();
         let mut session = 0u64;
         let mut was_filling = false;
@@ -153,7 +161,7 @@ impl Engine {
             tokio::select! {
                 _ = self.mode.changed() => {}
                 _ = manifests.changed() => {}
-                _ = cancelled(&mut stop) => return,
+                _ = stop.raised() => return,
             }
         }
     }
@@ -199,23 +207,61 @@ impl Engine {
         }
     }
 
-    /// One pass toward `accepted`.
+    /// One pass toward `accepted`: delete what left the manifest, plan what to fetch,
+    /// transfer it, then flush the index and report.
     async fn pass(
         &mut self,
         accepted: &Arc<AcceptedManifest>,
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &mut Shutdown,
     ) -> PassEnd {
         let manifest = &accepted.manifest;
         let started = Instant::now();
         let started_at = Timestamp::now();
         tracing::info!(id = %manifest.id, objects = manifest.objects.len(), bytes = manifest.total_bytes, "fill pass starting");
+        let deleted = self.delete_dropped(manifest).await;
+        let work = self.plan_fetches(manifest);
+        let counts = PassCounts {
+            already_present: work.present,
+            skipped_no_room: work.no_room.len() as u64,
+            deleted,
+        };
+        let (end, stored) = self.transfer_all(work.fetches, manifests, stop).await;
+        self.flush_index().await;
+        let state = match end {
+            PassEnd::Done => FillState::Done,
+            _ => FillState::Paused,
+        };
+        let report = self.fill.with_progress(|progress| {
+            progress.state = state;
+            let report = FillReport {
+                manifest_id: manifest.id.clone(),
+                state,
+                started_at: started_at.to_string(),
+                duration_secs: started.elapsed().as_secs_f64(),
+                stored,
+                already_present: counts.already_present,
+                failed: progress.objects_failed,
+                skipped_no_room: counts.skipped_no_room,
+                deleted: counts.deleted,
+                bytes_fetched: progress.bytes_fetched,
+                failures: progress.failures.clone(),
+            };
+            progress.last_fill = Some(report.clone());
+            report
+        });
+        log_report(&report);
+        end
+    }
 
+    /// Deletes what the manifest no longer lists (and damaged objects it dropped); returns
+    /// how many objects went.
+    async fn delete_dropped(&self, manifest: &Manifest) -> u64 {
         self.stores.clear_full();
         self.stores.probe();
         let deletes = plan(manifest, &self.stores.snapshot(), &self.stores.damaged(), 0).deletes;
         let stores = Arc::clone(&self.stores);
-        let deleted = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut deleted = 0u64;
             for path in deletes {
                 match stores.remove(&path) {
@@ -227,7 +273,13 @@ impl Engine {
             deleted
         })
         .await
-        .unwrap_or(0);
+        .unwrap_or(0)
+    }
+
+    /// Plans what to fetch against what the stores hold and have room for, removes partial
+    /// files nothing will resume, and starts the pass's progress (objects with no room are
+    /// failed at once).
+    fn plan_fetches(&self, manifest: &Manifest) -> FillPlan {
         let work = plan(
             manifest,
             &self.stores.snapshot(),
@@ -261,13 +313,24 @@ impl Engine {
                 );
             }
         });
-        let skipped_no_room = work.no_room.len() as u64;
         self.metrics
             .fill_objects
             .with_label_values(&["skipped"])
-            .inc_by(skipped_no_room);
+            .inc_by(work.no_room.len() as u64);
+        work
+    }
 
-        let (cancel_tx, cancel_rx) = watch::channel(false);
+    /// Transfers `fetches`, `fill.concurrency` at a time, until all are done or the window
+    /// ends, a new manifest arrives or the daemon stops (in-flight transfers then get
+    /// `fill.stop_grace`, or nothing on stop, before they are cancelled and checkpointed).
+    /// Returns how the pass ended and how many objects were stored.
+    async fn transfer_all(
+        &mut self,
+        fetches: Vec<ManifestObject>,
+        manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
+        stop: &mut Shutdown,
+    ) -> (PassEnd, u64) {
+        let (cancel, cancel_signal) = signal::channel::<Cancel>();
         let context = TransferContext {
             fill: Arc::clone(&self.fill),
             stores: Arc::clone(&self.stores),
@@ -276,9 +339,9 @@ impl Engine {
             metrics: self.metrics.clone(),
             retries: self.settings.retries,
             retry_base: self.settings.retry_base,
-            cancel: cancel_rx,
+            cancel: cancel_signal,
         };
-        let mut queue: VecDeque<ManifestObject> = work.fetches.into();
+        let mut queue: VecDeque<ManifestObject> = fetches.into();
         let mut transfers = JoinSet::new();
         let mut stored = 0u64;
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
@@ -301,7 +364,7 @@ impl Engine {
             tokio::select! {
                 joined = transfers.join_next() => {
                     if let Some(Ok((path, outcome))) = joined {
-                        if let Outcome::Stored { .. } = outcome {
+                        if let TransferOutcome::Stored { .. } = outcome {
                             stored += 1;
                         }
                         self.record(&path, outcome);
@@ -317,12 +380,10 @@ impl Engine {
                     tracing::info!("a new manifest arrived; this pass stops and the next starts with it");
                     winding_down = Some((tokio::time::Instant::now() + self.settings.stop_grace, PassEnd::Superseded));
                 }
-                _ = cancelled(stop), if !matches!(winding_down, Some((_, PassEnd::Stopped))) => {
+                _ = stop.raised(), if !matches!(winding_down, Some((_, PassEnd::Stopped))) => {
                     winding_down = Some((tokio::time::Instant::now(), PassEnd::Stopped));
                 }
-                _ = grace_over => {
-                    let _ = cancel_tx.send(true);
-                }
+                _ = grace_over => cancel.raise(),
             }
         }
         let end = match winding_down {
@@ -330,6 +391,12 @@ impl Engine {
             None if queue.is_empty() => PassEnd::Done,
             None => PassEnd::Paused,
         };
+        (end, stored)
+    }
+
+    /// Compacts every store's journal into its snapshot; a failure is logged, not fatal (the
+    /// journal still holds every change).
+    async fn flush_index(&self) {
         let stores = Arc::clone(&self.stores);
         match tokio::task::spawn_blocking(move || stores.compact_journals()).await {
             Ok(Ok(())) => {}
@@ -338,36 +405,12 @@ impl Engine {
             }
             Err(err) => tracing::warn!(error = %err, "index flush did not run"),
         }
-        let state = match end {
-            PassEnd::Done => FillState::Done,
-            _ => FillState::Paused,
-        };
-        let report = self.fill.with_progress(|progress| {
-            progress.state = state;
-            let report = FillReport {
-                manifest_id: manifest.id.clone(),
-                state,
-                started_at: started_at.to_string(),
-                duration_secs: started.elapsed().as_secs_f64(),
-                stored,
-                already_present: work.present,
-                failed: progress.objects_failed,
-                skipped_no_room,
-                deleted,
-                bytes_fetched: progress.bytes_fetched,
-                failures: progress.failures.clone(),
-            };
-            progress.last_fill = Some(report.clone());
-            report
-        });
-        log_report(&report);
-        end
     }
 
     /// Counts a finished transfer.
-    fn record(&self, path: &str, outcome: Outcome) {
+    fn record(&self, path: &str, outcome: TransferOutcome) {
         match outcome {
-            Outcome::Stored { bytes } => {
+            TransferOutcome::Stored { bytes } => {
                 self.metrics
                     .fill_objects
                     .with_label_values(&["stored"])
@@ -376,7 +419,7 @@ impl Engine {
                     .with_progress(|progress| progress.objects_done += 1);
                 tracing::debug!(path, bytes, "stored");
             }
-            Outcome::Failed { reason } => {
+            TransferOutcome::Failed { reason } => {
                 self.metrics
                     .fill_objects
                     .with_label_values(&["failed"])
@@ -385,7 +428,7 @@ impl Engine {
                 self.fill
                     .with_progress(|progress| progress.fail(path, reason));
             }
-            Outcome::Skipped { reason } => {
+            TransferOutcome::Skipped { reason } => {
                 self.metrics
                     .fill_objects
                     .with_label_values(&["skipped"])
@@ -394,7 +437,7 @@ impl Engine {
                 self.fill
                     .with_progress(|progress| progress.fail(path, reason));
             }
-            Outcome::Paused => {}
+            TransferOutcome::Paused => {}
         }
     }
 }
@@ -428,17 +471,17 @@ enum AttemptEnd {
 }
 
 /// Fetches one object, with retries. Returns its path and how it ended.
-async fn transfer(context: TransferContext, object: ManifestObject) -> (String, Outcome) {
+async fn transfer(context: TransferContext, object: ManifestObject) -> (String, TransferOutcome) {
     let outcome = transfer_object(&context, &object).await;
     (object.path, outcome)
 }
 
-async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> Outcome {
+async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> TransferOutcome {
     let mut attempt = 0u32;
     let mut from_scratch = false;
     loop {
-        if *context.cancel.borrow() {
-            return Outcome::Paused;
+        if context.cancel.is_raised() {
+            return TransferOutcome::Paused;
         }
         let stores = Arc::clone(&context.stores);
         let (path, size, sha256) = (object.path.clone(), object.size, object.sha256);
@@ -453,17 +496,17 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
         let writer = match opened {
             Ok(Ok(writer)) => writer,
             Ok(Err(StoreError::NoRoom { .. })) => {
-                return Outcome::Skipped {
+                return TransferOutcome::Skipped {
                     reason: format!("no room: no store can take {} more bytes", object.size),
                 };
             }
             Ok(Err(err)) => {
-                return Outcome::Failed {
+                return TransferOutcome::Failed {
                     reason: err.to_string(),
                 };
             }
             Err(err) => {
-                return Outcome::Failed {
+                return TransferOutcome::Failed {
                     reason: err.to_string(),
                 };
             }
@@ -473,14 +516,14 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
             .fill
             .with_progress(|progress| progress.bytes_done += already);
         match attempt_object(context, object, writer).await {
-            Ok(bytes) => return Outcome::Stored { bytes },
+            Ok(bytes) => return TransferOutcome::Stored { bytes },
             Err((end, counted)) => {
                 context
                     .fill
                     .with_progress(|progress| progress.take_back(counted));
                 match end {
-                    AttemptEnd::Cancelled => return Outcome::Paused,
-                    AttemptEnd::Fail(reason) => return Outcome::Failed { reason },
+                    AttemptEnd::Cancelled => return TransferOutcome::Paused,
+                    AttemptEnd::Fail(reason) => return TransferOutcome::Failed { reason },
                     AttemptEnd::Verify {
                         resumed: true,
                         reason,
@@ -488,7 +531,7 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                         tracing::warn!(path = %object.path, reason = %reason, "resumed object failed verification; fetching it whole");
                         from_scratch = true;
                     }
-                    AttemptEnd::Verify { reason, .. } => return Outcome::Failed { reason },
+                    AttemptEnd::Verify { reason, .. } => return TransferOutcome::Failed { reason },
                     AttemptEnd::StoreFull(store) => {
                         tracing::warn!(path = %object.path, store, "store full (ENOSPC); placing elsewhere");
                         context.stores.mark_full(store);
@@ -497,7 +540,7 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                     AttemptEnd::Retry(reason) => {
                         attempt += 1;
                         if attempt > context.retries {
-                            return Outcome::Failed {
+                            return TransferOutcome::Failed {
                                 reason: format!("{reason} (gave up after {attempt} attempts)"),
                             };
                         }
@@ -506,12 +549,12 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                         let mut cancel = context.cancel.clone();
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
-                            _ = cancelled(&mut cancel) => return Outcome::Paused,
+                            _ = cancel.raised() => return TransferOutcome::Paused,
                         }
                     }
                 }
                 if attempt > context.retries {
-                    return Outcome::Failed {
+                    return TransferOutcome::Failed {
                         reason: format!("gave up after {attempt} attempts"),
                     };
                 }
@@ -569,7 +612,7 @@ async fn attempt_object(
     loop {
         let chunk = tokio::select! {
             chunk = download.next_chunk() => chunk,
-            _ = cancelled(&mut cancel) => {
+            _ = cancel.raised() => {
                 return match flush(writer, batch).await {
                     Ok(writer) => {
                         checkpoint(writer).await;
@@ -696,11 +739,6 @@ async fn read_if_changed(
         return Ok(None);
     }
     Ok(Some((bytes.into(), Some(digest))))
-}
-
-/// Resolves once the flag turns true (or its sender is gone), holding no borrow across awaits.
-async fn cancelled(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|set| *set).await;
 }
 
 fn fetch_end(err: FetchError) -> AttemptEnd {

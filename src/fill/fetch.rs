@@ -53,7 +53,7 @@ impl FetchError {
 
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("fill.ca_file {path}: {reason}")]
+#[error("{path}: {reason}")]
 pub struct ClientSetupError {
     path: String,
     reason: String,
@@ -100,7 +100,7 @@ impl Fetcher {
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|err| ClientSetupError {
-                path: String::new(),
+                path: "(TLS client)".to_owned(),
                 reason: err.to_string(),
             })?
             .with_root_certificates(roots)

@@ -15,21 +15,21 @@ use bytes::{Buf, BytesMut};
 use http::{Method, Request, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use super::ConnectionLimits;
 use crate::serve::Viewer;
 use crate::serve::body::BodyPart;
 use crate::serve::handler::PeerAddr;
+use crate::signal::Shutdown;
 
 /// Request headers parsed at most; a request with more goes to hyper (which answers 431).
 const MAX_HEADERS: usize = 64;
 
-/// How a fast-path connection ended.
-pub enum Outcome {
+/// How a connection left the fast path.
+pub enum FastPathEnd {
     /// Closed (by the client, a timeout, an error, or `Connection: close`).
-    Done,
+    Closed,
     /// Not for the fast path: hyper takes over, first replaying `buffered`.
     HandOver {
         /// Bytes read but not yet answered.
@@ -44,18 +44,18 @@ pub async fn serve(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
     viewer: &Viewer,
-    drain: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
     limits: ConnectionLimits,
-) -> Outcome {
+) -> FastPathEnd {
     let mut buffer = BytesMut::with_capacity(4096);
     let mut head = Vec::with_capacity(512);
     let mut first = true;
     loop {
-        let head_len = match read_head(&mut stream, &mut buffer, first, drain, limits).await {
+        let head_len = match read_head(&mut stream, &mut buffer, first, shutdown, limits).await {
             Ok(Some(head_len)) => head_len,
-            Ok(None) => return Outcome::Done,
+            Ok(None) => return FastPathEnd::Closed,
             Err(()) => {
-                return Outcome::HandOver {
+                return FastPathEnd::HandOver {
                     buffered: buffer,
                     stream,
                 };
@@ -64,12 +64,12 @@ pub async fn serve(
         first = false;
         let Some((request, keep_alive)) = parse(&buffer[..head_len], peer, viewer.logs_access())
         else {
-            return Outcome::HandOver {
+            return FastPathEnd::HandOver {
                 buffered: buffer,
                 stream,
             };
         };
-        let keep_alive = keep_alive && !*drain.borrow();
+        let keep_alive = keep_alive && !shutdown.is_raised();
         let response = viewer.answer(&request, true);
         buffer.advance(head_len);
         let parts = encode_head(response, keep_alive, &mut head);
@@ -82,24 +82,24 @@ pub async fn serve(
                     // is a miss and the next fill fetches the object again.
                     viewer.report_short_file(request.uri().path());
                 }
-                return Outcome::Done;
+                return FastPathEnd::Closed;
             }
         }
         if !keep_alive {
             let _ = stream.shutdown().await;
-            return Outcome::Done;
+            return FastPathEnd::Closed;
         }
     }
 }
 
 /// Reads until `buffer` holds a whole request head and returns its length; `Ok(None)` when
-/// the connection should just close (EOF, timeout, drain); `Err` when hyper should take over
+/// the connection should just close (EOF, timeout, shutdown); `Err` when hyper should take over
 /// (an oversized head: hyper answers 431; an HTTP/2 preface).
 async fn read_head(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     first: bool,
-    drain: &mut watch::Receiver<bool>,
+    shutdown: &mut Shutdown,
     limits: ConnectionLimits,
 ) -> Result<Option<usize>, ()> {
     let mut deadline = if buffer.is_empty() && !first {
@@ -118,12 +118,12 @@ async fn read_head(
         if buffer.len() > limits.max_header_size {
             return Err(());
         }
-        if *drain.borrow() && buffer.is_empty() {
+        if shutdown.is_raised() && buffer.is_empty() {
             return Ok(None);
         }
         let read = tokio::select! {
             read = timeout_at(deadline, stream.read_buf(buffer)) => read,
-            _ = drain.changed(), if buffer.is_empty() => return Ok(None),
+            _ = shutdown.raised(), if buffer.is_empty() => return Ok(None),
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),

@@ -21,16 +21,19 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
-use super::fast_http1;
+use super::fast_http1::{self, FastPathEnd};
 use super::tls::ViewerTls;
 use super::{ConnectionLimits, ConnectionMetrics};
+use crate::serve::Viewer;
 use crate::serve::body::ObjectBody;
 use crate::serve::handler::{Handler, PeerAddr};
+use crate::signal::Shutdown;
 
 /// Everything one accept loop needs.
 pub struct Listener<H> {
@@ -48,22 +51,22 @@ pub struct Listener<H> {
     pub metrics: ConnectionMetrics,
     /// Plain-HTTP viewer listeners answer plain GET/HEAD here first (sendfile), handing
     /// anything else to hyper; `None` for HTTPS and admin listeners.
-    pub fast_path: Option<Arc<crate::serve::Viewer>>,
+    pub fast_path: Option<Arc<Viewer>>,
     /// Held by every connection task; the daemon knows all connections ended when the last
     /// clone is dropped (the receiver then yields `None`).
     pub finished: mpsc::Sender<()>,
 }
 
 impl<H: Handler> Listener<H> {
-    /// Accepts until `shutdown` turns true, then returns. Open connections see the same signal:
+    /// Accepts until `shutdown` is raised, then returns. Open connections see the same signal:
     /// they finish in-flight responses, then close.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: Shutdown) {
         let mut built_for = **self.limits.load();
         let mut builder = Arc::new(protocol_builder(built_for));
         loop {
             let accepted = tokio::select! {
                 accepted = self.tcp.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.raised() => return,
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -84,46 +87,112 @@ impl<H: Handler> Listener<H> {
                 built_for = limits;
                 builder = Arc::new(protocol_builder(limits));
             }
-            let handler = Arc::clone(&self.handler);
-            let builder = Arc::clone(&builder);
-            let tls = self.tls.as_ref().map(|tls| tls.load_full());
-            let fast_path = self.fast_path.clone();
-            let finished = self.finished.clone();
-            let drain = shutdown.clone();
-            let open = self.metrics.open.clone();
+            let connection = Connection {
+                stream,
+                peer,
+                handler: Arc::clone(&self.handler),
+                builder: Arc::clone(&builder),
+                tls: self.tls.as_ref().map(|tls| tls.load_full()),
+                fast_path: self.fast_path.clone(),
+                limits,
+                shutdown: shutdown.clone(),
+            };
+            let held = Held::open(permit, self.finished.clone(), self.metrics.open.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                let _finished = finished;
-                open.inc();
-                match tls {
-                    None => match fast_path {
-                        Some(viewer) => {
-                            let mut fast_drain = drain.clone();
-                            match fast_http1::serve(stream, peer, &viewer, &mut fast_drain, limits)
-                                .await
-                            {
-                                fast_http1::Outcome::Done => {}
-                                fast_http1::Outcome::HandOver { buffered, stream } => {
-                                    let io = fast_http1::Replayed::new(buffered, stream);
-                                    serve_io(io, peer, handler, &builder, drain, limits).await
-                                }
-                            }
-                        }
-                        None => serve_io(stream, peer, handler, &builder, drain, limits).await,
-                    },
-                    Some(tls) => {
-                        match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await
-                        {
-                            Ok(Ok(stream)) => {
-                                serve_io(stream, peer, handler, &builder, drain, limits).await
-                            }
-                            Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
-                        }
-                    }
-                }
-                open.dec();
+                connection.run().await;
+                drop(held);
             });
+        }
+    }
+}
+
+/// What a connection task holds until it ends: its `max_connections` permit, a clone of the
+/// listener's `finished` sender, and its place in the open-connections gauge.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _finished: mpsc::Sender<()>,
+    open: IntGauge,
+}
+
+impl Held {
+    fn open(permit: OwnedSemaphorePermit, finished: mpsc::Sender<()>, open: IntGauge) -> Held {
+        open.inc();
+        Held {
+            _permit: permit,
+            _finished: finished,
+            open,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// One accepted connection and everything needed to serve it, from the first byte (or TLS
+/// handshake) to close.
+struct Connection<H> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Arc<H>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<Arc<ViewerTls>>,
+    fast_path: Option<Arc<Viewer>>,
+    limits: ConnectionLimits,
+    shutdown: Shutdown,
+}
+
+impl<H: Handler> Connection<H> {
+    /// Serves the connection until it ends: TLS connections after their handshake, plain
+    /// ones on the sendfile fast path first when there is one (which may hand the rest of
+    /// the connection to hyper), everything else with hyper.
+    async fn run(mut self) {
+        if let Some(tls) = self.tls.take() {
+            let handshake = tls.accept(self.stream);
+            match tokio::time::timeout(self.limits.header_timeout, handshake).await {
+                Ok(Ok(stream)) => {
+                    serve_io(
+                        stream,
+                        self.peer,
+                        self.handler,
+                        &self.builder,
+                        self.shutdown,
+                        self.limits,
+                    )
+                    .await
+                }
+                Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+            return;
+        }
+        let Some(viewer) = self.fast_path.take() else {
+            return serve_io(
+                self.stream,
+                self.peer,
+                self.handler,
+                &self.builder,
+                self.shutdown,
+                self.limits,
+            )
+            .await;
+        };
+        let mut shutdown = self.shutdown.clone();
+        let ended =
+            fast_http1::serve(self.stream, self.peer, &viewer, &mut shutdown, self.limits).await;
+        if let FastPathEnd::HandOver { buffered, stream } = ended {
+            let replayed = fast_http1::Replayed::new(buffered, stream);
+            serve_io(
+                replayed,
+                self.peer,
+                self.handler,
+                &self.builder,
+                self.shutdown,
+                self.limits,
+            )
+            .await;
         }
     }
 }
@@ -153,7 +222,7 @@ async fn serve_io<I, H>(
     peer: SocketAddr,
     handler: Arc<H>,
     builder: &auto::Builder<TokioExecutor>,
-    mut drain: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
     limits: ConnectionLimits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -189,7 +258,7 @@ async fn serve_io<I, H>(
                 }
                 return;
             }
-            _ = drain.wait_for(|stop| *stop), if !draining => {
+            _ = shutdown.raised(), if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }

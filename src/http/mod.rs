@@ -42,25 +42,23 @@ pub struct ConnectionMetrics {
     pub refused: IntCounter,
 }
 
-/// Errors that stop a listener from starting.
+/// A listening address that cannot be bound (in use, not this host's, no permission).
 #[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// The TLS certificate or key could not be used.
-    #[error("TLS: {0}")]
-    Tls(String),
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    pub source: io::Error,
 }
 
-/// Binds a TCP listener, naming the address in the error.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenerError> {
-    TcpListener::bind(addr)
+/// Binds a TCP listener and reads back its address (the real port when `:0` was asked).
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    let tcp = TcpListener::bind(addr)
         .await
-        .map_err(|source| ListenerError::Bind { addr, source })
+        .map_err(|source| BindError { addr, source })?;
+    let local = tcp
+        .local_addr()
+        .map_err(|source| BindError { addr, source })?;
+    Ok((tcp, local))
 }

@@ -2,58 +2,96 @@
 //! per-client cipher suite choice.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::SupportedCipherSuite;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::ListenerError;
-use crate::config::cipher_suites::cipher_suite;
+/// Why a certificate and key cannot serve TLS; [`TlsError::setting`] names the key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file cannot be read or is not PEM.
+    #[error("{path}: {source}")]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("{path}: no certificate in file")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file cannot be read or holds no private key.
+    #[error("{path}: {source}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What reading it said.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The key is not the certificate's, or rustls cannot use it.
+    #[error("the certificate and key do not fit together: {0}")]
+    Mismatch(rustls::Error),
+    /// The offered cipher suites leave no protocol version to speak.
+    #[error("no TLS version can use these suites: {0}")]
+    Suites(rustls::Error),
+}
 
-/// Builds the rustls server configuration from PEM files with rustls' default cipher suites.
-pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ListenerError> {
+impl TlsError {
+    /// The configuration key an operator changes to fix it.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            TlsError::Certificate { .. } | TlsError::NoCertificate { .. } => "https.cert",
+            TlsError::Key { .. } => "https.key",
+            TlsError::Mismatch(_) => "https.cert/https.key",
+            TlsError::Suites(_) => "https.cipher_suites",
+        }
+    }
+}
+
+/// Builds the rustls server configuration from PEM files with this build's cipher suites.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     load_tls_with(cert, key, &[])
 }
 
-/// Builds the rustls server configuration from PEM files, offering `suites` (IANA names;
-/// all of this build's when empty) and h2 and http/1.1 by ALPN.
+/// Builds the rustls server configuration from PEM files, offering `suites` (in preference
+/// order; all of this build's when empty) and h2 and http/1.1 by ALPN.
 pub fn load_tls_with(
     cert: &Path,
     key: &Path,
-    suites: &[String],
-) -> Result<Arc<rustls::ServerConfig>, ListenerError> {
+    suites: &[SupportedCipherSuite],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| ListenerError::Tls(format!("certificate {}: {err}", cert.display())))?;
+        .map_err(|source| TlsError::Certificate {
+            path: cert.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(ListenerError::Tls(format!(
-            "certificate {}: no certificate in file",
-            cert.display()
-        )));
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|err| ListenerError::Tls(format!("key {}: {err}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_owned(),
+        source,
+    })?;
     let mut provider = rustls::crypto::ring::default_provider();
     if !suites.is_empty() {
-        provider.cipher_suites = suites
-            .iter()
-            .map(|name| {
-                cipher_suite(name)
-                    .ok_or_else(|| ListenerError::Tls(format!("unknown cipher suite {name:?}")))
-            })
-            .collect::<Result<_, _>>()?;
+        provider.cipher_suites = suites.to_vec();
     }
-    let provider = Arc::new(provider);
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
-        .map_err(|err| ListenerError::Tls(err.to_string()))?
+        .map_err(TlsError::Suites)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|err| {
-            ListenerError::Tls(format!("certificate and key do not fit together: {err}"))
-        })?;
+        .map_err(TlsError::Mismatch)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -73,8 +111,12 @@ pub struct ViewerTls {
 }
 
 impl ViewerTls {
-    /// Loads the certificate and key and offers `suites` (IANA names, in preference order).
-    pub fn load(cert: &Path, key: &Path, suites: &[String]) -> Result<ViewerTls, ListenerError> {
+    /// Loads the certificate and key and offers `suites` (in preference order).
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        suites: &[SupportedCipherSuite],
+    ) -> Result<ViewerTls, TlsError> {
         let client_order = load_tls_with(cert, key, suites)?;
         let mut server_order = (*client_order).clone();
         server_order.ignore_client_order = true;

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::listener::Listener;
 use super::tls::ViewerTls;
 use super::{ConnectionLimits, ConnectionMetrics};
 use crate::serve::Viewer;
+use crate::signal::{self, Cut, Shutdown, Signal, Trigger};
 
 /// A bound viewer socket and what its connections need, shared by every worker.
 pub struct ViewerSocket {
@@ -51,19 +52,19 @@ pub struct ViewerShared {
 /// The running worker threads.
 pub struct ViewerWorkers {
     threads: Vec<JoinHandle<()>>,
-    cut: watch::Sender<bool>,
+    cut: Trigger<Cut>,
 }
 
 impl ViewerWorkers {
-    /// Starts `count` workers (0: one per CPU) over `sockets`. They stop accepting when `stop`
-    /// turns true, and their thread ends once every connection they accepted has closed (or
+    /// Starts `count` workers (0: one per CPU) over `sockets`. They stop accepting when
+    /// `shutdown` is raised, and their thread ends once every connection they accepted has closed (or
     /// at [`ViewerWorkers::cut`]). Each holds a clone of `finished` until then, so the daemon
     /// can wait for the last one.
     pub fn start(
         count: u32,
         sockets: Vec<ViewerSocket>,
         shared: ViewerShared,
-        stop: watch::Receiver<bool>,
+        shutdown: Shutdown,
         finished: mpsc::Sender<()>,
     ) -> io::Result<ViewerWorkers> {
         let count = match count {
@@ -71,7 +72,7 @@ impl ViewerWorkers {
             count => count as usize,
         };
         let sockets = Arc::new(sockets);
-        let (cut, cut_rx) = watch::channel(false);
+        let (cut, cut_rx) = signal::channel::<Cut>();
         let mut threads = Vec::with_capacity(count);
         // Disk reads of objects not in the RAM cache go to each runtime's blocking pool;
         // together the pools keep tokio's default of 512 threads for the whole process.
@@ -82,10 +83,10 @@ impl ViewerWorkers {
                 .max_blocking_threads(blocking_threads)
                 .thread_name(format!("tidecache-viewer-{number}-io"))
                 .build()?;
-            let (sockets, shared, stop, finished, cut_rx) = (
+            let (sockets, shared, shutdown, finished, cut_rx) = (
                 Arc::clone(&sockets),
                 shared.clone(),
-                stop.clone(),
+                shutdown.clone(),
                 finished.clone(),
                 cut_rx.clone(),
             );
@@ -93,7 +94,7 @@ impl ViewerWorkers {
                 .name(format!("tidecache-viewer-{number}"))
                 .spawn(move || {
                     let _finished = finished;
-                    runtime.block_on(worker(sockets, shared, stop, cut_rx));
+                    runtime.block_on(worker(sockets, shared, shutdown, cut_rx));
                 })?;
             threads.push(thread);
         }
@@ -108,7 +109,7 @@ impl ViewerWorkers {
     /// Ends every worker now, dropping the connections still open (the shutdown timeout ran
     /// out).
     pub fn cut(&self) {
-        let _ = self.cut.send(true);
+        self.cut.raise();
     }
 }
 
@@ -122,14 +123,14 @@ impl Drop for ViewerWorkers {
 async fn worker(
     sockets: Arc<Vec<ViewerSocket>>,
     shared: ViewerShared,
-    stop: watch::Receiver<bool>,
-    mut cut: watch::Receiver<bool>,
+    shutdown: Shutdown,
+    mut cut: Signal<Cut>,
 ) {
     let (finished, mut all_closed) = mpsc::channel::<()>(1);
     for socket in sockets.iter() {
         match accept_loop(socket, &shared, finished.clone()) {
             Ok(listener) => {
-                tokio::spawn(listener.run(stop.clone()));
+                tokio::spawn(listener.run(shutdown.clone()));
             }
             Err(err) => {
                 tracing::error!(error = %err, "a viewer worker cannot accept on a listener")
@@ -142,7 +143,7 @@ async fn worker(
     drop(finished);
     tokio::select! {
         _ = all_closed.recv() => {}
-        _ = cut.wait_for(|cut| *cut) => {}
+        _ = cut.raised() => {}
     }
 }
 

@@ -9,8 +9,8 @@
 //!   operator [`Override`], and the [`Scheduler`] task that drives the state machine.
 //!
 //! The mode has exactly one source of truth: a [`tokio::sync::watch`] channel whose sender
-//! only the scheduler holds. The data plane, readiness, status, metrics and (later) the fill
-//! engine hold receivers and read the current value; nobody keeps a copy.
+//! only the scheduler holds. The data plane, readiness, status, metrics and the fill engine
+//! hold receivers and read the current value; nobody keeps a copy.
 
 pub mod machine;
 mod window;
@@ -26,6 +26,8 @@ use jiff::Timestamp;
 use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::signal::Shutdown;
 
 pub use machine::{Override, Phase, Plan};
 pub use window::{FillWindow, Interval, WindowPosition, intervals_around, local_instant, position};
@@ -300,9 +302,9 @@ impl Scheduler {
         }
     }
 
-    /// Runs until `stop` turns true: steps whenever the clock reaches the next switch or the
+    /// Runs until `stop` is raised: steps whenever the clock reaches the next switch or the
     /// override changes.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut stop: Shutdown) {
         loop {
             let wake_at = self.step();
             let clock = Arc::clone(&self.clock);
@@ -325,7 +327,7 @@ impl Scheduler {
                         self.plans = watch::channel(last).1;
                     }
                 }
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = stop.raised() => return,
             }
         }
     }
@@ -411,7 +413,7 @@ mod tests {
             Scheduler::start(plan(), clock.clone(), Override::Auto, transitions.clone());
         let mut mode = handles.mode.clone();
         assert_eq!(mode.borrow().mode, Mode::Serving);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = crate::signal::channel();
         let task = tokio::spawn(scheduler.run(stop_rx));
 
         for (instant, expected) in [
@@ -432,7 +434,7 @@ mod tests {
             1,
             "one transition into filling"
         );
-        stop_tx.send_replace(true);
+        stop_tx.raise();
         task.await.unwrap();
     }
 
@@ -443,7 +445,7 @@ mod tests {
         let (scheduler, handles) = Scheduler::start(plan(), clock, Override::Auto, counter());
         let mut mode = handles.mode.clone();
         let control = Scheduler::control(OverrideFile::in_dir(dir.path()), handles.overrides);
-        let (_stop_tx, stop_rx) = watch::channel(false);
+        let (_stop_tx, stop_rx) = crate::signal::channel();
         tokio::spawn(scheduler.run(stop_rx));
         control.set(Override::Fill).await.unwrap();
         let draining = tokio::time::timeout(

@@ -146,13 +146,25 @@ pub struct OpenObject {
     pub meta: ObjectMeta,
 }
 
+/// Whether a store takes part, as `/v1/status` spells it (`ok`, `full`, `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreState {
+    /// Serving and accepting new objects.
+    Ok,
+    /// Serving, but the last fill found no room for more.
+    Full,
+    /// Out of service after an I/O error; its objects are misses.
+    Failed,
+}
+
 /// Health of one store, as status and metrics show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreStatus {
     /// The configured path.
     pub path: PathBuf,
-    /// `ok` or `failed`.
-    pub state: &'static str,
+    /// Whether it takes part.
+    pub state: StoreState,
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -778,11 +790,11 @@ impl Stores {
                 StoreStatus {
                     path: store.config_path.clone(),
                     state: if failed {
-                        "failed"
+                        StoreState::Failed
                     } else if store.full.load(Ordering::Relaxed) {
-                        "full"
+                        StoreState::Full
                     } else {
-                        "ok"
+                        StoreState::Ok
                     },
                     error: store
                         .failure

@@ -1,0 +1,101 @@
+//! `schedule.timezone`: an IANA zone name or `local`, resolved once when the file is read.
+
+use std::fmt;
+
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The time zone fill windows are read in, as the operator named it and as resolved.
+///
+/// Resolving happens while the configuration is parsed, so `check-config` reports a zone the
+/// host does not know, and the daemon never parses the name again.
+#[derive(Clone)]
+pub struct TimeZoneSetting {
+    name: String,
+    zone: TimeZone,
+}
+
+impl TimeZoneSetting {
+    /// UTC, the default.
+    pub fn utc() -> TimeZoneSetting {
+        TimeZoneSetting {
+            name: "UTC".to_owned(),
+            zone: TimeZone::UTC,
+        }
+    }
+
+    /// Resolves an IANA name (`Europe/London`) or `local` (the host's zone).
+    pub fn parse(name: &str) -> Result<TimeZoneSetting, String> {
+        let zone = if name == "local" {
+            TimeZone::try_system()
+                .map_err(|err| format!("\"local\": the host's time zone cannot be read: {err}"))?
+        } else {
+            TimeZone::get(name).map_err(|_| {
+                format!(
+                    "unknown time zone {name:?} (use an IANA name such as Europe/London, or \"local\")"
+                )
+            })?
+        };
+        Ok(TimeZoneSetting {
+            name: name.to_owned(),
+            zone,
+        })
+    }
+
+    /// The name as written in the file.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The resolved zone.
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+}
+
+impl fmt::Debug for TimeZoneSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TimeZoneSetting({:?})", self.name)
+    }
+}
+
+/// Two settings are the same when they name the same zone (what a reload compares).
+impl PartialEq for TimeZoneSetting {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeZoneSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        TimeZoneSetting::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for TimeZoneSetting {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_zone_resolves_and_keeps_its_name() {
+        let london = TimeZoneSetting::parse("Europe/London").unwrap();
+        assert_eq!(london.name(), "Europe/London");
+        assert_eq!(london.zone().iana_name(), Some("Europe/London"));
+    }
+
+    #[test]
+    fn an_unknown_zone_is_refused_with_a_hint() {
+        let err = TimeZoneSetting::parse("Mars/Olympus").unwrap_err();
+        assert!(
+            err.contains("Mars/Olympus") && err.contains("IANA"),
+            "{err}"
+        );
+    }
+}

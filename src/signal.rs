@@ -1,0 +1,118 @@
+//! One-way signals between tasks: the daemon is stopping, connections must be cut, a fill
+//! pass is cancelled.
+//!
+//! Like mini-redis's `Shutdown`, a [`Signal`] is something every task asks the same way
+//! ([`Signal::is_raised`] to look, [`Signal::raised`] to wait), and once raised it stays
+//! raised, so a task that subscribes late still sees it. The kind is part of the type, so a
+//! function that wants the stop signal cannot be handed the cut one by mistake.
+
+use std::marker::PhantomData;
+
+use tokio::sync::watch;
+
+/// The daemon is stopping: stop accepting, let in-flight work finish, then end.
+#[derive(Debug)]
+pub enum Stop {}
+
+/// The shutdown timeout ran out: drop whatever is still open, now.
+#[derive(Debug)]
+pub enum Cut {}
+
+/// A fill pass is ending: in-flight transfers stop where they are and keep their progress.
+#[derive(Debug)]
+pub enum Cancel {}
+
+/// The daemon-wide stop signal, as every long-running task receives it.
+pub type Shutdown = Signal<Stop>;
+
+/// Raises a signal; held by whoever decides (the daemon, the fill pass).
+#[derive(Debug)]
+pub struct Trigger<K> {
+    sender: watch::Sender<bool>,
+    kind: PhantomData<fn() -> K>,
+}
+
+/// Observes a signal; cloned into every task that must react to it.
+#[derive(Debug)]
+pub struct Signal<K> {
+    receiver: watch::Receiver<bool>,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Signal<K> {
+    fn clone(&self) -> Self {
+        Signal {
+            receiver: self.receiver.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+/// A new, unraised signal and the trigger that raises it.
+pub fn channel<K>() -> (Trigger<K>, Signal<K>) {
+    let (sender, receiver) = watch::channel(false);
+    (
+        Trigger {
+            sender,
+            kind: PhantomData,
+        },
+        Signal {
+            receiver,
+            kind: PhantomData,
+        },
+    )
+}
+
+impl<K> Trigger<K> {
+    /// Raises the signal for every holder, now and later. Raising twice is harmless.
+    pub fn raise(&self) {
+        self.sender.send_replace(true);
+    }
+
+    /// Another observer of this signal.
+    pub fn subscribe(&self) -> Signal<K> {
+        Signal {
+            receiver: self.sender.subscribe(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K> Signal<K> {
+    /// Whether the signal has been raised, or its trigger dropped: with nobody left to
+    /// decide, every holder winds down rather than wait forever (as with mini-redis's
+    /// closed broadcast channel).
+    pub fn is_raised(&self) -> bool {
+        *self.receiver.borrow() || self.receiver.has_changed().is_err()
+    }
+
+    /// Resolves once the signal is raised or its trigger dropped (at once if it already is).
+    pub async fn raised(&mut self) {
+        let _ = self.receiver.wait_for(|raised| *raised).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_raised_signal_stays_raised_for_late_subscribers() {
+        let (trigger, mut early) = channel::<Stop>();
+        assert!(!early.is_raised());
+        trigger.raise();
+        early.raised().await;
+        let mut late = trigger.subscribe();
+        assert!(late.is_raised());
+        late.raised().await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_trigger_counts_as_raised() {
+        let (trigger, mut signal) = channel::<Cancel>();
+        assert!(!signal.is_raised());
+        drop(trigger);
+        assert!(signal.is_raised());
+        signal.raised().await;
+    }
+}
