@@ -473,7 +473,12 @@ async fn the_window_end_pauses_the_fill_and_the_next_window_resumes_it() {
     )
     .await;
     fill.daemon.set_override(Override::Fill).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("the slow object's first bytes arrive", || async {
+        status(&fill.daemon).await["fill"]["bytes_done"]
+            .as_u64()
+            .is_some_and(|bytes| bytes > 0)
+    })
+    .await;
     fill.daemon.set_override(Override::Serve).await.unwrap();
     let deadline = tokio::time::Instant::now() + FILL_TIMEOUT;
     loop {

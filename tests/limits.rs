@@ -161,7 +161,10 @@ async fn connections_beyond_max_connections_are_refused_and_others_kept() {
         "refusal counted"
     );
     drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the held connections are closed", || async {
+        metric_value(&metrics_text(&daemon).await, "tidecache_open_connections") == Some(0.0)
+    })
+    .await;
     let response = get(addr, "/a.ts").await;
     assert_eq!(response.status(), StatusCode::OK, "a slot is free again");
     daemon.shutdown().await;
@@ -181,11 +184,10 @@ async fn shutdown_lets_an_in_flight_response_finish_and_stops_accepting() {
     assert!(String::from_utf8_lossy(&first[..read]).starts_with("HTTP/1.1 200"));
 
     let stopping = tokio::spawn(daemon.shutdown());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "no new connections once stopping"
-    );
+    eventually("no new connections once stopping", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     let mut rest = Vec::new();
     tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut rest))
         .await

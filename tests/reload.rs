@@ -16,7 +16,7 @@ async fn reload_applies_live_settings_and_names_what_needs_a_restart() {
     let test_box = TestBox::new();
     let config = test_box.config(1, "[schedule]\ndrain = \"0s\"\n");
     seed(&config, &[("a.ts", b"segment")]);
-    let daemon = start(&config).await;
+    let (daemon, _clock) = start_at(&config, "2026-11-25T10:30:00Z").await;
     let viewer = daemon.viewer_addrs[0];
     let mut kept_alive = TcpStream::connect(viewer).await.unwrap();
     let first = exchange(&mut kept_alive, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -26,11 +26,10 @@ async fn reload_applies_live_settings_and_names_what_needs_a_restart() {
     );
 
     let (token_file, token) = test_box.token_file();
-    let (window, _) = window_around_now(30);
     let mut changed = config.clone();
     changed.http.cache_control = "public, max-age=5".to_owned();
     changed.admin.token_file = Some(token_file);
-    changed.schedule.fill_windows = vec![window.parse().unwrap()];
+    changed.schedule.fill_windows = vec!["10:00-11:00".parse().unwrap()];
     changed.schedule.during_fill = tidecache::config::DuringFill::Serve;
     changed.http.listen = vec!["127.0.0.1:1".parse().unwrap()];
     let needs_restart = daemon.reload(&changed).unwrap();
@@ -111,7 +110,8 @@ async fn sighup_rereads_the_file_and_a_bad_file_keeps_the_old_configuration() {
 
     std::fs::write(&file, b"[limits]\nmax_connections = \"lots\"\n").unwrap();
     signal(&running.child, "HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = running.wait_for_log("reload refused");
+    assert!(refused.contains("limits.max_connections"), "{refused}");
     assert_eq!(
         cache_control(running.viewer).await,
         "public, max-age=60",

@@ -150,19 +150,15 @@ impl Daemon {
         let fill = Arc::new(Fill::load(&config.state_dir));
         let (scheduler, handles) = Scheduler::start(
             settings::plan(config),
-            clock,
+            Arc::clone(&clock),
             saved_override(&override_file),
             metrics.mode_transitions.clone(),
         );
         let mode = handles.mode.clone();
         let overrides = Arc::new(Scheduler::control(override_file, handles.overrides));
-        let viewer = Arc::new(build_viewer(
-            config,
-            &stores,
-            &mode,
-            &metrics,
-            files.signing_key,
-        )?);
+        let viewer = Arc::new(
+            build_viewer(config, &stores, &mode, &metrics, files.signing_key)?.with_clock(clock),
+        );
         let tls = files.tls.map(|tls| Arc::new(ArcSwap::from_pointee(tls)));
         let sockets = bind_sockets(config, tls.as_ref()).await?;
 
@@ -170,18 +166,19 @@ impl Daemon {
         let (finished, connections_finished) = mpsc::channel(1);
         let limits = Arc::new(ArcSwap::from_pointee(settings::connection_limits(config)));
         let permits = Arc::new(Semaphore::new(config.limits.max_connections as usize));
+        let shared = ViewerShared {
+            viewer: Arc::clone(&viewer),
+            permits: Arc::clone(&permits),
+            limits: Arc::clone(&limits),
+            metrics: ConnectionMetrics {
+                open: metrics.open_connections.clone(),
+                refused: metrics.connections_refused.clone(),
+            },
+        };
         let workers = ViewerWorkers::start(
             config.http.workers,
             sockets.viewer,
-            ViewerShared {
-                viewer: Arc::clone(&viewer),
-                permits: Arc::clone(&permits),
-                limits: Arc::clone(&limits),
-                metrics: ConnectionMetrics {
-                    open: metrics.open_connections.clone(),
-                    refused: metrics.connections_refused.clone(),
-                },
-            },
+            shared,
             shutdown.clone(),
             finished.clone(),
         )
@@ -195,19 +192,7 @@ impl Daemon {
             Arc::clone(&fill),
             files.auth,
         ));
-        let admin_listener = Listener {
-            tcp: sockets.admin,
-            fast_path: None,
-            tls: None,
-            handler: Arc::clone(&admin),
-            permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
-            limits: Arc::clone(&limits),
-            metrics: ConnectionMetrics {
-                open: IntGauge::new("admin_open_connections", "unregistered")?,
-                refused: IntCounter::new("admin_connections_refused", "unregistered")?,
-            },
-            finished,
-        };
+        let admin_listener = admin_listener(sockets.admin, &admin, &limits, finished)?;
         let rate = Arc::new(RateLimiter::new(config.fill.max_rate.bytes_per_sec));
         let (engine_settings, engine_settings_rx) =
             watch::channel(settings::engine_settings(config));
@@ -433,6 +418,29 @@ fn build_viewer(
         viewer = viewer.with_access_log(log);
     }
     Ok(viewer)
+}
+
+/// The admin accept loop: its own connection permits and unregistered counters, the viewers'
+/// limits.
+fn admin_listener(
+    tcp: TcpListener,
+    admin: &Arc<Admin>,
+    limits: &Arc<ArcSwap<ConnectionLimits>>,
+    finished: mpsc::Sender<()>,
+) -> Result<Listener<Admin>, StartError> {
+    Ok(Listener {
+        tcp,
+        fast_path: None,
+        tls: None,
+        handler: Arc::clone(admin),
+        permits: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+        limits: Arc::clone(limits),
+        metrics: ConnectionMetrics {
+            open: IntGauge::new("admin_open_connections", "unregistered")?,
+            refused: IntCounter::new("admin_connections_refused", "unregistered")?,
+        },
+        finished,
+    })
 }
 
 /// Binds every viewer address (plain, then HTTPS) and the admin address.

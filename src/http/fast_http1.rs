@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use super::ConnectionLimits;
-use crate::serve::Viewer;
 use crate::serve::body::BodyPart;
 use crate::serve::handler::PeerAddr;
+use crate::serve::{Sender, Viewer};
 use crate::signal::Shutdown;
 
 /// Request headers parsed at most; a request with more goes to hyper (which answers 431).
@@ -70,7 +70,7 @@ pub async fn serve(
             };
         };
         let keep_alive = keep_alive && !shutdown.is_raised();
-        let response = viewer.answer(&request, true);
+        let response = viewer.answer(&request, Sender::Sendfile);
         buffer.advance(head_len);
         let parts = encode_head(response, keep_alive, &mut head);
         match write_response(&stream, &head, &parts, limits.idle_timeout).await {

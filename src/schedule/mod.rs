@@ -92,7 +92,7 @@ pub fn mode_channel(initial: ModeState) -> (watch::Sender<ModeState>, watch::Rec
 
 /// A source of time for the scheduler, injected so the state machine and the daemon can be
 /// driven through a night in a test without waiting.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// The current instant.
     fn now(&self) -> Timestamp;
     /// Resolves at `instant` or earlier (callers re-check the time and sleep again).

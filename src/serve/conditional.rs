@@ -76,13 +76,22 @@ fn parse_tags(header: &str) -> Option<Vec<EntityTag<'_>>> {
     Some(tags)
 }
 
+/// How two entity tags are compared (RFC 9110 section 8.8.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    /// Both tags must be strong and equal (`If-Match`).
+    Strong,
+    /// Equal opaque tags match whether weak or not (`If-None-Match`).
+    Weak,
+}
+
 /// Whether any listed tag matches `etag` (our tags are always strong).
-fn list_matches(header: &str, etag: &str, weak_comparison: bool) -> bool {
+fn list_matches(header: &str, etag: &str, comparison: Comparison) -> bool {
     match parse_tags(header) {
         None => true,
         Some(tags) => tags
             .iter()
-            .any(|tag| tag.opaque == etag && (weak_comparison || !tag.weak)),
+            .any(|tag| tag.opaque == etag && (comparison == Comparison::Weak || !tag.weak)),
     }
 }
 
@@ -101,7 +110,7 @@ pub fn last_modified_time(unix_seconds: i64) -> SystemTime {
 pub fn evaluate(request: &Preconditions<'_>, etag: &str, last_modified: i64) -> Verdict {
     let modified = last_modified_time(last_modified);
     if let Some(if_match) = request.if_match {
-        if !list_matches(if_match, etag, false) {
+        if !list_matches(if_match, etag, Comparison::Strong) {
             return Verdict::PreconditionFailed;
         }
     } else if let Some(since) = request.if_unmodified_since.and_then(http_date) {
@@ -110,7 +119,7 @@ pub fn evaluate(request: &Preconditions<'_>, etag: &str, last_modified: i64) -> 
         }
     }
     if let Some(if_none_match) = request.if_none_match {
-        if list_matches(if_none_match, etag, true) {
+        if list_matches(if_none_match, etag, Comparison::Weak) {
             return Verdict::NotModified;
         }
     } else if let Some(since) = request.if_modified_since.and_then(http_date) {

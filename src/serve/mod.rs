@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::config::{Config, DuringFill};
 use crate::metrics::Metrics;
 use crate::object_path;
-use crate::schedule::{Mode, ModeState};
+use crate::schedule::{Clock, Mode, ModeState, SystemClock};
 use crate::store::{Stores, hex};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
@@ -149,6 +149,9 @@ pub struct Viewer {
     metrics: Metrics,
     access_log: Option<access_log::AccessLog>,
     cache: Arc<cache::RamCache>,
+    /// The scheduler's clock, so `Retry-After` counts to the window's end in the same time
+    /// the scheduler keeps (a test's manual clock included).
+    clock: Arc<dyn Clock>,
     /// `tidecache_requests_total` series for the common answers to GET and HEAD, resolved
     /// once: a label lookup per request costs a lock and a hash.
     common_counters: Vec<(StatusCode, &'static str, prometheus::IntCounter)>,
@@ -176,9 +179,18 @@ impl Source {
     }
 }
 
+/// Who will write an answer's body to the connection, which decides where it is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// hyper streams the body from memory or the file.
+    Hyper,
+    /// The HTTP/1 fast path sends file bodies with `sendfile(2)`.
+    Sendfile,
+}
+
 impl Handler for Viewer {
     async fn handle(&self, request: Request<Incoming>) -> Response<ObjectBody> {
-        let response = self.answer(&request, false);
+        let response = self.answer(&request, Sender::Hyper);
         response.map(|body| body.count_into(self.metrics.response_bytes.clone()))
     }
 }
@@ -201,6 +213,7 @@ impl Viewer {
             metrics,
             access_log: None,
             cache: Arc::new(cache::RamCache::new(0, 0)),
+            clock: Arc::new(SystemClock),
             common_counters: Vec::new(),
         }
         .with_common_counters()
@@ -224,13 +237,13 @@ impl Viewer {
         self
     }
 
-    /// Answers one request, counting it and logging it. With `for_sendfile`, a whole-object
-    /// answer comes from the file even when the object is in the RAM cache, so the caller can
-    /// send it with sendfile instead of copying it from memory.
-    pub fn answer<B>(&self, request: &Request<B>, for_sendfile: bool) -> Response<ObjectBody> {
+    /// Answers one request, counting it and logging it. For [`Sender::Sendfile`], a
+    /// whole-object answer comes from the file even when the object is in the RAM cache, so
+    /// the caller can send it with sendfile instead of copying it from memory.
+    pub fn answer<B>(&self, request: &Request<B>, sender: Sender) -> Response<ObjectBody> {
         let started = Instant::now();
         let arrived = self.access_log.as_ref().map(|_| SystemTime::now());
-        let response = self.respond(request, for_sendfile);
+        let response = self.respond(request, sender);
         let method = match *request.method() {
             Method::GET => "GET",
             Method::HEAD => "HEAD",
@@ -280,6 +293,13 @@ impl Viewer {
         }
     }
 
+    /// Reads the time for `Retry-After` from `clock`, the scheduler's (the system clock by
+    /// default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Viewer {
+        self.clock = clock;
+        self
+    }
+
     /// Keeps hot objects in `cache` (see [`cache::RamCache`]).
     pub fn with_ram_cache(mut self, cache: cache::RamCache) -> Viewer {
         self.cache = Arc::new(cache);
@@ -306,7 +326,7 @@ impl Viewer {
 
     /// Turns one request into a response. Synchronous: lookups and opens do not wait on
     /// anything but the local disk; bytes are streamed later by the body.
-    fn respond<B>(&self, request: &Request<B>, for_sendfile: bool) -> Response<ObjectBody> {
+    fn respond<B>(&self, request: &Request<B>, sender: Sender) -> Response<ObjectBody> {
         let method = request.method();
         if method == Method::OPTIONS {
             return self.options(request.headers());
@@ -336,7 +356,8 @@ impl Viewer {
         };
         // Measured: sendfile wins for small objects (it skips a copy where per-request cost
         // dominates); for large ones, writing a RAM-cached copy was faster on our test box.
-        let prefer_file = for_sendfile && !request.headers().contains_key(header::RANGE);
+        let prefer_file =
+            sender == Sender::Sendfile && !request.headers().contains_key(header::RANGE);
         let source = match self.cache.lookup(&path, &meta) {
             cache::Lookup::Hit(bytes, validators)
                 if !prefer_file || meta.size > SENDFILE_MAX_CACHED =>
@@ -383,11 +404,11 @@ impl Viewer {
                 Source::File(object.file, None)
             }
         };
-        self.object(request, &path, meta, source, for_sendfile)
+        self.object(request, &path, meta, source, sender)
     }
 
     /// The answer for a found object: 200, 206, 304, 412 or 416. A body streamed by hyper
-    /// (not `for_sendfile`) reports a file found shorter than indexed; the sendfile path
+    /// ([`Sender::Hyper`]) reports a file found shorter than indexed; the sendfile path
     /// notices that itself.
     fn object<B>(
         &self,
@@ -395,7 +416,7 @@ impl Viewer {
         path: &str,
         meta: crate::store::ObjectMeta,
         source: Source,
-        for_sendfile: bool,
+        sender: Sender,
     ) -> Response<ObjectBody> {
         let headers = request.headers();
         let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
@@ -477,7 +498,7 @@ impl Viewer {
         let length = body.len();
         if is_head {
             body = ObjectBody::empty();
-        } else if !for_sendfile && matches!(source, Source::File(..)) {
+        } else if sender == Sender::Hyper && matches!(source, Source::File(..)) {
             let stores = Arc::clone(&self.stores);
             let path: Box<str> = path.into();
             body = body.on_short_file(Box::new(move || stores.report_damaged(&path)));
@@ -579,7 +600,7 @@ impl Viewer {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "filling; come back later\n",
                 );
-                let seconds = retry_after_secs(state.serving_resumes_at, Timestamp::now());
+                let seconds = retry_after_secs(state.serving_resumes_at, self.clock.now());
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds));

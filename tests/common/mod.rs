@@ -5,6 +5,7 @@
 
 pub mod origin;
 pub mod process;
+pub mod viewer;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tidecache::config::Config;
 use tidecache::daemon::Daemon;
+use tidecache::schedule::ManualClock;
 use tidecache::store::Stores;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -77,19 +79,32 @@ impl TestBox {
     }
 }
 
-/// A fill window (`"HH:MM-HH:MM"`, UTC) that started a minute ago and ends `minutes` whole
-/// minutes after the current one, and the instant it ends.
-pub fn window_around_now(minutes: i64) -> (String, jiff::Timestamp) {
-    let now = jiff::Timestamp::now();
-    let minute_start = now.as_second() - now.as_second().rem_euclid(60);
-    let start = minute_start - 60;
-    let end = minute_start + minutes * 60;
-    let clock = |second: i64| {
-        let minute_of_day = second.rem_euclid(86_400) / 60;
-        format!("{:02}:{:02}", minute_of_day / 60, minute_of_day % 60)
-    };
-    let ends = jiff::Timestamp::from_second(end).expect("valid instant");
-    (format!("{}-{}", clock(start), clock(end)), ends)
+/// Polls `check` every 10 ms until it holds; fails the test, naming `what`, after
+/// [`IO_TIMEOUT`]. Tests wait on a condition like this instead of sleeping a guess.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {IO_TIMEOUT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of the unlabelled metric `name` in a text exposition, if present.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Waits (bounded) until the daemon's mode satisfies `check`.
@@ -145,6 +160,17 @@ pub fn pattern(length: usize) -> Vec<u8> {
 /// Starts the real daemon.
 pub async fn start(config: &Config) -> Daemon {
     Daemon::start(config).await.expect("daemon starts")
+}
+
+/// Starts the daemon with its scheduler (and `Retry-After`) on a manual clock standing at
+/// `now` (RFC 3339), so window tests never depend on the time of day they run at.
+pub async fn start_at(config: &Config, now: &str) -> (Daemon, Arc<ManualClock>) {
+    let now: jiff::Timestamp = now.parse().expect("an RFC 3339 instant");
+    let clock = Arc::new(ManualClock::new(now));
+    let daemon = Daemon::start_with_clock(config, clock.clone())
+        .await
+        .expect("daemon starts");
+    (daemon, clock)
 }
 
 /// A plain-HTTP viewer URL for `path` (which starts with `/`).

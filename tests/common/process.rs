@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use super::IO_TIMEOUT;
@@ -16,6 +17,23 @@ pub struct Running {
     pub child: Child,
     pub viewer: SocketAddr,
     pub admin: SocketAddr,
+    /// Every log line after the start-up line, as it is written.
+    pub log: Receiver<String>,
+}
+
+impl Running {
+    /// Waits (bounded) for a log line containing `needle`, and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within {IO_TIMEOUT:?}"),
+            }
+        }
+    }
 }
 
 /// Starts `tidecache serve` and reads its JSON start-up line for the bound addresses.
@@ -29,17 +47,22 @@ pub fn spawn_serve(config_file: &std::path::Path) -> Running {
         .spawn()
         .expect("spawn tidecache serve");
     let stderr = child.stderr.take().expect("stderr");
-    let (sender, receiver) = std::sync::mpsc::channel();
+    let (sender, log) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("tidecache started") {
-                let _ = sender.send(line);
-            }
+            let _ = sender.send(line);
         }
     });
-    let line = receiver
-        .recv_timeout(IO_TIMEOUT)
-        .expect("start-up line within the timeout");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = log
+            .recv_timeout(left)
+            .expect("start-up line within the timeout");
+        if line.contains("tidecache started") {
+            break line;
+        }
+    };
     let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
     let fields = &event["fields"];
     let viewer = fields["viewers"]
@@ -57,6 +80,7 @@ pub fn spawn_serve(config_file: &std::path::Path) -> Running {
         child,
         viewer,
         admin,
+        log,
     }
 }
 

@@ -1,0 +1,299 @@
+//! What the box serves from and when: the mode's viewer answers, read-only stores while
+//! serving, the access log, signed URLs and the RAM cache.
+
+mod common;
+
+use common::viewer::*;
+use common::*;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn not_serving_answers_503_with_retry_after_or_redirects() {
+    use tidecache::schedule::{Mode, Override};
+
+    let (_box, daemon, _) = serving_box_at(
+        "[schedule]\nfill_windows = [\"02:00-06:00\"]\ntimezone = \"UTC\"\ndrain = \"0s\"\n",
+        "2026-11-25T05:30:00Z",
+    )
+    .await;
+    let addr = daemon.viewer_addrs[0];
+    wait_for_mode(&daemon, |state| state.mode == Mode::Filling).await;
+    let response = get(addr, &format!("/{SEGMENT_PATH}")).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        header(response.headers(), "retry-after"),
+        "1800",
+        "the half hour left of the window"
+    );
+    daemon.shutdown().await;
+
+    for (during_fill, expected) in [
+        (
+            "during_fill = \"redirect\"\nfallback_url = \"http://origin.example\"",
+            StatusCode::FOUND,
+        ),
+        ("during_fill = \"serve\"", StatusCode::OK),
+        ("during_fill = \"refuse\"", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let (_box, daemon, _) =
+            serving_box(&format!("[schedule]\n{during_fill}\ndrain = \"0s\"\n")).await;
+        daemon.set_override(Override::Fill).await.unwrap();
+        wait_for_mode(&daemon, |state| state.mode == Mode::Filling).await;
+        let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
+        assert_eq!(response.status(), expected, "{during_fill}");
+        match expected {
+            StatusCode::FOUND => assert_eq!(
+                header(response.headers(), "location"),
+                format!("http://origin.example/{SEGMENT_PATH}")
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(
+                header(response.headers(), "retry-after"),
+                "300",
+                "a manual override has no end: the documented fixed value"
+            ),
+            _ => {}
+        }
+        daemon.set_override(Override::Auto).await.unwrap();
+        wait_for_mode(&daemon, |state| state.mode == Mode::Serving).await;
+        let response = get(daemon.viewer_addrs[0], &format!("/{SEGMENT_PATH}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "serving again");
+        daemon.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn serving_writes_nothing_to_the_stores() {
+    let (test_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    let snapshot = || {
+        let mut entries = Vec::new();
+        for number in 0..2 {
+            let mut stack = vec![test_box.store_path(number)];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let entry = entry.unwrap();
+                    let meta = entry.metadata().unwrap();
+                    if meta.is_dir() {
+                        stack.push(entry.path());
+                    } else {
+                        entries.push((entry.path(), meta.len(), meta.modified().unwrap()));
+                    }
+                }
+            }
+        }
+        entries.sort();
+        entries
+    };
+    let before = snapshot();
+    let client = client();
+    for path in [SEGMENT_PATH, "title123/master.m3u8", "missing", "../x"] {
+        let _ = client
+            .get(url(addr, &format!("/{path}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(snapshot(), before);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_access_log_records_each_request_in_combined_or_json_lines() {
+    for format in ["combined", "json"] {
+        let test_box = TestBox::new();
+        let log = test_box.dir.path().join("access.log");
+        let mut config = test_box.config(1, "");
+        config.http.access_log = Some(log.clone());
+        config.http.access_log_format = if format == "json" {
+            tidecache::config::AccessLogFormat::Json
+        } else {
+            tidecache::config::AccessLogFormat::Combined
+        };
+        seed(&config, &[("a.ts", b"segment")]);
+        let daemon = start(&config).await;
+        let addr = daemon.viewer_addrs[0];
+        client()
+            .get(url(addr, "/a.ts?token=1"))
+            .header("user-agent", "test-player/1.0")
+            .send()
+            .await
+            .unwrap();
+        get(addr, "/missing.ts").await;
+        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().count() >= 2 {
+                break text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log written within the timeout"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        if format == "combined" {
+            assert!(lines[0].starts_with("127.0.0.1 - - ["), "{}", lines[0]);
+            assert!(
+                lines[0].contains("\"GET /a.ts?token=1 HTTP/1.1\" 200 7 \"-\" \"test-player/1.0\""),
+                "{}",
+                lines[0]
+            );
+            assert!(
+                lines[1].contains("\"GET /missing.ts HTTP/1.1\" 404"),
+                "{}",
+                lines[1]
+            );
+        } else {
+            let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+            assert_eq!(first["status"], 200);
+            assert_eq!(first["target"], "/a.ts?token=1");
+            assert_eq!(first["user_agent"], "test-player/1.0");
+        }
+        daemon.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn signed_urls_are_required_when_a_key_is_set_and_checked_before_the_disk() {
+    let test_box = TestBox::new();
+    let key_file = test_box.write_file("url.key", b"0123456789abcdef-url-key\n");
+    let mut config = test_box.config(1, "");
+    config.http.url_signing_key_file = Some(key_file.clone());
+    seed(&config, &[("t/a.ts", b"segment")]);
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    let key = b"0123456789abcdef-url-key";
+    let now = jiff::Timestamp::now().as_second();
+    let signed = |path: &str, expires: i64| {
+        format!(
+            "{path}?{}",
+            tidecache::serve::signed::sign(key, path, expires)
+        )
+    };
+    let good = get(addr, &signed("/t/a.ts", now + 60)).await;
+    assert_eq!(good.status(), StatusCode::OK);
+    assert_eq!(&good.bytes().await.unwrap()[..], b"segment");
+    assert_eq!(
+        get(addr, &signed("/t/missing.ts", now + 60)).await.status(),
+        StatusCode::NOT_FOUND,
+        "a valid signature for a missing object is a plain miss"
+    );
+    for bad in [
+        "/t/a.ts".to_owned(),
+        signed("/t/a.ts", now - 1),
+        signed("/t/other.ts", now + 60).replace("/t/other.ts", "/t/a.ts"),
+        format!("/t/a.ts?exp={}&sig={}", now + 60, "0".repeat(64)),
+        "/t/a.ts?exp=soon&sig=zz".to_owned(),
+    ] {
+        assert_eq!(
+            get(addr, &bad).await.status(),
+            StatusCode::FORBIDDEN,
+            "{bad}"
+        );
+    }
+    // Hostile paths are refused without a disk access either way.
+    assert_eq!(
+        get(addr, "/../etc/passwd").await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // The CLI helper makes URLs the box accepts.
+    let output = std::process::Command::new(common::process::BINARY)
+        .args(["sign-url", "/t/a.ts", "--expires", "5m", "--key-file"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let url_path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(url_path.starts_with("/t/a.ts?exp="), "{url_path}");
+    assert_eq!(get(addr, &url_path).await.status(), StatusCode::OK);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn hot_objects_are_served_from_ram_byte_identical_with_ranges() {
+    let (test_box, daemon, segment) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    for _ in 0..3 {
+        let whole = get(addr, &format!("/{SEGMENT_PATH}")).await;
+        assert_eq!(&whole.bytes().await.unwrap()[..], &segment[..]);
+    }
+    eventually("the segment is loaded into RAM", || async {
+        metric_value(&metrics_text(&daemon).await, "tidecache_ram_cache_bytes")
+            .is_some_and(|bytes| bytes >= SEGMENT_LEN as f64)
+    })
+    .await;
+    // With the file gone from disk, only the RAM copy can answer these ranges.
+    let on_disk = (0..2)
+        .map(|store| {
+            test_box
+                .store_path(store)
+                .join("objects")
+                .join(SEGMENT_PATH)
+        })
+        .find(|path| path.exists())
+        .unwrap();
+    std::fs::remove_file(on_disk).unwrap();
+    let ranged = get_range(addr, "bytes=1000-1999").await;
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&ranged.bytes().await.unwrap()[..], &segment[1000..2000]);
+    let multi = get_range(addr, "bytes=0-9,-10").await;
+    let body = multi.bytes().await.unwrap();
+    assert!(body.windows(10).any(|window| window == &segment[..10]));
+    assert!(
+        body.windows(10)
+            .any(|window| window == &segment[SEGMENT_LEN - 10..])
+    );
+
+    // The operator sees it: bytes held, hits (the ranges above at least), the first miss.
+    let metrics = metrics_text(&daemon).await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"))
+    };
+    assert_eq!(value("tidecache_ram_cache_bytes"), SEGMENT_LEN as u64);
+    assert!(value("tidecache_ram_cache_hits_total") >= 2);
+    assert!(value("tidecache_ram_cache_misses_total") >= 1);
+    assert_eq!(
+        value("tidecache_open_files_cached"),
+        1,
+        "whole answers of small objects go by sendfile from the cached open file"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flipped_bit_found_when_loading_into_ram_takes_the_object_out_of_service() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    let data = pattern(50_000);
+    seed(&config, &[("flip.ts", &data), ("fine.ts", &data[..40_000])]);
+    let file = test_box.store_path(0).join("objects/flip.ts");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[12_345] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    let _first = get(addr, "/flip.ts").await;
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while get(addr, "/flip.ts").await.status() != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "taken out of service"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(addr, "/fine.ts").await.status(), StatusCode::OK);
+    let metrics = metrics_text(&daemon).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("tidecache_store_errors_total") && line.ends_with(" 1")),
+        "{metrics}"
+    );
+    daemon.shutdown().await;
+}
