@@ -3,7 +3,7 @@
 //! What lives where:
 //! - this file: [`Daemon`] (start in named steps, reload, shutdown) and [`run`], the
 //!   signal loop of `tidecache serve`.
-//! - [`settings`]: each module's settings from the configuration, and the files it names.
+//! - `settings`: each module's settings from the configuration, and the files it names.
 
 mod settings;
 

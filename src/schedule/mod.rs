@@ -1,7 +1,7 @@
 //! The box's mode, its fill windows, and the scheduler that switches between them.
 //!
 //! What lives where:
-//! - [`window`]: `"HH:MM-HH:MM"` windows and where an instant stands against them in a real
+//! - `window`: `"HH:MM-HH:MM"` windows and where an instant stands against them in a real
 //!   time zone (daylight-saving edges defined there).
 //! - [`machine`]: the mode state machine as a pure function of phase, time, override and
 //!   windows.

@@ -1,10 +1,16 @@
-//! The viewer data plane: `GET` and `HEAD` of stored objects, as CONTRACT section 4 says.
+//! What a viewer request gets: `GET` and `HEAD` of stored objects, as CONTRACT section 4
+//! says. The connection itself (HTTP/1.1, HTTP/2, TLS, sendfile) is [`crate::http`]'s, one
+//! floor up; it asks this room through [`handler::Handler`] and [`Viewer::answer`].
 //!
 //! What lives where:
+//! - [`handler`]: the seam the transport and admin answer through.
 //! - [`range`]: the `Range` header, with coalescing and the amplification limits.
 //! - [`conditional`]: `If-*` preconditions in RFC 9110 order.
 //! - [`body`]: response bodies streamed from files (and memory).
-//! - this file: the [`Viewer`] handler that turns a request into a response.
+//! - [`cache`]: the RAM cache of hot, verified objects.
+//! - [`signed`]: signed viewer URLs.
+//! - [`access_log`]: the access log's background writer.
+//! - this file: the [`Viewer`] that turns a request into a response.
 //!
 //! The viewer never writes to a store; it only looks up the index and reads files.
 
