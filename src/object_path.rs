@@ -75,7 +75,9 @@ fn check_segments(path: &str) -> Result<(), PathError> {
 ///
 /// Percent-decodes exactly once (so `%2e%2e` is `..` and refused, while `%252e` stays the
 /// literal name `%2e`), merges repeated slashes as nginx does (players that join a base URL
-/// with a leading-slash path send `//`), and applies every rule of [`validate`].
+/// with a leading-slash path send `//`), and applies every rule of [`validate`]. A trailing
+/// slash is kept: `/t/x.ts/` names a directory, not the object `t/x.ts` (CONTRACT section
+/// 4), and since no stored path ends with one, it is a miss.
 pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
     if uri_path.len() > MAX_PATH_BYTES * 3 + 1 {
         return Err(PathError::TooLong);
@@ -86,7 +88,7 @@ pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
     let decoded = percent_decode_str(uri_path)
         .decode_utf8()
         .map_err(|_| PathError::NotUtf8)?;
-    let needs_merge = |text: &str| text.contains("//") || text.ends_with('/');
+    let needs_merge = |text: &str| text.contains("//");
     let path: Cow<'_, str> = match decoded {
         // The common case, `/title/seg.ts` with no escapes: a borrowed slice, no allocation.
         Cow::Borrowed(text) if !needs_merge(text) => {
@@ -97,7 +99,11 @@ pub fn from_request(uri_path: &str) -> Result<Cow<'_, str>, PathError> {
                 .split('/')
                 .filter(|segment| !segment.is_empty())
                 .collect();
-            Cow::Owned(merged.join("/"))
+            let mut merged = merged.join("/");
+            if decoded.ends_with('/') && !merged.is_empty() {
+                merged.push('/');
+            }
+            Cow::Owned(merged)
         }
     };
     if path.len() > MAX_PATH_BYTES {
@@ -135,6 +141,16 @@ mod tests {
         );
         assert_eq!(from_request("//title//seg.ts").unwrap(), "title/seg.ts");
         assert_eq!(from_request("/").unwrap(), "");
+    }
+
+    #[test]
+    fn a_trailing_slash_is_kept_so_it_never_names_an_object() {
+        assert_eq!(from_request("/t/x.ts/").unwrap(), "t/x.ts/");
+        assert_eq!(from_request("//t//x.ts//").unwrap(), "t/x.ts/");
+        assert!(
+            validate("t/x.ts/").is_err(),
+            "no stored path ends with a slash"
+        );
     }
 
     #[test]

@@ -580,6 +580,12 @@ async fn attempt_object(
     let offset = writer.written();
     let mut counted = offset;
     let resumed_from_partial = offset > 0;
+    if resumed_from_partial && offset == object.size {
+        // A crash or a window's end came after the last byte was written but before the
+        // rename: the partial is whole, and asking the origin for `bytes=SIZE-` would only
+        // get a 416. Verify and publish it as it is.
+        return finish(writer, true, counted).await;
+    }
     let mut download = match context.fetcher.open(&object.source, offset).await {
         Ok(download) => download,
         Err(err) => {
@@ -657,6 +663,16 @@ async fn attempt_object(
         }
     }
     let writer = flush(writer, batch).await.map_err(|end| (end, counted))?;
+    finish(writer, resumed, counted).await
+}
+
+/// Verifies and publishes a written object on a blocking thread; returns its size, or how
+/// the attempt ended and the bytes it had counted.
+async fn finish(
+    writer: ObjectWriter,
+    resumed: bool,
+    counted: u64,
+) -> Result<u64, (AttemptEnd, u64)> {
     let store = writer.store();
     match tokio::task::spawn_blocking(move || writer.finish()).await {
         Ok(Ok(meta)) => Ok(meta.size),

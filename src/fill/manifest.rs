@@ -154,11 +154,35 @@ pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             source,
         });
     }
+    check_no_directory_prefix(&objects, &seen)?;
     Ok(Manifest {
         id: raw.id,
         objects,
         total_bytes,
     })
+}
+
+/// Refuses a manifest where one path is a directory of another (`t/a.ts` and `t/a.ts/c.ts`):
+/// no file system can hold a file and a directory under one name (CONTRACT section 3).
+fn check_no_directory_prefix(
+    objects: &[ManifestObject],
+    paths: &HashSet<String>,
+) -> Result<(), ManifestError> {
+    for (number, object) in objects.iter().enumerate() {
+        let directories = object
+            .path
+            .match_indices('/')
+            .map(|(slash, _)| &object.path[..slash]);
+        for directory in directories {
+            if paths.contains(directory) {
+                return Err(ManifestError::Invalid(format!(
+                    "objects[{number}] ({:?}): path: {directory:?} is also an object; a path cannot be both an object and a directory of others",
+                    object.path
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `base_url` + the percent-encoded path, with exactly one `/` between them.
@@ -271,6 +295,14 @@ mod tests {
             (
                 format!("{}, {}", object("a.ts"), object("a.ts")),
                 "objects[1] (\"a.ts\"): path: duplicate",
+            ),
+            (
+                format!("{}, {}", object("t/a.ts"), object("t/a.ts/c.ts")),
+                "objects[1] (\"t/a.ts/c.ts\"): path: \"t/a.ts\" is also an object",
+            ),
+            (
+                format!("{}, {}", object("t/a.ts/c.ts"), object("t/a.ts")),
+                "objects[0] (\"t/a.ts/c.ts\"): path: \"t/a.ts\" is also an object",
             ),
             (object("a.ts").replace(SHA, "abc"), "sha256"),
             (object("a.ts").replace(SHA, &"g".repeat(64)), "sha256"),

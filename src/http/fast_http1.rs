@@ -80,7 +80,7 @@ pub async fn serve(
                     // The file ended before its indexed size: changed behind our back while
                     // open. This answer is cut (the client sees the short body); the next
                     // is a miss and the next fill fetches the object again.
-                    viewer.report_short_file(request.uri().path());
+                    viewer.report_short_file(request.uri().path(), header_value(&head, b"etag"));
                 }
                 return FastPathEnd::Closed;
             }
@@ -221,6 +221,18 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     body.into_parts()
+}
+
+/// The value of header `name` (lower case, as `encode_head` writes names) in an encoded
+/// response head; empty when absent.
+fn header_value<'a>(head: &'a [u8], name: &[u8]) -> &'a [u8] {
+    head.split(|&byte| byte == b'\n')
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(b": ")
+                .map(|value| value.strip_suffix(b"\r").unwrap_or(value))
+        })
+        .unwrap_or_default()
 }
 
 /// Slices one `sendmsg` takes at most; longer runs (many-range answers) take several.

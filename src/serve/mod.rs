@@ -39,7 +39,7 @@ use crate::config::{Config, DuringFill};
 use crate::metrics::Metrics;
 use crate::object_path;
 use crate::schedule::{Clock, Mode, ModeState, SystemClock};
-use crate::store::{Stores, hex};
+use crate::store::{StoreError, Stores, hex};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
 use handler::Handler;
@@ -50,7 +50,7 @@ const SENDFILE_MAX_CACHED: u64 = 256 * 1024;
 
 /// Headers a viewer answer carries at most (Server, CORS, validators, Cache-Control,
 /// Accept-Ranges, Content-Type/Length/Range, Retry-After or Location).
-const RESPONSE_HEADERS: usize = 12;
+const RESPONSE_HEADERS: usize = 13;
 
 /// `Retry-After` when serving is paused with no known end (a manual override), in seconds.
 pub const RETRY_AFTER_UNKNOWN_SECS: u64 = 300;
@@ -60,6 +60,8 @@ const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
 /// Request headers browser players send that preflight must allow.
 const CORS_ALLOWED_HEADERS: &str =
     "Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range";
+/// `Timing-Allow-Origin` (W3C Resource Timing), sent with the CORS origin's value.
+const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static("timing-allow-origin");
 /// Response headers a browser player must be able to read (beyond the CORS safelist).
 const CORS_EXPOSED_HEADERS: &str =
     "Accept-Ranges, Content-Length, Content-Range, ETag, Retry-After";
@@ -265,11 +267,18 @@ impl Viewer {
         response
     }
 
-    /// Takes the object behind `uri_path` out of service because its file ended before its
-    /// indexed size while being sent (truncated behind tidecache's back).
-    pub fn report_short_file(&self, uri_path: &str) {
-        if let Ok(path) = object_path::from_request(uri_path) {
-            self.stores.report_damaged(&path);
+    /// Takes the version of the object behind `uri_path` whose answer carried `etag` out of
+    /// service because its file ended before its indexed size while being sent (truncated
+    /// behind tidecache's back). A version published since is left alone.
+    pub fn report_short_file(&self, uri_path: &str, etag: &[u8]) {
+        let sha256 = etag
+            .strip_prefix(b"\"")
+            .and_then(|rest| rest.strip_suffix(b"\""))
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(crate::store::unhex)
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+        if let (Ok(path), Some(sha256)) = (object_path::from_request(uri_path), sha256) {
+            self.stores.report_damaged(&path, &sha256);
         }
     }
 
@@ -357,60 +366,92 @@ impl Viewer {
             Ok(path) => path,
             Err(err) => return self.text(StatusCode::BAD_REQUEST, &format!("bad path: {err}\n")),
         };
-        let Some(meta) = self.stores.lookup(&path) else {
-            return self.miss(request);
-        };
         // Measured: sendfile wins for small objects (it skips a copy where per-request cost
         // dominates); for large ones, writing a RAM-cached copy was faster on our test box.
         let prefer_file =
             sender == Sender::Sendfile && !request.headers().contains_key(header::RANGE);
-        let source = match self.cache.lookup(&path, &meta) {
-            cache::Lookup::Hit(bytes, validators)
-                if !prefer_file || meta.size > SENDFILE_MAX_CACHED =>
-            {
-                Source::Memory(bytes, validators)
-            }
-            // A verified, cached object the caller will sendfile: the file, whose bytes the
-            // cache checked when it loaded them.
-            cache::Lookup::Hit(_, validators) => match self.stores.open(&path, meta) {
-                Ok(object) => Source::File(object.file, Some(validators)),
+        let mut replaced_meanwhile = 0;
+        let (meta, source) = loop {
+            let Some(meta) = self.stores.lookup(&path) else {
+                return self.miss(request);
+            };
+            match self.source(&path, meta, prefer_file) {
+                Ok(source) => break (meta, source),
+                // A fill replaced it between the lookup and the open: look again.
+                Err(StoreError::Changed { .. }) if replaced_meanwhile < 3 => {
+                    replaced_meanwhile += 1;
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
                     return self.miss(request);
                 }
-            },
-            cache::Lookup::Miss { load } => {
-                let object = match self.stores.open(&path, meta) {
-                    Ok(object) => object,
-                    Err(err) => {
-                        if load {
-                            self.cache.insert(&path, &meta, None);
-                        }
-                        tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
-                        return self.miss(request);
-                    }
-                };
-                if load {
-                    let (cache, stores, file, path) = (
-                        Arc::clone(&self.cache),
-                        Arc::clone(&self.stores),
-                        Arc::clone(&object.file),
-                        path.to_string(),
-                    );
-                    tokio::task::spawn_blocking(move || match cache::load_verified(&file, &meta) {
-                        Ok(bytes) => cache.insert(&path, &meta, Some(bytes)),
-                        Err(failure) => {
-                            cache.insert(&path, &meta, None);
-                            if failure == cache::LoadError::Mismatch {
-                                stores.report_damaged(&path);
-                            }
-                        }
-                    });
-                }
-                Source::File(object.file, None)
             }
         };
         self.object(request, &path, meta, source, sender)
+    }
+
+    /// Where the bytes of the object `meta` describes come from: the RAM cache, or its
+    /// file (opened, and a RAM-cache load started when the cache wants it). `prefer_file`:
+    /// small cached objects are sent from their file too (sendfile beats a copy for them).
+    fn source(
+        &self,
+        path: &str,
+        meta: crate::store::ObjectMeta,
+        prefer_file: bool,
+    ) -> Result<Source, StoreError> {
+        match self.cache.lookup(path, &meta) {
+            cache::Lookup::Hit(bytes, validators)
+                if !prefer_file || meta.size > SENDFILE_MAX_CACHED =>
+            {
+                Ok(Source::Memory(bytes, validators))
+            }
+            // A verified, cached object the caller will sendfile: the file, whose bytes the
+            // cache checked when it loaded them.
+            cache::Lookup::Hit(_, validators) => {
+                let object = self.stores.open(path, meta)?;
+                Ok(Source::File(object.file, Some(validators)))
+            }
+            cache::Lookup::Miss { load } => {
+                let object = match self.stores.open(path, meta) {
+                    Ok(object) => object,
+                    Err(err) => {
+                        if load && !matches!(err, StoreError::Changed { .. }) {
+                            self.cache.insert(path, &meta, None);
+                        }
+                        return Err(err);
+                    }
+                };
+                if load {
+                    self.load_into_cache(path, meta, &object.file);
+                }
+                Ok(Source::File(object.file, None))
+            }
+        }
+    }
+
+    /// Reads and verifies an object into the RAM cache on a blocking thread; a mismatch
+    /// takes that version out of service.
+    fn load_into_cache(
+        &self,
+        path: &str,
+        meta: crate::store::ObjectMeta,
+        file: &Arc<std::fs::File>,
+    ) {
+        let (cache, stores, file, path) = (
+            Arc::clone(&self.cache),
+            Arc::clone(&self.stores),
+            Arc::clone(file),
+            path.to_string(),
+        );
+        tokio::task::spawn_blocking(move || match cache::load_verified(&file, &meta) {
+            Ok(bytes) => cache.insert(&path, &meta, Some(bytes)),
+            Err(failure) => {
+                cache.insert(&path, &meta, None);
+                if failure == cache::LoadError::Mismatch {
+                    stores.report_damaged(&path, &meta.sha256);
+                }
+            }
+        });
     }
 
     /// The answer for a found object: 200, 206, 304, 412 or 416. A body streamed by hyper
@@ -507,7 +548,8 @@ impl Viewer {
         } else if sender == Sender::Hyper && matches!(source, Source::File(..)) {
             let stores = Arc::clone(&self.stores);
             let path: Box<str> = path.into();
-            body = body.on_short_file(Box::new(move || stores.report_damaged(&path)));
+            let sha256 = meta.sha256;
+            body = body.on_short_file(Box::new(move || stores.report_damaged(&path, &sha256)));
         }
         let mut response = self.with_common(Response::new(body));
         *response.status_mut() = status;
@@ -546,6 +588,9 @@ impl Viewer {
         headers.insert(header::SERVER, HeaderValue::from_static("tidecache"));
         if let Some(origin) = &self.settings.load().cors_origin {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            // Resource Timing: without it a browser player (hls.js) sees no timings and no
+            // protocol for cross-origin segments, so it cannot estimate bandwidth well.
+            headers.insert(TIMING_ALLOW_ORIGIN, origin.clone());
             headers.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static(CORS_EXPOSED_HEADERS),

@@ -101,6 +101,16 @@ pub fn parse(header: &str, length: u64) -> RangeRequest {
     if specs.len() > MAX_RANGES {
         return RangeRequest::Whole;
     }
+    if length == 0
+        && specs
+            .iter()
+            .any(|spec| matches!(spec, Spec::Suffix(count) if *count > 0))
+    {
+        // RFC 9110 section 14.1.1: on a zero-length representation a suffix range with a
+        // non-zero length is the one satisfiable form; what it selects is the whole (empty)
+        // representation, which only a 200 can carry.
+        return RangeRequest::Whole;
+    }
     let mut ranges: Vec<ByteRange> = specs
         .iter()
         .filter_map(|spec| match *spec {
@@ -189,6 +199,12 @@ mod tests {
         assert_eq!(parse("bytes=1000-", 1000), RangeRequest::Unsatisfiable);
         assert_eq!(parse("bytes=-0", 1000), RangeRequest::Unsatisfiable);
         assert_eq!(parse("bytes=0-", 0), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse("bytes=-5", 0),
+            RangeRequest::Whole,
+            "RFC 9110 14.1.1: a non-zero suffix is satisfiable on an empty object"
+        );
+        assert_eq!(parse("bytes=-0", 0), RangeRequest::Unsatisfiable);
         assert_eq!(
             parse("bytes=2000-3000,1000-1500", 1000),
             RangeRequest::Unsatisfiable

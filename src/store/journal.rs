@@ -10,10 +10,14 @@
 //!         put only: u64 size | [u8; 32] sha256 | i64 filled_at (Unix seconds)
 //! ```
 //!
-//! A crash can only tear the last record: replay stops at the first record that is short or
-//! fails its checksum, and the writer truncates that tail before appending. Compaction writes
-//! the live entries to `journal.tmp`, fsyncs it, renames it over `journal` and fsyncs the
-//! directory, so a crash leaves either the old journal or the new one.
+//! A crash can only tear the last record: replay skips what is short or fails its checksum,
+//! and the writer truncates a torn tail (bytes after the last valid record) before appending.
+//! A record damaged in the middle (a flipped bit on disk) costs only that record: replay
+//! finds the next valid record after it and goes on, and nothing after it is cut. The writer
+//! knows where valid records end after every append, so a failed append is cut off at the
+//! next one instead of being followed by records that replay would never reach. Compaction
+//! writes the live entries to `journal.tmp`, fsyncs it, renames it over `journal` and fsyncs
+//! the directory, so a crash leaves either the old journal or the new one.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -52,10 +56,12 @@ pub enum Record {
 pub struct Replay {
     /// Live entries by path.
     pub entries: HashMap<String, JournalEntry>,
-    /// Bytes of the file that hold valid records; anything after is a torn tail.
+    /// Where the last valid record ends; anything after is a torn tail.
     pub valid_len: u64,
     /// Whether a torn or corrupt tail was found after `valid_len`.
     pub torn_tail: bool,
+    /// Damaged stretches skipped between valid records (each lost one or more records).
+    pub corrupt_regions: u64,
 }
 
 /// Reads a whole journal. A missing file is an empty index.
@@ -90,33 +96,50 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
     // A put record of a typical path is about 90 bytes: size the map once.
     replay.entries.reserve(bytes.len() / 96);
     while offset < bytes.len() {
-        match decode_record(&bytes[offset..]) {
-            Some((record, used)) => {
-                match record {
-                    Record::Put(path, entry) => {
-                        replay.entries.insert(path, entry);
-                    }
-                    Record::Remove(path) => {
-                        replay.entries.remove(&path);
-                    }
-                }
-                offset += used;
-                replay.valid_len = offset as u64;
+        let decoded = decode_record(&bytes[offset..]).or_else(|| {
+            // Not a valid record here: a torn tail, or damage in the middle. Look for the
+            // next valid record; finding none means the rest is a tail.
+            let next = (offset + 1..bytes.len())
+                .find_map(|at| decode_record(&bytes[at..]).map(|found| (at, found)))?;
+            replay.corrupt_regions += 1;
+            offset = next.0;
+            Some(next.1)
+        });
+        let Some((record, used)) = decoded else {
+            replay.torn_tail = true;
+            break;
+        };
+        match record {
+            Record::Put(path, entry) => {
+                replay.entries.insert(path, entry);
             }
-            None => {
-                replay.torn_tail = true;
-                break;
+            Record::Remove(path) => {
+                replay.entries.remove(&path);
             }
         }
+        offset += used;
+        replay.valid_len = offset as u64;
     }
     Ok(replay)
 }
 
-/// Decodes one framed record, or `None` if it is short, oversized or fails its checksum.
+/// Decodes one framed record, or `None` if it is short, oversized, malformed or fails its
+/// checksum. The frame's shape is checked before the checksum is computed, so scanning
+/// damaged bytes for the next record costs a few comparisons per byte.
 fn decode_record(bytes: &[u8]) -> Option<(Record, usize)> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     if len > MAX_PAYLOAD {
+        return None;
+    }
+    let kind = *bytes.get(8)?;
+    let path_len = u16::from_le_bytes(bytes.get(9..11)?.try_into().ok()?) as u32;
+    let shaped = match kind {
+        KIND_PUT => len == 3 + path_len + 48,
+        KIND_REMOVE => len == 3 + path_len,
+        _ => false,
+    };
+    if !shaped {
         return None;
     }
     let payload = bytes.get(8..8 + len as usize)?;
@@ -168,10 +191,15 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 #[derive(Debug)]
 pub struct JournalWriter {
     file: File,
+    /// Where the last durable, valid record ends.
+    valid_len: u64,
 }
 
 impl JournalWriter {
-    /// Opens `path` for appending, first cutting any torn tail at `valid_len`.
+    /// Opens `path` for appending after its first `valid_len` bytes of valid records,
+    /// cutting whatever follows (a torn tail, or what a failed append left). A journal with
+    /// no valid header yet (`valid_len` short of it: a new store, or one whose first write
+    /// failed) is started afresh with the header, made durable with its directory entry.
     pub fn open(path: &Path, valid_len: u64) -> io::Result<JournalWriter> {
         let mut file = OpenOptions::new()
             .create(true)
@@ -179,32 +207,101 @@ impl JournalWriter {
             .append(true)
             .open(path)?;
         let len = file.metadata()?.len();
-        if len == 0 {
+        if valid_len < MAGIC.len() as u64 {
+            file.set_len(0)?;
             file.write_all(MAGIC)?;
-        } else if len > valid_len {
-            file.set_len(valid_len)?;
+            file.sync_all()?;
+            if let Some(dir) = path.parent() {
+                super::fsync_dir(dir)?;
+            }
+            return Ok(JournalWriter {
+                file,
+                valid_len: MAGIC.len() as u64,
+            });
         }
-        Ok(JournalWriter { file })
+        if len < valid_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is {len} bytes, shorter than the {valid_len} bytes of records it held (changed behind tidecache's back)",
+                    path.display()
+                ),
+            ));
+        }
+        if len > valid_len {
+            file.set_len(valid_len)?;
+            file.sync_data()?;
+        }
+        Ok(JournalWriter { file, valid_len })
     }
 
-    /// Appends records and makes them durable before returning.
+    /// Appends records and makes them durable before returning. On failure the file may
+    /// hold part of them after [`JournalWriter::valid_len`]; the caller drops this writer and
+    /// the next [`JournalWriter::open`] cuts them.
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
         let mut bytes = Vec::with_capacity(records.len() * 96);
         for record in records {
             encode_record(record, &mut bytes);
         }
         self.file.write_all(&bytes)?;
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.valid_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Where the last durable, valid record ends.
+    pub fn valid_len(&self) -> u64 {
+        self.valid_len
     }
 }
 
-/// Rewrites a journal to hold exactly `entries`, atomically (temp file, fsync, rename, fsync dir).
+/// A compaction that failed, and whether the new journal had already replaced the old one.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct CompactError {
+    /// When the rename happened (only the directory fsync failed): the new journal's valid
+    /// length, which is now the file's. `None`: the old journal is still in place.
+    pub renamed_len: Option<u64>,
+    /// What failed.
+    pub source: io::Error,
+}
+
+/// Rewrites a journal to hold exactly `entries`, atomically (temp file, fsync, rename, fsync
+/// dir). Returns the new journal's length.
 pub fn compact<'a>(
     path: &Path,
     entries: impl IntoIterator<Item = (&'a str, &'a JournalEntry)>,
-) -> io::Result<u64> {
+) -> Result<u64, CompactError> {
     let temp: PathBuf = path.with_extension("tmp");
-    let file = File::create(&temp)?;
+    let written = write_compacted(&temp, entries).map_err(|source| {
+        let _ = std::fs::remove_file(&temp);
+        CompactError {
+            renamed_len: None,
+            source,
+        }
+    })?;
+    std::fs::rename(&temp, path).map_err(|source| {
+        let _ = std::fs::remove_file(&temp);
+        CompactError {
+            renamed_len: None,
+            source,
+        }
+    })?;
+    if let Some(dir) = path.parent() {
+        super::fsync_dir(dir).map_err(|source| CompactError {
+            renamed_len: Some(written),
+            source,
+        })?;
+    }
+    Ok(written)
+}
+
+/// Writes `entries` as a whole journal to `temp` and makes it durable; returns its length.
+fn write_compacted<'a>(
+    temp: &Path,
+    entries: impl IntoIterator<Item = (&'a str, &'a JournalEntry)>,
+) -> io::Result<u64> {
+    let file = File::create(temp)?;
     let mut out = BufWriter::new(file);
     out.write_all(MAGIC)?;
     let mut buffer = Vec::with_capacity(128);
@@ -217,10 +314,6 @@ pub fn compact<'a>(
     }
     let file = out.into_inner().map_err(|err| err.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        super::fsync_dir(dir)?;
-    }
     Ok(written)
 }
 

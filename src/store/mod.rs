@@ -94,6 +94,12 @@ pub enum StoreError {
         /// Its size.
         size: u64,
     },
+    /// A fill replaced or removed the object while it was being opened; look it up again.
+    #[error("{path}: replaced while being opened")]
+    Changed {
+        /// Object path.
+        path: String,
+    },
     /// The stored file does not match the index (deleted or truncated behind our back).
     #[error("store {store}: {path}: file does not match the index ({detail})")]
     Damaged {
@@ -252,14 +258,47 @@ impl Store {
                 .map_err(|err| self.io_error("open index/journal", err))?;
             state.writer = Some(writer);
         }
-        let result = match state.writer.as_mut() {
-            Some(writer) => writer.append(records),
-            None => Ok(()),
+        let Some(writer) = state.writer.as_mut() else {
+            return Ok(());
         };
-        result.map_err(|err| {
-            state.writer = None;
-            self.io_error("append index/journal", err)
-        })
+        match writer.append(records) {
+            Ok(()) => {
+                state.valid_len = writer.valid_len();
+                Ok(())
+            }
+            Err(err) => {
+                // What was half written lies after `valid_len`; the next open cuts it.
+                state.writer = None;
+                Err(self.io_error("append index/journal", err))
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Rewrites this store's journal to hold exactly `entries`, keeping the known valid
+    /// length right whether or not the new journal replaced the old one.
+    fn compact_journal(&self, entries: &[(&str, JournalEntry)]) -> Result<(), StoreError> {
+        let mut state = self
+            .journal
+            .lock()
+            .map_err(|_| self.io_error("journal", io::Error::other("journal lock poisoned")))?;
+        state.writer = None;
+        match journal::compact(
+            &self.journal_path(),
+            entries.iter().map(|(path, entry)| (*path, entry)),
+        ) {
+            Ok(written) => {
+                state.valid_len = written;
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(written) = err.renamed_len {
+                    state.valid_len = written;
+                }
+                Err(self.io_error("compact index/journal", err.source))
+            }
+        }
     }
 }
 
@@ -421,16 +460,28 @@ impl Stores {
         Some(meta)
     }
 
-    /// Takes an object out of service because its bytes on disk are not what the index
-    /// says (found when loading it into the RAM cache): it is a miss from now on, and the
-    /// next fill fetches it again. Nothing is written to the store.
-    pub fn report_damaged(&self, path: &str) {
-        if let Some(meta) = self.lookup(path) {
-            self.stores[meta.store]
-                .errors
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    /// Takes the version of an object whose sha256 is `sha256` out of service because its
+    /// bytes on disk are not what the index says (found loading it into the RAM cache, or
+    /// ending early while sent): it is a miss from now on, and the next fill fetches it
+    /// again. A newer version published meanwhile is left alone. Nothing is written.
+    pub fn report_damaged(&self, path: &str, sha256: &[u8; 32]) {
+        let Some(meta) = self.lookup(path).filter(|meta| &meta.sha256 == sha256) else {
+            return;
+        };
+        self.stores[meta.store]
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
         self.note_damaged(path);
+    }
+
+    /// Whether the index still holds exactly `meta` for `path`: checked after opening a
+    /// file, because a replacement takes the old version out of the index before it renames
+    /// the new file over the old name. A file opened while the index still says `meta` is
+    /// that version's.
+    fn still_indexed(&self, path: &str, meta: &ObjectMeta) -> bool {
+        self.index
+            .read()
+            .is_ok_and(|index| index.get(path) == Some(meta))
     }
 
     /// Opens a looked-up object and checks its size against the index, so a file truncated
@@ -440,9 +491,13 @@ impl Stores {
             return Ok(OpenObject { file, meta });
         }
         let store = &self.stores[meta.store];
+        let changed = || StoreError::Changed {
+            path: path.to_owned(),
+        };
         let file_path = store.object_file(path);
         let file = match File::open(&file_path) {
             Ok(file) => file,
+            Err(_) if !self.still_indexed(path, &meta) => return Err(changed()),
             Err(err) => {
                 self.judge_open_failure(meta.store, path, &err);
                 return Err(store.io_error(format!("open objects/{path}"), err));
@@ -455,6 +510,10 @@ impl Stores {
                 return Err(store.io_error(format!("stat objects/{path}"), err));
             }
         };
+        // After the open: a replacement that began before it has taken `meta` out.
+        if !self.still_indexed(path, &meta) {
+            return Err(changed());
+        }
         if len != meta.size {
             store.errors.fetch_add(1, Ordering::Relaxed);
             self.note_damaged(path);
@@ -658,12 +717,42 @@ impl Stores {
             })
     }
 
-    /// Records a verified, durable object in its store's journal and in the index, removing
-    /// an older copy that lived on another store.
-    fn publish(&self, path: &str, meta: ObjectMeta) -> Result<(), StoreError> {
+    /// Puts a verified, fsynced temp file in place as the object `meta` describes: the only
+    /// way a file reaches `objects/`. The order is what keeps a response's bytes matching its
+    /// ETag across crashes and concurrent reads:
+    ///
+    /// 1. A previous version in the same store is retired first (journal `Remove`, made
+    ///    durable, then out of the index), because the rename is about to put other bytes
+    ///    under its name. A crash from here on leaves the object a miss, never the new bytes
+    ///    under the old entry; a request that looked it up earlier notices the change after
+    ///    its open ([`Stores::open`]) and looks again.
+    /// 2. The temp file is renamed to `objects/<path>` and the directory fsynced.
+    /// 3. The journal records the new version (durable), then the index serves it.
+    /// 4. A previous version on another store is removed there.
+    ///
+    /// A crash between 2 and 3 leaves an unindexed file at the object's name, which the next
+    /// fill replaces with the same rename.
+    fn publish(&self, path: &str, temp: &Path, meta: ObjectMeta) -> Result<(), StoreError> {
         let store = &self.stores[meta.store];
+        let previous = self
+            .index
+            .read()
+            .ok()
+            .and_then(|index| index.get(path).copied());
+        if previous.is_some_and(|previous| previous.store == meta.store) {
+            self.forget(path)?;
+        }
+        let final_path = store.object_file(path);
+        std::fs::rename(temp, &final_path)
+            .map_err(|err| store.io_error(format!("rename to {}", final_path.display()), err))?;
+        let parent = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| store.objects_dir());
+        fsync_dir(&parent)
+            .map_err(|err| store.io_error(format!("fsync {}", parent.display()), err))?;
         store.append_journal(&[Record::Put(path.to_owned(), meta.journal_entry())])?;
-        let previous = match self.index.write() {
+        let replaced = match self.index.write() {
             Ok(mut index) => index.insert(path.into(), meta),
             Err(_) => None,
         };
@@ -673,21 +762,28 @@ impl Stores {
         self.uncache_file(path);
         store.objects.fetch_add(1, Ordering::Relaxed);
         store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
-        if let Some(previous) = previous {
-            let old = &self.stores[previous.store];
-            old.objects.fetch_sub(1, Ordering::Relaxed);
-            old.bytes_used.fetch_sub(previous.size, Ordering::Relaxed);
-            if previous.store != meta.store && !old.failed.load(Ordering::Relaxed) {
-                if let Err(err) = old.append_journal(&[Record::Remove(path.to_owned())]) {
-                    tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not record the move away from this store");
-                }
-                if let Err(err) = std::fs::remove_file(old.object_file(path)) {
-                    tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not remove the replaced copy");
-                }
-            }
+        if let Some(previous) = replaced {
+            self.retire_elsewhere(path, previous);
         }
         self.clear_damaged(path);
         Ok(())
+    }
+
+    /// The bookkeeping and file removal of a previous version on another store, after the
+    /// new one is published (failures are logged: the journals' newer entry wins at start).
+    fn retire_elsewhere(&self, path: &str, previous: ObjectMeta) {
+        let old = &self.stores[previous.store];
+        old.objects.fetch_sub(1, Ordering::Relaxed);
+        old.bytes_used.fetch_sub(previous.size, Ordering::Relaxed);
+        if old.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(err) = old.append_journal(&[Record::Remove(path.to_owned())]) {
+            tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not record the move away from this store");
+        }
+        if let Err(err) = std::fs::remove_file(old.object_file(path)) {
+            tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not remove the replaced copy");
+        }
     }
 
     /// Removes an object from the index, its journal and its disk (a fill delete).
@@ -739,13 +835,16 @@ impl Stores {
         }
     }
 
-    /// Rewrites every healthy store's journal to hold only its live entries.
+    /// Rewrites every healthy store's journal to hold only its live entries. A store whose
+    /// compaction fails keeps its journal (still complete) and the others are compacted all
+    /// the same; the first failure is returned.
     pub fn compact_journals(&self) -> Result<(), StoreError> {
         let index = self.index.read().map_err(|_| StoreError::Io {
             store: PathBuf::new(),
             action: "compact".to_owned(),
             source: io::Error::other("index lock poisoned"),
         })?;
+        let mut first_failure = None;
         for (number, store) in self.stores.iter().enumerate() {
             if store.failed.load(Ordering::Relaxed) {
                 continue;
@@ -755,18 +854,12 @@ impl Stores {
                 .filter(|(_, meta)| meta.store == number)
                 .map(|(path, meta)| (&**path, meta.journal_entry()))
                 .collect();
-            let mut state = store.journal.lock().map_err(|_| {
-                store.io_error("journal", io::Error::other("journal lock poisoned"))
-            })?;
-            state.writer = None;
-            let written = journal::compact(
-                &store.journal_path(),
-                entries.iter().map(|(path, entry)| (*path, entry)),
-            )
-            .map_err(|err| store.io_error("compact index/journal", err))?;
-            state.valid_len = written;
+            if let Err(err) = store.compact_journal(&entries) {
+                tracing::warn!(store = %store.config_path.display(), error = %err, "index compaction failed; the journal still holds every change");
+                first_failure.get_or_insert(err);
+            }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Number of objects in the index.
@@ -865,13 +958,22 @@ fn open_store(config: &StoreConfig) -> Opened {
 
 /// Creates the layout if missing, reads the store id and replays the journal.
 fn initialise(store: &Store) -> io::Result<(String, journal::Replay, File)> {
+    std::fs::create_dir_all(&store.root).map_err(|err| annotate(err, "create", &store.root))?;
+    let mut created = false;
     for dir in [
-        store.root.clone(),
         store.objects_dir(),
         store.tmp_dir(),
         store.root.join("index"),
     ] {
-        std::fs::create_dir_all(&dir).map_err(|err| annotate(err, "create", &dir))?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => created = true,
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(annotate(err, "create", &dir)),
+        }
+    }
+    if created {
+        // The new directories' entries must survive a crash with what is put in them.
+        fsync_dir(&store.root).map_err(|err| annotate(err, "fsync", &store.root))?;
     }
     let lock = lock_store(&store.root)?;
     let id_path = store.root.join("store-id");
@@ -885,6 +987,9 @@ fn initialise(store: &Store) -> io::Result<(String, journal::Replay, File)> {
         Err(err) => return Err(annotate(err, "read", &id_path)),
     };
     let replay = journal::replay(&store.journal_path())?;
+    if replay.corrupt_regions > 0 {
+        tracing::warn!(store = %store.config_path.display(), regions = replay.corrupt_regions, "index journal has damaged records; they were skipped (their objects are fetched again by the next fill) and the next compaction rewrites it");
+    }
     Ok((id, replay, lock))
 }
 

@@ -12,9 +12,9 @@ use super::{ObjectMeta, StoreError, Stores, fsync_dir, hex, unix_now};
 /// An object being written into a store's `tmp/`.
 ///
 /// It hashes every byte as it is written. [`finish`](ObjectWriter::finish) checks the size and
-/// sha256 against what the manifest promised, fsyncs the file, renames it to
-/// `objects/<path>`, fsyncs the directory, and only then records it in the journal and the
-/// index. Dropped without `finish` (an error, a cancelled transfer), the temp file is removed:
+/// sha256 against what the manifest promised, fsyncs the file, and hands it to the store's
+/// publish, which retires a previous version, renames it to `objects/<path>`, fsyncs the
+/// directory, and only then records it in the journal and the index. Dropped without `finish` (an error, a cancelled transfer), the temp file is removed:
 /// a torn object can never become visible.
 #[derive(Debug)]
 pub struct ObjectWriter {
@@ -216,17 +216,13 @@ impl ObjectWriter {
             .unwrap_or_else(|| store.objects_dir());
         create_dirs_durably(&store.objects_dir(), &parent)
             .map_err(|err| store.io_error(format!("create {}", parent.display()), err))?;
-        std::fs::rename(&self.temp, &final_path)
-            .map_err(|err| store.io_error(format!("rename to {}", final_path.display()), err))?;
-        fsync_dir(&parent)
-            .map_err(|err| store.io_error(format!("fsync {}", parent.display()), err))?;
         let meta = ObjectMeta {
             store: self.store,
             size: self.written,
             sha256: actual,
             filled_at: unix_now(),
         };
-        self.stores.publish(&self.path, meta)?;
+        self.stores.publish(&self.path, &self.temp, meta)?;
         Ok(meta)
     }
 }
