@@ -648,3 +648,40 @@ async fn https_origins_are_verified_against_the_system_roots_or_fill_ca_file() {
     );
     trusting.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_partial_that_reached_full_size_before_a_crash_is_published_without_a_request() {
+    let origin = Origin::start().await;
+    let data = pattern(250_000);
+    origin.put("whole.ts", &data, Fault::None);
+    let fill = fill_box(1, "").await;
+    // What a kill after the last write and before the rename leaves in tmp/.
+    let sha = sha256(&data);
+    let partial = fill
+        .test_box
+        .store_path(0)
+        .join("tmp")
+        .join(tidecache::store::partial_name("whole.ts", &sha));
+    std::fs::write(&partial, &data).unwrap();
+    push(
+        &fill.daemon,
+        Some(&fill.token),
+        &manifest("whole", &origin.base_url(), &[("whole.ts", &data)]),
+    )
+    .await;
+    let done = run_fill(&fill.daemon, "whole").await;
+    assert_eq!(done["fill"]["last_fill"]["stored"], 1, "{done:#}");
+    assert!(
+        origin.requests("whole.ts").is_empty(),
+        "nothing left to ask the origin for (bytes=SIZE- would get 416)"
+    );
+    assert_eq!(
+        &get(fill.daemon.viewer_addrs[0], "/whole.ts")
+            .await
+            .bytes()
+            .await
+            .unwrap()[..],
+        &data[..]
+    );
+    fill.daemon.shutdown().await;
+}

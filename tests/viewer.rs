@@ -24,6 +24,11 @@ async fn get_answers_200_with_every_contract_header() {
     assert_eq!(header(&headers, "accept-ranges"), "bytes");
     assert_eq!(header(&headers, "cache-control"), "public, max-age=86400");
     assert_eq!(header(&headers, "access-control-allow-origin"), "*");
+    assert_eq!(
+        header(&headers, "timing-allow-origin"),
+        "*",
+        "hls.js in a browser sees timings and the protocol of cross-origin segments"
+    );
     let body = response.bytes().await.unwrap();
     assert_eq!(&body[..], &segment[..]);
     daemon.shutdown().await;
@@ -81,6 +86,31 @@ async fn empty_objects_are_served() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(header(response.headers(), "content-length"), "0");
     assert!(response.bytes().await.unwrap().is_empty());
+    // RFC 9110 section 14.1.1: a non-zero suffix range is satisfiable on an empty object,
+    // and selects all of it.
+    let suffix = client()
+        .get(url(daemon.viewer_addrs[0], "/title123/empty.ts"))
+        .header(reqwest::header::RANGE, "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suffix.status(), StatusCode::OK);
+    assert_eq!(header(suffix.headers(), "content-length"), "0");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trailing_slash_names_a_directory_not_the_object() {
+    let (_box, daemon, _) = serving_box("").await;
+    let addr = daemon.viewer_addrs[0];
+    assert_eq!(get(addr, "/title123/seg.ts").await.status(), StatusCode::OK);
+    for alias in ["/title123/seg.ts/", "//title123//seg.ts//"] {
+        assert_eq!(
+            get(addr, alias).await.status(),
+            StatusCode::NOT_FOUND,
+            "{alias}"
+        );
+    }
     daemon.shutdown().await;
 }
 

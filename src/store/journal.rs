@@ -401,6 +401,73 @@ mod tests {
     }
 
     #[test]
+    fn a_half_written_append_is_cut_at_the_next_open_and_nothing_before_it_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let mut writer = JournalWriter::open(&path, 0).unwrap();
+        writer.append(&[Record::Put("a".into(), entry(1))]).unwrap();
+        writer.append(&[Record::Put("b".into(), entry(2))]).unwrap();
+        let valid = writer.valid_len();
+        drop(writer);
+        // What a failed append may leave: part of a record after the valid ones.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut half = Vec::new();
+        encode_record(&Record::Put("c".into(), entry(3)), &mut half);
+        bytes.extend_from_slice(&half[..half.len() / 2]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut writer = JournalWriter::open(&path, valid).unwrap();
+        writer.append(&[Record::Put("d".into(), entry(4))]).unwrap();
+        let replay = replay(&path).unwrap();
+        let mut paths: Vec<&str> = replay.entries.keys().map(String::as_str).collect();
+        paths.sort();
+        assert_eq!(paths, ["a", "b", "d"]);
+        assert!(!replay.torn_tail);
+    }
+
+    #[test]
+    fn a_journal_whose_header_never_became_valid_is_started_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        // A new store's first write failed after part of the header.
+        std::fs::write(&path, &MAGIC[..3]).unwrap();
+        let mut writer = JournalWriter::open(&path, 0).unwrap();
+        writer.append(&[Record::Put("a".into(), entry(1))]).unwrap();
+        let replay = replay(&path).expect("a journal with its header");
+        assert_eq!(replay.entries.len(), 1);
+    }
+
+    #[test]
+    fn a_damaged_record_mid_journal_costs_only_itself() {
+        let records = [
+            Record::Put("a".into(), entry(1)),
+            Record::Put("b".into(), entry(2)),
+            Record::Put("c".into(), entry(3)),
+        ];
+        let mut bytes = journal(&records);
+        let first_len = journal(&records[..1]).len();
+        bytes[first_len + 12] ^= 0x40;
+        let replay = replay_bytes(&bytes).unwrap();
+        let mut paths: Vec<&str> = replay.entries.keys().map(String::as_str).collect();
+        paths.sort();
+        assert_eq!(paths, ["a", "c"], "only the damaged record is lost");
+        assert_eq!(replay.corrupt_regions, 1);
+        assert_eq!(
+            replay.valid_len,
+            bytes.len() as u64,
+            "nothing after it is cut"
+        );
+        assert!(!replay.torn_tail);
+    }
+
+    #[test]
+    fn a_journal_shorter_than_its_known_records_is_not_written_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        std::fs::write(&path, journal(&[Record::Put("a".into(), entry(1))])).unwrap();
+        assert!(JournalWriter::open(&path, 10_000).is_err());
+    }
+
+    #[test]
     fn compaction_keeps_exactly_the_live_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");

@@ -512,6 +512,54 @@ mod tests {
     }
 
     #[test]
+    fn a_request_that_looked_up_the_old_version_never_gets_the_new_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let old = put(&set, "t/x.ts", b"version 1");
+        put(&set, "t/x.ts", b"version 2");
+        assert!(
+            matches!(set.open("t/x.ts", old), Err(StoreError::Changed { .. })),
+            "same size, new bytes: the old entry must not open them"
+        );
+        assert!(
+            set.lookup("t/x.ts").is_some_and(|now| now != old),
+            "and the change is not mistaken for damage"
+        );
+        assert_eq!(read_all(&set, "t/x.ts"), b"version 2");
+    }
+
+    #[test]
+    fn a_replace_retires_the_old_version_in_the_journal_before_its_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        put(&set, "t/x.ts", b"version 1");
+        put(&set, "t/x.ts", b"version 2");
+        drop(set);
+        let records = std::fs::read(dir.path().join("index/journal")).unwrap();
+        let replay = super::super::journal::replay_bytes(&records).unwrap();
+        assert_eq!(replay.entries["t/x.ts"].sha256, sha(b"version 2"));
+        let count = |needle: &[u8]| {
+            records
+                .windows(needle.len())
+                .filter(|w| *w == needle)
+                .count()
+        };
+        assert_eq!(count(b"t/x.ts"), 3, "put v1, remove v1, put v2");
+    }
+
+    #[test]
+    fn a_damage_report_for_an_old_version_leaves_the_new_one_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let old = put(&set, "t/x.ts", b"version 1");
+        let new = put(&set, "t/x.ts", b"version 2");
+        set.report_damaged("t/x.ts", &old.sha256);
+        assert_eq!(set.lookup("t/x.ts"), Some(new));
+        set.report_damaged("t/x.ts", &new.sha256);
+        assert_eq!(set.lookup("t/x.ts"), None);
+    }
+
+    #[test]
     fn truncated_file_behind_our_back_is_damaged_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());

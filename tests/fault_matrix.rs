@@ -1,0 +1,349 @@
+//! The store's durable paths under a fault at every single system call.
+//!
+//! For each scenario (first fill, refill with new bytes, delete, compaction, resume, resume
+//! of a whole partial), `examples/store_op` runs the store operations single-threaded under
+//! `strace -e inject=SYSCALL:...:when=N`, for every call N of every write, fsync, fdatasync,
+//! rename, unlink, ftruncate and mkdir the clean run makes, once failing it with EIO and once
+//! killing the process there with SIGKILL. After each run the store is opened again and
+//! must be usable; every object it indexes must hash to the sha256 its ETag is made from
+//! (or the object is a miss); and running the operations again without faults must complete
+//! and leave exactly the scenario's final state. The matrix is printed.
+//!
+//! Needs `strace` (`.ci/run` installs it).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+use tidecache::config::{ByteSize, StoreConfig};
+use tidecache::store::{StoreState, Stores};
+
+/// The system calls of the durable paths (what the write path, the journal and compaction
+/// make), each faulted at every occurrence.
+const SYSCALLS: [&str; 7] = [
+    "write",
+    "fsync",
+    "fdatasync",
+    "rename",
+    "unlink",
+    "ftruncate",
+    "mkdir",
+];
+
+/// One scenario: operations that set the store up (run without faults), the operations
+/// faulted, and what the store must hold after they complete.
+struct Scenario {
+    name: &'static str,
+    setup: &'static [&'static str],
+    ops: &'static [&'static str],
+    /// Path -> content file name (`None`: must be absent).
+    expected: &'static [(&'static str, Option<&'static str>)],
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "first fill",
+        setup: &[],
+        ops: &["put:t/x.ts:v1", "put:t/y.ts:w"],
+        expected: &[("t/x.ts", Some("v1")), ("t/y.ts", Some("w"))],
+    },
+    Scenario {
+        name: "refill, new bytes",
+        setup: &["put:t/x.ts:v1"],
+        ops: &["put:t/x.ts:v2"],
+        expected: &[("t/x.ts", Some("v2"))],
+    },
+    Scenario {
+        name: "delete",
+        setup: &["put:t/x.ts:v1", "put:t/y.ts:w"],
+        ops: &["remove:t/x.ts"],
+        expected: &[("t/x.ts", None), ("t/y.ts", Some("w"))],
+    },
+    Scenario {
+        name: "compaction",
+        setup: &[
+            "put:t/x.ts:v1",
+            "put:t/y.ts:w",
+            "remove:t/y.ts",
+            "put:t/z.ts:w",
+        ],
+        ops: &["compact", "put:t/q.ts:v2"],
+        expected: &[
+            ("t/x.ts", Some("v1")),
+            ("t/y.ts", None),
+            ("t/z.ts", Some("w")),
+            ("t/q.ts", Some("v2")),
+        ],
+    },
+    Scenario {
+        name: "resume",
+        setup: &["checkpoint:t/x.ts:v2:100000"],
+        ops: &["put:t/x.ts:v2"],
+        expected: &[("t/x.ts", Some("v2"))],
+    },
+    Scenario {
+        name: "resume, whole partial",
+        setup: &["put:t/x.ts:v1", "checkpoint:t/x.ts:v2:300000"],
+        ops: &["put:t/x.ts:v2"],
+        expected: &[("t/x.ts", Some("v2"))],
+    },
+];
+
+/// How one faulted run left the store, for the printed matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    /// Every expected object already in its final state.
+    New,
+    /// Some expected change not made yet (the object is still old, or a miss): the next
+    /// fill makes it.
+    Pending,
+}
+
+#[test]
+fn every_fault_on_a_durable_path_leaves_a_usable_store_with_matching_bytes() {
+    let strace = Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|output| output.status.success()),
+        "strace is needed (apt-get install strace; .ci/run installs it)"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let contents = write_contents(work.path());
+    let mut matrix: BTreeMap<(&str, String), BTreeMap<Outcome, usize>> = BTreeMap::new();
+    let mut runs = 0;
+    for scenario in SCENARIOS {
+        let template = work.path().join(format!("template-{}", scenario.name));
+        run_ops(&template, scenario.setup, &contents, None);
+        let counts = syscall_counts(&template, scenario, &contents, work.path());
+        for syscall in SYSCALLS {
+            for nth in 1..=counts.get(syscall).copied().unwrap_or(0) {
+                for fault in ["error=EIO", "signal=SIGKILL"] {
+                    let store = work.path().join(format!("run-{runs}"));
+                    copy_dir(&template, &store);
+                    let inject = format!("{syscall}:{fault}:when={nth}");
+                    run_ops(&store, scenario.ops, &contents, Some(&inject));
+                    let outcome = check_after_fault(&store, scenario, &contents, &inject);
+                    let row = (scenario.name, format!("{syscall} #{nth} {fault}"));
+                    *matrix.entry(row).or_default().entry(outcome).or_default() += 1;
+                    runs += 1;
+                    let _ = std::fs::remove_dir_all(&store);
+                }
+            }
+        }
+    }
+    print_matrix(&matrix, runs);
+    assert!(runs > 100, "the matrix is too small to mean much: {runs}");
+}
+
+/// Content files: `v1` and `v2` (two versions of one size), `w` (another object).
+fn write_contents(dir: &Path) -> BTreeMap<&'static str, PathBuf> {
+    let mut contents = BTreeMap::new();
+    for (name, seed) in [("v1", 1u8), ("v2", 2), ("w", 3)] {
+        let bytes: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        contents.insert(name, path);
+    }
+    contents
+}
+
+/// Turns `put:PATH:NAME` into `put:PATH:/abs/NAME` for the example.
+fn resolve(op: &str, contents: &BTreeMap<&str, PathBuf>) -> String {
+    op.split(':')
+        .map(|part| {
+            contents
+                .get(part)
+                .map_or(part.to_owned(), |path| path.display().to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn store_op_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().and_then(Path::parent).unwrap();
+    let binary = debug.join("examples").join("store_op");
+    assert!(
+        binary.exists(),
+        "{} missing: cargo test builds the examples",
+        binary.display()
+    );
+    binary
+}
+
+/// Runs the example on `store`, under strace with `inject` when given; returns its stdout.
+fn run_ops(
+    store: &Path,
+    ops: &[&str],
+    contents: &BTreeMap<&str, PathBuf>,
+    inject: Option<&str>,
+) -> String {
+    let ops: Vec<String> = ops.iter().map(|op| resolve(op, contents)).collect();
+    let mut command = match inject {
+        Some(inject) => {
+            let mut command = Command::new("strace");
+            command
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("inject={inject}"))
+                .arg(store_op_binary());
+            command
+        }
+        None => Command::new(store_op_binary()),
+    };
+    let output = command.arg(store).args(&ops).output().unwrap();
+    if inject.is_none() {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !stdout.contains("error"),
+            "a clean run failed on {}: {stdout}",
+            store.display()
+        );
+    }
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// How many of each syscall a clean run of the scenario's operations makes.
+fn syscall_counts(
+    template: &Path,
+    scenario: &Scenario,
+    contents: &BTreeMap<&str, PathBuf>,
+    work: &Path,
+) -> BTreeMap<String, usize> {
+    let store = work.join("count");
+    copy_dir(template, &store);
+    let log = work.join("count.log");
+    let ops: Vec<String> = scenario
+        .ops
+        .iter()
+        .map(|op| resolve(op, contents))
+        .collect();
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .arg("-e")
+        .arg(format!("trace={}", SYSCALLS.join(",")))
+        .arg(store_op_binary())
+        .arg(&store)
+        .args(&ops)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let call = line
+            .split_whitespace()
+            .find(|token| token.contains('('))
+            .and_then(|token| token.split('(').next())
+            .unwrap_or_default();
+        if SYSCALLS.contains(&call) {
+            *counts.entry(call.to_owned()).or_insert(0) += 1;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&store);
+    assert!(
+        counts.get("fsync").copied().unwrap_or(0) > 0 || scenario.ops == ["remove:t/x.ts"],
+        "{}: strace saw no fsync: {counts:?}",
+        scenario.name
+    );
+    counts
+}
+
+/// Opens the store after a faulted run and checks it; then reruns the operations cleanly
+/// and checks the final state. Panics with the fault named on any broken promise.
+fn check_after_fault(
+    store: &Path,
+    scenario: &Scenario,
+    contents: &BTreeMap<&str, PathBuf>,
+    inject: &str,
+) -> Outcome {
+    let context = format!("{} with {inject}", scenario.name);
+    let outcome = {
+        let stores = open(store, &context);
+        let mut outcome = Outcome::New;
+        for (path, expected) in scenario.expected {
+            let now = served_sha(&stores, path, &context);
+            if now != expected.map(|name| sha_of(&contents[name])) {
+                outcome = Outcome::Pending;
+            }
+        }
+        outcome
+    };
+    let again = run_ops(store, scenario.ops, contents, None);
+    assert!(
+        !again.contains("error"),
+        "{context}: the next run did not complete: {again}"
+    );
+    let stores = open(store, &context);
+    for (path, expected) in scenario.expected {
+        assert_eq!(
+            served_sha(&stores, path, &context),
+            expected.map(|name| sha_of(&contents[name])),
+            "{context}: {path} after the next run"
+        );
+    }
+    outcome
+}
+
+/// Opens the store, which must be usable.
+fn open(store: &Path, context: &str) -> Stores {
+    let stores = Stores::load(&[StoreConfig {
+        path: store.to_owned(),
+        capacity: Some(ByteSize(1 << 30)),
+    }]);
+    let status = &stores.status()[0];
+    assert_eq!(
+        status.state,
+        StoreState::Ok,
+        "{context}: the store does not open: {:?}",
+        status.error
+    );
+    stores
+}
+
+/// What a viewer would get for `path`: `None` for a miss; otherwise the bytes' sha256, which
+/// must be the indexed one (the ETag's).
+fn served_sha(stores: &Stores, path: &str, context: &str) -> Option<[u8; 32]> {
+    let meta = stores.lookup(path)?;
+    let Ok(object) = stores.open(path, meta) else {
+        return None;
+    };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &*object.file, &mut bytes).unwrap();
+    let actual: [u8; 32] = Sha256::digest(&bytes).into();
+    assert_eq!(
+        actual, meta.sha256,
+        "{context}: {path} would be served with bytes that are not its ETag's"
+    );
+    Some(actual)
+}
+
+fn sha_of(file: &Path) -> [u8; 32] {
+    Sha256::digest(std::fs::read(file).unwrap()).into()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn print_matrix(matrix: &BTreeMap<(&str, String), BTreeMap<Outcome, usize>>, runs: usize) {
+    println!("fault matrix: {runs} faulted runs, every one reopened, checked and rerun");
+    println!("{:<24} {:<32} outcome", "scenario", "fault");
+    for ((scenario, fault), outcomes) in matrix {
+        let described: Vec<String> = outcomes
+            .iter()
+            .map(|(outcome, count)| match outcome {
+                Outcome::New => format!("new state x{count}"),
+                Outcome::Pending => format!("old state or miss, next run completes x{count}"),
+            })
+            .collect();
+        println!("{scenario:<24} {fault:<32} {}", described.join(", "));
+    }
+}
