@@ -214,3 +214,16 @@ fn serve_with_unusable_tls_files_is_a_configuration_error_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn sign_url_refuses_a_key_the_box_would_refuse() {
+    let test_box = TestBox::new();
+    for (name, key) in [("short.key", &b"short\n"[..]), ("empty.key", b"\n")] {
+        let key = test_box.write_file(name, key);
+        let output = run(&["sign-url", "/a.ts", "--key-file", key.to_str().unwrap()]);
+        let stderr = stderr_of(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("--key-file"), "{name}: {stderr}");
+        assert!(output.stdout.is_empty(), "{name}: no URL is printed");
+    }
+}

@@ -91,13 +91,16 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 /// How one faulted run left the store, for the printed matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
     /// Every expected object already in its final state.
     New,
     /// Some expected change not made yet (the object is still old, or a miss): the next
     /// fill makes it.
     Pending,
+    /// A broken promise: the store did not open, served bytes that are not its ETag's, or
+    /// the next run did not complete.
+    Violation(String),
 }
 
 #[test]
@@ -109,7 +112,7 @@ fn every_fault_on_a_durable_path_leaves_a_usable_store_with_matching_bytes() {
     );
     let work = tempfile::tempdir().unwrap();
     let contents = write_contents(work.path());
-    let mut matrix: BTreeMap<(&str, String), BTreeMap<Outcome, usize>> = BTreeMap::new();
+    let mut matrix: BTreeMap<(&str, String), Outcome> = BTreeMap::new();
     let mut runs = 0;
     for scenario in SCENARIOS {
         let template = work.path().join(format!("template-{}", scenario.name));
@@ -122,9 +125,12 @@ fn every_fault_on_a_durable_path_leaves_a_usable_store_with_matching_bytes() {
                     copy_dir(&template, &store);
                     let inject = format!("{syscall}:{fault}:when={nth}");
                     run_ops(&store, scenario.ops, &contents, Some(&inject));
-                    let outcome = check_after_fault(&store, scenario, &contents, &inject);
-                    let row = (scenario.name, format!("{syscall} #{nth} {fault}"));
-                    *matrix.entry(row).or_default().entry(outcome).or_default() += 1;
+                    let outcome = check_after_fault(&store, scenario, &contents)
+                        .unwrap_or_else(Outcome::Violation);
+                    matrix.insert(
+                        (scenario.name, format!("{syscall} #{nth} {fault}")),
+                        outcome,
+                    );
                     runs += 1;
                     let _ = std::fs::remove_dir_all(&store);
                 }
@@ -133,6 +139,19 @@ fn every_fault_on_a_durable_path_leaves_a_usable_store_with_matching_bytes() {
     }
     print_matrix(&matrix, runs);
     assert!(runs > 100, "the matrix is too small to mean much: {runs}");
+    let violations: Vec<String> = matrix
+        .iter()
+        .filter_map(|((scenario, fault), outcome)| match outcome {
+            Outcome::Violation(what) => Some(format!("{scenario}, {fault}: {what}")),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        violations.is_empty(),
+        "{} of {runs} faulted runs broke a promise:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
 }
 
 /// Content files: `v1` and `v2` (two versions of one size), `w` (another object).
@@ -167,7 +186,7 @@ fn store_op_binary() -> PathBuf {
     let binary = debug.join("examples").join("store_op");
     assert!(
         binary.exists(),
-        "{} missing: cargo test builds the examples",
+        "{} missing: `cargo test` builds the examples (or `cargo build --example store_op`)",
         binary.display()
     );
     binary
@@ -251,19 +270,17 @@ fn syscall_counts(
 }
 
 /// Opens the store after a faulted run and checks it; then reruns the operations cleanly
-/// and checks the final state. Panics with the fault named on any broken promise.
+/// and checks the final state. `Err` names the first broken promise.
 fn check_after_fault(
     store: &Path,
     scenario: &Scenario,
     contents: &BTreeMap<&str, PathBuf>,
-    inject: &str,
-) -> Outcome {
-    let context = format!("{} with {inject}", scenario.name);
+) -> Result<Outcome, String> {
     let outcome = {
-        let stores = open(store, &context);
+        let stores = open(store)?;
         let mut outcome = Outcome::New;
         for (path, expected) in scenario.expected {
-            let now = served_sha(&stores, path, &context);
+            let now = served_sha(&stores, path)?;
             if now != expected.map(|name| sha_of(&contents[name])) {
                 outcome = Outcome::Pending;
             }
@@ -271,52 +288,52 @@ fn check_after_fault(
         outcome
     };
     let again = run_ops(store, scenario.ops, contents, None);
-    assert!(
-        !again.contains("error"),
-        "{context}: the next run did not complete: {again}"
-    );
-    let stores = open(store, &context);
-    for (path, expected) in scenario.expected {
-        assert_eq!(
-            served_sha(&stores, path, &context),
-            expected.map(|name| sha_of(&contents[name])),
-            "{context}: {path} after the next run"
-        );
+    if again.contains("error") {
+        return Err(format!("the next run did not complete: {again}"));
     }
-    outcome
+    let stores = open(store)?;
+    for (path, expected) in scenario.expected {
+        let now = served_sha(&stores, path)?;
+        if now != expected.map(|name| sha_of(&contents[name])) {
+            return Err(format!(
+                "{path} is not in its final state after the next run"
+            ));
+        }
+    }
+    Ok(outcome)
 }
 
 /// Opens the store, which must be usable.
-fn open(store: &Path, context: &str) -> Stores {
+fn open(store: &Path) -> Result<Stores, String> {
     let stores = Stores::load(&[StoreConfig {
         path: store.to_owned(),
         capacity: Some(ByteSize(1 << 30)),
     }]);
     let status = &stores.status()[0];
-    assert_eq!(
-        status.state,
-        StoreState::Ok,
-        "{context}: the store does not open: {:?}",
-        status.error
-    );
-    stores
+    if status.state != StoreState::Ok {
+        return Err(format!("the store does not open: {:?}", status.error));
+    }
+    Ok(stores)
 }
 
 /// What a viewer would get for `path`: `None` for a miss; otherwise the bytes' sha256, which
 /// must be the indexed one (the ETag's).
-fn served_sha(stores: &Stores, path: &str, context: &str) -> Option<[u8; 32]> {
-    let meta = stores.lookup(path)?;
+fn served_sha(stores: &Stores, path: &str) -> Result<Option<[u8; 32]>, String> {
+    let Some(meta) = stores.lookup(path) else {
+        return Ok(None);
+    };
     let Ok(object) = stores.open(path, meta) else {
-        return None;
+        return Ok(None);
     };
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut &*object.file, &mut bytes).unwrap();
+    std::io::Read::read_to_end(&mut &*object.file, &mut bytes).map_err(|err| err.to_string())?;
     let actual: [u8; 32] = Sha256::digest(&bytes).into();
-    assert_eq!(
-        actual, meta.sha256,
-        "{context}: {path} would be served with bytes that are not its ETag's"
-    );
-    Some(actual)
+    if actual != meta.sha256 {
+        return Err(format!(
+            "{path} would be served with bytes that are not its ETag's"
+        ));
+    }
+    Ok(Some(actual))
 }
 
 fn sha_of(file: &Path) -> [u8; 32] {
@@ -333,17 +350,15 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-fn print_matrix(matrix: &BTreeMap<(&str, String), BTreeMap<Outcome, usize>>, runs: usize) {
+fn print_matrix(matrix: &BTreeMap<(&str, String), Outcome>, runs: usize) {
     println!("fault matrix: {runs} faulted runs, every one reopened, checked and rerun");
     println!("{:<24} {:<32} outcome", "scenario", "fault");
-    for ((scenario, fault), outcomes) in matrix {
-        let described: Vec<String> = outcomes
-            .iter()
-            .map(|(outcome, count)| match outcome {
-                Outcome::New => format!("new state x{count}"),
-                Outcome::Pending => format!("old state or miss, next run completes x{count}"),
-            })
-            .collect();
-        println!("{scenario:<24} {fault:<32} {}", described.join(", "));
+    for ((scenario, fault), outcome) in matrix {
+        let described = match outcome {
+            Outcome::New => "new state".to_owned(),
+            Outcome::Pending => "old state or miss; the next run completes".to_owned(),
+            Outcome::Violation(what) => format!("VIOLATION: {what}"),
+        };
+        println!("{scenario:<24} {fault:<32} {described}");
     }
 }

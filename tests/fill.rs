@@ -596,7 +596,7 @@ async fn a_manifest_url_is_pulled_when_a_fill_starts() {
         manifest("pulled-1", &origin.base_url(), &[("pulled.ts", &data)]).as_bytes(),
     );
     let mut config = test_box.config(1, "[schedule]\ndrain = \"0s\"\n");
-    config.fill.manifest_url = format!("file://{}", manifest_path.display());
+    config.fill.manifest_url = tidecache::config::ManifestUrl::File(manifest_path.clone());
     let daemon = start(&config).await;
     assert!(status(&daemon).await["manifest"].is_null());
     run_fill(&daemon, "pulled-1").await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::process::{signal, spawn_serve, wait_with_timeout};
 use common::*;
 use reqwest::StatusCode;
+use tidecache::config::HeaderText;
 use tidecache::schedule::Mode;
 use tokio::net::TcpStream;
 
@@ -27,7 +28,7 @@ async fn reload_applies_live_settings_and_names_what_needs_a_restart() {
 
     let (token_file, token) = test_box.token_file();
     let mut changed = config.clone();
-    changed.http.cache_control = "public, max-age=5".to_owned();
+    changed.http.cache_control = HeaderText::from_static("public, max-age=5");
     changed.admin.token_file = Some(token_file);
     changed.schedule.fill_windows = vec!["10:00-11:00".parse().unwrap()];
     changed.schedule.during_fill = tidecache::config::DuringFill::Serve;
@@ -56,7 +57,7 @@ async fn reload_applies_live_settings_and_names_what_needs_a_restart() {
     assert_eq!(post.status(), StatusCode::OK, "the new token is accepted");
 
     let mut broken = changed.clone();
-    broken.http.cache_control = "public, max-age=99".to_owned();
+    broken.http.cache_control = HeaderText::from_static("public, max-age=99");
     broken.http.url_signing_key_file = Some(test_box.dir.path().join("no-such-key"));
     let refused = daemon.reload(&broken).unwrap_err();
     assert!(refused.is_config(), "{refused}");

@@ -63,8 +63,10 @@ async fn content_type_follows_the_extension_table() {
 async fn cache_control_and_cors_origin_are_configurable() {
     let test_box = TestBox::new();
     let mut text_config = test_box.config(1, "");
-    text_config.http.cache_control = "public, max-age=60".to_owned();
-    text_config.http.cors_allow_origin = "https://player.example".to_owned();
+    text_config.http.cache_control =
+        tidecache::config::HeaderText::from_static("public, max-age=60");
+    text_config.http.cors_allow_origin =
+        tidecache::config::HeaderText::from_static("https://player.example");
     seed(&text_config, &[("a.ts", b"abc")]);
     let daemon = start(&text_config).await;
     let response = get(daemon.viewer_addrs[0], "/a.ts").await;

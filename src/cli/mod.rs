@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::key_file::{MIN_HMAC_KEY_LEN, MIN_SIGNING_KEY_LEN, read_key};
+
 mod status;
 
 use crate::config::Config;
@@ -299,16 +301,10 @@ fn push_manifest(
     };
     let mut headers = Vec::new();
     if let Some(key_file) = hmac_key_file {
-        match std::fs::read(key_file) {
-            Ok(key) => headers.push((
-                "x-tidecache-signature",
-                crate::fill::sign(key.trim_ascii(), &body),
-            )),
+        match read_key(key_file, MIN_HMAC_KEY_LEN) {
+            Ok(key) => headers.push(("x-tidecache-signature", crate::fill::sign(&key, &body))),
             Err(err) => {
-                return fail(
-                    EXIT_USAGE,
-                    &format!("--hmac-key-file {}: {err}", key_file.display()),
-                );
+                return fail(EXIT_USAGE, &format!("--hmac-key-file {err}"));
             }
         }
     }
@@ -360,14 +356,9 @@ fn sign_url(path: &str, expires: &str, key_file: &std::path::Path) -> ExitCode {
         Ok(lifetime) => lifetime.0,
         Err(err) => return fail(EXIT_USAGE, &format!("--expires: {err}")),
     };
-    let key = match std::fs::read(key_file) {
-        Ok(key) => key.trim_ascii().to_vec(),
-        Err(err) => {
-            return fail(
-                EXIT_USAGE,
-                &format!("--key-file {}: {err}", key_file.display()),
-            );
-        }
+    let key = match read_key(key_file, MIN_SIGNING_KEY_LEN) {
+        Ok(key) => key,
+        Err(err) => return fail(EXIT_USAGE, &format!("--key-file {err}")),
     };
     let path = if path.starts_with('/') {
         path.to_owned()

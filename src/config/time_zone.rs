@@ -1,4 +1,6 @@
-//! `schedule.timezone`: an IANA zone name or `local`, resolved once when the file is read.
+//! `schedule.timezone`: an IANA zone name, resolved once when the file is read, or `local`,
+//! the host's zone, resolved when the daemon starts (it is a fact of the host, not of the
+//! file: `check-config`, `doctor` and `verify` work in a container without one).
 
 use std::fmt;
 
@@ -7,12 +9,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The time zone fill windows are read in, as the operator named it and as resolved.
 ///
-/// Resolving happens while the configuration is parsed, so `check-config` reports a zone the
-/// host does not know, and the daemon never parses the name again.
+/// A named zone is resolved while the configuration is parsed, so `check-config` reports a
+/// zone this build does not know, and nothing parses the name again.
 #[derive(Clone)]
 pub struct TimeZoneSetting {
     name: String,
-    zone: TimeZone,
+    /// `None` for `local`, resolved by [`TimeZoneSetting::resolve`].
+    zone: Option<TimeZone>,
 }
 
 impl TimeZoneSetting {
@@ -20,21 +23,20 @@ impl TimeZoneSetting {
     pub fn utc() -> TimeZoneSetting {
         TimeZoneSetting {
             name: "UTC".to_owned(),
-            zone: TimeZone::UTC,
+            zone: Some(TimeZone::UTC),
         }
     }
 
-    /// Resolves an IANA name (`Europe/London`) or `local` (the host's zone).
+    /// Resolves an IANA name (`Europe/London`); `local` is kept for [`Self::resolve`].
     pub fn parse(name: &str) -> Result<TimeZoneSetting, String> {
         let zone = if name == "local" {
-            TimeZone::try_system()
-                .map_err(|err| format!("\"local\": the host's time zone cannot be read: {err}"))?
+            None
         } else {
-            TimeZone::get(name).map_err(|_| {
+            Some(TimeZone::get(name).map_err(|_| {
                 format!(
                     "unknown time zone {name:?} (use an IANA name such as Europe/London, or \"local\")"
                 )
-            })?
+            })?)
         };
         Ok(TimeZoneSetting {
             name: name.to_owned(),
@@ -47,9 +49,13 @@ impl TimeZoneSetting {
         &self.name
     }
 
-    /// The resolved zone.
-    pub fn zone(&self) -> &TimeZone {
-        &self.zone
+    /// The zone: the named one, or for `local` the host's, read now.
+    pub fn resolve(&self) -> Result<TimeZone, String> {
+        match &self.zone {
+            Some(zone) => Ok(zone.clone()),
+            None => TimeZone::try_system()
+                .map_err(|err| format!("\"local\": the host's time zone cannot be read: {err}")),
+        }
     }
 }
 
@@ -87,7 +93,12 @@ mod tests {
     fn a_named_zone_resolves_and_keeps_its_name() {
         let london = TimeZoneSetting::parse("Europe/London").unwrap();
         assert_eq!(london.name(), "Europe/London");
-        assert_eq!(london.zone().iana_name(), Some("Europe/London"));
+        assert_eq!(london.resolve().unwrap().iana_name(), Some("Europe/London"));
+        assert_eq!(
+            TimeZoneSetting::parse("local").unwrap().name(),
+            "local",
+            "the host's zone is read when the daemon starts, not when the file is"
+        );
     }
 
     #[test]

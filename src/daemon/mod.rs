@@ -38,8 +38,7 @@ use crate::serve::cache::{CacheMetrics, RamCache};
 use crate::serve::{Viewer, ViewerSettings};
 use crate::signal::{self, Stop, Trigger};
 use crate::store::{StoreState, Stores};
-use settings::FilesRead;
-pub use settings::KeyFileError;
+use settings::{FilesRead, Https};
 
 /// Connections the admin listener holds at once; separate from viewers' `max_connections`.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -138,7 +137,8 @@ impl Daemon {
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Daemon, StartError> {
-        let files = FilesRead::read(config, settings::serves_https(config))?;
+        let files = FilesRead::read(config, Https::of(config))?;
+        let plan = settings::plan(config)?;
         let fetcher = Fetcher::new(config.fill.ca_file.as_deref())
             .map_err(|err| StartError::config("fill.ca_file", err))?;
         let override_file = open_state_dir(config)?;
@@ -149,7 +149,7 @@ impl Daemon {
         );
         let fill = Arc::new(Fill::load(&config.state_dir));
         let (scheduler, handles) = Scheduler::start(
-            settings::plan(config),
+            plan,
             Arc::clone(&clock),
             saved_override(&override_file),
             metrics.mode_transitions.clone(),
@@ -272,7 +272,12 @@ impl Daemon {
     /// stores and `state_dir` need a restart: they are returned, and logged, as such. When
     /// anything in the new configuration cannot be used, nothing is applied.
     pub fn reload(&self, config: &Config) -> Result<Vec<&'static str>, StartError> {
-        let files = FilesRead::read(config, self.live.tls.is_some())?;
+        let https = match self.live.tls {
+            Some(_) => Https::Served,
+            None => Https::NotServed,
+        };
+        let files = FilesRead::read(config, https)?;
+        let plan = settings::plan(config)?;
         let mut running = self
             .live
             .config
@@ -291,7 +296,7 @@ impl Daemon {
             slot.store(Arc::new(tls));
         }
         self.resize_connection_permits(config.limits.max_connections as usize);
-        self.live.plan.send_replace(settings::plan(config));
+        self.live.plan.send_replace(plan);
         self.live
             .engine_settings
             .send_replace(settings::engine_settings(config));

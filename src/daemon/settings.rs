@@ -2,19 +2,15 @@
 //! and every file the configuration names read up front, so that a bad one stops a start or
 //! a reload before anything has changed.
 
-use std::path::{Path, PathBuf};
-
 use super::StartError;
 use crate::admin::AdminAuth;
 use crate::admin::auth::AdminToken;
+use crate::config::key_file::{MIN_HMAC_KEY_LEN, MIN_SIGNING_KEY_LEN, read_key};
 use crate::config::{Config, HttpsConfig};
 use crate::fill::engine::EngineSettings;
 use crate::http::ConnectionLimits;
 use crate::http::tls::ViewerTls;
 use crate::schedule::Plan;
-
-/// The shortest `http.url_signing_key_file` accepted: shorter keys are guessable.
-const MIN_SIGNING_KEY_LEN: usize = 16;
 
 /// What the configuration's key and certificate files hold, read and checked.
 pub(super) struct FilesRead {
@@ -27,11 +23,11 @@ pub(super) struct FilesRead {
 }
 
 impl FilesRead {
-    /// Reads every file `config` names; `with_tls` says whether HTTPS is served (at start:
-    /// whether any HTTPS address is configured; at reload: whether it was at start).
-    pub fn read(config: &Config, with_tls: bool) -> Result<FilesRead, StartError> {
+    /// Reads every file `config` names, the certificate and key only when `https` says
+    /// HTTPS is served.
+    pub fn read(config: &Config, https: Https) -> Result<FilesRead, StartError> {
         let tls = match &config.https {
-            Some(https) if with_tls => Some(viewer_tls(https)?),
+            Some(settings) if https == Https::Served => Some(viewer_tls(settings)?),
             _ => None,
         };
         Ok(FilesRead {
@@ -42,21 +38,42 @@ impl FilesRead {
     }
 }
 
-/// Whether `config` asks for HTTPS listeners.
-pub(super) fn serves_https(config: &Config) -> bool {
-    config
-        .https
-        .as_ref()
-        .is_some_and(|https| !https.listen.is_empty())
+/// Whether the daemon serves HTTPS, so the certificate and key must be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Https {
+    /// HTTPS listeners are (at start: configured; at reload: were bound at start).
+    Served,
+    /// No HTTPS listener.
+    NotServed,
 }
 
-/// The scheduler's plan: `[schedule]`, whose zone was resolved when the file was read.
-pub(super) fn plan(config: &Config) -> Plan {
-    Plan {
-        windows: config.schedule.fill_windows.clone(),
-        zone: config.schedule.timezone.zone().clone(),
-        drain: config.schedule.drain.0,
+impl Https {
+    /// What `config` asks for at start.
+    pub fn of(config: &Config) -> Https {
+        let listens = config
+            .https
+            .as_ref()
+            .is_some_and(|https| !https.listen.is_empty());
+        if listens {
+            Https::Served
+        } else {
+            Https::NotServed
+        }
     }
+}
+
+/// The scheduler's plan from `[schedule]`; `local` becomes the host's zone here.
+pub(super) fn plan(config: &Config) -> Result<Plan, StartError> {
+    let zone = config
+        .schedule
+        .timezone
+        .resolve()
+        .map_err(|err| StartError::config("schedule.timezone", err))?;
+    Ok(Plan {
+        windows: config.schedule.fill_windows.clone(),
+        zone,
+        drain: config.schedule.drain.0,
+    })
 }
 
 /// `[limits]` as the listeners use them.
@@ -75,8 +92,7 @@ pub(super) fn engine_settings(config: &Config) -> EngineSettings {
         retries: config.fill.retries,
         retry_base: config.fill.retry_delay.0,
         stop_grace: config.fill.stop_grace.0,
-        manifest_url: (!config.fill.manifest_url.is_empty())
-            .then(|| config.fill.manifest_url.clone()),
+        manifest_url: config.fill.manifest_url.clone(),
         max_manifest_size: config.fill.max_manifest_size.0 as usize,
     }
 }
@@ -121,54 +137,6 @@ pub(super) fn needing_restart(running: &Config, wanted: &Config) -> Vec<&'static
     .collect()
 }
 
-/// A key file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The file holds nothing but white space.
-    #[error("{path}: the key is empty")]
-    Empty {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The key is too short to be safe.
-    #[error("{path}: the key must be at least {min} bytes")]
-    TooShort {
-        /// The file.
-        path: PathBuf,
-        /// The shortest key accepted.
-        min: usize,
-    },
-}
-
-/// A key from a file, white space around it trimmed, at least `min` bytes long.
-fn read_key(path: &Path, min: usize) -> Result<Vec<u8>, KeyFileError> {
-    let key = std::fs::read(path).map_err(|source| KeyFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let key = key.trim_ascii().to_vec();
-    if key.is_empty() {
-        return Err(KeyFileError::Empty {
-            path: path.to_owned(),
-        });
-    }
-    if key.len() < min {
-        return Err(KeyFileError::TooShort {
-            path: path.to_owned(),
-            min,
-        });
-    }
-    Ok(key)
-}
-
 /// The viewer TLS settings from `[https]`; a file error names `https.cert` or `https.key`.
 fn viewer_tls(https: &HttpsConfig) -> Result<ViewerTls, StartError> {
     let suites: Vec<_> = https
@@ -199,7 +167,7 @@ fn admin_auth(config: &Config) -> Result<AdminAuth, StartError> {
         .admin
         .hmac_key_file
         .as_deref()
-        .map(|path| read_key(path, 1))
+        .map(|path| read_key(path, MIN_HMAC_KEY_LEN))
         .transpose()
         .map_err(|err| StartError::config("admin.hmac_key_file", err))?;
     Ok(AdminAuth {
@@ -219,26 +187,7 @@ mod tests {
         assert!(needing_restart(&running, &running).is_empty());
         let mut wanted = running.clone();
         wanted.http.workers = 3;
-        wanted.http.cache_control = "no-store".to_owned();
+        wanted.http.cache_control = crate::config::HeaderText::from_static("no-store");
         assert_eq!(needing_restart(&running, &wanted), ["http.workers"]);
-    }
-
-    #[test]
-    fn key_files_are_trimmed_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, "  0123456789abcdef\n").unwrap();
-        assert_eq!(read_key(&path, 16).unwrap(), b"0123456789abcdef");
-        assert!(matches!(
-            read_key(&path, 17),
-            Err(KeyFileError::TooShort { min: 17, .. })
-        ));
-        std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(
-            read_key(&path, 1),
-            Err(KeyFileError::Empty { .. })
-        ));
-        let missing = read_key(&dir.path().join("missing"), 1).unwrap_err();
-        assert!(missing.to_string().contains("missing"), "{missing}");
     }
 }

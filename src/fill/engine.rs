@@ -24,6 +24,7 @@ use super::plan::{FillPlan, plan};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
 use super::{AcceptedManifest, Fill};
+use crate::config::ManifestUrl;
 use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState};
 use crate::signal::{self, Cancel, Shutdown, Signal};
@@ -46,8 +47,8 @@ pub struct EngineSettings {
     /// How long in-flight transfers may go on after the window ends before they are
     /// checkpointed.
     pub stop_grace: Duration,
-    /// Manifest pulled when a fill starts, if any.
-    pub manifest_url: Option<String>,
+    /// Where the manifest is pulled from when a fill starts, if anywhere.
+    pub manifest_url: ManifestUrl,
     /// Largest manifest accepted.
     pub max_manifest_size: usize,
 }
@@ -168,11 +169,9 @@ impl Engine {
 
     /// Pulls `fill.manifest_url` with a conditional GET; an unchanged manifest costs nothing.
     async fn pull_manifest(&mut self) {
-        let Some(url) = self.settings.manifest_url.clone() else {
-            return;
-        };
-        let fetched = match url.strip_prefix("file://") {
-            Some(path) => {
+        let fetched = match &self.settings.manifest_url {
+            ManifestUrl::None => return,
+            ManifestUrl::File(path) => {
                 read_if_changed(
                     path,
                     self.pulled_etag.as_deref(),
@@ -180,16 +179,17 @@ impl Engine {
                 )
                 .await
             }
-            None => {
+            ManifestUrl::Http(url) => {
                 self.fetcher
                     .get_if_changed(
-                        &url,
+                        url,
                         self.pulled_etag.as_deref(),
                         self.settings.max_manifest_size,
                     )
                     .await
             }
         };
+        let url = self.settings.manifest_url.to_url();
         match fetched {
             Ok(None) => tracing::info!(url, "pulled manifest unchanged"),
             Ok(Some((body, etag))) => match self.fill.accept(body).await {
@@ -345,6 +345,7 @@ impl Engine {
         let mut transfers = JoinSet::new();
         let mut stored = 0u64;
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
+        let mut cancelled = false;
         loop {
             while winding_down.is_none() && transfers.len() < self.settings.concurrency.max(1) {
                 let Some(object) = queue.pop_front() else {
@@ -383,7 +384,10 @@ impl Engine {
                 _ = stop.raised(), if !matches!(winding_down, Some((_, PassEnd::Stopped))) => {
                     winding_down = Some((tokio::time::Instant::now(), PassEnd::Stopped));
                 }
-                _ = grace_over => cancel.raise(),
+                _ = grace_over, if !cancelled => {
+                    cancel.raise();
+                    cancelled = true;
+                }
             }
         }
         let end = match winding_down {
@@ -736,17 +740,17 @@ async fn checkpoint(writer: ObjectWriter) {
 
 /// The file-URL counterpart of a conditional GET: the "ETag" is the content's sha256.
 async fn read_if_changed(
-    path: &str,
+    path: &std::path::Path,
     etag: Option<&str>,
     limit: usize,
 ) -> Result<Option<(bytes::Bytes, Option<String>)>, FetchError> {
     let bytes = tokio::fs::read(path).await.map_err(|err| FetchError {
-        message: format!("{path}: {err}"),
+        message: format!("{}: {err}", path.display()),
         retryable: true,
     })?;
     if bytes.len() > limit {
         return Err(FetchError {
-            message: format!("{path}: larger than fill.max_manifest_size"),
+            message: format!("{}: larger than fill.max_manifest_size", path.display()),
             retryable: false,
         });
     }

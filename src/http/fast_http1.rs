@@ -49,9 +49,9 @@ pub async fn serve(
 ) -> FastPathEnd {
     let mut buffer = BytesMut::with_capacity(4096);
     let mut head = Vec::with_capacity(512);
-    let mut first = true;
+    let mut awaiting = Awaiting::FirstRequest;
     loop {
-        let head_len = match read_head(&mut stream, &mut buffer, first, shutdown, limits).await {
+        let head_len = match read_head(&mut stream, &mut buffer, awaiting, shutdown, limits).await {
             Ok(Some(head_len)) => head_len,
             Ok(None) => return FastPathEnd::Closed,
             Err(()) => {
@@ -61,7 +61,7 @@ pub async fn serve(
                 };
             }
         };
-        first = false;
+        awaiting = Awaiting::NextRequest;
         let Some((request, keep_alive)) = parse(&buffer[..head_len], peer, viewer.logs_access())
         else {
             return FastPathEnd::HandOver {
@@ -92,16 +92,25 @@ pub async fn serve(
     }
 }
 
+/// Which request a connection waits for: the first is timed from the accept by the header
+/// timeout; a later one may idle (keep-alive) until its first byte starts the header timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    FirstRequest,
+    NextRequest,
+}
+
 /// Reads until `buffer` holds a whole request head and returns its length; `Ok(None)` when
 /// the connection should just close (EOF, timeout, shutdown); `Err` when hyper should take over
 /// (an oversized head: hyper answers 431; an HTTP/2 preface).
 async fn read_head(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
-    first: bool,
+    awaiting: Awaiting,
     shutdown: &mut Shutdown,
     limits: ConnectionLimits,
 ) -> Result<Option<usize>, ()> {
+    let first = awaiting == Awaiting::FirstRequest;
     let mut deadline = if buffer.is_empty() && !first {
         Instant::now() + limits.idle_timeout
     } else {

@@ -4,7 +4,7 @@
 //! floor down, in [`crate::serve`], through the [`crate::serve::handler::Handler`] seam.
 //!
 //! What lives where:
-//! - this file: per-connection limits, connection counters, listener errors, binding.
+//! - this file: per-connection limits, connection counters, binding and its error.
 //! - [`listener`]: the accept loop shared by every listener (viewer HTTP, HTTPS and admin).
 //! - [`fast_http1`]: the sendfile fast path for plain GET/HEAD beside hyper.
 //! - [`tls`]: loading certificates and the per-client cipher suite choice.

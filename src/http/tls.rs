@@ -47,7 +47,8 @@ impl TlsError {
         match self {
             TlsError::Certificate { .. } | TlsError::NoCertificate { .. } => "https.cert",
             TlsError::Key { .. } => "https.key",
-            TlsError::Mismatch(_) => "https.cert/https.key",
+            // The certificate reads; the key beside it is not its key.
+            TlsError::Mismatch(_) => "https.key",
             TlsError::Suites(_) => "https.cipher_suites",
         }
     }

@@ -133,15 +133,12 @@ impl ViewerSettings {
     /// Derives the settings from a validated configuration (without the signing key, which
     /// lives in a file: see [`ViewerSettings::with_signing_key`]).
     pub fn from_config(config: &Config) -> ViewerSettings {
-        let header = |text: &str| {
-            HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
-        };
-        let fallback = config.schedule.fallback_url.trim_end_matches('/');
+        let cors = &config.http.cors_allow_origin;
+        let fallback = config.schedule.fallback_url.as_str().trim_end_matches('/');
         ViewerSettings {
             signing_key: None,
-            cache_control: header(&config.http.cache_control),
-            cors_origin: (!config.http.cors_allow_origin.is_empty())
-                .then(|| header(&config.http.cors_allow_origin)),
+            cache_control: config.http.cache_control.value().clone(),
+            cors_origin: (!cors.is_empty()).then(|| cors.value().clone()),
             fallback_url: (!fallback.is_empty()).then(|| fallback.to_owned()),
             during_fill: config.schedule.during_fill,
         }
