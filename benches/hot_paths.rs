@@ -12,6 +12,7 @@ use tidecache::object_path::from_request;
 use tidecache::serve::Validators;
 use tidecache::serve::range::parse;
 use tidecache::store::Stores;
+use tidecache::store::writer::ObjectWriter;
 
 fn request_paths(c: &mut Criterion) {
     c.bench_function("from_request plain", |b| {
@@ -40,9 +41,13 @@ fn index_and_head(c: &mut Criterion) {
     for number in 0..1000 {
         let path = format!("t/seg_{number:05}.m4s");
         let data = number.to_string().into_bytes();
-        let mut writer = stores
-            .begin_write(&path, data.len() as u64, Sha256::digest(&data).into())
-            .expect("writer");
+        let mut writer = ObjectWriter::begin(
+            &stores,
+            &path,
+            data.len() as u64,
+            Sha256::digest(&data).into(),
+        )
+        .expect("writer");
         writer.write(&data).expect("write");
         writer.finish().expect("finish");
     }

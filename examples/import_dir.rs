@@ -16,6 +16,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tidecache::config::Config;
 use tidecache::store::Stores;
+use tidecache::store::writer::ObjectWriter;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,7 +49,7 @@ fn import(config: &Path, dir: &Path) -> Result<usize, Box<dyn std::error::Error>
             .ok_or_else(|| format!("{}: not UTF-8", file.display()))?;
         let data = std::fs::read(file)?;
         let sha256: [u8; 32] = Sha256::digest(&data).into();
-        let mut writer = stores.begin_write(relative, data.len() as u64, sha256)?;
+        let mut writer = ObjectWriter::begin(&stores, relative, data.len() as u64, sha256)?;
         for chunk in data.chunks(1 << 20) {
             writer.write(chunk)?;
         }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tidecache::config::{ByteSize, StoreConfig};
 use tidecache::store::Stores;
+use tidecache::store::writer::ObjectWriter;
 
 /// Bytes handed to the writer at once, so an object of a few hundred kilobytes takes several
 /// `write` calls, as a fill's batches do.
@@ -86,10 +87,9 @@ fn write(
     path: &str,
     data: &[u8],
     upto: usize,
-) -> Result<tidecache::store::ObjectWriter, String> {
+) -> Result<ObjectWriter, String> {
     let sha256: [u8; 32] = Sha256::digest(data).into();
-    let mut writer = stores
-        .begin_or_resume_write(path, data.len() as u64, sha256)
+    let mut writer = ObjectWriter::begin_or_resume(stores, path, data.len() as u64, sha256)
         .map_err(|err| err.to_string())?;
     let from = usize::try_from(writer.written()).map_err(|err| err.to_string())?;
     for chunk in data[from.min(upto)..upto].chunks(CHUNK) {

@@ -661,7 +661,7 @@ async fn a_partial_that_reached_full_size_before_a_crash_is_published_without_a_
         .test_box
         .store_path(0)
         .join("tmp")
-        .join(tidecache::store::partial_name("whole.ts", &sha));
+        .join(tidecache::store::writer::partial_name("whole.ts", &sha));
     std::fs::write(&partial, &data).unwrap();
     push(
         &fill.daemon,

@@ -439,7 +439,7 @@ fn verify(config: Option<&std::path::Path>) -> ExitCode {
     );
     let started = std::time::Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let report = stores.scrub(threads, &|bytes| bar.inc(bytes));
+    let report = crate::store::scrub::scrub(&stores, threads, &|bytes| bar.inc(bytes));
     bar.finish_and_clear();
     let mut quarantine_failed = false;
     for damage in &report.damaged {
@@ -449,7 +449,7 @@ fn verify(config: Option<&std::path::Path>) -> ExitCode {
             damage.store.display(),
             damage.problem
         );
-        if let Err(err) = stores.quarantine(&damage.path) {
+        if let Err(err) = crate::store::scrub::quarantine(&stores, &damage.path) {
             quarantine_failed = true;
             eprintln!("tidecache: error: cannot quarantine {}: {err}", damage.path);
         }

@@ -4,7 +4,9 @@
 //! - this file: [`Daemon`] (start in named steps, reload, shutdown) and [`run`], the
 //!   signal loop of `tidecache serve`.
 //! - `settings`: each module's settings from the configuration, and the files it names.
+//! - `error`: [`StartError`], why a start or a reload was refused.
 
+mod error;
 mod settings;
 
 use std::net::SocketAddr;
@@ -38,59 +40,11 @@ use crate::serve::cache::{CacheMetrics, RamCache};
 use crate::serve::{Viewer, ViewerSettings};
 use crate::signal::{self, Stop, Trigger};
 use crate::store::{StoreState, Stores};
+pub use error::StartError;
 use settings::{FilesRead, Https};
 
 /// Connections the admin listener holds at once; separate from viewers' `max_connections`.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
-
-/// Why the daemon could not start, or a reload was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A setting names a file or value that cannot be used: the operator must change it
-    /// (exit 2). `key` is the configuration key, as in `check-config`'s errors.
-    #[error("{key}: {source}")]
-    Config {
-        /// The configuration key to change, e.g. `https.cert`.
-        key: &'static str,
-        /// What is wrong with its value.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// A listening address could not be bound.
-    #[error(transparent)]
-    Bind(#[from] BindError),
-    /// The state directory cannot be created.
-    #[error("state_dir {path}: {source}")]
-    StateDir {
-        /// The configured directory.
-        path: String,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The viewer worker threads could not be started (out of threads or memory).
-    #[error("cannot start the viewer workers: {0}")]
-    Workers(std::io::Error),
-    /// The metrics registry refused a metric (a programming error, reported not panicked).
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-}
-
-impl StartError {
-    /// A configuration error naming `key`.
-    pub fn config(
-        key: &'static str,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> StartError {
-        StartError::Config {
-            key,
-            source: source.into(),
-        }
-    }
-
-    /// Whether the operator must change the configuration (the CLI exits 2, not 1).
-    pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config { .. })
-    }
-}
 
 /// A running daemon: its bound addresses and the handles to stop it.
 pub struct Daemon {

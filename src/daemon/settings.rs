@@ -2,7 +2,7 @@
 //! and every file the configuration names read up front, so that a bad one stops a start or
 //! a reload before anything has changed.
 
-use super::StartError;
+use super::error::StartError;
 use crate::admin::AdminAuth;
 use crate::admin::auth::AdminToken;
 use crate::config::key_file::{MIN_HMAC_KEY_LEN, MIN_SIGNING_KEY_LEN, read_key};

@@ -28,7 +28,8 @@ use crate::config::ManifestUrl;
 use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState};
 use crate::signal::{self, Cancel, Shutdown, Signal};
-use crate::store::{ObjectWriter, StoreError, Stores, partial_name};
+use crate::store::writer::{ObjectWriter, partial_name};
+use crate::store::{StoreError, Stores};
 
 /// Bytes gathered from the network before one write to disk.
 const WRITE_BATCH: usize = 1 << 20;
@@ -491,9 +492,9 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
         let (path, size, sha256) = (object.path.clone(), object.size, object.sha256);
         let opened = tokio::task::spawn_blocking(move || {
             if from_scratch {
-                stores.begin_write(&path, size, sha256)
+                ObjectWriter::begin(&stores, &path, size, sha256)
             } else {
-                stores.begin_or_resume_write(&path, size, sha256)
+                ObjectWriter::begin_or_resume(&stores, &path, size, sha256)
             }
         })
         .await;

@@ -5,34 +5,9 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use serde::{Deserialize, Serialize};
 
+use super::mode::{Mode, ModeState, Override};
 use super::window::{FillWindow, WindowPosition, position};
-use super::{Mode, ModeState};
-
-/// The operator's override of the windows (`POST /v1/mode`, `tidecache mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Override {
-    /// Follow the fill windows.
-    #[default]
-    Auto,
-    /// Fill now, whatever the windows say, until told otherwise.
-    Fill,
-    /// Serve now, whatever the windows say, until told otherwise.
-    Serve,
-}
-
-impl Override {
-    /// The name used in status JSON, the API and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Override::Auto => "auto",
-            Override::Fill => "fill",
-            Override::Serve => "serve",
-        }
-    }
-}
 
 /// Where the machine is. Draining remembers when it ends; the rest is recomputed each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,14 +5,16 @@
 //!   time zone (daylight-saving edges defined there).
 //! - [`machine`]: the mode state machine as a pure function of phase, time, override and
 //!   windows.
-//! - this file: the [`ModeState`] every part observes, the injected [`Clock`], the persisted
-//!   operator [`Override`], and the [`Scheduler`] task that drives the state machine.
+//! - `mode`: the [`Mode`] and the [`ModeState`] every part observes.
+//! - this file: the injected [`Clock`], the persisted operator [`Override`], and the
+//!   [`Scheduler`] task that drives the state machine.
 //!
 //! The mode has exactly one source of truth: a [`tokio::sync::watch`] channel whose sender
 //! only the scheduler holds. The data plane, readiness, status, metrics and the fill engine
 //! hold receivers and read the current value; nobody keeps a copy.
 
 pub mod machine;
+mod mode;
 mod window;
 
 use std::future::Future;
@@ -29,66 +31,13 @@ use tokio::sync::watch;
 
 use crate::signal::Shutdown;
 
-pub use machine::{Override, Phase, Plan};
+pub use machine::{Phase, Plan};
+pub use mode::{Mode, ModeState, Override, mode_channel};
 pub use window::{FillWindow, Interval, WindowPosition, intervals_around, local_instant, position};
 
 /// The longest the scheduler sleeps on the system clock before looking again, so a clock
 /// step (NTP, a suspended VM) is noticed within this long.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
-
-/// What the box is doing right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Read-only: viewers are served, nothing is written to the stores.
-    Serving,
-    /// Serving is stopping: `/readyz` fails so steering moves players away.
-    Draining,
-    /// The fill engine writes; viewers get the `during_fill` answer.
-    Filling,
-}
-
-impl Mode {
-    /// Every mode, for metrics that publish one series per mode.
-    pub const ALL: [Mode; 3] = [Mode::Serving, Mode::Draining, Mode::Filling];
-
-    /// The name used in status JSON and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Serving => "serving",
-            Mode::Draining => "draining",
-            Mode::Filling => "filling",
-        }
-    }
-}
-
-/// The value carried by the mode channel: everything any part needs to know about the mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModeState {
-    /// The current mode.
-    pub mode: Mode,
-    /// When serving resumes, if known (the end of the fill window), for `Retry-After`.
-    pub serving_resumes_at: Option<Timestamp>,
-    /// The operator's override in force.
-    pub mode_override: Override,
-    /// When the mode next changes by the clock alone, if it will.
-    pub next_switch: Option<Timestamp>,
-}
-
-impl ModeState {
-    /// Plain serving with no window in sight.
-    pub const SERVING: ModeState = ModeState {
-        mode: Mode::Serving,
-        serving_resumes_at: None,
-        mode_override: Override::Auto,
-        next_switch: None,
-    };
-}
-
-/// Creates the one mode channel of a daemon, starting in `initial`.
-pub fn mode_channel(initial: ModeState) -> (watch::Sender<ModeState>, watch::Receiver<ModeState>) {
-    watch::channel(initial)
-}
 
 /// A source of time for the scheduler, injected so the state machine and the daemon can be
 /// driven through a night in a test without waiting.

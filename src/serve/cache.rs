@@ -13,7 +13,7 @@ use std::sync::RwLock;
 
 use bytes::Bytes;
 
-use super::Validators;
+use super::validators::Validators;
 use crate::clock::ClockMap;
 use crate::store::ObjectMeta;
 

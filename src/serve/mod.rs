@@ -21,6 +21,7 @@ pub mod conditional;
 pub mod handler;
 pub mod range;
 pub mod signed;
+mod validators;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,11 +40,12 @@ use crate::config::{Config, DuringFill};
 use crate::metrics::Metrics;
 use crate::object_path;
 use crate::schedule::{Clock, Mode, ModeState, SystemClock};
-use crate::store::{StoreError, Stores, hex};
+use crate::store::{StoreError, Stores};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
 use handler::Handler;
 use range::{ByteRange, RangeRequest};
+pub use validators::{Validators, etag};
 
 /// Largest RAM-cached object the sendfile fast path still sends from its file.
 const SENDFILE_MAX_CACHED: u64 = 256 * 1024;
@@ -82,34 +84,6 @@ pub fn content_type(path: &str) -> &'static str {
         .iter()
         .find(|(known, _)| known.eq_ignore_ascii_case(extension))
         .map_or("application/octet-stream", |(_, mime)| mime)
-}
-
-/// The strong `ETag` of an object: its sha256 in hex, quoted.
-pub fn etag(sha256: &[u8; 32]) -> String {
-    format!("\"{}\"", hex(sha256))
-}
-
-/// An object's `ETag` and `Last-Modified`, as header values ready to clone (the RAM cache
-/// keeps them with the bytes, so a hit formats nothing).
-#[derive(Debug, Clone)]
-pub struct Validators {
-    /// The strong ETag.
-    pub etag: HeaderValue,
-    /// Last-Modified: when the object was filled.
-    pub last_modified: HeaderValue,
-}
-
-impl Validators {
-    /// Computes the validators of a stored object.
-    pub fn of(meta: &crate::store::ObjectMeta) -> Validators {
-        let modified: SystemTime = conditional::last_modified_time(meta.filled_at);
-        Validators {
-            etag: HeaderValue::from_str(&etag(&meta.sha256))
-                .unwrap_or_else(|_| HeaderValue::from_static("\"\"")),
-            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
-        }
-    }
 }
 
 /// Viewer settings taken from the configuration once, as ready-made header values.

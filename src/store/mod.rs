@@ -16,15 +16,16 @@
 //! store's journal is replayed (one sequential read each; no stat per object) and merged.
 //!
 //! Reads ([`Stores::lookup`], [`Stores::open`]) never write. Writes go only through
-//! [`Stores::begin_write`], whose [`ObjectWriter`] cannot publish a torn or wrong object: it
-//! hashes as it writes, and [`ObjectWriter::finish`] checks size and sha256, fsyncs, renames,
+//! [`writer::ObjectWriter::begin`], whose writer cannot publish a torn or wrong object: it
+//! hashes as it writes, and [`writer::ObjectWriter::finish`] checks size and sha256, fsyncs,
+//! and hands the file to the store's publish, which renames,
 //! fsyncs the directory and only then records the object in the journal and the index.
 //! Dropped without `finish`, it removes its temp file.
 
 pub mod journal;
 pub mod placement;
 pub mod scrub;
-mod writer;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -39,8 +40,6 @@ use sha2::{Digest, Sha256};
 use crate::clock::ClockMap;
 use crate::config::StoreConfig;
 use journal::{JournalEntry, JournalWriter, Record};
-
-pub use writer::{ObjectWriter, partial_name};
 
 /// Share of a file system's size kept free when a store's capacity is not configured.
 const RESERVE_FRACTION: f64 = 0.02;
@@ -572,31 +571,6 @@ impl Stores {
         }
     }
 
-    /// Starts writing an object to the store placement picks for it. The returned writer
-    /// publishes the object only when [`ObjectWriter::finish`] verifies it.
-    pub fn begin_write(
-        self: &Arc<Self>,
-        path: &str,
-        size: u64,
-        sha256: [u8; 32],
-    ) -> Result<ObjectWriter, StoreError> {
-        let store = self.place_valid(path, size)?;
-        ObjectWriter::create(Arc::clone(self), store, path, size, sha256)
-    }
-
-    /// Like [`Stores::begin_write`], but continues a partial temp file a checkpointed or
-    /// interrupted earlier write of the same object (same path and sha256) left in the chosen
-    /// store, re-hashing what it holds. [`ObjectWriter::written`] tells where to resume.
-    pub fn begin_or_resume_write(
-        self: &Arc<Self>,
-        path: &str,
-        size: u64,
-        sha256: [u8; 32],
-    ) -> Result<ObjectWriter, StoreError> {
-        let store = self.place_valid(path, size)?;
-        ObjectWriter::resume_or_create(Arc::clone(self), store, path, size, sha256)
-    }
-
     /// Checks the path, then picks its store.
     fn place_valid(&self, path: &str, size: u64) -> Result<usize, StoreError> {
         crate::object_path::validate(path).map_err(|source| StoreError::BadPath {
@@ -607,7 +581,7 @@ impl Stores {
     }
 
     /// Removes partial temp files that no planned write will resume (their object left the
-    /// manifest or changed). `keep` holds [`partial_name`]s. Returns how many were removed.
+    /// manifest or changed). `keep` holds [`writer::partial_name`]s. Returns how many were removed.
     pub fn clean_partials(&self, keep: &std::collections::HashSet<String>) -> usize {
         let mut removed = 0;
         for store in self

@@ -32,92 +32,89 @@ pub struct ScrubReport {
     pub damaged: Vec<Damage>,
 }
 
-impl Stores {
-    /// Re-hashes every indexed object on `threads` threads, calling `progress` with the bytes
-    /// of each object checked. Reads only.
-    pub fn scrub(&self, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> ScrubReport {
-        let mut objects: Vec<(String, ObjectMeta)> = self.snapshot().into_iter().collect();
-        objects.sort_by(|a, b| (a.1.store, &a.0).cmp(&(b.1.store, &b.0)));
-        let next = AtomicUsize::new(0);
-        let report = Mutex::new(ScrubReport::default());
-        std::thread::scope(|scope| {
-            for _ in 0..threads.max(1) {
-                scope.spawn(|| {
-                    while let Some((path, meta)) = objects.get(next.fetch_add(1, Ordering::Relaxed))
-                    {
-                        let problem = self.check(path, meta);
-                        progress(meta.size);
-                        if let Ok(mut report) = report.lock() {
-                            report.objects += 1;
-                            report.bytes += meta.size;
-                            if let Some(problem) = problem {
-                                report.damaged.push(Damage {
-                                    path: path.clone(),
-                                    store: self.stores[meta.store].config_path.clone(),
-                                    problem,
-                                });
-                            }
+/// Re-hashes every indexed object on `threads` threads, calling `progress` with the bytes
+/// of each object checked. Reads only.
+pub fn scrub(stores: &Stores, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> ScrubReport {
+    let mut objects: Vec<(String, ObjectMeta)> = stores.snapshot().into_iter().collect();
+    objects.sort_by(|a, b| (a.1.store, &a.0).cmp(&(b.1.store, &b.0)));
+    let next = AtomicUsize::new(0);
+    let report = Mutex::new(ScrubReport::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                while let Some((path, meta)) = objects.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let problem = check(stores, path, meta);
+                    progress(meta.size);
+                    if let Ok(mut report) = report.lock() {
+                        report.objects += 1;
+                        report.bytes += meta.size;
+                        if let Some(problem) = problem {
+                            report.damaged.push(Damage {
+                                path: path.clone(),
+                                store: stores.stores[meta.store].config_path.clone(),
+                                problem,
+                            });
                         }
                     }
-                });
-            }
-        });
-        let mut report = report.into_inner().unwrap_or_default();
-        report.damaged.sort_by(|a, b| a.path.cmp(&b.path));
-        report
-    }
-
-    /// What is wrong with one object, if anything.
-    fn check(&self, path: &str, meta: &ObjectMeta) -> Option<String> {
-        let file_path = self.stores[meta.store].object_file(path);
-        let mut file = match std::fs::File::open(&file_path) {
-            Ok(file) => file,
-            Err(err) => return Some(format!("cannot open: {err}")),
-        };
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
-        let mut length: u64 = 0;
-        loop {
-            match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(read) => {
-                    hasher.update(&buffer[..read]);
-                    length += read as u64;
                 }
-                Err(err) => return Some(format!("read error: {err}")),
-            }
+            });
         }
-        if length != meta.size {
-            return Some(format!("{length} bytes, the index says {}", meta.size));
-        }
-        let actual: [u8; 32] = hasher.finalize().into();
-        (actual != meta.sha256).then(|| {
-            format!(
-                "sha256 {} does not match the recorded {}",
-                hex(&actual),
-                hex(&meta.sha256)
-            )
-        })
-    }
+    });
+    let mut report = report.into_inner().unwrap_or_default();
+    report.damaged.sort_by(|a, b| a.path.cmp(&b.path));
+    report
+}
 
-    /// Takes an object out of service: its file moves to `<store>/quarantine/<path>` for
-    /// inspection, and it leaves the journal and the index, so it is not served and the next
-    /// fill fetches it again.
-    pub fn quarantine(&self, path: &str) -> Result<(), StoreError> {
-        let Some(meta) = self.forget(path)? else {
-            return Ok(());
-        };
-        let store = &self.stores[meta.store];
-        let target = store.root.join("quarantine").join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| store.io_error(format!("create {}", parent.display()), err))?;
+/// What is wrong with one object, if anything.
+fn check(stores: &Stores, path: &str, meta: &ObjectMeta) -> Option<String> {
+    let file_path = stores.stores[meta.store].object_file(path);
+    let mut file = match std::fs::File::open(&file_path) {
+        Ok(file) => file,
+        Err(err) => return Some(format!("cannot open: {err}")),
+    };
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut length: u64 = 0;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => {
+                hasher.update(&buffer[..read]);
+                length += read as u64;
+            }
+            Err(err) => return Some(format!("read error: {err}")),
         }
-        match std::fs::rename(store.object_file(path), &target) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(store.io_error(format!("quarantine objects/{path}"), err)),
-        }
+    }
+    if length != meta.size {
+        return Some(format!("{length} bytes, the index says {}", meta.size));
+    }
+    let actual: [u8; 32] = hasher.finalize().into();
+    (actual != meta.sha256).then(|| {
+        format!(
+            "sha256 {} does not match the recorded {}",
+            hex(&actual),
+            hex(&meta.sha256)
+        )
+    })
+}
+
+/// Takes an object out of service: its file moves to `<store>/quarantine/<path>` for
+/// inspection, and it leaves the journal and the index, so it is not served and the next
+/// fill fetches it again.
+pub fn quarantine(stores: &Stores, path: &str) -> Result<(), StoreError> {
+    let Some(meta) = stores.forget(path)? else {
+        return Ok(());
+    };
+    let store = &stores.stores[meta.store];
+    let target = store.root.join("quarantine").join(path);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|err| store.io_error(format!("create {}", parent.display()), err))?;
+    }
+    match std::fs::rename(store.object_file(path), &target) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(store.io_error(format!("quarantine objects/{path}"), err)),
     }
 }
 
@@ -125,6 +122,7 @@ impl Stores {
 mod tests {
     use super::*;
     use crate::config::{ByteSize, StoreConfig};
+    use crate::store::writer::ObjectWriter;
     use std::sync::Arc;
 
     #[test]
@@ -141,9 +139,8 @@ mod tests {
             ("cut.ts", b"cut!"),
             ("gone.ts", b"gone"),
         ] {
-            let mut writer = stores
-                .begin_write(path, 4, Sha256::digest(data).into())
-                .unwrap();
+            let mut writer =
+                ObjectWriter::begin(&stores, path, 4, Sha256::digest(data).into()).unwrap();
             writer.write(data).unwrap();
             writer.finish().unwrap();
         }
@@ -151,13 +148,13 @@ mod tests {
         std::fs::write(objects.join("flip.ts"), b"flop").unwrap();
         std::fs::write(objects.join("cut.ts"), b"cu").unwrap();
         std::fs::remove_file(objects.join("gone.ts")).unwrap();
-        let report = stores.scrub(2, &|_| {});
+        let report = scrub(&stores, 2, &|_| {});
         assert_eq!(report.objects, 4);
         let damaged: Vec<&str> = report.damaged.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(damaged, ["cut.ts", "flip.ts", "gone.ts"]);
         assert!(report.damaged[1].problem.contains("does not match"));
         for damage in &report.damaged {
-            stores.quarantine(&damage.path).unwrap();
+            quarantine(&stores, &damage.path).unwrap();
         }
         assert!(stores.lookup("flip.ts").is_none());
         assert!(dir.path().join("quarantine/flip.ts").exists());

@@ -32,7 +32,32 @@ pub struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    pub(super) fn create(
+    /// Starts writing an object to the store placement picks for it. The writer publishes
+    /// the object only when [`ObjectWriter::finish`] verifies it.
+    pub fn begin(
+        stores: &Arc<Stores>,
+        path: &str,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> Result<ObjectWriter, StoreError> {
+        let store = stores.place_valid(path, size)?;
+        ObjectWriter::create(Arc::clone(stores), store, path, size, sha256)
+    }
+
+    /// Like [`ObjectWriter::begin`], but continues a partial temp file a checkpointed or
+    /// interrupted earlier write of the same object (same path and sha256) left in the chosen
+    /// store, re-hashing what it holds. [`ObjectWriter::written`] tells where to resume.
+    pub fn begin_or_resume(
+        stores: &Arc<Stores>,
+        path: &str,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> Result<ObjectWriter, StoreError> {
+        let store = stores.place_valid(path, size)?;
+        ObjectWriter::resume_or_create(Arc::clone(stores), store, path, size, sha256)
+    }
+
+    fn create(
         stores: Arc<Stores>,
         store: usize,
         path: &str,
@@ -82,7 +107,7 @@ impl ObjectWriter {
 
     /// Continues the partial temp file of the same (path, sha256) in `store` if there is one
     /// no longer than the object, re-hashing its bytes; otherwise starts afresh.
-    pub(super) fn resume_or_create(
+    fn resume_or_create(
         stores: Arc<Stores>,
         store: usize,
         path: &str,
@@ -144,7 +169,7 @@ impl ObjectWriter {
     }
 
     /// Stops writing but keeps the temp file, flushed to disk, for a later
-    /// [`Stores::begin_or_resume_write`] to continue (the fill window ended mid-object).
+    /// [`ObjectWriter::begin_or_resume`] to continue (the fill window ended mid-object).
     pub fn checkpoint(mut self) -> Result<u64, StoreError> {
         let store = &self.stores.stores[self.store];
         if let Some(file) = self.file.take() {
@@ -306,14 +331,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
         let data = b"0123456789abcdef";
-        let mut writer = set.begin_write("t/r.ts", 16, sha(data)).unwrap();
+        let mut writer = ObjectWriter::begin(&set, "t/r.ts", 16, sha(data)).unwrap();
         writer.write(&data[..6]).unwrap();
         assert_eq!(writer.checkpoint().unwrap(), 6);
         assert!(
             set.lookup("t/r.ts").is_none(),
             "a partial object is never visible"
         );
-        let mut resumed = set.begin_or_resume_write("t/r.ts", 16, sha(data)).unwrap();
+        let mut resumed = ObjectWriter::begin_or_resume(&set, "t/r.ts", 16, sha(data)).unwrap();
         assert_eq!(resumed.written(), 6);
         resumed.write(&data[6..]).unwrap();
         resumed.finish().unwrap();
@@ -321,7 +346,7 @@ mod tests {
     }
 
     fn put(set: &Arc<Stores>, path: &str, data: &[u8]) -> ObjectMeta {
-        let mut writer = set.begin_write(path, data.len() as u64, sha(data)).unwrap();
+        let mut writer = ObjectWriter::begin(set, path, data.len() as u64, sha(data)).unwrap();
         writer.write(data).unwrap();
         writer.finish().unwrap()
     }
@@ -384,7 +409,7 @@ mod tests {
     fn a_restarted_write_forgets_what_it_had() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
-        let mut writer = set.begin_write("t/x.ts", 5, sha(b"hello")).unwrap();
+        let mut writer = ObjectWriter::begin(&set, "t/x.ts", 5, sha(b"hello")).unwrap();
         writer.write(b"junk").unwrap();
         writer.restart().unwrap();
         writer.write(b"hello").unwrap();
@@ -396,15 +421,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
         for (path, data) in [("a.ts", b"aaaa"), ("b.ts", b"bbbb")] {
-            let mut writer = set.begin_write(path, 4, sha(data)).unwrap();
+            let mut writer = ObjectWriter::begin(&set, path, 4, sha(data)).unwrap();
             writer.write(&data[..2]).unwrap();
             writer.checkpoint().unwrap();
         }
         let keep = std::collections::HashSet::from([partial_name("a.ts", &sha(b"aaaa"))]);
         assert_eq!(set.clean_partials(&keep), 1);
-        let resumed = set.begin_or_resume_write("a.ts", 4, sha(b"aaaa")).unwrap();
+        let resumed = ObjectWriter::begin_or_resume(&set, "a.ts", 4, sha(b"aaaa")).unwrap();
         assert_eq!(resumed.written(), 2);
-        let fresh = set.begin_or_resume_write("b.ts", 4, sha(b"bbbb")).unwrap();
+        let fresh = ObjectWriter::begin_or_resume(&set, "b.ts", 4, sha(b"bbbb")).unwrap();
         assert_eq!(fresh.written(), 0);
     }
 
@@ -412,7 +437,7 @@ mod tests {
     fn finished_object_is_indexed_readable_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
-        let mut writer = set.begin_write("t/a.ts", 5, sha(b"hello")).unwrap();
+        let mut writer = ObjectWriter::begin(&set, "t/a.ts", 5, sha(b"hello")).unwrap();
         writer.write(b"hel").unwrap();
         writer.write(b"lo").unwrap();
         let meta = writer.finish().unwrap();
@@ -432,7 +457,7 @@ mod tests {
     fn wrong_hash_is_never_published_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
-        let mut writer = set.begin_write("t/a.ts", 5, sha(b"HELLO")).unwrap();
+        let mut writer = ObjectWriter::begin(&set, "t/a.ts", 5, sha(b"HELLO")).unwrap();
         writer.write(b"hello").unwrap();
         assert!(matches!(
             writer.finish(),
@@ -450,7 +475,7 @@ mod tests {
     fn short_or_long_body_is_a_size_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
-        let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
+        let mut writer = ObjectWriter::begin(&set, "a.ts", 5, sha(b"hello")).unwrap();
         assert!(matches!(
             writer.write(b"hello!"),
             Err(StoreError::SizeMismatch { .. })
@@ -467,7 +492,7 @@ mod tests {
     fn dropped_writer_removes_its_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
-        let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
+        let mut writer = ObjectWriter::begin(&set, "a.ts", 5, sha(b"hello")).unwrap();
         writer.write(b"he").unwrap();
         drop(writer);
         assert_eq!(
@@ -482,9 +507,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
         for body in [&b"first"[..], b"second!"] {
-            let mut writer = set
-                .begin_write("a.ts", body.len() as u64, sha(body))
-                .unwrap();
+            let mut writer =
+                ObjectWriter::begin(&set, "a.ts", body.len() as u64, sha(body)).unwrap();
             writer.write(body).unwrap();
             writer.finish().unwrap();
         }
@@ -502,11 +526,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
         assert!(matches!(
-            set.begin_write("../x", 1, [0; 32]),
+            ObjectWriter::begin(&set, "../x", 1, [0; 32]),
             Err(StoreError::BadPath { .. })
         ));
         assert!(matches!(
-            set.begin_write("big", 2 << 20, [0; 32]),
+            ObjectWriter::begin(&set, "big", 2 << 20, [0; 32]),
             Err(StoreError::NoRoom { .. })
         ));
     }
@@ -563,7 +587,7 @@ mod tests {
     fn truncated_file_behind_our_back_is_damaged_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
-        let mut writer = set.begin_write("a.ts", 5, sha(b"hello")).unwrap();
+        let mut writer = ObjectWriter::begin(&set, "a.ts", 5, sha(b"hello")).unwrap();
         writer.write(b"hello").unwrap();
         let meta = writer.finish().unwrap();
         std::fs::write(dir.path().join("objects/a.ts"), b"hel").unwrap();

@@ -17,6 +17,7 @@ use tidecache::config::Config;
 use tidecache::daemon::Daemon;
 use tidecache::schedule::ManualClock;
 use tidecache::store::Stores;
+use tidecache::store::writer::ObjectWriter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -140,8 +141,7 @@ pub fn seed_all<P: AsRef<str>, D: AsRef<[u8]>>(config: &Config, objects: &[(P, D
     let stores = Arc::new(Stores::load(&config.stores));
     for (path, data) in objects {
         let (path, data) = (path.as_ref(), data.as_ref());
-        let mut writer = stores
-            .begin_write(path, data.len() as u64, sha256(data))
+        let mut writer = ObjectWriter::begin(&stores, path, data.len() as u64, sha256(data))
             .unwrap_or_else(|err| panic!("begin_write {path}: {err}"));
         for chunk in data.chunks(64 * 1024) {
             writer.write(chunk).expect("write object");
