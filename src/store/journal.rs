@@ -212,7 +212,7 @@ impl JournalWriter {
             file.write_all(MAGIC)?;
             file.sync_all()?;
             if let Some(dir) = path.parent() {
-                super::fsync_dir(dir)?;
+                crate::durable::fsync_dir(dir)?;
             }
             return Ok(JournalWriter {
                 file,
@@ -288,7 +288,7 @@ pub fn compact<'a>(
         }
     })?;
     if let Some(dir) = path.parent() {
-        super::fsync_dir(dir).map_err(|source| CompactError {
+        crate::durable::fsync_dir(dir).map_err(|source| CompactError {
             renamed_len: Some(written),
             source,
         })?;

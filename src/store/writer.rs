@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::{ObjectMeta, StoreError, Stores, fsync_dir, hex, unix_now};
+use super::{ObjectMeta, StoreError, Stores, hex, unix_now};
+use crate::durable::fsync_dir;
 
 /// An object being written into a store's `tmp/`.
 ///
