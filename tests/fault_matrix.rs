@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{PoisonError, RwLock};
 
 use sha2::{Digest, Sha256};
 use tidecache::config::{ByteSize, StoreConfig};
@@ -112,29 +113,28 @@ fn every_fault_on_a_durable_path_leaves_a_usable_store_with_matching_bytes() {
     );
     let work = tempfile::tempdir().unwrap();
     let contents = write_contents(work.path());
+    // Scenarios run side by side (each faulted run is one single-threaded process).
+    let results: Vec<Vec<(String, Outcome)>> = std::thread::scope(|scope| {
+        let running: Vec<_> = SCENARIOS
+            .iter()
+            .enumerate()
+            .map(|(number, scenario)| {
+                let dir = work.path().join(format!("scenario-{number}"));
+                let contents = &contents;
+                scope.spawn(move || run_scenario(scenario, contents, &dir))
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|thread| thread.join().expect("a scenario thread panicked"))
+            .collect()
+    });
     let mut matrix: BTreeMap<(&str, String), Outcome> = BTreeMap::new();
     let mut runs = 0;
-    for scenario in SCENARIOS {
-        let template = work.path().join(format!("template-{}", scenario.name));
-        run_ops(&template, scenario.setup, &contents, None);
-        let counts = syscall_counts(&template, scenario, &contents, work.path());
-        for syscall in SYSCALLS {
-            for nth in 1..=counts.get(syscall).copied().unwrap_or(0) {
-                for fault in ["error=EIO", "signal=SIGKILL"] {
-                    let store = work.path().join(format!("run-{runs}"));
-                    copy_dir(&template, &store);
-                    let inject = format!("{syscall}:{fault}:when={nth}");
-                    run_ops(&store, scenario.ops, &contents, Some(&inject));
-                    let outcome = check_after_fault(&store, scenario, &contents)
-                        .unwrap_or_else(Outcome::Violation);
-                    matrix.insert(
-                        (scenario.name, format!("{syscall} #{nth} {fault}")),
-                        outcome,
-                    );
-                    runs += 1;
-                    let _ = std::fs::remove_dir_all(&store);
-                }
-            }
+    for (scenario, outcomes) in SCENARIOS.iter().zip(results) {
+        for (fault, outcome) in outcomes {
+            matrix.insert((scenario.name, fault), outcome);
+            runs += 1;
         }
     }
     print_matrix(&matrix, runs);
@@ -152,6 +152,34 @@ fn every_fault_on_a_durable_path_leaves_a_usable_store_with_matching_bytes() {
         violations.len(),
         violations.join("\n")
     );
+}
+
+/// Every faulted run of one scenario, in `dir`: the fault and what it left.
+fn run_scenario(
+    scenario: &Scenario,
+    contents: &BTreeMap<&str, PathBuf>,
+    dir: &Path,
+) -> Vec<(String, Outcome)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let template = dir.join("template");
+    run_ops(&template, scenario.setup, contents, None);
+    let counts = syscall_counts(&template, scenario, contents, dir);
+    let mut outcomes = Vec::new();
+    for syscall in SYSCALLS {
+        for nth in 1..=counts.get(syscall).copied().unwrap_or(0) {
+            for fault in ["error=EIO", "signal=SIGKILL"] {
+                let store = dir.join(format!("run-{}", outcomes.len()));
+                copy_dir(&template, &store);
+                let inject = format!("{syscall}:{fault}:when={nth}");
+                run_ops(&store, scenario.ops, contents, Some(&inject));
+                let outcome = check_after_fault(&store, scenario, contents)
+                    .unwrap_or_else(Outcome::Violation);
+                outcomes.push((format!("{syscall} #{nth} {fault}"), outcome));
+                let _ = std::fs::remove_dir_all(&store);
+            }
+        }
+    }
+    outcomes
 }
 
 /// Content files: `v1` and `v2` (two versions of one size), `w` (another object).
@@ -211,7 +239,7 @@ fn run_ops(
         }
         None => Command::new(store_op_binary()),
     };
-    let output = command.arg(store).args(&ops).output().unwrap();
+    let output = run_child(command.arg(store).args(&ops));
     if inject.is_none() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
@@ -238,17 +266,17 @@ fn syscall_counts(
         .iter()
         .map(|op| resolve(op, contents))
         .collect();
-    let status = Command::new("strace")
-        .args(["-f", "-qq", "-o"])
-        .arg(&log)
-        .arg("-e")
-        .arg(format!("trace={}", SYSCALLS.join(",")))
-        .arg(store_op_binary())
-        .arg(&store)
-        .args(&ops)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let output = run_child(
+        Command::new("strace")
+            .args(["-f", "-qq", "-o"])
+            .arg(&log)
+            .arg("-e")
+            .arg(format!("trace={}", SYSCALLS.join(",")))
+            .arg(store_op_binary())
+            .arg(&store)
+            .args(&ops),
+    );
+    assert!(output.status.success());
     let mut counts = BTreeMap::new();
     for line in std::fs::read_to_string(&log).unwrap().lines() {
         let call = line
@@ -277,6 +305,7 @@ fn check_after_fault(
     contents: &BTreeMap<&str, PathBuf>,
 ) -> Result<Outcome, String> {
     let outcome = {
+        let _no_fork = FORKS.read().unwrap_or_else(PoisonError::into_inner);
         let stores = open(store)?;
         let mut outcome = Outcome::New;
         for (path, expected) in scenario.expected {
@@ -291,6 +320,7 @@ fn check_after_fault(
     if again.contains("error") {
         return Err(format!("the next run did not complete: {again}"));
     }
+    let _no_fork = FORKS.read().unwrap_or_else(PoisonError::into_inner);
     let stores = open(store)?;
     for (path, expected) in scenario.expected {
         let now = served_sha(&stores, path)?;
@@ -336,18 +366,31 @@ fn served_sha(stores: &Stores, path: &str) -> Result<Option<[u8; 32]>, String> {
     Ok(Some(actual))
 }
 
+/// Held for reading while this process has a store open (and so its `flock`), and for
+/// writing while a child is spawned: a child forked at that moment would share the lock's
+/// open file until its exec, and a store_op started then would find its store locked.
+static FORKS: RwLock<()> = RwLock::new(());
+
+/// Spawns `command` (never while a store is open here) and waits for its output.
+fn run_child(command: &mut Command) -> std::process::Output {
+    let child = {
+        let _spawning = FORKS.write().unwrap_or_else(PoisonError::into_inner);
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    child.wait_with_output().unwrap()
+}
+
 fn sha_of(file: &Path) -> [u8; 32] {
     Sha256::digest(std::fs::read(file).unwrap()).into()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let output = run_child(Command::new("cp").arg("-a").arg(from).arg(to));
+    assert!(output.status.success());
 }
 
 fn print_matrix(matrix: &BTreeMap<(&str, String), Outcome>, runs: usize) {
