@@ -72,7 +72,12 @@ pub async fn serve(
         let keep_alive = keep_alive && !shutdown.is_raised();
         let response = viewer.answer(&request, Sender::Sendfile);
         buffer.advance(head_len);
-        let parts = encode_head(response, keep_alive, &mut head);
+        let mut parts = encode_head(response, keep_alive, &mut head);
+        if request.method() == Method::HEAD {
+            // Whatever the status, a HEAD answer ends with its head (RFC 9110 section 9.3.2);
+            // a body here would be read as the start of the next answer.
+            parts.clear();
+        }
         match write_response(&stream, &head, &parts, limits.idle_timeout).await {
             Ok(sent) => viewer.count_sent(sent),
             Err(err) => {
@@ -121,11 +126,14 @@ async fn read_head(
         if buffer.starts_with(b"PRI ") {
             return Err(());
         }
-        if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-            return Ok(Some(end + 4));
-        }
-        if buffer.len() > limits.max_header_size {
-            return Err(());
+        match scan_head(buffer) {
+            HeadScan::Complete(len) if len <= limits.max_header_size => return Ok(Some(len)),
+            // Oversized (hyper answers 431), or not plain CRLF lines (hyper decides).
+            HeadScan::Complete(_) | HeadScan::Unusual => return Err(()),
+            HeadScan::Partial if buffer.len() > limits.max_header_size => return Err(()),
+            // Already not HTTP (a TLS hello on the plain port): hyper answers 400 at once.
+            HeadScan::Partial if !buffer.is_empty() && !plausible_head(buffer) => return Err(()),
+            HeadScan::Partial => {}
         }
         if shutdown.is_raised() && buffer.is_empty() {
             return Ok(None);
@@ -135,6 +143,8 @@ async fn read_head(
             _ = shutdown.raised(), if buffer.is_empty() => return Ok(None),
         };
         match read {
+            // The client stopped sending mid-head: hyper gives that its answer.
+            Ok(Ok(0)) if !buffer.is_empty() => return Err(()),
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
             Ok(Ok(_)) => {
                 if !head_started {
@@ -144,6 +154,46 @@ async fn read_head(
             }
         }
     }
+}
+
+/// How far a buffer holds a request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadScan {
+    /// A whole head of this many bytes, every line ended by CRLF.
+    Complete(usize),
+    /// No blank line yet, and nothing unusual so far.
+    Partial,
+    /// A bare LF, or blank lines before the request line: lenient parsers differ on these,
+    /// so hyper gets them and the fast path never disagrees with it.
+    Unusual,
+}
+
+/// Whether the start of a head parses so far (only asked while a head is incomplete).
+fn plausible_head(buffer: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    httparse::Request::new(&mut headers).parse(buffer).is_ok()
+}
+
+/// Finds the end of the request head at the start of `buffer` (RFC 9112 section 2.2).
+fn scan_head(buffer: &[u8]) -> HeadScan {
+    if buffer.starts_with(b"\r") || buffer.starts_with(b"\n") {
+        return HeadScan::Unusual;
+    }
+    let mut line_start = 0;
+    for (at, _) in buffer
+        .iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte == b'\n')
+    {
+        if at == 0 || buffer[at - 1] != b'\r' {
+            return HeadScan::Unusual;
+        }
+        if at - 1 == line_start {
+            return HeadScan::Complete(at + 1);
+        }
+        line_start = at + 1;
+    }
+    HeadScan::Partial
 }
 
 /// The request of a plain GET or HEAD head, and whether the connection stays open; `None`
@@ -160,11 +210,11 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
         "HEAD" => Method::HEAD,
         _ => return None,
     };
-    let version = match parsed.version? {
-        1 => Version::HTTP_11,
-        0 => Version::HTTP_10,
-        _ => return None,
-    };
+    // HTTP/1.0 (keep-alive negotiated by header, answers downgraded) is hyper's.
+    if parsed.version? != 1 {
+        return None;
+    }
+    let version = Version::HTTP_11;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = http::Uri::try_from(parsed.path?).ok()?;
@@ -172,7 +222,6 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
     let headers = request.headers_mut();
     headers.reserve(parsed.headers.len());
     let mut connection_close = false;
-    let mut connection_keep_alive = false;
     for header in parsed.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("transfer-encoding")
@@ -185,7 +234,6 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
         if name.eq_ignore_ascii_case("connection") {
             let value = std::str::from_utf8(header.value).ok()?.to_ascii_lowercase();
             connection_close |= value.split(',').any(|token| token.trim() == "close");
-            connection_keep_alive |= value.split(',').any(|token| token.trim() == "keep-alive");
         }
         headers.append(
             http::HeaderName::from_bytes(name.as_bytes()).ok()?,
@@ -195,11 +243,7 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
     if with_peer {
         request.extensions_mut().insert(PeerAddr(peer));
     }
-    let keep_alive = match version {
-        Version::HTTP_11 => !connection_close,
-        _ => connection_keep_alive && !connection_close,
-    };
-    Some((request, keep_alive))
+    Some((request, !connection_close))
 }
 
 /// Writes the response head into `out` (with `Date` and, when closing, `Connection:

@@ -158,6 +158,28 @@ impl Source {
     }
 }
 
+/// RFC 9112 section 3.2: an HTTP/1.1 request carries exactly one `Host`, and a server
+/// answers 400 to one with none, several, or an invalid one (smuggling and cache-poisoning
+/// attacks start with requests that disagree about their host). HTTP/2 names its authority
+/// otherwise, and HTTP/1.0 clients need not send one.
+pub fn check_host<B>(request: &Request<B>) -> Result<(), &'static str> {
+    if request.version() != http::Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Err("an HTTP/1.1 request needs exactly one Host header");
+    };
+    let valid = host.is_empty()
+        || (!host.as_bytes().contains(&b'@')
+            && http::uri::Authority::try_from(host.as_bytes()).is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err("the Host header is not a valid host[:port]")
+    }
+}
+
 /// Who will write an answer's body to the connection, which decides where it is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sender {
@@ -313,6 +335,12 @@ impl Viewer {
     /// Turns one request into a response. Synchronous: lookups and opens do not wait on
     /// anything but the local disk; bytes are streamed later by the body.
     fn respond<B>(&self, request: &Request<B>, sender: Sender) -> Response<ObjectBody> {
+        if let Err(problem) = check_host(request) {
+            return self.text(
+                StatusCode::BAD_REQUEST,
+                &format!("bad request: {problem}\n"),
+            );
+        }
         let method = request.method();
         if method == Method::OPTIONS {
             return self.options(request.headers());

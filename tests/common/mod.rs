@@ -211,6 +211,18 @@ pub fn h2c_client() -> reqwest::Client {
 
 /// Sends raw bytes on a fresh connection, half-closes, and returns everything the server
 /// sends until it closes (bounded by [`IO_TIMEOUT`]).
+/// Sends raw bytes on a fresh connection, half-closes it, and returns every byte the server
+/// sends until it closes (bounded by [`IO_TIMEOUT`]).
+pub async fn raw_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may close before reading everything (an oversized head): that is an answer.
+    let _ = stream.write_all(request).await;
+    let _ = stream.shutdown().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut answer)).await;
+    answer
+}
+
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("send");
