@@ -685,3 +685,110 @@ async fn a_partial_that_reached_full_size_before_a_crash_is_published_without_a_
     );
     fill.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn refills_with_new_bytes_while_serving_never_pair_one_version_with_another_etag() {
+    let origin = Origin::start().await;
+    const OBJECTS: usize = 12;
+    let version = |tag: u8, number: usize| -> Vec<u8> {
+        let mut data = pattern(64 * 1024);
+        data[..2].copy_from_slice(&[tag, number as u8]);
+        data
+    };
+    let paths: Vec<String> = (0..OBJECTS)
+        .map(|number| format!("t/{number}.ts"))
+        .collect();
+    let mut versions = Vec::new();
+    for tag in [1u8, 2] {
+        let objects: Vec<(String, Vec<u8>)> = paths
+            .iter()
+            .enumerate()
+            .map(|(number, path)| (path.clone(), version(tag, number)))
+            .collect();
+        for (path, data) in &objects {
+            origin.put(&format!("v{tag}/{path}"), data, Fault::None);
+        }
+        versions.push(objects);
+    }
+    // Cold caches, so every answer opens its file while the fill renames new ones in place.
+    let test_box = TestBox::new();
+    let (token_file, token) = test_box.token_file();
+    let mut config = test_box.config(
+        1,
+        "[schedule]\ndrain = \"0s\"\nduring_fill = \"serve\"\n[cache]\nram = \"0\"\nopen_files = 0\n",
+    );
+    config.admin.token_file = Some(token_file);
+    let daemon = start(&config).await;
+    let fill = FillBox {
+        test_box,
+        config,
+        daemon,
+        token,
+    };
+    fill.daemon.set_override(Override::Fill).await.unwrap();
+    let viewer = fill.daemon.viewer_addrs[0];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|reader| {
+            let (stop, paths) = (std::sync::Arc::clone(&stop), paths.clone());
+            tokio::spawn(async move {
+                let client = client();
+                let (mut checked, mut wrong) = (0u64, Vec::new());
+                let mut number = reader;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    number = (number + 7) % paths.len();
+                    let Ok(response) = client
+                        .get(url(viewer, &format!("/{}", paths[number])))
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    if response.status() != StatusCode::OK {
+                        continue;
+                    }
+                    let etag = response.headers()["etag"]
+                        .to_str()
+                        .unwrap()
+                        .trim_matches('"')
+                        .to_owned();
+                    let body = response.bytes().await.unwrap();
+                    checked += 1;
+                    if sha256_hex(&body) != etag {
+                        wrong.push(paths[number].clone());
+                    }
+                }
+                (checked, wrong)
+            })
+        })
+        .collect();
+    for round in 0..10 {
+        let tag = round % 2;
+        let id = format!("round-{round}");
+        let base = format!("{}v{}/", origin.base_url(), tag + 1);
+        let body = manifest_json(&id, &base, &versions[tag]);
+        let pushed = push(&fill.daemon, Some(&fill.token), &body).await.status();
+        assert!(pushed.is_success(), "{pushed}");
+        eventually("the round's fill is done", || async {
+            let status = status(&fill.daemon).await;
+            status["fill"]["state"] == "done" && status["fill"]["manifest_id"] == id.as_str()
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut checked = 0;
+    for reader in readers {
+        let (count, wrong) = reader.await.unwrap();
+        checked += count;
+        assert!(
+            wrong.is_empty(),
+            "bytes under another version's ETag: {wrong:?}"
+        );
+    }
+    println!("{checked} answers checked against their ETag during the refills");
+    assert!(
+        checked > 50,
+        "the readers checked too little to mean much: {checked}"
+    );
+    fill.daemon.shutdown().await;
+}
