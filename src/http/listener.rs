@@ -197,6 +197,16 @@ impl<H: Handler> Connection<H> {
     }
 }
 
+/// Streams an HTTP/2 connection may have open at once (nginx's default is 128; a player
+/// uses a handful).
+pub const H2_MAX_STREAMS: u32 = 128;
+
+/// Bytes hyper buffers per HTTP/2 stream ahead of the viewer's flow-control window (its
+/// default is about 400 KiB). With [`H2_MAX_STREAMS`] and the 16 KiB file pieces HTTP/2
+/// bodies read, a connection whose viewer stops reading pins at most about
+/// 128 x (64 + 16) KiB = 10 MiB, whatever the object sizes.
+pub const H2_SEND_BUFFER: usize = 64 * 1024;
+
 /// The HTTP/1.1 + HTTP/2 connection builder for these limits.
 fn protocol_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -211,7 +221,8 @@ fn protocol_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER)
         .max_header_list_size(limits.max_header_size as u32);
     builder
 }

@@ -64,6 +64,8 @@ pub struct ObjectBody {
     remaining: u64,
     sent_bytes: Option<IntCounter>,
     short_file: Option<ShortFileReport>,
+    /// Bytes read per file chunk; 0 means [`CHUNK_SIZE`].
+    chunk_size: u64,
 }
 
 impl std::fmt::Debug for ObjectBody {
@@ -136,6 +138,13 @@ impl ObjectBody {
         self
     }
 
+    /// Reads files in pieces of `bytes` instead of [`CHUNK_SIZE`]: what an HTTP/2 stream
+    /// pins while its viewer does not read, so many streams stay cheap.
+    pub fn with_chunk_size(mut self, bytes: u64) -> Self {
+        self.chunk_size = bytes.max(1);
+        self
+    }
+
     /// Counts every byte handed to the connection in `counter` (response_bytes_total).
     pub fn count_into(mut self, counter: IntCounter) -> Self {
         self.sent_bytes = Some(counter);
@@ -202,7 +211,11 @@ impl Body for ObjectBody {
                     offset,
                     remaining,
                 }) => {
-                    let len = remaining.min(CHUNK_SIZE);
+                    let chunk = match this.chunk_size {
+                        0 => CHUNK_SIZE,
+                        configured => configured,
+                    };
+                    let len = remaining.min(chunk);
                     if remaining > len {
                         this.segments.push_front(Segment::File {
                             file: Arc::clone(&file),

@@ -2,13 +2,16 @@
 //! a disk read or a thread hop, and ranges are zero-copy slices.
 //!
 //! Admission: an object no larger than `max_object` is loaded whole, once, on a blocking
-//! thread after its first request (that request is streamed from the file as usual), and
-//! its sha256 is checked while loading, so the cache only ever holds verified bytes.
+//! thread after its first GET (that request is streamed from the file as usual; a HEAD
+//! never loads), and its sha256 is checked while loading, so the cache only ever holds
+//! verified bytes. Loads in flight are capped at [`MAX_LOADS`] and at a quarter of the
+//! capacity in bytes (at least one `max_object`): a burst of first requests for big cold
+//! objects streams them from disk instead of reading them all into memory at once.
 //! Eviction: CLOCK (second chance) over entries until the total fits `capacity`. Entries
 //! are keyed by path and carry the sha256 they were loaded for, so a refilled object never
 //! answers with old bytes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use bytes::Bytes;
@@ -28,7 +31,22 @@ struct Entry {
 #[derive(Debug)]
 struct Inner {
     entries: ClockMap<Entry>,
-    loading: HashSet<Box<str>>,
+    /// Objects being loaded, and their sizes.
+    loading: HashMap<Box<str>, u64>,
+    /// The sum of `loading`'s sizes: memory the loads in flight will hold.
+    loading_bytes: u64,
+}
+
+/// Loads in flight at most (each holds a blocking thread and its object's bytes).
+pub const MAX_LOADS: usize = 4;
+
+/// Whether a lookup may start a load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A GET: a miss may load the object.
+    Load,
+    /// A HEAD (no body is sent): look only.
+    Peek,
 }
 
 /// The cache's Prometheus series.
@@ -46,6 +64,8 @@ pub struct CacheMetrics {
 #[derive(Debug)]
 pub struct RamCache {
     max_object: u64,
+    /// Bytes of loads in flight at most.
+    max_loading_bytes: u64,
     metrics: Option<CacheMetrics>,
     /// Hits take only the read lock; misses, loads and evictions the write lock.
     inner: RwLock<Inner>,
@@ -67,12 +87,15 @@ impl RamCache {
     /// A cache holding up to `capacity` bytes of objects no larger than `max_object` each.
     /// A capacity of 0 disables it.
     pub fn new(capacity: u64, max_object: u64) -> RamCache {
+        let max_object = max_object.min(capacity);
         RamCache {
-            max_object: max_object.min(capacity),
+            max_object,
+            max_loading_bytes: (capacity / 4).max(max_object),
             metrics: None,
             inner: RwLock::new(Inner {
                 entries: ClockMap::new(capacity),
-                loading: HashSet::new(),
+                loading: HashMap::new(),
+                loading_bytes: 0,
             }),
         }
     }
@@ -83,8 +106,9 @@ impl RamCache {
         self
     }
 
-    /// Looks `path` up for the stored object described by `meta`.
-    pub fn lookup(&self, path: &str, meta: &ObjectMeta) -> Lookup {
+    /// Looks `path` up for the stored object described by `meta`; a miss starts a load only
+    /// when `admission` allows it and the loads in flight leave room.
+    pub fn lookup(&self, path: &str, meta: &ObjectMeta, admission: Admission) -> Lookup {
         if meta.size > self.max_object || meta.size == 0 {
             return Lookup::Miss { load: false };
         }
@@ -101,11 +125,20 @@ impl RamCache {
         if let Some(metrics) = &self.metrics {
             metrics.misses.inc();
         }
+        if admission == Admission::Peek {
+            return Lookup::Miss { load: false };
+        }
         let Ok(mut inner) = self.inner.write() else {
             return Lookup::Miss { load: false };
         };
-        let load = inner.loading.insert(path.into());
-        Lookup::Miss { load }
+        let room = inner.loading.len() < MAX_LOADS
+            && inner.loading_bytes + meta.size <= self.max_loading_bytes;
+        if !room || inner.loading.contains_key(path) {
+            return Lookup::Miss { load: false };
+        }
+        inner.loading.insert(path.into(), meta.size);
+        inner.loading_bytes += meta.size;
+        Lookup::Miss { load: true }
     }
 
     /// Stores loaded bytes if they are the object `meta` describes; evicts to make room.
@@ -113,7 +146,9 @@ impl RamCache {
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
-        inner.loading.remove(path);
+        if let Some(size) = inner.loading.remove(path) {
+            inner.loading_bytes = inner.loading_bytes.saturating_sub(size);
+        }
         let Some(bytes) = bytes else {
             return;
         };
@@ -181,22 +216,25 @@ mod tests {
     fn a_loaded_object_hits_until_its_content_changes() {
         let cache = RamCache::new(1000, 500);
         assert!(matches!(
-            cache.lookup("a", &meta(10, 1)),
+            cache.lookup("a", &meta(10, 1), Admission::Load),
             Lookup::Miss { load: true }
         ));
         assert!(
             matches!(
-                cache.lookup("a", &meta(10, 1)),
+                cache.lookup("a", &meta(10, 1), Admission::Load),
                 Lookup::Miss { load: false }
             ),
             "one loader"
         );
         cache.insert("a", &meta(10, 1), Some(Bytes::from(vec![7; 10])));
         assert!(
-            matches!(cache.lookup("a", &meta(10, 1)), Lookup::Hit(bytes, _) if bytes.len() == 10)
+            matches!(cache.lookup("a", &meta(10, 1), Admission::Load), Lookup::Hit(bytes, _) if bytes.len() == 10)
         );
         assert!(
-            matches!(cache.lookup("a", &meta(10, 2)), Lookup::Miss { load: true }),
+            matches!(
+                cache.lookup("a", &meta(10, 2), Admission::Load),
+                Lookup::Miss { load: true }
+            ),
             "refilled"
         );
     }
@@ -205,12 +243,12 @@ mod tests {
     fn too_big_objects_are_never_loaded_and_capacity_holds() {
         let cache = RamCache::new(1000, 400);
         assert!(matches!(
-            cache.lookup("big", &meta(401, 1)),
+            cache.lookup("big", &meta(401, 1), Admission::Load),
             Lookup::Miss { load: false }
         ));
         for (index, path) in ["a", "b", "c", "d"].iter().enumerate() {
             let object = meta(300, index as u8);
-            let _ = cache.lookup(path, &object);
+            let _ = cache.lookup(path, &object, Admission::Load);
             cache.insert(path, &object, Some(Bytes::from(vec![0; 300])));
             assert!(cache.used() <= 1000);
         }
@@ -222,19 +260,65 @@ mod tests {
         let cache = RamCache::new(600, 300);
         for (index, path) in ["a", "b"].iter().enumerate() {
             let object = meta(300, index as u8);
-            let _ = cache.lookup(path, &object);
+            let _ = cache.lookup(path, &object, Admission::Load);
             cache.insert(path, &object, Some(Bytes::from(vec![0; 300])));
         }
-        assert!(matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(..)));
-        let _ = cache.lookup("c", &meta(300, 2));
+        assert!(matches!(
+            cache.lookup("a", &meta(300, 0), Admission::Load),
+            Lookup::Hit(..)
+        ));
+        let _ = cache.lookup("c", &meta(300, 2), Admission::Load);
         cache.insert("c", &meta(300, 2), Some(Bytes::from(vec![0; 300])));
         assert!(
-            matches!(cache.lookup("a", &meta(300, 0)), Lookup::Hit(..)),
+            matches!(
+                cache.lookup("a", &meta(300, 0), Admission::Load),
+                Lookup::Hit(..)
+            ),
             "a was referenced"
         );
         assert!(
-            matches!(cache.lookup("b", &meta(300, 1)), Lookup::Miss { .. }),
+            matches!(
+                cache.lookup("b", &meta(300, 1), Admission::Load),
+                Lookup::Miss { .. }
+            ),
             "b was evicted"
+        );
+    }
+
+    #[test]
+    fn loads_in_flight_are_capped_in_count_and_bytes_and_heads_never_load() {
+        let cache = RamCache::new(4000, 1000);
+        assert!(matches!(
+            cache.lookup("head", &meta(10, 1), Admission::Peek),
+            Lookup::Miss { load: false }
+        ));
+        // A quarter of the capacity (1000 bytes) may be loading at once.
+        assert!(matches!(
+            cache.lookup("a", &meta(600, 1), Admission::Load),
+            Lookup::Miss { load: true }
+        ));
+        assert!(matches!(
+            cache.lookup("b", &meta(600, 2), Admission::Load),
+            Lookup::Miss { load: false }
+        ));
+        assert!(matches!(
+            cache.lookup("c", &meta(400, 3), Admission::Load),
+            Lookup::Miss { load: true }
+        ));
+        cache.insert("a", &meta(600, 1), None);
+        assert!(matches!(
+            cache.lookup("b", &meta(600, 2), Admission::Load),
+            Lookup::Miss { load: true }
+        ));
+        for path in ["d", "e", "f", "g"] {
+            let _ = cache.lookup(path, &meta(1, 4), Admission::Load);
+        }
+        assert!(
+            matches!(
+                cache.lookup("h", &meta(1, 5), Admission::Load),
+                Lookup::Miss { load: false }
+            ),
+            "at most {MAX_LOADS} loads at once"
         );
     }
 }

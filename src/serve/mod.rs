@@ -62,6 +62,11 @@ const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
 /// Request headers browser players send that preflight must allow.
 const CORS_ALLOWED_HEADERS: &str =
     "Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range";
+/// File bytes read at once for an HTTP/2 stream: one DATA frame's worth (16 KiB is the
+/// protocol's default frame size), so a stream whose viewer stops reading pins its send
+/// buffer and one such piece, not a 128 KiB chunk (see `http::listener`'s h2 settings).
+const H2_CHUNK_SIZE: u64 = 16 * 1024;
+
 /// `Timing-Allow-Origin` (W3C Resource Timing), sent with the CORS origin's value.
 const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static("timing-allow-origin");
 /// Response headers a browser player must be able to read (beyond the CORS safelist).
@@ -369,12 +374,17 @@ impl Viewer {
         // dominates); for large ones, writing a RAM-cached copy was faster on our test box.
         let prefer_file =
             sender == Sender::Sendfile && !request.headers().contains_key(header::RANGE);
+        let admission = if request.method() == Method::HEAD {
+            cache::Admission::Peek
+        } else {
+            cache::Admission::Load
+        };
         let mut replaced_meanwhile = 0;
         let (meta, source) = loop {
             let Some(meta) = self.stores.lookup(&path) else {
                 return self.miss(request);
             };
-            match self.source(&path, meta, prefer_file) {
+            match self.source(&path, meta, prefer_file, admission) {
                 Ok(source) => break (meta, source),
                 // A fill replaced it between the lookup and the open: look again.
                 Err(StoreError::Changed { .. }) if replaced_meanwhile < 3 => {
@@ -397,8 +407,9 @@ impl Viewer {
         path: &str,
         meta: crate::store::ObjectMeta,
         prefer_file: bool,
+        admission: cache::Admission,
     ) -> Result<Source, StoreError> {
-        match self.cache.lookup(path, &meta) {
+        match self.cache.lookup(path, &meta, admission) {
             cache::Lookup::Hit(bytes, validators)
                 if !prefer_file || meta.size > SENDFILE_MAX_CACHED =>
             {
@@ -549,6 +560,9 @@ impl Viewer {
             let path: Box<str> = path.into();
             let sha256 = meta.sha256;
             body = body.on_short_file(Box::new(move || stores.report_damaged(&path, &sha256)));
+            if request.version() == http::Version::HTTP_2 {
+                body = body.with_chunk_size(H2_CHUNK_SIZE);
+            }
         }
         let mut response = self.with_common(Response::new(body));
         *response.status_mut() = status;

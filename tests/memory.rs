@@ -1,0 +1,175 @@
+//! Memory bounds against hostile viewers, measured on the real binary's resident set
+//! (`/proc/PID/status`): the budgets the README states for the defaults.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{Running, signal, spawn_serve, wait_with_timeout};
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Connections a hostile HTTP/2 client opens, and streams it asks for on each.
+const H2_CONNECTIONS: usize = 8;
+const H2_STREAMS: usize = 256;
+/// What they may cost together, above the daemon's resident set before them: 128 streams
+/// per connection (the rest wait client-side) x (64 KiB send buffer + 16 KiB file piece),
+/// about 10 MiB a connection, with room for the allocator.
+const H2_BUDGET_MB: u64 = 150;
+
+/// A burst of first GETs and HEADs for cold objects as large as the RAM cache's quarter.
+const COLD_OBJECTS: usize = 24;
+const COLD_OBJECT_BYTES: usize = 4 << 20;
+/// With `[cache] ram = "16MiB"`, the cache holds at most 16 MiB and loads in flight at most
+/// 4 MiB; the rest of the burst streams from disk. Before the cap, every first request read
+/// its object whole (96 MiB here, HEADs included).
+const COLD_BUDGET_MB: u64 = 50;
+
+/// The largest HTTP/2 flow-control window (2^31 - 1).
+const WINDOW: u32 = (1 << 31) - 1;
+
+/// One HTTP/2 frame (RFC 9113 section 4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What a hostile h2c client sends before it stops reading: the preface, settings that open
+/// every window as wide as the protocol allows, and `streams` GETs of `path`.
+fn hostile_h2_requests(path: &str, streams: usize) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: ENABLE_PUSH = 0, INITIAL_WINDOW_SIZE = 2^31 - 1.
+    let mut settings = vec![0, 2, 0, 0, 0, 0, 0, 4];
+    settings.extend_from_slice(&WINDOW.to_be_bytes());
+    out.extend(frame(4, 0, 0, &settings));
+    // The connection window too (it starts at 65535 whatever the settings say).
+    out.extend(frame(8, 0, 0, &(WINDOW - 65_535).to_be_bytes()));
+    // HPACK: :method GET (static 2), :scheme http (static 6), :path and :authority as
+    // literals with indexed names (4 and 1), without Huffman coding.
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 1, b'x']);
+    for number in 0..streams {
+        let stream = 1 + 2 * number as u32;
+        // END_STREAM | END_HEADERS
+        out.extend(frame(1, 0x5, stream, &block));
+    }
+    out
+}
+
+/// Resident and peak resident memory of a process, in MB.
+fn memory_mb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Starts the binary on a box holding `objects`, with `extra` configuration.
+fn serve(test_box: &TestBox, extra: &str, objects: &[(String, Vec<u8>)]) -> Running {
+    let config = test_box.config(1, extra);
+    seed_all(&config, objects);
+    let file = test_box.write_file(
+        "tidecache.toml",
+        format!(
+            "state_dir = {:?}\n[http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"2GiB\"\n[schedule]\nfill_windows = []\n{extra}",
+            test_box.dir.path().join("state"),
+            test_box.store_path(0)
+        )
+        .as_bytes(),
+    );
+    spawn_serve(&file)
+}
+
+fn stop(mut running: Running) {
+    signal(&running.child, "TERM");
+    assert_eq!(wait_with_timeout(&mut running.child), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_that_stop_reading_cost_bounded_memory() {
+    let test_box = TestBox::new();
+    let object = vec![("big.ts".to_owned(), pattern(16 << 20))];
+    let running = serve(&test_box, "", &object);
+    let pid = running.child.id();
+    let (before, _) = memory_mb(pid);
+    let mut held = Vec::new();
+    for _ in 0..H2_CONNECTIONS {
+        let mut tcp = TcpStream::connect(running.viewer).await.unwrap();
+        tcp.write_all(&hostile_h2_requests("/big.ts", H2_STREAMS))
+            .await
+            .unwrap();
+        // Never read: the connection's windows say "send everything", its socket takes
+        // nothing once the kernel's buffers are full.
+        held.push(tcp);
+    }
+    // Let the server fill every send buffer it will, then take the peak.
+    let mut peak = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        peak = peak.max(memory_mb(pid).0);
+    }
+    println!(
+        "{H2_CONNECTIONS} h2 connections x {H2_STREAMS} unread streams of a 16 MiB object: resident {before} MB -> {peak} MB (budget +{H2_BUDGET_MB} MB)"
+    );
+    assert!(
+        peak.saturating_sub(before) < H2_BUDGET_MB,
+        "resident memory grew from {before} MB to {peak} MB"
+    );
+    drop(held);
+    stop(running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_requests_for_cold_objects_does_not_read_them_all_into_ram() {
+    let test_box = TestBox::new();
+    let objects: Vec<(String, Vec<u8>)> = (0..COLD_OBJECTS)
+        .map(|number| {
+            let mut data = pattern(COLD_OBJECT_BYTES);
+            data[0] = number as u8;
+            (format!("cold/{number}.ts"), data)
+        })
+        .collect();
+    let running = serve(&test_box, "[cache]\nram = \"16MiB\"\n", &objects);
+    let pid = running.child.id();
+    let (before, _) = memory_mb(pid);
+    let client = client();
+    let requests = objects.iter().flat_map(|(path, _)| {
+        let url = url(running.viewer, &format!("/{path}"));
+        [client.head(&url).send(), client.get(&url).send()]
+    });
+    let mut answered = Vec::new();
+    for request in requests {
+        answered.push(tokio::spawn(async move {
+            let response = request.await.unwrap();
+            let status = response.status();
+            let body = response.bytes().await.unwrap();
+            (status, body.len())
+        }));
+    }
+    for answer in answered {
+        let (status, _) = answer.await.unwrap();
+        assert!(status.is_success());
+    }
+    let (_, peak) = memory_mb(pid);
+    println!(
+        "{COLD_OBJECTS} cold {} MiB objects, a HEAD and a GET each at once, [cache] ram = 16MiB: resident {before} MB, peak {peak} MB (budget +{COLD_BUDGET_MB} MB)",
+        COLD_OBJECT_BYTES >> 20
+    );
+    assert!(
+        peak.saturating_sub(before) < COLD_BUDGET_MB,
+        "peak resident memory went from {before} MB to {peak} MB"
+    );
+    stop(running);
+}
