@@ -40,6 +40,9 @@ struct Scenario {
     ops: &'static [&'static str],
     /// Path -> content file name (`None`: must be absent).
     expected: &'static [(&'static str, Option<&'static str>)],
+    /// Also fault two calls in one run: EIO at each fdatasync (a journal append), then
+    /// SIGKILL at each later fsync or rename (what a failed append must not poison).
+    pairs: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -48,18 +51,21 @@ const SCENARIOS: &[Scenario] = &[
         setup: &[],
         ops: &["put:t/x.ts:v1", "put:t/y.ts:w"],
         expected: &[("t/x.ts", Some("v1")), ("t/y.ts", Some("w"))],
+        pairs: false,
     },
     Scenario {
         name: "refill, new bytes",
         setup: &["put:t/x.ts:v1"],
         ops: &["put:t/x.ts:v2"],
         expected: &[("t/x.ts", Some("v2"))],
+        pairs: false,
     },
     Scenario {
         name: "delete",
         setup: &["put:t/x.ts:v1", "put:t/y.ts:w"],
         ops: &["remove:t/x.ts"],
         expected: &[("t/x.ts", None), ("t/y.ts", Some("w"))],
+        pairs: false,
     },
     Scenario {
         name: "compaction",
@@ -76,18 +82,28 @@ const SCENARIOS: &[Scenario] = &[
             ("t/z.ts", Some("w")),
             ("t/q.ts", Some("v2")),
         ],
+        pairs: false,
     },
     Scenario {
         name: "resume",
         setup: &["checkpoint:t/x.ts:v2:100000"],
         ops: &["put:t/x.ts:v2"],
         expected: &[("t/x.ts", Some("v2"))],
+        pairs: false,
     },
     Scenario {
         name: "resume, whole partial",
         setup: &["put:t/x.ts:v1", "checkpoint:t/x.ts:v2:300000"],
         ops: &["put:t/x.ts:v2"],
         expected: &[("t/x.ts", Some("v2"))],
+        pairs: false,
+    },
+    Scenario {
+        name: "two refills, two faults",
+        setup: &["put:t/x.ts:v1"],
+        ops: &["put:t/x.ts:v2", "put:t/x.ts:v3"],
+        expected: &[("t/x.ts", Some("v3"))],
+        pairs: true,
     },
 ];
 
@@ -162,30 +178,51 @@ fn run_scenario(
 ) -> Vec<(String, Outcome)> {
     std::fs::create_dir_all(dir).unwrap();
     let template = dir.join("template");
-    run_ops(&template, scenario.setup, contents, None);
+    run_ops(&template, scenario.setup, contents, &[]);
     let counts = syscall_counts(&template, scenario, contents, dir);
-    let mut outcomes = Vec::new();
+    let count = |syscall: &str| counts.get(syscall).copied().unwrap_or(0);
+    let mut faults: Vec<Vec<String>> = Vec::new();
     for syscall in SYSCALLS {
-        for nth in 1..=counts.get(syscall).copied().unwrap_or(0) {
+        for nth in 1..=count(syscall) {
             for fault in ["error=EIO", "signal=SIGKILL"] {
-                let store = dir.join(format!("run-{}", outcomes.len()));
-                copy_dir(&template, &store);
-                let inject = format!("{syscall}:{fault}:when={nth}");
-                run_ops(&store, scenario.ops, contents, Some(&inject));
-                let outcome = check_after_fault(&store, scenario, contents)
-                    .unwrap_or_else(Outcome::Violation);
-                outcomes.push((format!("{syscall} #{nth} {fault}"), outcome));
-                let _ = std::fs::remove_dir_all(&store);
+                faults.push(vec![format!("{syscall}:{fault}:when={nth}")]);
             }
         }
+    }
+    if scenario.pairs {
+        for append in 1..=count("fdatasync") {
+            for kill in ["fsync", "rename"] {
+                for nth in 1..=count(kill) {
+                    faults.push(vec![
+                        format!("fdatasync:error=EIO:when={append}"),
+                        format!("{kill}:signal=SIGKILL:when={nth}"),
+                    ]);
+                }
+            }
+        }
+    }
+    let mut outcomes = Vec::new();
+    for injects in faults {
+        let store = dir.join(format!("run-{}", outcomes.len()));
+        copy_dir(&template, &store);
+        run_ops(&store, scenario.ops, contents, &injects);
+        let outcome =
+            check_after_fault(&store, scenario, contents).unwrap_or_else(Outcome::Violation);
+        let described = injects
+            .iter()
+            .map(|inject| inject.replacen(':', " ", 1).replace(":when=", " #"))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        outcomes.push((described, outcome));
+        let _ = std::fs::remove_dir_all(&store);
     }
     outcomes
 }
 
-/// Content files: `v1` and `v2` (two versions of one size), `w` (another object).
+/// Content files: `v1`, `v2` and `v3` (versions of one size), `w` (another object).
 fn write_contents(dir: &Path) -> BTreeMap<&'static str, PathBuf> {
     let mut contents = BTreeMap::new();
-    for (name, seed) in [("v1", 1u8), ("v2", 2), ("w", 3)] {
+    for (name, seed) in [("v1", 1u8), ("v2", 2), ("v3", 4), ("w", 3)] {
         let bytes: Vec<u8> = (0..300_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ seed)
             .collect();
@@ -220,27 +257,28 @@ fn store_op_binary() -> PathBuf {
     binary
 }
 
-/// Runs the example on `store`, under strace with `inject` when given; returns its stdout.
+/// Runs the example on `store`, under strace with `injects` (none: a clean run); returns
+/// its stdout.
 fn run_ops(
     store: &Path,
     ops: &[&str],
     contents: &BTreeMap<&str, PathBuf>,
-    inject: Option<&str>,
+    injects: &[String],
 ) -> String {
     let ops: Vec<String> = ops.iter().map(|op| resolve(op, contents)).collect();
-    let mut command = match inject {
-        Some(inject) => {
-            let mut command = Command::new("strace");
-            command
-                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-                .arg(format!("inject={inject}"))
-                .arg(store_op_binary());
-            command
+    let mut command = if injects.is_empty() {
+        Command::new(store_op_binary())
+    } else {
+        let mut command = Command::new("strace");
+        command.args(["-f", "-qq", "-o", "/dev/null"]);
+        for inject in injects {
+            command.arg("-e").arg(format!("inject={inject}"));
         }
-        None => Command::new(store_op_binary()),
+        command.arg(store_op_binary());
+        command
     };
     let output = run_child(command.arg(store).args(&ops));
-    if inject.is_none() {
+    if injects.is_empty() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             !stdout.contains("error"),
@@ -316,7 +354,7 @@ fn check_after_fault(
         }
         outcome
     };
-    let again = run_ops(store, scenario.ops, contents, None);
+    let again = run_ops(store, scenario.ops, contents, &[]);
     if again.contains("error") {
         return Err(format!("the next run did not complete: {again}"));
     }

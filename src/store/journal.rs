@@ -253,6 +253,14 @@ impl JournalWriter {
     pub fn valid_len(&self) -> u64 {
         self.valid_len
     }
+
+    /// After a failed append: cuts whatever it left after the last valid record and makes
+    /// the cut durable, so a record that reached the file whole (its `fsync` failed, not its
+    /// `write`) can never be replayed later over a file renamed in since.
+    pub fn cut_back(&mut self) -> io::Result<()> {
+        self.file.set_len(self.valid_len)?;
+        self.file.sync_data()
+    }
 }
 
 /// A compaction that failed, and whether the new journal had already replaced the old one.

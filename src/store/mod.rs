@@ -266,7 +266,16 @@ impl Store {
                 Ok(())
             }
             Err(err) => {
-                // What was half written lies after `valid_len`; the next open cuts it.
+                // The records may be in the file, whole or in part: cut them now, before
+                // anything else is renamed into this store. If even that fails, the store
+                // takes no more writes (restarting the daemon reopens and cuts it).
+                if let Err(cut) = writer.cut_back() {
+                    let reason = format!(
+                        "index journal append failed ({err}) and could not be cut back ({cut}); out of service until restart"
+                    );
+                    tracing::error!(store = %self.config_path.display(), error = %reason, "store failed");
+                    self.mark_failed(reason);
+                }
                 state.writer = None;
                 Err(self.io_error("append index/journal", err))
             }
@@ -695,14 +704,18 @@ impl Stores {
     /// way a file reaches `objects/`. The order is what keeps a response's bytes matching its
     /// ETag across crashes and concurrent reads:
     ///
-    /// 1. A previous version in the same store is retired first (journal `Remove`, made
-    ///    durable, then out of the index), because the rename is about to put other bytes
-    ///    under its name. A crash from here on leaves the object a miss, never the new bytes
-    ///    under the old entry; a request that looked it up earlier notices the change after
-    ///    its open ([`Stores::open`]) and looks again.
+    /// 1. A previous version is retired first (journal `Remove` in its store, made durable,
+    ///    then out of the index): in the same store the rename is about to put other bytes
+    ///    under its name; in another store (a move) no journal may keep two live versions.
+    ///    A crash from here on leaves the object a miss, never the new bytes under the old
+    ///    entry; a request that looked it up earlier notices the change after its open
+    ///    ([`Stores::open`]) and looks again.
     /// 2. The temp file is renamed to `objects/<path>` and the directory fsynced.
     /// 3. The journal records the new version (durable), then the index serves it.
-    /// 4. A previous version on another store is removed there.
+    /// 4. A moved version's old file is deleted.
+    ///
+    /// A journal append that fails is cut back at once (or its store taken out of service),
+    /// so a record that reached the file can never be replayed over a file renamed later.
     ///
     /// A crash between 2 and 3 leaves an unindexed file at the object's name, which the next
     /// fill replaces with the same rename.
@@ -713,8 +726,8 @@ impl Stores {
             .read()
             .ok()
             .and_then(|index| index.get(path).copied());
-        if previous.is_some_and(|previous| previous.store == meta.store) {
-            self.forget(path)?;
+        if let Some(previous) = previous {
+            self.retire(path, previous)?;
         }
         let final_path = store.object_file(path);
         std::fs::rename(temp, &final_path)
@@ -726,37 +739,50 @@ impl Stores {
         fsync_dir(&parent)
             .map_err(|err| store.io_error(format!("fsync {}", parent.display()), err))?;
         store.append_journal(&[Record::Put(path.to_owned(), meta.journal_entry())])?;
-        let replaced = match self.index.write() {
-            Ok(mut index) => index.insert(path.into(), meta),
-            Err(_) => None,
-        };
+        if let Ok(mut index) = self.index.write() {
+            index.insert(path.into(), meta);
+        }
         // After the index changed: a request that opened the path under the old entry either
         // cached its file before this (dropped here) or sees the new entry when it checks
         // the index after caching (and drops it itself); see `cache_file`.
         self.uncache_file(path);
         store.objects.fetch_add(1, Ordering::Relaxed);
         store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
-        if let Some(previous) = replaced {
-            self.retire_elsewhere(path, previous);
+        if let Some(previous) = previous.filter(|previous| previous.store != meta.store) {
+            self.remove_moved_copy(path, previous);
         }
         self.clear_damaged(path);
         Ok(())
     }
 
-    /// The bookkeeping and file removal of a previous version on another store, after the
-    /// new one is published (failures are logged: the journals' newer entry wins at start).
-    fn retire_elsewhere(&self, path: &str, previous: ObjectMeta) {
+    /// Takes the version `previous` of `path` out of service before a new one is renamed in:
+    /// its store's journal records the removal (durably) and the index drops it. A store that
+    /// failed cannot record anything; its entry just leaves the index (its journal still names
+    /// the old version, with an older fill time than the new one's).
+    fn retire(&self, path: &str, previous: ObjectMeta) -> Result<(), StoreError> {
+        if !self.stores[previous.store].failed.load(Ordering::Relaxed) {
+            self.forget(path)?;
+            return Ok(());
+        }
         let old = &self.stores[previous.store];
+        if let Ok(mut index) = self.index.write() {
+            index.remove(path);
+        }
+        self.uncache_file(path);
         old.objects.fetch_sub(1, Ordering::Relaxed);
         old.bytes_used.fetch_sub(previous.size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes the file of a version that lived on another store once the new one is
+    /// published (its journal already recorded the removal in [`Stores::retire`]).
+    fn remove_moved_copy(&self, path: &str, previous: ObjectMeta) {
+        let old = &self.stores[previous.store];
         if old.failed.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(err) = old.append_journal(&[Record::Remove(path.to_owned())]) {
-            tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not record the move away from this store");
-        }
         if let Err(err) = std::fs::remove_file(old.object_file(path)) {
-            tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not remove the replaced copy");
+            tracing::warn!(store = %old.config_path.display(), path, error = %err, "could not remove the moved object's old copy");
         }
     }
 
