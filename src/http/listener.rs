@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -243,6 +243,7 @@ async fn serve_io<I, H>(
     let io = TokioIo::new(ActivityIo {
         inner: io,
         activity: Arc::clone(&activity),
+        first_read_seen: false,
     });
     let service_activity = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -260,8 +261,10 @@ async fn serve_io<I, H>(
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut draining = false;
+    // Set once an idle HTTP/2 connection was sent GOAWAY: when to drop it regardless.
+    let mut closing_by: Option<Instant> = None;
     loop {
-        let deadline = activity.deadline(limits);
+        let deadline = closing_by.unwrap_or_else(|| activity.deadline(limits));
         tokio::select! {
             result = &mut connection => {
                 if let Err(err) = result {
@@ -274,7 +277,19 @@ async fn serve_io<I, H>(
                 connection.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep_until(deadline) => {
+                if closing_by.is_some() {
+                    return;
+                }
                 if activity.deadline(limits) <= Instant::now() {
+                    if activity.is_http2() {
+                        // Say GOAWAY, so the client opens a new connection for its next
+                        // request instead of racing this one's close.
+                        tracing::debug!("closing an idle HTTP/2 connection with GOAWAY");
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                        closing_by = Some(Instant::now() + GOAWAY_GRACE);
+                        continue;
+                    }
                     tracing::debug!("closing connection: request head too slow or idle too long");
                     return;
                 }
@@ -282,6 +297,9 @@ async fn serve_io<I, H>(
         }
     }
 }
+
+/// How long an idle HTTP/2 connection told GOAWAY has to close before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Marks a request as being answered from the moment hyper hands it over until its response
 /// body is dropped (sent or abandoned). While any request is in flight the header timeout
@@ -350,6 +368,10 @@ struct Activity {
     last_ms: AtomicU64,
     head_started_ms: AtomicU64,
     in_flight: AtomicU32,
+    /// The connection speaks HTTP/2: frames between streams (SETTINGS acks, PINGs,
+    /// WINDOW_UPDATEs) are not request heads, so only the idle timeout applies between
+    /// requests, and an idle close says GOAWAY first.
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -359,7 +381,12 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            http2: AtomicBool::new(false),
         }
+    }
+
+    fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
@@ -374,7 +401,7 @@ impl Activity {
     fn bytes_read(&self) {
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.is_http2() {
             let _ = self.head_started_ms.compare_exchange(
                 NO_HEAD,
                 now,
@@ -395,10 +422,15 @@ impl Activity {
     }
 }
 
+/// The first bytes of every HTTP/2 connection, cleartext or inside TLS (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
 /// Wraps a connection's I/O to note when bytes move, for the idle timeout.
 struct ActivityIo<I> {
     inner: I,
     activity: Arc<Activity>,
+    /// Whether the first bytes were looked at for the HTTP/2 preface.
+    first_read_seen: bool,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
@@ -410,6 +442,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            if !self.first_read_seen {
+                self.first_read_seen = true;
+                let read = &buf.filled()[before..];
+                let compared = read.len().min(H2_PREFACE.len());
+                if read[..compared] == H2_PREFACE[..compared] {
+                    self.activity.http2.store(true, Ordering::Relaxed);
+                }
+            }
             self.activity.bytes_read();
         }
         result
