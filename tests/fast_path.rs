@@ -372,7 +372,7 @@ async fn mutated_requests_get_the_same_answers_from_the_fast_path_and_hyper() {
             .and_then(|value| value.parse().ok())
             .unwrap_or(default)
     };
-    let cases = env("TIDECACHE_FUZZ_CASES", 200) as usize;
+    let cases = env("TIDECACHE_FUZZ_CASES", 1000) as usize;
     let mut random = fastrand::Rng::with_seed(env("TIDECACHE_FUZZ_SEED", 20_261_126));
     let corpus = corpus();
     let mut differences = Vec::new();

@@ -54,7 +54,16 @@ pub async fn serve(
         let head_len = match read_head(&mut stream, &mut buffer, awaiting, shutdown, limits).await {
             Ok(Some(head_len)) => head_len,
             Ok(None) => return FastPathEnd::Closed,
-            Err(()) => {
+            Err(HeadTrouble::Malformed) => {
+                let _ = send_all(&stream, &mut [BAD_REQUEST], false, limits.idle_timeout).await;
+                let _ = stream.shutdown().await;
+                return FastPathEnd::Closed;
+            }
+            Err(HeadTrouble::CutShort) if awaiting == Awaiting::NextRequest => {
+                let _ = stream.shutdown().await;
+                return FastPathEnd::Closed;
+            }
+            Err(_) => {
                 return FastPathEnd::HandOver {
                     buffered: buffer,
                     stream,
@@ -97,6 +106,22 @@ pub async fn serve(
     }
 }
 
+/// Why a head is not the fast path's to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadTrouble {
+    /// Unusual, oversized or not HTTP: hyper takes the connection over.
+    HandOver,
+    /// The client closed its side in the middle of a head.
+    CutShort,
+    /// After a served request, a head hyper would refuse: the fast path answers 400 itself.
+    Malformed,
+}
+
+/// The answer hyper gives a request head it cannot use, for a connection the fast path
+/// closes itself.
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 /// Which request a connection waits for: the first is timed from the accept by the header
 /// timeout; a later one may idle (keep-alive) until its first byte starts the header timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +139,7 @@ async fn read_head(
     awaiting: Awaiting,
     shutdown: &mut Shutdown,
     limits: ConnectionLimits,
-) -> Result<Option<usize>, ()> {
+) -> Result<Option<usize>, HeadTrouble> {
     let first = awaiting == Awaiting::FirstRequest;
     let mut deadline = if buffer.is_empty() && !first {
         Instant::now() + limits.idle_timeout
@@ -124,15 +149,36 @@ async fn read_head(
     let mut head_started = !buffer.is_empty() || first;
     loop {
         if buffer.starts_with(b"PRI ") {
-            return Err(());
+            return Err(HeadTrouble::HandOver);
         }
+        if awaiting == Awaiting::NextRequest {
+            // RFC 9112 section 2.2: an empty line before a request line is ignored.
+            while buffer.starts_with(b"\r\n") {
+                buffer.advance(2);
+            }
+        }
+        let malformed = || {
+            // After a served request, hyper answers a malformed head 400 itself; a fresh
+            // hyper connection given the same bytes might not, so the fast path answers.
+            if awaiting == Awaiting::NextRequest && !plausible_head(buffer) {
+                HeadTrouble::Malformed
+            } else {
+                HeadTrouble::HandOver
+            }
+        };
         match scan_head(buffer) {
             HeadScan::Complete(len) if len <= limits.max_header_size => return Ok(Some(len)),
-            // Oversized (hyper answers 431), or not plain CRLF lines (hyper decides).
-            HeadScan::Complete(_) | HeadScan::Unusual => return Err(()),
-            HeadScan::Partial if buffer.len() > limits.max_header_size => return Err(()),
-            // Already not HTTP (a TLS hello on the plain port): hyper answers 400 at once.
-            HeadScan::Partial if !buffer.is_empty() && !plausible_head(buffer) => return Err(()),
+            // Oversized: hyper answers 431.
+            HeadScan::Complete(_) => return Err(HeadTrouble::HandOver),
+            // Not plain CRLF lines (hyper decides), or already not HTTP (a TLS hello on the
+            // plain port: hyper answers 400 at once).
+            HeadScan::Unusual => return Err(malformed()),
+            HeadScan::Partial if buffer.len() > limits.max_header_size => {
+                return Err(HeadTrouble::HandOver);
+            }
+            HeadScan::Partial if !buffer.is_empty() && !plausible_head(buffer) => {
+                return Err(malformed());
+            }
             HeadScan::Partial => {}
         }
         if shutdown.is_raised() && buffer.is_empty() {
@@ -143,8 +189,9 @@ async fn read_head(
             _ = shutdown.raised(), if buffer.is_empty() => return Ok(None),
         };
         match read {
-            // The client stopped sending mid-head: hyper gives that its answer.
-            Ok(Ok(0)) if !buffer.is_empty() => return Err(()),
+            // The client stopped sending mid-head: a valid start is closed quietly (as hyper
+            // does), anything else is hyper's.
+            Ok(Ok(0)) if !buffer.is_empty() => return Err(HeadTrouble::CutShort),
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
             Ok(Ok(_)) => {
                 if !head_started {
