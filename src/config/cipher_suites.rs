@@ -4,7 +4,6 @@
 use std::fmt;
 
 use rustls::SupportedCipherSuite;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The IANA name of a rustls cipher suite (rustls spells TLS 1.3 ones `TLS13_...`).
 fn suite_name(suite: &SupportedCipherSuite) -> String {
@@ -61,18 +60,7 @@ impl PartialEq for CipherSuiteSetting {
     }
 }
 
-impl<'de> Deserialize<'de> for CipherSuiteSetting {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        CipherSuiteSetting::parse(&name).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for CipherSuiteSetting {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.name())
-    }
-}
+string_setting!(CipherSuiteSetting, |suite| suite.name());
 
 #[cfg(test)]
 mod tests {

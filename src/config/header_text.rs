@@ -5,7 +5,6 @@
 use std::fmt;
 
 use http::HeaderValue;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Text that can be sent as an HTTP header value, kept both as written and as the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -61,18 +60,7 @@ impl fmt::Debug for HeaderText {
     }
 }
 
-impl<'de> Deserialize<'de> for HeaderText {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        HeaderText::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for HeaderText {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.text)
-    }
-}
+string_setting!(HeaderText, |text| text.as_str().to_owned());
 
 #[cfg(test)]
 mod tests {

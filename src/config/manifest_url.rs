@@ -4,8 +4,6 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 /// Where the manifest is pulled from at the start of a fill.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub enum ManifestUrl {
@@ -48,18 +46,7 @@ impl fmt::Debug for ManifestUrl {
     }
 }
 
-impl<'de> Deserialize<'de> for ManifestUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        ManifestUrl::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for ManifestUrl {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_url())
-    }
-}
+string_setting!(ManifestUrl, ManifestUrl::to_url);
 
 #[cfg(test)]
 mod tests {

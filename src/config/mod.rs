@@ -5,6 +5,27 @@
 //! change how a box behaves. Errors name the offending key (`http.listen[0]: ...`) so that
 //! `tidecache check-config` can print one line an operator can act on.
 
+/// Implements serde for a setting the file writes as one string: `parse` reads it (its
+/// error becomes the key's one-line message) and `$render` writes it back for
+/// `check-config`. One place for what every such setting needs.
+macro_rules! string_setting {
+    ($type:ty, $render:expr) => {
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+                <$type>::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let render: fn(&$type) -> String = $render;
+                serializer.serialize_str(&render(self))
+            }
+        }
+    };
+}
+
 pub mod cipher_suites;
 mod header_text;
 pub mod key_file;

@@ -5,7 +5,6 @@
 use std::fmt;
 
 use jiff::tz::TimeZone;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The time zone fill windows are read in, as the operator named it and as resolved.
 ///
@@ -72,18 +71,7 @@ impl PartialEq for TimeZoneSetting {
     }
 }
 
-impl<'de> Deserialize<'de> for TimeZoneSetting {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        TimeZoneSetting::parse(&name).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for TimeZoneSetting {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.name)
-    }
-}
+string_setting!(TimeZoneSetting, |zone| zone.name().to_owned());
 
 #[cfg(test)]
 mod tests {

@@ -89,13 +89,15 @@ impl<H: Handler> Listener<H> {
             }
             let connection = Connection {
                 stream,
-                peer,
-                handler: Arc::clone(&self.handler),
-                builder: Arc::clone(&builder),
                 tls: self.tls.as_ref().map(|tls| tls.load_full()),
                 fast_path: self.fast_path.clone(),
-                limits,
-                shutdown: shutdown.clone(),
+                hyper: HyperSession {
+                    peer,
+                    handler: Arc::clone(&self.handler),
+                    builder: Arc::clone(&builder),
+                    limits,
+                    shutdown: shutdown.clone(),
+                },
             };
             let held = Held::open(permit, self.finished.clone(), self.metrics.open.clone());
             tokio::spawn(async move {
@@ -135,64 +137,67 @@ impl Drop for Held {
 /// handshake) to close.
 struct Connection<H> {
     stream: TcpStream,
+    tls: Option<Arc<ViewerTls>>,
+    fast_path: Option<Arc<Viewer>>,
+    hyper: HyperSession<H>,
+}
+
+/// What hyper needs to serve a connection's bytes, whichever transport carries them.
+struct HyperSession<H> {
     peer: SocketAddr,
     handler: Arc<H>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    tls: Option<Arc<ViewerTls>>,
-    fast_path: Option<Arc<Viewer>>,
     limits: ConnectionLimits,
     shutdown: Shutdown,
+}
+
+impl<H: Handler> HyperSession<H> {
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_io(
+            io,
+            self.peer,
+            self.handler,
+            &self.builder,
+            self.shutdown,
+            self.limits,
+        )
+        .await
+    }
 }
 
 impl<H: Handler> Connection<H> {
     /// Serves the connection until it ends: TLS connections after their handshake, plain
     /// ones on the sendfile fast path first when there is one (which may hand the rest of
     /// the connection to hyper), everything else with hyper.
-    async fn run(mut self) {
-        if let Some(tls) = self.tls.take() {
-            let handshake = tls.accept(self.stream);
-            match tokio::time::timeout(self.limits.header_timeout, handshake).await {
-                Ok(Ok(stream)) => {
-                    serve_io(
-                        stream,
-                        self.peer,
-                        self.handler,
-                        &self.builder,
-                        self.shutdown,
-                        self.limits,
-                    )
-                    .await
-                }
+    async fn run(self) {
+        let Connection {
+            stream,
+            tls,
+            fast_path,
+            hyper,
+        } = self;
+        if let Some(tls) = tls {
+            let handshake = tls.accept(stream);
+            match tokio::time::timeout(hyper.limits.header_timeout, handshake).await {
+                Ok(Ok(stream)) => hyper.serve(stream).await,
                 Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
             return;
         }
-        let Some(viewer) = self.fast_path.take() else {
-            return serve_io(
-                self.stream,
-                self.peer,
-                self.handler,
-                &self.builder,
-                self.shutdown,
-                self.limits,
-            )
-            .await;
+        let Some(viewer) = fast_path else {
+            return hyper.serve(stream).await;
         };
-        let mut shutdown = self.shutdown.clone();
+        let mut shutdown = hyper.shutdown.clone();
         let ended =
-            fast_http1::serve(self.stream, self.peer, &viewer, &mut shutdown, self.limits).await;
+            fast_http1::serve(stream, hyper.peer, &viewer, &mut shutdown, hyper.limits).await;
         if let FastPathEnd::HandOver { buffered, stream } = ended {
-            let replayed = fast_http1::Replayed::new(buffered, stream);
-            serve_io(
-                replayed,
-                self.peer,
-                self.handler,
-                &self.builder,
-                self.shutdown,
-                self.limits,
-            )
-            .await;
+            hyper
+                .serve(fast_http1::Replayed::new(buffered, stream))
+                .await;
         }
     }
 }
