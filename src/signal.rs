@@ -68,14 +68,6 @@ impl<K> Trigger<K> {
     pub fn raise(&self) {
         self.sender.send_replace(true);
     }
-
-    /// Another observer of this signal.
-    pub fn subscribe(&self) -> Signal<K> {
-        Signal {
-            receiver: self.sender.subscribe(),
-            kind: PhantomData,
-        }
-    }
 }
 
 impl<K> Signal<K> {
@@ -102,7 +94,7 @@ mod tests {
         assert!(!early.is_raised());
         trigger.raise();
         early.raised().await;
-        let mut late = trigger.subscribe();
+        let mut late = early.clone();
         assert!(late.is_raised());
         late.raised().await;
     }

@@ -41,7 +41,8 @@ struct Scenario {
     /// Path -> content file name (`None`: must be absent).
     expected: &'static [(&'static str, Option<&'static str>)],
     /// Also fault two calls in one run: EIO at each fdatasync (a journal append), then
-    /// SIGKILL at each later fsync or rename (what a failed append must not poison).
+    /// SIGKILL at each later fsync or rename (what a failed append must not poison), or EIO
+    /// at the ftruncate that cuts the failed append back.
     pairs: bool,
 }
 
@@ -191,6 +192,12 @@ fn run_scenario(
     }
     if scenario.pairs {
         for append in 1..=count("fdatasync") {
+            // The append fails and so does cutting it back: the store must stop taking
+            // writes in this process, and open cleanly in the next.
+            faults.push(vec![
+                format!("fdatasync:error=EIO:when={append}"),
+                "ftruncate:error=EIO:when=1".to_owned(),
+            ]);
             for kill in ["fsync", "rename"] {
                 for nth in 1..=count(kill) {
                     faults.push(vec![

@@ -30,35 +30,18 @@ const COLD_BUDGET_MB: u64 = 50;
 /// The largest HTTP/2 flow-control window (2^31 - 1).
 const WINDOW: u32 = (1 << 31) - 1;
 
-/// One HTTP/2 frame (RFC 9113 section 4.1).
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// What a hostile h2c client sends before it stops reading: the preface, settings that open
 /// every window as wide as the protocol allows, and `streams` GETs of `path`.
 fn hostile_h2_requests(path: &str, streams: usize) -> Vec<u8> {
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut out = h2::PREFACE.to_vec();
     // SETTINGS: ENABLE_PUSH = 0, INITIAL_WINDOW_SIZE = 2^31 - 1.
     let mut settings = vec![0, 2, 0, 0, 0, 0, 0, 4];
     settings.extend_from_slice(&WINDOW.to_be_bytes());
-    out.extend(frame(4, 0, 0, &settings));
+    out.extend(h2::frame(4, 0, 0, &settings));
     // The connection window too (it starts at 65535 whatever the settings say).
-    out.extend(frame(8, 0, 0, &(WINDOW - 65_535).to_be_bytes()));
-    // HPACK: :method GET (static 2), :scheme http (static 6), :path and :authority as
-    // literals with indexed names (4 and 1), without Huffman coding.
-    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x41, 1, b'x']);
+    out.extend(h2::frame(8, 0, 0, &(WINDOW - 65_535).to_be_bytes()));
     for number in 0..streams {
-        let stream = 1 + 2 * number as u32;
-        // END_STREAM | END_HEADERS
-        out.extend(frame(1, 0x5, stream, &block));
+        out.extend(h2::get(1 + 2 * number as u32, path));
     }
     out
 }

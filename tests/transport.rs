@@ -371,59 +371,6 @@ async fn the_sendfile_fast_path_and_hyper_answer_alike() {
     assert_eq!(answers[0], answers[1]);
 }
 
-/// A minimal HTTP/2 frame: type, flags, stream and payload.
-struct H2Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-}
-
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A GET of `/a.ts` on `stream` (HPACK without Huffman: static :method GET, :scheme http,
-/// literal :path and :authority), END_STREAM | END_HEADERS.
-fn h2_get(stream: u32) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86, 0x44, 5];
-    block.extend_from_slice(b"/a.ts");
-    block.extend_from_slice(&[0x41, 1, b'x']);
-    h2_frame(1, 0x5, stream, &block)
-}
-
-/// Reads frames until `done` says stop; `None` if the connection ends or stalls first.
-async fn read_h2_until(
-    stream: &mut tokio::net::TcpStream,
-    mut done: impl FnMut(&H2Frame) -> bool,
-) -> Option<()> {
-    use tokio::io::AsyncReadExt;
-    loop {
-        let mut head = [0u8; 9];
-        tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut head))
-            .await
-            .ok()?
-            .ok()?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut payload))
-            .await
-            .ok()?
-            .ok()?;
-        let frame = H2Frame {
-            kind: head[3],
-            flags: head[4],
-            stream: u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]),
-        };
-        if done(&frame) {
-            return Some(());
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_http2_player_pausing_between_segments_keeps_its_connection_until_idle_timeout() {
     use tokio::io::AsyncWriteExt;
@@ -437,27 +384,27 @@ async fn an_http2_player_pausing_between_segments_keeps_its_connection_until_idl
     let mut stream = tokio::net::TcpStream::connect(daemon.viewer_addrs[0])
         .await
         .unwrap();
-    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    opening.extend(h2_frame(4, 0, 0, &[]));
-    opening.extend(h2_get(1));
+    let mut opening = h2::PREFACE.to_vec();
+    opening.extend(h2::frame(4, 0, 0, &[]));
+    opening.extend(h2::get(1, "/a.ts"));
     stream.write_all(&opening).await.unwrap();
-    let ended = |id: u32| move |frame: &H2Frame| frame.stream == id && frame.flags & 0x1 != 0;
+    let ended = |id: u32| move |frame: &h2::FrameHead| frame.stream == id && frame.flags & 0x1 != 0;
     assert!(
-        read_h2_until(&mut stream, ended(1)).await.is_some(),
+        h2::read_until(&mut stream, ended(1)).await.is_some(),
         "first answer"
     );
     // Acknowledge the server's SETTINGS as a client does, then pause like a player between
     // segments: longer than header_timeout, shorter than idle_timeout.
-    stream.write_all(&h2_frame(4, 0x1, 0, &[])).await.unwrap();
+    stream.write_all(&h2::frame(4, 0x1, 0, &[])).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
-    stream.write_all(&h2_get(3)).await.unwrap();
+    stream.write_all(&h2::get(3, "/a.ts")).await.unwrap();
     assert!(
-        read_h2_until(&mut stream, ended(3)).await.is_some(),
+        h2::read_until(&mut stream, ended(3)).await.is_some(),
         "the connection outlived header_timeout between requests"
     );
     let started = std::time::Instant::now();
     assert!(
-        read_h2_until(&mut stream, |frame| frame.kind == 7)
+        h2::read_until(&mut stream, |frame| frame.kind == 7)
             .await
             .is_some(),
         "an idle HTTP/2 connection is closed with GOAWAY"

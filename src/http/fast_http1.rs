@@ -81,12 +81,7 @@ pub async fn serve(
         let keep_alive = keep_alive && !shutdown.is_raised();
         let response = viewer.answer(&request, Sender::Sendfile);
         buffer.advance(head_len);
-        let mut parts = encode_head(response, keep_alive, &mut head);
-        if request.method() == Method::HEAD {
-            // Whatever the status, a HEAD answer ends with its head (RFC 9110 section 9.3.2);
-            // a body here would be read as the start of the next answer.
-            parts.clear();
-        }
+        let parts = encode_head(response, keep_alive, &mut head);
         match write_response(&stream, &head, &parts, limits.idle_timeout).await {
             Ok(sent) => viewer.count_sent(sent),
             Err(err) => {

@@ -212,6 +212,11 @@ pub const H2_MAX_STREAMS: u32 = 128;
 /// 128 x (64 + 16) KiB = 10 MiB, whatever the object sizes.
 pub const H2_SEND_BUFFER: usize = 64 * 1024;
 
+/// File bytes an HTTP/2 stream reads at once: one DATA frame's worth (16 KiB is the
+/// protocol's default frame size), so a stream whose viewer stops reading pins its send
+/// buffer and one such piece, not a 128 KiB chunk.
+pub const H2_CHUNK_SIZE: u64 = 16 * 1024;
+
 /// The HTTP/1.1 + HTTP/2 connection builder for these limits.
 fn protocol_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -255,10 +260,15 @@ async fn serve_io<I, H>(
         request.extensions_mut().insert(PeerAddr(peer));
         let handler = Arc::clone(&handler);
         let in_flight = InFlight::begin(Arc::clone(&service_activity));
+        let http2 = request.version() == hyper::Version::HTTP_2;
         async move {
             let response = handler.handle(request).await;
             Ok::<_, Infallible>(response.map(|body| InFlightBody {
-                inner: body,
+                inner: if http2 {
+                    body.with_chunk_size(H2_CHUNK_SIZE)
+                } else {
+                    body
+                },
                 _in_flight: in_flight,
             }))
         }

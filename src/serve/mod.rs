@@ -62,11 +62,6 @@ const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
 /// Request headers browser players send that preflight must allow.
 const CORS_ALLOWED_HEADERS: &str =
     "Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range";
-/// File bytes read at once for an HTTP/2 stream: one DATA frame's worth (16 KiB is the
-/// protocol's default frame size), so a stream whose viewer stops reading pins its send
-/// buffer and one such piece, not a 128 KiB chunk (see `http::listener`'s h2 settings).
-const H2_CHUNK_SIZE: u64 = 16 * 1024;
-
 /// `Timing-Allow-Origin` (W3C Resource Timing), sent with the CORS origin's value.
 const TIMING_ALLOW_ORIGIN: HeaderName = HeaderName::from_static("timing-allow-origin");
 /// Response headers a browser player must be able to read (beyond the CORS safelist).
@@ -175,13 +170,31 @@ pub fn check_host<B>(request: &Request<B>) -> Result<(), &'static str> {
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err("an HTTP/1.1 request needs exactly one Host header");
     };
-    let valid = host.is_empty()
-        || (!host.as_bytes().contains(&b'@')
-            && http::uri::Authority::try_from(host.as_bytes()).is_ok());
-    if valid {
+    if valid_host(host.as_bytes()) {
         Ok(())
     } else {
         Err("the Host header is not a valid host[:port]")
+    }
+}
+
+/// RFC 9110 section 7.2: `Host = uri-host [ ":" port ]`, with `uri-host` an IP literal in
+/// brackets or a reg-name (RFC 3986 section 3.2.2); empty is allowed. Checked in place:
+/// every request pays for it, so it allocates nothing.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|&byte| byte == b':') {
+        Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], &host[colon + 1..]),
+        _ => (host, &b""[..]),
+    };
+    if !port.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    match name {
+        [b'[', literal @ .., b']'] => literal
+            .iter()
+            .all(|&byte| byte.is_ascii_hexdigit() || b":.".contains(&byte)),
+        _ => name
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&byte)),
     }
 }
 
@@ -249,7 +262,12 @@ impl Viewer {
     pub fn answer<B>(&self, request: &Request<B>, sender: Sender) -> Response<ObjectBody> {
         let started = Instant::now();
         let arrived = self.access_log.as_ref().map(|_| SystemTime::now());
-        let response = self.respond(request, sender);
+        let mut response = self.respond(request, sender);
+        if request.method() == Method::HEAD {
+            // Whatever the status, a HEAD answer ends with its head (RFC 9110 section
+            // 9.3.2); its Content-Length stays the GET's. Both transports rely on it.
+            *response.body_mut() = ObjectBody::empty();
+        }
         let method = match *request.method() {
             Method::GET => "GET",
             Method::HEAD => "HEAD",
@@ -553,16 +571,11 @@ impl Viewer {
             }
         };
         let length = body.len();
-        if is_head {
-            body = ObjectBody::empty();
-        } else if sender == Sender::Hyper && matches!(source, Source::File(..)) {
+        if !is_head && sender == Sender::Hyper && matches!(source, Source::File(..)) {
             let stores = Arc::clone(&self.stores);
             let path: Box<str> = path.into();
             let sha256 = meta.sha256;
             body = body.on_short_file(Box::new(move || stores.report_damaged(&path, &sha256)));
-            if request.version() == http::Version::HTTP_2 {
-                body = body.with_chunk_size(H2_CHUNK_SIZE);
-            }
         }
         let mut response = self.with_common(Response::new(body));
         *response.status_mut() = status;
@@ -788,6 +801,25 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn host_values_follow_rfc_9110() {
+        for good in [
+            "x",
+            "box.example",
+            "box.example:8080",
+            "[::1]:80",
+            "[fe80::1]",
+            "",
+            "a-b_c~d%20",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "a b", "evil@x", "x/y", "x:8o", "[::1", "x:80:80", "x?y", "x#y",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
     #[test]
     fn content_types_follow_the_contract_table() {
         assert_eq!(

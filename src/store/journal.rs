@@ -123,6 +123,19 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
     Ok(replay)
 }
 
+/// Every valid record of a whole journal, in order (for tests that check what was written
+/// when, not only what replay ends with).
+#[cfg(test)]
+pub(crate) fn records(bytes: &[u8]) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut offset = MAGIC.len().min(bytes.len());
+    while let Some((record, used)) = decode_record(&bytes[offset..]) {
+        records.push(record);
+        offset += used;
+    }
+    records
+}
+
 /// Decodes one framed record, or `None` if it is short, oversized, malformed or fails its
 /// checksum. The frame's shape is checked before the checksum is computed, so scanning
 /// damaged bytes for the next record costs a few comparisons per byte.

@@ -726,8 +726,8 @@ impl Stores {
             .read()
             .ok()
             .and_then(|index| index.get(path).copied());
-        if let Some(previous) = previous {
-            self.retire(path, previous)?;
+        if previous.is_some() {
+            self.forget(path)?;
         }
         let final_path = store.object_file(path);
         std::fs::rename(temp, &final_path)
@@ -755,27 +755,8 @@ impl Stores {
         Ok(())
     }
 
-    /// Takes the version `previous` of `path` out of service before a new one is renamed in:
-    /// its store's journal records the removal (durably) and the index drops it. A store that
-    /// failed cannot record anything; its entry just leaves the index (its journal still names
-    /// the old version, with an older fill time than the new one's).
-    fn retire(&self, path: &str, previous: ObjectMeta) -> Result<(), StoreError> {
-        if !self.stores[previous.store].failed.load(Ordering::Relaxed) {
-            self.forget(path)?;
-            return Ok(());
-        }
-        let old = &self.stores[previous.store];
-        if let Ok(mut index) = self.index.write() {
-            index.remove(path);
-        }
-        self.uncache_file(path);
-        old.objects.fetch_sub(1, Ordering::Relaxed);
-        old.bytes_used.fetch_sub(previous.size, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Deletes the file of a version that lived on another store once the new one is
-    /// published (its journal already recorded the removal in [`Stores::retire`]).
+    /// published (its journal already recorded the removal in [`Stores::forget`]).
     fn remove_moved_copy(&self, path: &str, previous: ObjectMeta) {
         let old = &self.stores[previous.store];
         if old.failed.load(Ordering::Relaxed) {
@@ -799,8 +780,8 @@ impl Stores {
         }
     }
 
-    /// Takes an object out of the journal and the index (its file is the caller's to remove
-    /// or move); `None` when it was not stored.
+    /// Takes an object out of its store's journal (durably) and the index (its file is the
+    /// caller's to remove, move or rename over); `None` when it was not stored.
     fn forget(&self, path: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let Some(meta) = self
             .index
@@ -811,7 +792,11 @@ impl Stores {
             return Ok(None);
         };
         let store = &self.stores[meta.store];
-        store.append_journal(&[Record::Remove(path.to_owned())])?;
+        // A failed store's journal takes nothing; its entry still leaves the index (at start,
+        // a newer version elsewhere wins over the one it keeps).
+        if !store.failed.load(Ordering::Relaxed) {
+            store.append_journal(&[Record::Remove(path.to_owned())])?;
+        }
         if let Ok(mut index) = self.index.write() {
             index.remove(path);
         }

@@ -554,22 +554,58 @@ mod tests {
     }
 
     #[test]
-    fn a_replace_retires_the_old_version_in_the_journal_before_its_rename() {
+    fn a_replace_records_the_old_versions_removal_between_the_two_puts() {
+        use super::super::journal::{Record, records};
         let dir = tempfile::tempdir().unwrap();
         let set = stores(dir.path());
         put(&set, "t/x.ts", b"version 1");
         put(&set, "t/x.ts", b"version 2");
         drop(set);
-        let records = std::fs::read(dir.path().join("index/journal")).unwrap();
-        let replay = super::super::journal::replay_bytes(&records).unwrap();
-        assert_eq!(replay.entries["t/x.ts"].sha256, sha(b"version 2"));
-        let count = |needle: &[u8]| {
-            records
-                .windows(needle.len())
-                .filter(|w| *w == needle)
-                .count()
-        };
-        assert_eq!(count(b"t/x.ts"), 3, "put v1, remove v1, put v2");
+        let written = records(&std::fs::read(dir.path().join("index/journal")).unwrap());
+        let shas: Vec<Option<[u8; 32]>> = written
+            .iter()
+            .map(|record| match record {
+                Record::Put(path, entry) if path == "t/x.ts" => Some(entry.sha256),
+                Record::Remove(path) if path == "t/x.ts" => None,
+                other => panic!("unexpected record {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shas,
+            [Some(sha(b"version 1")), None, Some(sha(b"version 2"))],
+            "put v1, then remove v1 (made durable before v2's rename), then put v2"
+        );
+    }
+
+    #[test]
+    fn a_move_between_stores_retires_the_old_copy_in_its_own_journal() {
+        use super::super::journal::{Record, records};
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let configs: Vec<StoreConfig> = dirs
+            .iter()
+            .map(|dir| StoreConfig {
+                path: dir.path().to_owned(),
+                capacity: Some(ByteSize(1 << 20)),
+            })
+            .collect();
+        let set = Arc::new(Stores::load(&configs));
+        let first = put(&set, "t/x.ts", b"version 1");
+        set.mark_full(first.store);
+        let second = put(&set, "t/x.ts", b"version 2");
+        assert_ne!(second.store, first.store, "the full store passes it on");
+        drop(set);
+        let old = dirs[first.store].path();
+        let written = records(&std::fs::read(old.join("index/journal")).unwrap());
+        assert!(
+            matches!(written.last(), Some(Record::Remove(path)) if path == "t/x.ts"),
+            "the old store's journal ends by removing it: {written:?}"
+        );
+        assert!(
+            !old.join("objects/t/x.ts").exists(),
+            "the old copy is deleted"
+        );
+        let reopened = Stores::load(&configs);
+        assert_eq!(reopened.lookup("t/x.ts"), Some(second));
     }
 
     #[test]

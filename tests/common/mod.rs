@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod h2;
 pub mod origin;
 pub mod process;
 pub mod viewer;
@@ -224,10 +225,7 @@ pub async fn raw_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 }
 
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("send");
-    let _ = stream.shutdown().await;
-    read_to_close(&mut stream).await
+    String::from_utf8_lossy(&raw_bytes(addr, request).await).into_owned()
 }
 
 /// Sends raw bytes on a fresh connection without half-closing (as a pipelining client
