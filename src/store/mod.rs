@@ -420,9 +420,10 @@ impl Stores {
             .then(|| Arc::clone(&cached.file))
     }
 
-    /// Keeps `file` open for the next requests of `path`, unless the object changed while it
-    /// was being opened: a change (publish, forget) updates the index before it closes the
-    /// cached file, so looking at the index after caching can never leave a stale file behind.
+    /// Keeps `file` open for the next requests of `path`. The caller then checks the index
+    /// (`still_indexed`) and drops the entry if the object changed meanwhile: a change
+    /// (publish, forget) updates the index before it closes the cached file, so a check
+    /// after caching can never leave a stale file behind.
     fn cache_file(&self, path: &str, meta: &ObjectMeta, file: &Arc<File>) {
         if let Ok(mut files) = self.open_files.write() {
             let cached = CachedFile {
@@ -432,14 +433,6 @@ impl Stores {
                 opened: std::time::Instant::now(),
             };
             files.insert(path, cached, 1);
-        }
-        let unchanged = self.index.read().is_ok_and(|index| {
-            index
-                .get(path)
-                .is_some_and(|now| now.sha256 == meta.sha256 && now.store == meta.store)
-        });
-        if !unchanged {
-            self.uncache_file(path);
         }
     }
 
@@ -518,8 +511,17 @@ impl Stores {
                 return Err(store.io_error(format!("stat objects/{path}"), err));
             }
         };
-        // After the open: a replacement that began before it has taken `meta` out.
+        let file = Arc::new(file);
+        let caching = self.open_file_capacity > 0 && len == meta.size;
+        if caching {
+            self.cache_file(path, &meta, &file);
+        }
+        // One look at the index after the open (and after caching): a replacement that
+        // began before either has taken `meta` out, so the file may be its successor's.
         if !self.still_indexed(path, &meta) {
+            if caching {
+                self.uncache_file(path);
+            }
             return Err(changed());
         }
         if len != meta.size {
@@ -530,10 +532,6 @@ impl Stores {
                 path: path.to_owned(),
                 detail: format!("index says {} bytes, file has {len}", meta.size),
             });
-        }
-        let file = Arc::new(file);
-        if self.open_file_capacity > 0 {
-            self.cache_file(path, &meta, &file);
         }
         Ok(OpenObject { file, meta })
     }
