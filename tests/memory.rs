@@ -14,10 +14,17 @@ use tokio::net::TcpStream;
 const H2_CONNECTIONS: usize = 8;
 const H2_STREAMS: usize = 256;
 /// What they may cost together, above the daemon's resident set before them: 128 streams
-/// per connection (the rest are refused) x (64 KiB send buffer + 16 KiB file piece), about
-/// 10 MiB a connection, with room for the allocator (measured: +88 MB; with hyper's default
-/// 400 KiB buffers, 256 streams and 128 KiB pieces it was +876 MB).
-const H2_BUDGET_MB: u64 = 150;
+/// per connection (the rest are refused), whose queued file pieces the connection's queue
+/// budget holds to 2 MiB, plus stream state (measured: +24 MB; +88 MB with only the h2
+/// settings; with hyper's default 400 KiB buffers, 256 streams and 128 KiB pieces +876 MB).
+const H2_BUDGET_MB: u64 = 60;
+
+/// Many hostile connections against a small pool: queued bytes stay within the pool plus
+/// 256 KiB a connection (16 + 48 x 0.25 = 28 MiB here; about 10 MiB a connection, 480 MiB,
+/// before the pool).
+const MANY_CONNECTIONS: usize = 48;
+const MANY_POOL_MIB: u64 = 16;
+const MANY_BUDGET_MB: u64 = 90;
 
 /// A burst of first GETs and HEADs for cold objects as large as the RAM cache's quarter.
 const COLD_OBJECTS: usize = 24;
@@ -81,19 +88,19 @@ fn stop(mut running: Running) {
     assert_eq!(wait_with_timeout(&mut running.child), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_clients_that_stop_reading_cost_bounded_memory() {
-    let test_box = TestBox::new();
-    let object = vec![("big.ts".to_owned(), pattern(16 << 20))];
-    // No RAM cache: the bodies stream from the file, as for objects over `max_object`
-    // (a cached object is one shared buffer, whatever the streams).
-    let running = serve(&test_box, "[cache]\nram = \"0\"\n", &object);
+/// Opens `connections` hostile HTTP/2 connections asking for `streams` GETs of `path` each;
+/// returns them (unread) and the daemon's peak resident set while they fill what they can.
+async fn stall_h2_connections(
+    running: &Running,
+    path: &str,
+    connections: usize,
+    streams: usize,
+) -> (Vec<TcpStream>, u64) {
     let pid = running.child.id();
-    let (before, _) = memory_mb(pid);
     let mut held = Vec::new();
-    for _ in 0..H2_CONNECTIONS {
+    for _ in 0..connections {
         let mut tcp = TcpStream::connect(running.viewer).await.unwrap();
-        tcp.write_all(&hostile_h2_requests("/big.ts", H2_STREAMS))
+        tcp.write_all(&hostile_h2_requests(path, streams))
             .await
             .unwrap();
         // Never read: the connection's windows say "send everything", its socket takes
@@ -106,6 +113,18 @@ async fn http2_clients_that_stop_reading_cost_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(150)).await;
         peak = peak.max(memory_mb(pid).0);
     }
+    (held, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_that_stop_reading_cost_bounded_memory() {
+    let test_box = TestBox::new();
+    let object = vec![("big.ts".to_owned(), pattern(16 << 20))];
+    // No RAM cache: the bodies stream from the file, as for objects over `max_object`
+    // (a cached object is one shared buffer, whatever the streams).
+    let running = serve(&test_box, "[cache]\nram = \"0\"\n", &object);
+    let (before, _) = memory_mb(running.child.id());
+    let (held, peak) = stall_h2_connections(&running, "/big.ts", H2_CONNECTIONS, H2_STREAMS).await;
     println!(
         "{H2_CONNECTIONS} h2 connections x {H2_STREAMS} unread streams of a 16 MiB object: resident {before} MB -> {peak} MB (budget +{H2_BUDGET_MB} MB)"
     );
@@ -113,6 +132,42 @@ async fn http2_clients_that_stop_reading_cost_bounded_memory() {
         peak.saturating_sub(before) < H2_BUDGET_MB,
         "resident memory grew from {before} MB to {peak} MB"
     );
+    drop(held);
+    stop(running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_stalled_connections_share_one_queue_budget_and_a_viewer_still_streams() {
+    let test_box = TestBox::new();
+    let size = 16 << 20;
+    let object = vec![("big.ts".to_owned(), pattern(size))];
+    let running = serve(
+        &test_box,
+        &format!("[cache]\nram = \"0\"\n[limits]\nmax_queued_bytes = \"{MANY_POOL_MIB}MiB\"\n"),
+        &object,
+    );
+    let (before, _) = memory_mb(running.child.id());
+    let (held, peak) =
+        stall_h2_connections(&running, "/big.ts", MANY_CONNECTIONS, H2_STREAMS).await;
+    println!(
+        "{MANY_CONNECTIONS} h2 connections x {H2_STREAMS} unread streams, max_queued_bytes = {MANY_POOL_MIB}MiB: resident {before} MB -> {peak} MB (budget +{MANY_BUDGET_MB} MB)"
+    );
+    assert!(
+        peak.saturating_sub(before) < MANY_BUDGET_MB,
+        "resident memory grew from {before} MB to {peak} MB"
+    );
+    // The pool is taken by strangers; a viewer still gets its whole object, over HTTP/2
+    // (bounded by the pool) and over HTTP/1.1 (the fast path does not queue).
+    for client in [h2c_client(), client()] {
+        let response = client
+            .get(url(running.viewer, "/big.ts"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body.len(), size, "a whole body while the pool is held");
+    }
     drop(held);
     stop(running);
 }

@@ -382,6 +382,10 @@ pub struct LimitsConfig {
     pub max_header_size: ByteSize,
     /// On SIGTERM, how long in-flight responses get before connections are cut.
     pub shutdown_timeout: HumanDuration,
+    /// Bytes read from disk for viewers and not yet taken by their sockets, across all
+    /// connections, beyond the 256 KiB each connection may always queue: what viewers who
+    /// stop reading can pin.
+    pub max_queued_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -392,6 +396,7 @@ impl Default for LimitsConfig {
             idle_timeout: HumanDuration(std::time::Duration::from_secs(60)),
             max_header_size: ByteSize(16 * 1024),
             shutdown_timeout: HumanDuration(std::time::Duration::from_secs(10)),
+            max_queued_bytes: ByteSize(256 * 1024 * 1024),
         }
     }
 }

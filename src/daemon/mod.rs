@@ -120,9 +120,11 @@ impl Daemon {
         let (finished, connections_finished) = mpsc::channel(1);
         let limits = Arc::new(ArcSwap::from_pointee(settings::connection_limits(config)));
         let permits = Arc::new(Semaphore::new(config.limits.max_connections as usize));
+        let queue_pool = Arc::new(Semaphore::new(settings::queued_bytes(config)));
         let shared = ViewerShared {
             viewer: Arc::clone(&viewer),
             permits: Arc::clone(&permits),
+            queue_pool: Arc::clone(&queue_pool),
             limits: Arc::clone(&limits),
             metrics: ConnectionMetrics {
                 open: metrics.open_connections.clone(),
@@ -178,8 +180,8 @@ impl Daemon {
                 admin,
                 limits,
                 tls,
-                permits,
-                max_connections: AtomicUsize::new(config.limits.max_connections as usize),
+                permits: Resizable::new(permits, config.limits.max_connections as usize),
+                queue_pool: Resizable::new(queue_pool, settings::queued_bytes(config)),
                 plan: handles.plan,
                 engine_settings,
                 rate,
@@ -249,7 +251,10 @@ impl Daemon {
         if let (Some(tls), Some(slot)) = (files.tls, &self.live.tls) {
             slot.store(Arc::new(tls));
         }
-        self.resize_connection_permits(config.limits.max_connections as usize);
+        self.live
+            .permits
+            .resize(config.limits.max_connections as usize);
+        self.live.queue_pool.resize(settings::queued_bytes(config));
         self.live.plan.send_replace(plan);
         self.live
             .engine_settings
@@ -264,22 +269,6 @@ impl Daemon {
             "configuration reloaded"
         );
         Ok(needs_restart)
-    }
-
-    /// Grows or shrinks the viewer connection limit; a shrink takes effect as connections end.
-    fn resize_connection_permits(&self, wanted: usize) {
-        let previous = self.live.max_connections.swap(wanted, Ordering::Relaxed);
-        if wanted > previous {
-            self.live.permits.add_permits(wanted - previous);
-        } else if wanted < previous {
-            let permits = Arc::clone(&self.live.permits);
-            let surplus = (previous - wanted) as u32;
-            tokio::spawn(async move {
-                if let Ok(taken) = permits.acquire_many_owned(surplus).await {
-                    taken.forget();
-                }
-            });
-        }
     }
 
     /// The fill's shared state: the manifest in force, progress, accepting manifests.
@@ -317,11 +306,48 @@ struct LiveSettings {
     admin: Arc<Admin>,
     limits: Arc<ArcSwap<ConnectionLimits>>,
     tls: Option<Arc<ArcSwap<ViewerTls>>>,
-    permits: Arc<Semaphore>,
-    max_connections: AtomicUsize,
+    permits: Resizable,
+    queue_pool: Resizable,
     plan: watch::Sender<Plan>,
     engine_settings: watch::Sender<EngineSettings>,
     rate: Arc<RateLimiter>,
+}
+
+/// A semaphore whose size a reload changes (connection permits, queue room).
+struct Resizable {
+    semaphore: Arc<Semaphore>,
+    size: AtomicUsize,
+}
+
+impl Resizable {
+    fn new(semaphore: Arc<Semaphore>, size: usize) -> Resizable {
+        Resizable {
+            semaphore,
+            size: AtomicUsize::new(size),
+        }
+    }
+
+    /// Grows or shrinks the semaphore to `wanted`; a shrink takes effect as holders give
+    /// their permits back.
+    fn resize(&self, wanted: usize) {
+        let previous = self.size.swap(wanted, Ordering::Relaxed);
+        if wanted > previous {
+            self.semaphore.add_permits(wanted - previous);
+        } else if wanted < previous {
+            let semaphore = Arc::clone(&self.semaphore);
+            let mut surplus = previous - wanted;
+            tokio::spawn(async move {
+                while surplus > 0 {
+                    let step = surplus.min(u32::MAX as usize);
+                    match Arc::clone(&semaphore).acquire_many_owned(step as u32).await {
+                        Ok(taken) => taken.forget(),
+                        Err(_) => return,
+                    }
+                    surplus -= step;
+                }
+            });
+        }
+    }
 }
 
 /// Creates `state_dir` if needed; returns the override file in it.
@@ -398,6 +424,7 @@ fn admin_listener(
             open: IntGauge::new("admin_open_connections", "unregistered")?,
             refused: IntCounter::new("admin_connections_refused", "unregistered")?,
         },
+        queue_pool: None,
         finished,
     })
 }

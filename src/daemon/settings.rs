@@ -85,6 +85,13 @@ pub(super) fn connection_limits(config: &Config) -> ConnectionLimits {
     }
 }
 
+/// `limits.max_queued_bytes` as a permit count (one per byte), within what a semaphore holds.
+pub(super) fn queued_bytes(config: &Config) -> usize {
+    usize::try_from(config.limits.max_queued_bytes.0)
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 /// `[fill]` as the engine uses it.
 pub(super) fn engine_settings(config: &Config) -> EngineSettings {
     EngineSettings {

@@ -31,7 +31,7 @@ use super::fast_http1::{self, FastPathEnd};
 use super::tls::ViewerTls;
 use super::{ConnectionLimits, ConnectionMetrics};
 use crate::serve::Viewer;
-use crate::serve::body::ObjectBody;
+use crate::serve::body::{ObjectBody, QueueBudget};
 use crate::serve::handler::{Handler, PeerAddr};
 use crate::signal::Shutdown;
 
@@ -49,6 +49,9 @@ pub struct Listener<H> {
     pub limits: Arc<ArcSwap<ConnectionLimits>>,
     /// Connection counters.
     pub metrics: ConnectionMetrics,
+    /// The pool viewer connections borrow queue room from (`limits.max_queued_bytes`, one
+    /// permit per byte); `None` for the admin listener, whose answers are small.
+    pub queue_pool: Option<Arc<Semaphore>>,
     /// Plain-HTTP viewer listeners answer plain GET/HEAD here first (sendfile), handing
     /// anything else to hyper; `None` for HTTPS and admin listeners.
     pub fast_path: Option<Arc<Viewer>>,
@@ -97,6 +100,7 @@ impl<H: Handler> Listener<H> {
                     builder: Arc::clone(&builder),
                     limits,
                     shutdown: shutdown.clone(),
+                    budget: self.queue_pool.as_ref().map(QueueBudget::for_connection),
                 },
             };
             let held = Held::open(permit, self.finished.clone(), self.metrics.open.clone());
@@ -149,6 +153,8 @@ struct HyperSession<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnectionLimits,
     shutdown: Shutdown,
+    /// The connection's room for file bytes read and not yet sent.
+    budget: Option<Arc<QueueBudget>>,
 }
 
 impl<H: Handler> HyperSession<H> {
@@ -163,6 +169,7 @@ impl<H: Handler> HyperSession<H> {
             &self.builder,
             self.shutdown,
             self.limits,
+            self.budget,
         )
         .await
     }
@@ -207,9 +214,8 @@ impl<H: Handler> Connection<H> {
 pub const H2_MAX_STREAMS: u32 = 128;
 
 /// Bytes hyper buffers per HTTP/2 stream ahead of the viewer's flow-control window (its
-/// default is about 400 KiB). With [`H2_MAX_STREAMS`] and the 16 KiB file pieces HTTP/2
-/// bodies read, a connection whose viewer stops reading pins at most about
-/// 128 x (64 + 16) KiB = 10 MiB, whatever the object sizes.
+/// default is about 400 KiB). What all of a connection's streams queue together is bounded
+/// further by its [`QueueBudget`] (2 MiB at most).
 pub const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// File bytes an HTTP/2 stream reads at once: one DATA frame's worth (16 KiB is the
@@ -245,6 +251,7 @@ async fn serve_io<I, H>(
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: Shutdown,
     limits: ConnectionLimits,
+    budget: Option<Arc<QueueBudget>>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
@@ -261,15 +268,20 @@ async fn serve_io<I, H>(
         let handler = Arc::clone(&handler);
         let in_flight = InFlight::begin(Arc::clone(&service_activity));
         let http2 = request.version() == hyper::Version::HTTP_2;
+        let budget = budget.clone();
         async move {
             let response = handler.handle(request).await;
-            Ok::<_, Infallible>(response.map(|body| InFlightBody {
-                inner: if http2 {
-                    body.with_chunk_size(H2_CHUNK_SIZE)
-                } else {
-                    body
-                },
-                _in_flight: in_flight,
+            Ok::<_, Infallible>(response.map(|mut body| {
+                if http2 {
+                    body = body.with_chunk_size(H2_CHUNK_SIZE);
+                }
+                if let Some(budget) = budget {
+                    body = body.within(budget);
+                }
+                InFlightBody {
+                    inner: body,
+                    _in_flight: in_flight,
+                }
             }))
         }
     });

@@ -47,6 +47,8 @@ pub struct ViewerShared {
     pub limits: Arc<ArcSwap<ConnectionLimits>>,
     /// Connection counters.
     pub metrics: ConnectionMetrics,
+    /// Queue room viewer connections borrow (`limits.max_queued_bytes`), one pool for all.
+    pub queue_pool: Arc<Semaphore>,
 }
 
 /// The running worker threads.
@@ -161,6 +163,7 @@ fn accept_loop(
         permits: Arc::clone(&shared.permits),
         limits: Arc::clone(&shared.limits),
         metrics: shared.metrics.clone(),
+        queue_pool: Some(Arc::clone(&shared.queue_pool)),
         fast_path: socket.fast_path.then(|| Arc::clone(&shared.viewer)),
         finished,
     })

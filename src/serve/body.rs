@@ -18,6 +18,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Bytes read from disk per body frame: large enough to amortise the thread hop, small enough
@@ -56,11 +57,109 @@ pub enum BodyPart {
 /// Called once when a file ends before the range the body promised from it.
 pub type ShortFileReport = Box<dyn FnOnce() + Send + Sync>;
 
+/// Bytes of file reads a connection may always have queued (read, not yet taken by its
+/// socket), whatever the other connections hold: enough for one [`CHUNK_SIZE`] piece twice
+/// over, so a viewer never waits on strangers.
+pub const QUEUE_OWN_BYTES: usize = 2 * CHUNK_SIZE as usize;
+
+/// The most one connection may have queued, its own bytes and what it borrows from the
+/// process-wide pool together: 2 MiB is 32 HTTP/2 streams' send buffers, or several
+/// HTTP/1 pieces, plenty to keep a fast socket busy.
+pub const QUEUE_CONNECTION_MAX_BYTES: usize = 2 << 20;
+
+/// What a connection may queue of file bytes for its viewer: [`QUEUE_OWN_BYTES`] of its own,
+/// and up to [`QUEUE_CONNECTION_MAX_BYTES`] in all by borrowing from a pool shared by every
+/// viewer connection (`limits.max_queued_bytes`).
+///
+/// Why: a viewer that stops reading (an HTTP/2 client with a hundred open streams, say) makes
+/// hyper keep what was read for it until its socket takes it. Bounding that per connection
+/// alone would still let enough hostile connections take the memory of the box; bounding it
+/// by one shared pool alone would let them starve every other viewer. With both, queued bytes
+/// stay within the pool plus [`QUEUE_OWN_BYTES`] per open connection, and a viewer whose
+/// strangers hold the whole pool still streams from its own share.
+#[derive(Debug)]
+pub struct QueueBudget {
+    own: Arc<Semaphore>,
+    may_borrow: Arc<Semaphore>,
+    pool: Arc<Semaphore>,
+}
+
+impl QueueBudget {
+    /// A new connection's budget, borrowing from `pool` (one permit per byte).
+    pub fn for_connection(pool: &Arc<Semaphore>) -> Arc<QueueBudget> {
+        Arc::new(QueueBudget {
+            own: Arc::new(Semaphore::new(QUEUE_OWN_BYTES)),
+            may_borrow: Arc::new(Semaphore::new(QUEUE_CONNECTION_MAX_BYTES - QUEUE_OWN_BYTES)),
+            pool: Arc::clone(pool),
+        })
+    }
+
+    /// `bytes` at once if the connection's own share or the pool has them.
+    fn try_take(&self, bytes: u32) -> Option<QueuedBytes> {
+        if let Ok(own) = Arc::clone(&self.own).try_acquire_many_owned(bytes) {
+            return Some(QueuedBytes::own(own));
+        }
+        let allowed = Arc::clone(&self.may_borrow)
+            .try_acquire_many_owned(bytes)
+            .ok()?;
+        let borrowed = Arc::clone(&self.pool).try_acquire_many_owned(bytes).ok()?;
+        Some(QueuedBytes {
+            _own: None,
+            _borrowed: Some((allowed, borrowed)),
+        })
+    }
+
+    /// `bytes` of the connection's own share, once its socket has taken enough.
+    async fn take_own(self: Arc<Self>, bytes: u32) -> Option<QueuedBytes> {
+        Arc::clone(&self.own)
+            .acquire_many_owned(bytes)
+            .await
+            .ok()
+            .map(QueuedBytes::own)
+    }
+}
+
+/// Room held in a [`QueueBudget`] by one piece read from a file; given back when the piece is
+/// dropped, which hyper does once the socket has taken it.
+#[derive(Debug)]
+struct QueuedBytes {
+    _own: Option<OwnedSemaphorePermit>,
+    _borrowed: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl QueuedBytes {
+    fn own(permit: OwnedSemaphorePermit) -> QueuedBytes {
+        QueuedBytes {
+            _own: Some(permit),
+            _borrowed: None,
+        }
+    }
+}
+
+/// A piece read from a file that holds its room in the budget for as long as it lives.
+struct QueuedPiece {
+    bytes: Vec<u8>,
+    _room: QueuedBytes,
+}
+
+impl AsRef<[u8]> for QueuedPiece {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A wait for room in a connection's budget.
+type RoomWait = Pin<Box<dyn Future<Output = Option<QueuedBytes>> + Send + Sync>>;
+
 /// The body type of every response tidecache sends, viewer or admin.
 #[derive(Default)]
 pub struct ObjectBody {
     segments: VecDeque<Segment>,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
+    /// Where file pieces take their room; `None` reads without a bound (admin answers).
+    budget: Option<Arc<QueueBudget>>,
+    /// The wait for room for the next file piece, while the budget has none.
+    room_wait: Option<RoomWait>,
     remaining: u64,
     sent_bytes: Option<IntCounter>,
     short_file: Option<ShortFileReport>,
@@ -145,6 +244,13 @@ impl ObjectBody {
         self
     }
 
+    /// Takes room in `budget` for every piece read from a file, waiting for room when there
+    /// is none: how a viewer that stops reading stops costing memory.
+    pub fn within(mut self, budget: Arc<QueueBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Counts every byte handed to the connection in `counter` (response_bytes_total).
     pub fn count_into(mut self, counter: IntCounter) -> Self {
         self.sent_bytes = Some(counter);
@@ -171,10 +277,46 @@ impl ObjectBody {
 }
 
 /// Reads exactly `len` bytes at `offset`; a short file is an error, never a short body.
-fn read_chunk(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
-    let mut buffer = BytesMut::zeroed(len as usize);
-    file.read_exact_at(&mut buffer, offset)?;
-    Ok(buffer.freeze())
+/// With `room`, the bytes hold it until they are dropped.
+fn read_chunk(file: &File, offset: u64, len: u64, room: Option<QueuedBytes>) -> io::Result<Bytes> {
+    match room {
+        None => {
+            let mut buffer = BytesMut::zeroed(len as usize);
+            file.read_exact_at(&mut buffer, offset)?;
+            Ok(buffer.freeze())
+        }
+        Some(room) => {
+            let mut bytes = vec![0; len as usize];
+            file.read_exact_at(&mut bytes, offset)?;
+            Ok(Bytes::from_owner(QueuedPiece { bytes, _room: room }))
+        }
+    }
+}
+
+impl ObjectBody {
+    /// Room in the budget for a piece of `len` bytes: `Ready(None)` when there is no budget,
+    /// `Pending` while the connection's socket has yet to take enough.
+    fn poll_room(&mut self, cx: &mut Context<'_>, len: u64) -> Poll<Option<QueuedBytes>> {
+        let Some(budget) = &self.budget else {
+            return Poll::Ready(None);
+        };
+        // Pieces are at most CHUNK_SIZE (or a smaller configured size), far below u32::MAX.
+        let len = len as u32;
+        if self.room_wait.is_none() {
+            if let Some(room) = budget.try_take(len) {
+                return Poll::Ready(Some(room));
+            }
+            self.room_wait = Some(Box::pin(Arc::clone(budget).take_own(len)));
+        }
+        let wait = self.room_wait.as_mut().map(|wait| wait.as_mut().poll(cx));
+        match wait {
+            Some(Poll::Ready(room)) => {
+                self.room_wait = None;
+                Poll::Ready(room)
+            }
+            _ => Poll::Pending,
+        }
+    }
 }
 
 impl Body for ObjectBody {
@@ -213,9 +355,20 @@ impl Body for ObjectBody {
                 }) => {
                     let chunk = match this.chunk_size {
                         0 => CHUNK_SIZE,
-                        configured => configured,
+                        configured => configured.min(CHUNK_SIZE),
                     };
                     let len = remaining.min(chunk);
+                    let room = match this.poll_room(cx, len) {
+                        Poll::Ready(room) => room,
+                        Poll::Pending => {
+                            this.segments.push_front(Segment::File {
+                                file,
+                                offset,
+                                remaining,
+                            });
+                            return Poll::Pending;
+                        }
+                    };
                     if remaining > len {
                         this.segments.push_front(Segment::File {
                             file: Arc::clone(&file),
@@ -224,7 +377,7 @@ impl Body for ObjectBody {
                         });
                     }
                     this.pending = Some(tokio::task::spawn_blocking(move || {
-                        read_chunk(&file, offset, len)
+                        read_chunk(&file, offset, len, room)
                     }));
                 }
             }
@@ -283,6 +436,62 @@ mod tests {
         assert!(
             reported.load(std::sync::atomic::Ordering::Relaxed),
             "reported"
+        );
+    }
+
+    /// Reads the next frame's data, or `None` if none comes within a short wait.
+    async fn next_data(body: &mut ObjectBody) -> Option<Bytes> {
+        let frame = tokio::time::timeout(std::time::Duration::from_millis(200), body.frame())
+            .await
+            .ok()?;
+        frame?.ok()?.into_data().ok()
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_holds_its_share_waits_until_its_socket_takes_some() {
+        let content = vec![7u8; CHUNK_SIZE as usize * 3];
+        let empty_pool = Arc::new(Semaphore::new(0));
+        let budget = QueueBudget::for_connection(&empty_pool);
+        let mut body = ObjectBody::empty();
+        body.push_file_range(file_with(&content), 0, content.len() as u64);
+        let mut body = body.within(budget);
+        let first = next_data(&mut body).await.expect("first piece");
+        let second = next_data(&mut body).await.expect("second piece");
+        assert_eq!(first.len() + second.len(), QUEUE_OWN_BYTES);
+        assert!(
+            next_data(&mut body).await.is_none(),
+            "a third piece while the first two are still queued"
+        );
+        drop(first);
+        let third = next_data(&mut body)
+            .await
+            .expect("room once a piece is sent");
+        assert_eq!(third.len(), CHUNK_SIZE as usize);
+    }
+
+    #[tokio::test]
+    async fn borrowing_from_the_pool_stops_at_the_connection_maximum() {
+        let content = vec![1u8; QUEUE_CONNECTION_MAX_BYTES + CHUNK_SIZE as usize];
+        let pool = Arc::new(Semaphore::new(64 << 20));
+        let budget = QueueBudget::for_connection(&pool);
+        let mut body = ObjectBody::empty();
+        body.push_file_range(file_with(&content), 0, content.len() as u64);
+        let mut body = body.within(budget);
+        let mut queued = Vec::new();
+        while let Some(piece) = next_data(&mut body).await {
+            queued.push(piece);
+        }
+        let held: usize = queued.iter().map(Bytes::len).sum();
+        assert_eq!(held, QUEUE_CONNECTION_MAX_BYTES);
+        assert_eq!(
+            pool.available_permits(),
+            (64 << 20) - (QUEUE_CONNECTION_MAX_BYTES - QUEUE_OWN_BYTES)
+        );
+        drop(queued);
+        assert_eq!(
+            pool.available_permits(),
+            64 << 20,
+            "all borrowed room returned"
         );
     }
 }
