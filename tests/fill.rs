@@ -516,8 +516,10 @@ async fn the_window_end_pauses_the_fill_and_the_next_window_resumes_it() {
 
 #[tokio::test]
 async fn manifest_build_and_push_from_the_cli_fill_from_local_files() {
-    let fill = fill_box(1, "").await;
-    let seed = fill.test_box.dir.path().join("seed");
+    let seed_dir = tempfile::tempdir().unwrap();
+    let seed = seed_dir.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    let fill = fill_box(1, &format!("file_roots = [{seed:?}]\n")).await;
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("title/master.m3u8", b"#EXTM3U\n#EXT-X-VERSION:7\n".to_vec()),
         ("title/720p/seg 00001.ts", pattern(70_000)),
@@ -789,6 +791,127 @@ async fn refills_with_new_bytes_while_serving_never_pair_one_version_with_anothe
     assert!(
         checked > 50,
         "the readers checked too little to mean much: {checked}"
+    );
+    fill.daemon.shutdown().await;
+}
+
+/// A manifest whose objects name their own source URLs: (path, url, size, sha256 hex).
+fn manifest_with_urls(id: &str, objects: &[(&str, String, usize, String)]) -> String {
+    let objects: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|(path, url, size, sha256)| {
+            serde_json::json!({"path": path, "url": url, "size": size, "sha256": sha256})
+        })
+        .collect();
+    serde_json::json!({"version": 1, "id": id, "base_url": "http://unused.invalid/", "objects": objects})
+        .to_string()
+}
+
+#[tokio::test]
+async fn file_sources_are_confined_to_file_roots_and_failures_do_not_echo_what_was_found() {
+    let outside = tempfile::tempdir().unwrap();
+    let seed = outside.path().join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    let secret_bytes = b"the admin token, say".to_vec();
+    let secret = outside.path().join("admin.token");
+    std::fs::write(&secret, &secret_bytes).unwrap();
+    std::os::unix::fs::symlink(&secret, seed.join("link.ts")).unwrap();
+    let data = pattern(5000);
+    std::fs::write(seed.join("ok.ts"), &data).unwrap();
+    std::fs::write(seed.join("short.ts"), &data[..4321]).unwrap();
+    let file_url = |path: &std::path::Path| format!("file://{}", path.display());
+    let secret_source = |size: usize| {
+        manifest_with_urls(
+            "steal",
+            &[("stolen.ts", file_url(&secret), size, "0".repeat(64))],
+        )
+    };
+
+    // No roots (the default): every file source is refused, whatever the path.
+    let closed = fill_box(1, "").await;
+    let refused = push(&closed.daemon, Some(&closed.token), &secret_source(3)).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let message = refused.text().await.unwrap();
+    assert!(
+        message.contains("stolen.ts") && message.contains("file_roots"),
+        "{message}"
+    );
+    assert!(status(&closed.daemon).await["manifest"].is_null());
+    closed.daemon.shutdown().await;
+
+    // With a root: inside passes; outside, directly or through a link, is refused.
+    let fill = fill_box(1, &format!("file_roots = [{:?}]\n", seed)).await;
+    for (name, body) in [
+        ("a file outside", secret_source(secret_bytes.len())),
+        (
+            "a link out of the root",
+            manifest_with_urls(
+                "link",
+                &[("l.ts", file_url(&seed.join("link.ts")), 3, "0".repeat(64))],
+            ),
+        ),
+    ] {
+        let answer = push(&fill.daemon, Some(&fill.token), &body).await;
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{name}");
+    }
+    let body = manifest_with_urls(
+        "seeded",
+        &[
+            (
+                "ok.ts",
+                file_url(&seed.join("ok.ts")),
+                data.len(),
+                sha256_hex(&data),
+            ),
+            (
+                "short.ts",
+                file_url(&seed.join("short.ts")),
+                data.len(),
+                sha256_hex(&data),
+            ),
+            (
+                "zero-hash.ts",
+                file_url(&seed.join("ok.ts")),
+                data.len(),
+                "0".repeat(64),
+            ),
+        ],
+    );
+    assert_eq!(
+        push(&fill.daemon, Some(&fill.token), &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let done = run_fill(&fill.daemon, "seeded").await;
+    assert_eq!(done["fill"]["objects_done"], 1);
+    assert_eq!(done["fill"]["objects_failed"], 2);
+    let public = done["fill"]["last_fill"]["failures"].to_string();
+    assert!(
+        public.contains("short.ts") && public.contains("zero-hash.ts"),
+        "{public}"
+    );
+    // The expected values are the manifest's own; what the files held is never public.
+    assert!(!public.contains("4321"), "{public}");
+    assert!(!public.contains("\"found\""), "{public}");
+    assert!(!public.contains(&sha256_hex(&data)), "{public}");
+    let authenticated: serde_json::Value = client()
+        .get(format!("http://{}/v1/status", fill.daemon.admin_addr))
+        .bearer_auth(&fill.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let private = authenticated["fill"]["last_fill"]["failures"].to_string();
+    assert!(private.contains("got 4321 bytes"), "{private}");
+    assert!(private.contains(&sha256_hex(&data)), "{private}");
+    assert_eq!(
+        &get(fill.daemon.viewer_addrs[0], "/ok.ts")
+            .await
+            .bytes()
+            .await
+            .unwrap()[..],
+        &data[..]
     );
     fill.daemon.shutdown().await;
 }

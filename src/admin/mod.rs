@@ -169,7 +169,13 @@ impl Admin {
                 );
                 response
             }
-            _ => json(StatusCode::OK, &self.status()),
+            _ => {
+                let mut status = self.status();
+                if self.auth.load().token.check(request.headers()).is_err() {
+                    status.fill = status.fill.for_anyone();
+                }
+                json(StatusCode::OK, &status)
+            }
         }
     }
 

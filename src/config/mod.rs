@@ -351,6 +351,8 @@ pub struct FillConfig {
     /// Extra CA certificate(s), PEM, trusted for https origins besides the system's roots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Directories `file://` sources may be read from (symlinks resolved); empty: none.
+    pub file_roots: Vec<PathBuf>,
 }
 
 impl Default for FillConfig {
@@ -364,6 +366,7 @@ impl Default for FillConfig {
             stop_grace: HumanDuration(std::time::Duration::from_secs(10)),
             max_manifest_size: ByteSize(256 * 1024 * 1024),
             ca_file: None,
+            file_roots: Vec::new(),
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::fill::Fill;
 use crate::fill::engine::{Engine, EngineSettings};
 use crate::fill::fetch::Fetcher;
+use crate::fill::file_roots::FileRoots;
 use crate::fill::rate::RateLimiter;
 use crate::http::listener::Listener;
 use crate::http::tls::ViewerTls;
@@ -102,6 +103,7 @@ impl Daemon {
                 .with_open_file_cache(settings::open_file_cache_size(config.cache.open_files)),
         );
         let fill = Arc::new(Fill::load(&config.state_dir));
+        fill.set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         let (scheduler, handles) = Scheduler::start(
             plan,
             Arc::clone(&clock),
@@ -260,6 +262,8 @@ impl Daemon {
             .engine_settings
             .send_replace(settings::engine_settings(config));
         self.live.rate.set_rate(config.fill.max_rate.bytes_per_sec);
+        self.fill
+            .set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         *running = config.clone();
         for key in &needs_restart {
             tracing::warn!(key, "changed, but only takes effect after a restart");

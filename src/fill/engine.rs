@@ -88,10 +88,29 @@ struct PassCounts {
 
 /// How one object's transfer ended.
 enum TransferOutcome {
-    Stored { bytes: u64 },
-    Failed { reason: String },
-    Skipped { reason: String },
+    Stored {
+        bytes: u64,
+    },
+    Failed {
+        reason: String,
+        /// What was found instead, when that describes the source's content (a size or a
+        /// hash): for the admin token's holders and the log, never the public status.
+        found: Option<String>,
+    },
+    Skipped {
+        reason: String,
+    },
     Paused,
+}
+
+impl TransferOutcome {
+    /// A failure whose reason says all there is to say.
+    fn failed(reason: String) -> TransferOutcome {
+        TransferOutcome::Failed {
+            reason,
+            found: None,
+        }
+    }
 }
 
 /// Everything a transfer task needs, cheap to clone.
@@ -139,7 +158,8 @@ impl Engine {
         let mut manifests = self.fill.watch_manifest();
         let mut session = 0u64;
         let mut was_filling = false;
-        let mut done: Option<(usize, u64)> = None;
+        // The (manifest generation, fill session) whose pass finished.
+        let mut done: Option<(u64, u64)> = None;
         loop {
             self.settings = self.reloads.borrow_and_update().clone();
             let filling = self.mode.borrow_and_update().mode == Mode::Filling;
@@ -150,7 +170,7 @@ impl Engine {
             was_filling = filling;
             let manifest = manifests.borrow_and_update().clone();
             if let (true, Some(manifest)) = (filling, manifest) {
-                let key = (Arc::as_ptr(&manifest) as usize, session);
+                let key = (manifest.generation, session);
                 if done != Some(key) {
                     match self.pass(&manifest, &mut manifests, &mut stop).await {
                         PassEnd::Done => done = Some(key),
@@ -424,14 +444,14 @@ impl Engine {
                     .with_progress(|progress| progress.objects_done += 1);
                 tracing::debug!(path, bytes, "stored");
             }
-            TransferOutcome::Failed { reason } => {
+            TransferOutcome::Failed { reason, found } => {
                 self.metrics
                     .fill_objects
                     .with_label_values(&["failed"])
                     .inc();
-                tracing::warn!(path, reason = %reason, "object failed");
+                tracing::warn!(path, reason = %reason, found = found.as_deref().unwrap_or(""), "object failed");
                 self.fill
-                    .with_progress(|progress| progress.fail(path, reason));
+                    .with_progress(|progress| progress.fail_with(path, reason, found));
             }
             TransferOutcome::Skipped { reason } => {
                 self.metrics
@@ -470,7 +490,7 @@ fn log_report(report: &FillReport) {
 enum AttemptEnd {
     Retry(String),
     Fail(String),
-    Verify { reason: String, resumed: bool },
+    Verify { mismatch: Mismatch, resumed: bool },
     StoreFull(usize),
     Cancelled,
 }
@@ -506,14 +526,10 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                 };
             }
             Ok(Err(err)) => {
-                return TransferOutcome::Failed {
-                    reason: err.to_string(),
-                };
+                return TransferOutcome::failed(err.to_string());
             }
             Err(err) => {
-                return TransferOutcome::Failed {
-                    reason: err.to_string(),
-                };
+                return TransferOutcome::failed(err.to_string());
             }
         };
         let already = writer.written();
@@ -528,15 +544,25 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                     .with_progress(|progress| progress.take_back(counted));
                 match end {
                     AttemptEnd::Cancelled => return TransferOutcome::Paused,
-                    AttemptEnd::Fail(reason) => return TransferOutcome::Failed { reason },
+                    AttemptEnd::Fail(reason) => {
+                        return TransferOutcome::Failed {
+                            reason,
+                            found: None,
+                        };
+                    }
                     AttemptEnd::Verify {
                         resumed: true,
-                        reason,
+                        mismatch,
                     } if !from_scratch => {
-                        tracing::warn!(path = %object.path, reason = %reason, "resumed object failed verification; fetching it whole");
+                        tracing::warn!(path = %object.path, reason = %mismatch.reason, found = %mismatch.found, "resumed object failed verification; fetching it whole");
                         from_scratch = true;
                     }
-                    AttemptEnd::Verify { reason, .. } => return TransferOutcome::Failed { reason },
+                    AttemptEnd::Verify { mismatch, .. } => {
+                        return TransferOutcome::Failed {
+                            reason: mismatch.reason,
+                            found: Some(mismatch.found),
+                        };
+                    }
                     AttemptEnd::StoreFull(store) => {
                         tracing::warn!(path = %object.path, store, "store full (ENOSPC); placing elsewhere");
                         context.stores.mark_full(store);
@@ -545,9 +571,9 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                     AttemptEnd::Retry(reason) => {
                         attempt += 1;
                         if attempt > context.retries {
-                            return TransferOutcome::Failed {
-                                reason: format!("{reason} (gave up after {attempt} attempts)"),
-                            };
+                            return TransferOutcome::failed(format!(
+                                "{reason} (gave up after {attempt} attempts)"
+                            ));
                         }
                         let delay = backoff(context.retry_base, attempt);
                         tracing::info!(path = %object.path, attempt, delay = ?delay, reason = %reason, "retrying");
@@ -559,9 +585,7 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                     }
                 }
                 if attempt > context.retries {
-                    return TransferOutcome::Failed {
-                        reason: format!("gave up after {attempt} attempts"),
-                    };
+                    return TransferOutcome::failed(format!("gave up after {attempt} attempts"));
                 }
             }
         }
@@ -591,7 +615,8 @@ async fn attempt_object(
         // get a 416. Verify and publish it as it is.
         return finish(writer, true, counted).await;
     }
-    let mut download = match context.fetcher.open(&object.source, offset).await {
+    let roots = context.fill.file_roots();
+    let mut download = match context.fetcher.open(&object.source, offset, &roots).await {
         Ok(download) => download,
         Err(err) => {
             let retryable = err.retryable;
@@ -684,7 +709,7 @@ async fn finish(
         Ok(Err(err @ (StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. }))) => {
             Err((
                 AttemptEnd::Verify {
-                    reason: err.to_string(),
+                    mismatch: Mismatch::from(&err),
                     resumed,
                 },
                 counted,
@@ -693,6 +718,45 @@ async fn finish(
         Ok(Err(err)) if err.is_storage_full() => Err((AttemptEnd::StoreFull(store), counted)),
         Ok(Err(err)) => Err((AttemptEnd::Fail(err.to_string()), counted)),
         Err(err) => Err((AttemptEnd::Fail(err.to_string()), counted)),
+    }
+}
+
+/// A verification failure, in two parts: what did not match, which anyone reading the
+/// status may see, and what was found instead, which describes the source's content (for a
+/// `file://` source, a local file's size or hash) and so goes only to the log and to holders
+/// of the admin token.
+#[derive(Debug)]
+struct Mismatch {
+    reason: String,
+    found: String,
+}
+
+impl From<&StoreError> for Mismatch {
+    fn from(err: &StoreError) -> Mismatch {
+        match err {
+            StoreError::SizeMismatch {
+                expected, actual, ..
+            } if actual > expected => Mismatch {
+                reason: format!("size does not match the manifest's {expected} bytes"),
+                found: format!("the source sent more ({actual} bytes so far)"),
+            },
+            StoreError::SizeMismatch {
+                expected, actual, ..
+            } => Mismatch {
+                reason: format!("size does not match the manifest's {expected} bytes"),
+                found: format!("got {actual} bytes"),
+            },
+            StoreError::HashMismatch {
+                expected, actual, ..
+            } => Mismatch {
+                reason: format!("sha256 does not match the manifest's {expected}"),
+                found: format!("got sha256 {actual}"),
+            },
+            other => Mismatch {
+                reason: other.to_string(),
+                found: String::new(),
+            },
+        }
     }
 }
 
@@ -714,7 +778,7 @@ async fn flush(writer: ObjectWriter, batch: Vec<u8>) -> Result<ObjectWriter, Att
             drop(writer);
             Err(match err {
                 StoreError::SizeMismatch { .. } => AttemptEnd::Verify {
-                    reason: format!("{err} (the origin sent more than the manifest's size)"),
+                    mismatch: Mismatch::from(&err),
                     resumed: false,
                 },
                 err if err.is_storage_full() => AttemptEnd::StoreFull(store),

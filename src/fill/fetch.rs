@@ -2,7 +2,7 @@
 //! local file. A download can start at an offset (to resume a partial file); the caller
 //! learns whether the source honoured it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::file_roots::{FileRoots, OpenError};
 use super::manifest::Source;
 
 /// Redirects followed before giving up (a loop, or an origin misconfigured).
@@ -163,10 +164,15 @@ impl Fetcher {
         }
     }
 
-    /// Starts downloading `source` from byte `offset`.
-    pub async fn open(&self, source: &Source, offset: u64) -> Result<Download, FetchError> {
+    /// Starts downloading `source` from byte `offset`; a file source must lie in `roots`.
+    pub async fn open(
+        &self,
+        source: &Source,
+        offset: u64,
+        roots: &Arc<FileRoots>,
+    ) -> Result<Download, FetchError> {
         match source {
-            Source::File(path) => open_file(path, offset).await,
+            Source::File(path) => open_file(path, offset, Arc::clone(roots)).await,
             Source::Http(url) => self.open_http(url, offset).await,
         }
     }
@@ -302,15 +308,26 @@ impl Download {
     }
 }
 
-async fn open_file(path: &PathBuf, offset: u64) -> Result<Download, FetchError> {
-    let mut file = tokio::fs::File::open(path).await.map_err(|err| {
+async fn open_file(
+    path: &Path,
+    offset: u64,
+    roots: Arc<FileRoots>,
+) -> Result<Download, FetchError> {
+    let owned = path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || roots.open(&owned))
+        .await
+        .map_err(|err| FetchError::retry(format!("{}: {err}", path.display())))?;
+    let file = opened.map_err(|err| {
         let message = format!("{}: {err}", path.display());
-        if err.kind() == std::io::ErrorKind::NotFound {
-            FetchError::permanent(message)
-        } else {
-            FetchError::retry(message)
+        match err {
+            OpenError::Outside(outside) => FetchError::permanent(outside.to_string()),
+            OpenError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                FetchError::permanent(message)
+            }
+            OpenError::Io(_) => FetchError::retry(message),
         }
     })?;
+    let mut file = tokio::fs::File::from_std(file);
     if offset > 0 {
         file.seek(std::io::SeekFrom::Start(offset))
             .await

@@ -4,6 +4,7 @@
 //! What lives where:
 //! - [`manifest`]: parsing and validating manifests (CONTRACT section 3).
 //! - [`plan`]: the manifest against the index: deletes, fetches in priority order, no-room.
+//! - [`file_roots`]: the directories `file://` sources are confined to.
 //! - [`fetch`]: downloads over HTTP(S) (hyper + rustls) or from local files, with resume.
 //! - [`rate`]: the global `fill.max_rate` pacing.
 //! - [`progress`]: status counters and the end-of-pass report.
@@ -15,6 +16,7 @@
 pub mod build;
 pub mod engine;
 pub mod fetch;
+pub mod file_roots;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
@@ -23,7 +25,9 @@ pub mod rate;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
+use file_roots::FileRoots;
 use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -38,6 +42,10 @@ pub struct AcceptedManifest {
     pub manifest: Manifest,
     /// When it was accepted.
     pub accepted_at: Timestamp,
+    /// Which acceptance this was in this process: 1 for the first manifest in force, then
+    /// one more for each manifest accepted. It only grows, so "the pass for this manifest
+    /// is done" can never be mistaken for another manifest's (an address can be reused).
+    pub generation: u64,
 }
 
 /// What `GET /v1/manifest` and status say about the manifest in force.
@@ -83,6 +91,8 @@ pub struct Fill {
     manifest: watch::Sender<Option<Arc<AcceptedManifest>>>,
     progress: Mutex<Progress>,
     accepting: tokio::sync::Mutex<()>,
+    /// Where `file://` sources may be read from; swapped on reload.
+    file_roots: ArcSwap<FileRoots>,
 }
 
 impl Fill {
@@ -101,6 +111,7 @@ impl Fill {
                     Some(Arc::new(AcceptedManifest {
                         manifest,
                         accepted_at,
+                        generation: 1,
                     }))
                 }
                 Err(err) => {
@@ -123,24 +134,46 @@ impl Fill {
             manifest: watch::Sender::new(accepted),
             progress: Mutex::new(progress),
             accepting: tokio::sync::Mutex::new(()),
+            file_roots: ArcSwap::from_pointee(FileRoots::default()),
         }
     }
 
+    /// Sets the directories `file://` sources may be read from (start and reload).
+    pub fn set_file_roots(&self, roots: FileRoots) {
+        self.file_roots.store(Arc::new(roots));
+    }
+
+    /// The directories `file://` sources may be read from now.
+    pub fn file_roots(&self) -> Arc<FileRoots> {
+        self.file_roots.load_full()
+    }
+
     /// Validates, saves (atomically) and puts a manifest in force. Nothing changes unless
-    /// every step succeeds.
+    /// every step succeeds. A `file://` source outside `fill.file_roots` makes it invalid.
     pub async fn accept(&self, raw: Bytes) -> Result<ManifestSummary, AcceptError> {
         let _one_at_a_time = self.accepting.lock().await;
         let file = self.manifest_file.clone();
+        let roots = self.file_roots();
         let saved = tokio::task::spawn_blocking(move || {
             let manifest = manifest::parse(&raw)?;
+            roots
+                .check_manifest(&manifest)
+                .map_err(ManifestError::Invalid)?;
             crate::durable::write_atomically(&file, &raw).map_err(AcceptError::Save)?;
             Ok::<_, AcceptError>(manifest)
         })
         .await
         .map_err(|err| AcceptError::Save(std::io::Error::other(err)))??;
+        let generation = self
+            .manifest
+            .borrow()
+            .as_ref()
+            .map_or(0, |in_force| in_force.generation)
+            + 1;
         let accepted = Arc::new(AcceptedManifest {
             manifest: saved,
             accepted_at: Timestamp::now(),
+            generation,
         });
         let summary = accepted.summary();
         tracing::info!(id = %summary.id, objects = summary.objects, bytes = summary.bytes, "manifest accepted");

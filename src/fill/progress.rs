@@ -26,8 +26,12 @@ pub enum FillState {
 pub struct Failure {
     /// The object path.
     pub path: String,
-    /// Why, in one line.
+    /// Why, in one line: what did not match, never what the source held.
     pub reason: String,
+    /// What was found instead (a size, a hash), when that describes the source's content:
+    /// shown only to holders of the admin token (`GET /v1/status` with it) and in the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
 }
 
 /// The end-of-pass report, logged and kept in status as `last_fill`.
@@ -131,6 +135,20 @@ pub struct FillStatus {
     pub last_fill: Option<FillReport>,
 }
 
+impl FillStatus {
+    /// This status without what failed objects' sources held, for a reader without the
+    /// admin token: a manifest naming a file must not turn the status into a way to learn
+    /// that file's size or hash.
+    pub fn for_anyone(mut self) -> FillStatus {
+        if let Some(report) = &mut self.last_fill {
+            for failure in &mut report.failures {
+                failure.found = None;
+            }
+        }
+        self
+    }
+}
+
 impl Progress {
     /// Counts `bytes` written (or, negative progress, given back when an object failed).
     pub fn add_bytes(&mut self, bytes: u64) {
@@ -152,18 +170,25 @@ impl Progress {
 
     /// Records a failed object.
     pub fn fail(&mut self, path: &str, reason: String) {
+        self.fail_with(path, reason, None);
+    }
+
+    /// Records a failed object, with what was found instead for the token's holders.
+    pub fn fail_with(&mut self, path: &str, reason: String, found: Option<String>) {
         self.objects_failed += 1;
         if self.failures.len() < MAX_LISTED_FAILURES {
             self.failures.push(Failure {
                 path: path.to_owned(),
                 reason,
+                found,
             });
         } else {
             self.more_failures += 1;
         }
     }
 
-    /// The status view.
+    /// The status view, with what failed objects' sources held (see [`Failure::found`]);
+    /// [`FillStatus::for_anyone`] takes that out.
     pub fn status(&self) -> FillStatus {
         let stale = self.rate_window_start.elapsed().as_secs() >= 5;
         FillStatus {
