@@ -289,8 +289,21 @@ impl Daemon {
     /// returns. Returns whether every connection finished in time.
     pub async fn shutdown(mut self) -> bool {
         self.stop.raise();
-        while self.tasks.join_next().await.is_some() {}
-        let drained = tokio::time::timeout(self.shutdown_timeout, self.connections_finished.recv())
+        // Every wait of the tasks (the fill engine's downloads, pulls and pacing, the
+        // scheduler, the admin listener) is raced against the stop, so they end at once; the
+        // deadline is the backstop that keeps SIGTERM within `limits.shutdown_timeout` even
+        // if one does not.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let tasks_ended = tokio::time::timeout_at(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !tasks_ended {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "background tasks still running at the shutdown timeout; stopping them");
+            self.tasks.abort_all();
+        }
+        let drained = tokio::time::timeout_at(deadline, self.connections_finished.recv())
             .await
             .is_ok();
         if drained {

@@ -165,7 +165,11 @@ impl Engine {
             let filling = self.mode.borrow_and_update().mode == Mode::Filling;
             if filling && !was_filling {
                 session += 1;
-                self.pull_manifest().await;
+                // The pull has its own overall timeout; a stop does not wait for it.
+                tokio::select! {
+                    _ = self.pull_manifest() => {}
+                    _ = stop.raised() => return,
+                }
             }
             was_filling = filling;
             let manifest = manifests.borrow_and_update().clone();
@@ -488,9 +492,16 @@ fn log_report(report: &FillReport) {
 
 /// Why one attempt at an object stopped.
 enum AttemptEnd {
-    Retry(String),
+    /// Worth another attempt, after the backoff or the origin's `Retry-After` if longer.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     Fail(String),
-    Verify { mismatch: Mismatch, resumed: bool },
+    Verify {
+        mismatch: Mismatch,
+        resumed: bool,
+    },
     StoreFull(usize),
     Cancelled,
 }
@@ -568,14 +579,17 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                         context.stores.mark_full(store);
                         attempt += 1;
                     }
-                    AttemptEnd::Retry(reason) => {
+                    AttemptEnd::Retry { reason, after } => {
                         attempt += 1;
                         if attempt > context.retries {
                             return TransferOutcome::failed(format!(
                                 "{reason} (gave up after {attempt} attempts)"
                             ));
                         }
-                        let delay = backoff(context.retry_base, attempt);
+                        // The origin's Retry-After, when longer than our own backoff; the
+                        // wait still ends at once when the window ends or the box stops.
+                        let delay =
+                            backoff(context.retry_base, attempt).max(after.unwrap_or_default());
                         tracing::info!(path = %object.path, attempt, delay = ?delay, reason = %reason, "retrying");
                         let mut cancel = context.cancel.clone();
                         tokio::select! {
@@ -616,7 +630,17 @@ async fn attempt_object(
         return finish(writer, true, counted).await;
     }
     let roots = context.fill.file_roots();
-    let mut download = match context.fetcher.open(&object.source, offset, &roots).await {
+    let mut cancel = context.cancel.clone();
+    // An origin that never answers (or answers slowly) must not hold the window's end or a
+    // shutdown: the wait for the response head is raced against cancellation.
+    let opened = tokio::select! {
+        opened = context.fetcher.open(&object.source, offset, &roots) => opened,
+        _ = cancel.raised() => {
+            checkpoint(writer).await;
+            return Err((AttemptEnd::Cancelled, counted));
+        }
+    };
+    let mut download = match opened {
         Ok(download) => download,
         Err(err) => {
             let retryable = err.retryable;
@@ -644,7 +668,6 @@ async fn attempt_object(
     }
     let resumed = resumed_from_partial && download.resumed;
     let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-    let mut cancel = context.cancel.clone();
     loop {
         let chunk = tokio::select! {
             chunk = download.next_chunk() => chunk,
@@ -660,8 +683,22 @@ async fn attempt_object(
         };
         match chunk {
             Ok(Some(data)) => {
-                context.rate.acquire(data.len()).await;
                 batch.extend_from_slice(&data);
+                // `fill.max_rate`'s pacing can be long at a low cap: it ends at cancellation
+                // too, keeping the bytes already received.
+                let paced = tokio::select! {
+                    _ = context.rate.acquire(data.len()) => true,
+                    _ = cancel.raised() => false,
+                };
+                if !paced {
+                    return match flush(writer, batch).await {
+                        Ok(writer) => {
+                            checkpoint(writer).await;
+                            Err((AttemptEnd::Cancelled, counted))
+                        }
+                        Err(end) => Err((end, counted)),
+                    };
+                }
                 counted += data.len() as u64;
                 context.metrics.fill_bytes.inc_by(data.len() as u64);
                 context
@@ -809,15 +846,14 @@ async fn read_if_changed(
     etag: Option<&str>,
     limit: usize,
 ) -> Result<Option<(bytes::Bytes, Option<String>)>, FetchError> {
-    let bytes = tokio::fs::read(path).await.map_err(|err| FetchError {
-        message: format!("{}: {err}", path.display()),
-        retryable: true,
-    })?;
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|err| FetchError::retry(format!("{}: {err}", path.display())))?;
     if bytes.len() > limit {
-        return Err(FetchError {
-            message: format!("{}: larger than fill.max_manifest_size", path.display()),
-            retryable: false,
-        });
+        return Err(FetchError::permanent(format!(
+            "{}: larger than fill.max_manifest_size",
+            path.display()
+        )));
     }
     let digest = crate::store::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if etag == Some(digest.as_str()) {
@@ -828,7 +864,10 @@ async fn read_if_changed(
 
 fn fetch_end(err: FetchError) -> AttemptEnd {
     if err.retryable {
-        AttemptEnd::Retry(err.message)
+        AttemptEnd::Retry {
+            reason: err.message,
+            after: err.retry_after,
+        }
     } else {
         AttemptEnd::Fail(err.message)
     }

@@ -20,9 +20,15 @@ use super::manifest::Source;
 
 /// Redirects followed before giving up (a loop, or an origin misconfigured).
 const MAX_REDIRECTS: usize = 5;
-/// Longest wait for a response head or for the next piece of a body before the attempt is
-/// abandoned and retried.
+/// Longest wait for a response head (across every redirect hop together) or for the next
+/// piece of a body before the attempt is abandoned and retried.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a pull of `fill.manifest_url` may take, head and body together: an origin that
+/// drips its manifest cannot hold the fill (or a shutdown) hostage.
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause a `Retry-After` is obeyed for; beyond it the origin's wish is capped (the
+/// window's end or a shutdown cut any pause short anyway).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Chunk size for file sources.
 const FILE_CHUNK: usize = 1 << 20;
 
@@ -32,24 +38,45 @@ const FILE_CHUNK: usize = 1 << 20;
 pub struct FetchError {
     /// What went wrong, for the report and the log.
     pub message: String,
-    /// Connection trouble, a stall, a 5xx: worth another attempt. A 4xx is not.
+    /// Connection trouble, a stall, a 5xx, a 429: worth another attempt. A 4xx is not.
     pub retryable: bool,
+    /// How long the origin asked to be left alone (`Retry-After` on a 429 or 503), capped
+    /// at [`MAX_RETRY_AFTER`].
+    pub retry_after: Option<Duration>,
 }
 
 impl FetchError {
-    fn retry(message: impl Into<String>) -> FetchError {
+    /// A failure worth another attempt.
+    pub fn retry(message: impl Into<String>) -> FetchError {
         FetchError {
             message: message.into(),
             retryable: true,
+            retry_after: None,
         }
     }
 
-    fn permanent(message: impl Into<String>) -> FetchError {
+    /// A failure another attempt would repeat.
+    pub fn permanent(message: impl Into<String>) -> FetchError {
         FetchError {
             message: message.into(),
             retryable: false,
+            retry_after: None,
         }
     }
+}
+
+/// A `Retry-After` value (delay-seconds or an HTTP-date, RFC 9110 section 10.2.3) as a
+/// pause from `now`, capped at [`MAX_RETRY_AFTER`]; `None` when absent or unreadable.
+pub fn retry_after(value: Option<&str>, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value?.trim();
+    let pause = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            at.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(pause.min(MAX_RETRY_AFTER))
 }
 
 /// Why the HTTP client could not be built.
@@ -131,6 +158,19 @@ impl Fetcher {
         etag: Option<&str>,
         limit: usize,
     ) -> Result<Option<(Bytes, Option<String>)>, FetchError> {
+        tokio::time::timeout(PULL_TIMEOUT, self.pull(url, etag, limit))
+            .await
+            .map_err(|_| {
+                FetchError::retry(format!("{url}: not pulled whole in {PULL_TIMEOUT:?}"))
+            })?
+    }
+
+    async fn pull(
+        &self,
+        url: &str,
+        etag: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Bytes, Option<String>)>, FetchError> {
         let mut request = Request::get(url).header(
             header::USER_AGENT,
             concat!("tidecache/", env!("CARGO_PKG_VERSION")),
@@ -181,6 +221,8 @@ impl Fetcher {
         let mut target: Uri = url
             .parse()
             .map_err(|_| FetchError::permanent(format!("{url}: not a valid URL")))?;
+        // One deadline for the head, whatever the redirects: a chain of slow hops is one stall.
+        let deadline = tokio::time::Instant::now() + STALL_TIMEOUT;
         for _ in 0..=MAX_REDIRECTS {
             let mut request = Request::get(target.clone()).header(
                 header::USER_AGENT,
@@ -192,7 +234,7 @@ impl Fetcher {
             let request = request
                 .body(Empty::new())
                 .map_err(|err| FetchError::permanent(format!("{target}: {err}")))?;
-            let response = tokio::time::timeout(STALL_TIMEOUT, self.client.request(request))
+            let response = tokio::time::timeout_at(deadline, self.client.request(request))
                 .await
                 .map_err(|_| {
                     FetchError::retry(format!("{target}: no response in {STALL_TIMEOUT:?}"))
@@ -235,7 +277,20 @@ impl Fetcher {
                     "{target}: 416 for the resume offset; starting over"
                 ))),
                 status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
-                    Err(FetchError::retry(format!("{target}: {status}")))
+                    let mut error = FetchError::retry(format!("{target}: {status}"));
+                    if matches!(
+                        status,
+                        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                    ) {
+                        error.retry_after = retry_after(
+                            response
+                                .headers()
+                                .get(header::RETRY_AFTER)
+                                .and_then(|value| value.to_str().ok()),
+                            std::time::SystemTime::now(),
+                        );
+                    }
+                    Err(error)
                 }
                 status => Err(FetchError::permanent(format!("{target}: {status}"))),
             };

@@ -14,10 +14,12 @@ use super::window::{FillWindow, WindowPosition, position};
 pub enum Phase {
     /// Serving viewers.
     Serving,
-    /// Moving viewers away before filling; filling starts at `until`.
+    /// Moving viewers away before filling. The drain is a length of time, not a place on
+    /// the calendar, so it ends on the monotonic clock: a wall clock stepped back an hour
+    /// mid-drain must not leave the box an hour unready.
     Draining {
-        /// When the drain ends.
-        until: Timestamp,
+        /// The monotonic reading at which the drain ends.
+        ends_at: Duration,
     },
     /// Filling.
     Filling,
@@ -45,14 +47,21 @@ pub struct Step {
     pub wake_at: Option<Timestamp>,
 }
 
-/// Decides the mode at `now`.
+/// Decides the mode at `now` (wall clock, for where windows fall), `elapsed` being the
+/// monotonic clock's reading (for how long a drain has lasted).
 ///
 /// - `auto` fills inside a window and serves outside; `fill` and `serve` hold until changed.
 /// - Serving to filling always goes through draining for `plan.drain` (skipped when zero),
 ///   so steering has time to move players away; a fill that stops being wanted mid-drain
 ///   goes straight back to serving.
 /// - Filling to serving is immediate at the window's end (the fill engine checkpoints).
-pub fn step(phase: Phase, now: Timestamp, wanted: Override, plan: &Plan) -> Step {
+pub fn step(
+    phase: Phase,
+    now: Timestamp,
+    elapsed: Duration,
+    wanted: Override,
+    plan: &Plan,
+) -> Step {
     let (fill_wanted, window_end, next_window_start) = match wanted {
         Override::Fill => (true, None, None),
         Override::Serve => (false, None, None),
@@ -63,16 +72,19 @@ pub fn step(phase: Phase, now: Timestamp, wanted: Override, plan: &Plan) -> Step
     };
     let phase = match (phase, fill_wanted) {
         (_, false) => Phase::Serving,
-        (Phase::Serving, true) => match drain_end(now, plan.drain) {
-            Some(until) if until > now => Phase::Draining { until },
-            _ => Phase::Filling,
+        (Phase::Serving, true) if plan.drain.is_zero() => Phase::Filling,
+        (Phase::Serving, true) => Phase::Draining {
+            ends_at: elapsed.saturating_add(plan.drain),
         },
-        (Phase::Draining { until }, true) if now < until => Phase::Draining { until },
+        (Phase::Draining { ends_at }, true) if elapsed < ends_at => Phase::Draining { ends_at },
         (Phase::Draining { .. } | Phase::Filling, true) => Phase::Filling,
     };
     let (mode, next_switch) = match phase {
         Phase::Serving => (Mode::Serving, next_window_start),
-        Phase::Draining { until } => (Mode::Draining, Some(until)),
+        Phase::Draining { ends_at } => (
+            Mode::Draining,
+            wall_after(now, ends_at.saturating_sub(elapsed)),
+        ),
         Phase::Filling => (Mode::Filling, window_end),
     };
     Step {
@@ -87,10 +99,10 @@ pub fn step(phase: Phase, now: Timestamp, wanted: Override, plan: &Plan) -> Step
     }
 }
 
-/// When a drain starting at `now` ends, if it lasts at all.
-fn drain_end(now: Timestamp, drain: Duration) -> Option<Timestamp> {
-    let drain = jiff::SignedDuration::try_from(drain).ok()?;
-    now.checked_add(drain).ok()
+/// The wall-clock instant `left` after `now` (what status shows as the drain's end).
+fn wall_after(now: Timestamp, left: Duration) -> Option<Timestamp> {
+    let left = jiff::SignedDuration::try_from(left).ok()?;
+    now.checked_add(left).ok()
 }
 
 #[cfg(test)]
@@ -109,17 +121,63 @@ mod tests {
         }
     }
 
-    /// Runs the machine through instants in order, as the driver would.
+    /// Runs the machine through instants in order, as the driver would, with a monotonic
+    /// clock that keeps pace with them (no clock steps).
     fn walk(plan: &Plan, wanted: Override, instants: &[&str]) -> Vec<Step> {
         let mut phase = Phase::Serving;
+        let origin = instants
+            .first()
+            .map_or(Timestamp::UNIX_EPOCH, |first| at(first));
         instants
             .iter()
             .map(|instant| {
-                let step = step(phase, at(instant), wanted, plan);
+                let elapsed =
+                    Duration::try_from(at(instant).duration_since(origin)).unwrap_or_default();
+                let step = step(phase, at(instant), elapsed, wanted, plan);
                 phase = step.phase;
                 step
             })
             .collect()
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_mid_drain_does_not_stretch_the_drain() {
+        let plan = plan(&["00:00-24:00"], 60);
+        let second = Duration::from_secs(1);
+        let draining = step(
+            Phase::Serving,
+            at("2026-11-25T02:00:00Z"),
+            Duration::ZERO,
+            Override::Auto,
+            &plan,
+        );
+        assert_eq!(draining.state.mode, Mode::Draining);
+        // NTP steps the wall clock back an hour, 10 s into the drain.
+        let stepped = step(
+            draining.phase,
+            at("2026-11-25T01:00:10Z"),
+            10 * second,
+            Override::Auto,
+            &plan,
+        );
+        assert_eq!(stepped.state.mode, Mode::Draining);
+        assert_eq!(
+            stepped.wake_at,
+            Some(at("2026-11-25T01:01:00Z")),
+            "50 s left, on the new wall clock"
+        );
+        let done = step(
+            stepped.phase,
+            at("2026-11-25T01:01:00Z"),
+            60 * second,
+            Override::Auto,
+            &plan,
+        );
+        assert_eq!(
+            done.state.mode,
+            Mode::Filling,
+            "the drain lasted 60 s, not an hour"
+        );
     }
 
     #[test]
@@ -226,6 +284,7 @@ mod tests {
         let filling = step(
             Phase::Serving,
             at("2026-11-25T12:00:00Z"),
+            Duration::ZERO,
             Override::Fill,
             &plan,
         );
@@ -233,6 +292,7 @@ mod tests {
         let auto = step(
             filling.phase,
             at("2026-11-25T12:00:01Z"),
+            Duration::from_secs(1),
             Override::Auto,
             &plan,
         );

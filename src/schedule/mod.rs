@@ -42,8 +42,10 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// A source of time for the scheduler, injected so the state machine and the daemon can be
 /// driven through a night in a test without waiting.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// The current instant.
+    /// The current instant on the wall clock (where windows fall; may step).
     fn now(&self) -> Timestamp;
+    /// Time elapsed since some fixed origin, never going back (how long a drain lasted).
+    fn elapsed(&self) -> Duration;
     /// Resolves at `instant` or earlier (callers re-check the time and sleep again).
     fn sleep_until(&self, instant: Timestamp) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
@@ -57,6 +59,11 @@ impl Clock for SystemClock {
         Timestamp::now()
     }
 
+    fn elapsed(&self) -> Duration {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+    }
+
     fn sleep_until(&self, instant: Timestamp) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         let left = instant
             .duration_since(Timestamp::now())
@@ -66,10 +73,13 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to, for tests and simulations.
+/// A clock that moves only when told to, for tests and simulations. Moving it forward is
+/// time passing (the monotonic reading advances as much); moving it back is a wall-clock step
+/// (the monotonic reading stays).
 #[derive(Debug)]
 pub struct ManualClock {
     now: watch::Sender<Timestamp>,
+    elapsed: std::sync::Mutex<Duration>,
 }
 
 impl ManualClock {
@@ -77,18 +87,30 @@ impl ManualClock {
     pub fn new(start: Timestamp) -> ManualClock {
         ManualClock {
             now: watch::Sender::new(start),
+            elapsed: std::sync::Mutex::new(Duration::ZERO),
         }
     }
 
     /// Moves the clock to `instant`, waking whoever sleeps until then.
     pub fn set(&self, instant: Timestamp) {
-        self.now.send_replace(instant);
+        let previous = self.now.send_replace(instant);
+        if let Ok(forward) = Duration::try_from(instant.duration_since(previous)) {
+            if let Ok(mut elapsed) = self.elapsed.lock() {
+                *elapsed = elapsed.saturating_add(forward);
+            }
+        }
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         *self.now.borrow()
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.elapsed
+            .lock()
+            .map_or(Duration::ZERO, |elapsed| *elapsed)
     }
 
     fn sleep_until(&self, instant: Timestamp) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -284,7 +306,13 @@ impl Scheduler {
     /// One step of the state machine; publishes the result and returns when to look again.
     fn step(&mut self) -> Option<Timestamp> {
         let wanted = *self.overrides.borrow_and_update();
-        let step = machine::step(self.phase, self.clock.now(), wanted, &self.plan);
+        let step = machine::step(
+            self.phase,
+            self.clock.now(),
+            self.clock.elapsed(),
+            wanted,
+            &self.plan,
+        );
         self.phase = step.phase;
         let previous = *self.mode.borrow();
         if previous.mode != step.state.mode || !self.announced {

@@ -22,7 +22,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Minutes in a day; window ends of `24:00` are allowed and mean midnight.
 const MINUTES_PER_DAY: u16 = 24 * 60;
 
-/// A daily window in local wall-clock minutes since midnight; `end < start` crosses midnight.
+/// A daily window in local wall-clock minutes since midnight; `end < start` crosses midnight,
+/// and `end == start` (only `"00:00-24:00"` parses to it) is the whole day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FillWindow {
     /// Start, minutes after local midnight.
@@ -76,11 +77,15 @@ impl FromStr for FillWindow {
             .trim()
             .split_once('-')
             .ok_or_else(|| format!("{text:?} is not \"HH:MM-HH:MM\""))?;
-        let start = parse_clock(start.trim())? % MINUTES_PER_DAY;
-        let end = parse_clock(end.trim())? % MINUTES_PER_DAY;
+        let (start, end) = (parse_clock(start.trim())?, parse_clock(end.trim())?);
+        if (start, end) == (0, MINUTES_PER_DAY) {
+            // The whole day: filling around the clock (a box being seeded, say).
+            return Ok(FillWindow::new(0, 0));
+        }
+        let (start, end) = (start % MINUTES_PER_DAY, end % MINUTES_PER_DAY);
         if start == end {
             return Err(format!(
-                "{text:?} is empty: start and end are the same time"
+                "{text:?} is empty: start and end are the same time (\"00:00-24:00\" is the whole day)"
             ));
         }
         Ok(FillWindow::new(start, end))
@@ -89,13 +94,18 @@ impl FromStr for FillWindow {
 
 impl fmt::Display for FillWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = if self.end_minute == self.start_minute {
+            self.end_minute + MINUTES_PER_DAY
+        } else {
+            self.end_minute
+        };
         write!(
             f,
             "{:02}:{:02}-{:02}:{:02}",
             self.start_minute / 60,
             self.start_minute % 60,
-            self.end_minute / 60,
-            self.end_minute % 60
+            end / 60,
+            end % 60
         )
     }
 }
@@ -476,5 +486,34 @@ mod tests {
                 "{bad} should be refused"
             );
         }
+    }
+
+    #[test]
+    fn midnight_to_midnight_is_the_whole_day() {
+        let whole: FillWindow = "00:00-24:00".parse().unwrap();
+        assert_eq!(whole.to_string(), "00:00-24:00");
+        for zone_name in ["UTC", "Europe/Paris", "America/New_York"] {
+            let tz = zone(zone_name);
+            // Ordinary days and both daylight-saving edges: always inside.
+            for now in [
+                "2026-06-15T12:00:00Z",
+                "2026-03-29T01:30:00Z",
+                "2026-11-01T06:30:00Z",
+                "2026-12-31T23:59:59Z",
+            ] {
+                assert!(
+                    matches!(
+                        position(&[whole], &tz, at(now)),
+                        WindowPosition::Inside { .. }
+                    ),
+                    "{zone_name} {now}"
+                );
+            }
+        }
+        assert!(
+            "06:00-06:00".parse::<FillWindow>().is_err(),
+            "still ambiguous"
+        );
+        assert!("24:00-24:00".parse::<FillWindow>().is_err());
     }
 }
