@@ -256,7 +256,7 @@ async fn misbehaving_origins_fail_objects_without_storing_anything_wrong() {
         reason("loop.ts")
     );
     assert!(
-        reason("longer.ts").contains("more than"),
+        reason("longer.ts").contains("size does not match"),
         "{}",
         reason("longer.ts")
     );

@@ -34,6 +34,10 @@ pub enum Fault {
     Drip { chunk: usize, pause: Duration },
     /// Always 302 back to the same path.
     RedirectLoop,
+    /// Never answer: the connection stays open and silent (an origin that hangs).
+    Hang,
+    /// For the first `n` requests, 503 with `Retry-After: seconds`; then normal.
+    RetryAfter { n: u32, seconds: u64 },
 }
 
 #[derive(Debug, Default)]
@@ -78,7 +82,12 @@ impl Origin {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(answer(&state, request)) }
+                        async move {
+                            match answer(&state, request) {
+                                Some(response) => Ok::<_, Infallible>(response),
+                                None => std::future::pending().await,
+                            }
+                        }
                     });
                     let builder = hyper::server::conn::http1::Builder::new();
                     match tls {
@@ -131,7 +140,8 @@ impl Origin {
     }
 }
 
-fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<ChannelBody> {
+/// The answer to `request`, or `None` to never answer.
+fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Option<Response<ChannelBody>> {
     let path = request.uri().path().trim_start_matches('/').to_owned();
     let path = percent_encoding::percent_decode_str(&path)
         .decode_utf8_lossy()
@@ -143,18 +153,26 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<ChannelB
         .map(str::to_owned);
     let (data, fault, count) = {
         let Ok(mut state) = state.lock() else {
-            return status(StatusCode::INTERNAL_SERVER_ERROR);
+            return Some(status(StatusCode::INTERNAL_SERVER_ERROR));
         };
         let requests = state.requests.entry(path.clone()).or_default();
         requests.push(range.clone());
         let count = requests.len() as u32;
         match state.objects.get(&path) {
             Some((data, fault)) => (data.clone(), fault.clone(), count),
-            None => return status(StatusCode::NOT_FOUND),
+            None => return Some(status(StatusCode::NOT_FOUND)),
         }
     };
     let data = match &fault {
-        Fault::NotFound => return status(StatusCode::NOT_FOUND),
+        Fault::NotFound => return Some(status(StatusCode::NOT_FOUND)),
+        Fault::Hang => return None,
+        Fault::RetryAfter { n, seconds } if count <= *n => {
+            let mut response = status(StatusCode::SERVICE_UNAVAILABLE);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, (*seconds).into());
+            return Some(response);
+        }
         Fault::RedirectLoop => {
             let mut response = status(StatusCode::FOUND);
             if let Ok(location) = format!("/{path}").parse() {
@@ -162,9 +180,11 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<ChannelB
                     .headers_mut()
                     .insert(http::header::LOCATION, location);
             }
-            return response;
+            return Some(response);
         }
-        Fault::FailFirst(n) if count <= *n => return status(StatusCode::INTERNAL_SERVER_ERROR),
+        Fault::FailFirst(n) if count <= *n => {
+            return Some(status(StatusCode::INTERNAL_SERVER_ERROR));
+        }
         Fault::WrongBody(bytes) => Bytes::copy_from_slice(bytes),
         _ => data,
     };
@@ -196,7 +216,7 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Response<ChannelB
             headers.insert(http::header::CONTENT_RANGE, value);
         }
     }
-    response
+    Some(response)
 }
 
 enum Sending {
