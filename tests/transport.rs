@@ -287,6 +287,98 @@ async fn https_prefers_aes_128_gcm_gives_chacha20_to_clients_without_aes_and_obe
     daemon.shutdown().await;
 }
 
+/// A TLS 1.3 ClientHello offering `suites` in that order (GREASE values included, as Chrome
+/// and every BoringSSL client send them), an x25519 key share, for `localhost`: what rustls'
+/// own client cannot be made to send.
+fn client_hello(suites: &[u16]) -> Vec<u8> {
+    fn with_u16_len(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+    fn extension(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut out = kind.to_be_bytes().to_vec();
+        out.extend(with_u16_len(body));
+        out
+    }
+    let mut name = vec![0u8];
+    name.extend(with_u16_len(b"localhost"));
+    let mut key_share = vec![0x00, 0x1d, 0x00, 0x20, 9];
+    key_share.extend([0u8; 31]);
+    let suite_bytes: Vec<u8> = suites
+        .iter()
+        .flat_map(|suite| suite.to_be_bytes())
+        .collect();
+    let mut extensions = Vec::new();
+    extensions.extend(extension(0x0000, &with_u16_len(&name)));
+    extensions.extend(extension(0x000a, &with_u16_len(&[0x00, 0x1d])));
+    extensions.extend(extension(
+        0x000d,
+        &with_u16_len(&[0x04, 0x03, 0x08, 0x04, 0x08, 0x07, 0x04, 0x01]),
+    ));
+    extensions.extend(extension(0x002b, &[0x02, 0x03, 0x04]));
+    extensions.extend(extension(0x0033, &with_u16_len(&key_share)));
+    let mut hello = vec![0x03, 0x03];
+    hello.extend([7u8; 32]);
+    hello.push(0);
+    hello.extend(with_u16_len(&suite_bytes));
+    hello.extend([0x01, 0x00]);
+    hello.extend(with_u16_len(&extensions));
+    let mut handshake = vec![0x01];
+    handshake.extend(&(hello.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(with_u16_len(&handshake));
+    record
+}
+
+/// The cipher suite of the ServerHello a server answers `hello` with.
+async fn server_hello_suite(addr: std::net::SocketAddr, hello: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut answer = vec![0u8; 128];
+    tokio::time::timeout(IO_TIMEOUT, tcp.read_exact(&mut answer))
+        .await
+        .expect("a ServerHello in time")
+        .unwrap();
+    // record header (5), handshake header (4), version (2), random (32), session id.
+    assert_eq!(
+        (answer[0], answer[5]),
+        (0x16, 0x02),
+        "a ServerHello: {answer:?}"
+    );
+    let session_id_len = answer[43] as usize;
+    u16::from_be_bytes([answer[44 + session_id_len], answer[45 + session_id_len]])
+}
+
+#[tokio::test]
+async fn chacha20_preference_sees_past_grease_in_a_real_client_hello() {
+    let test_box = TestBox::new();
+    let cert = make_cert(test_box.dir.path());
+    let https = format!(
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n",
+        cert.cert, cert.key
+    );
+    let daemon = start(&test_box.config(1, &https)).await;
+    let addr = daemon.https_addrs[0];
+    let (aes_128, chacha20) = (0x1301, 0x1303);
+    // Chrome on a phone without AES instructions, and with them.
+    for (offered, expected) in [
+        (vec![0x0a0a, chacha20, aes_128], chacha20),
+        (vec![0xdada, chacha20, aes_128, 0x00ff], chacha20),
+        (vec![0x0a0a, aes_128, chacha20], aes_128),
+        (vec![aes_128, chacha20], aes_128),
+    ] {
+        assert_eq!(
+            server_hello_suite(addr, &client_hello(&offered)).await,
+            expected,
+            "offered {offered:04x?}"
+        );
+    }
+    daemon.shutdown().await;
+}
+
 #[tokio::test]
 async fn missing_tls_files_stop_the_start_with_a_clear_error() {
     let test_box = TestBox::new();

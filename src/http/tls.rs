@@ -153,7 +153,10 @@ impl ViewerTls {
     }
 }
 
-/// Whether the client lists a ChaCha20-Poly1305 suite first of all, and it is `offered`.
+/// Whether the client lists a ChaCha20-Poly1305 suite first of all real suites, and it is
+/// `offered`. GREASE values (RFC 8701: Chrome, Cronet and every BoringSSL client put one
+/// first) and signalling values (the renegotiation and fallback SCSVs) are not suites and
+/// are skipped.
 pub fn client_prefers_chacha20(
     client: &[rustls::CipherSuite],
     offered: &[rustls::CipherSuite],
@@ -162,7 +165,10 @@ pub fn client_prefers_chacha20(
         TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         TLS13_CHACHA20_POLY1305_SHA256,
     };
-    client.first().is_some_and(|suite| {
+    let first_real = client
+        .iter()
+        .find(|suite| !is_grease_or_signal(u16::from(**suite)));
+    first_real.is_some_and(|suite| {
         offered.contains(suite)
             && matches!(
                 suite,
@@ -171,6 +177,13 @@ pub fn client_prefers_chacha20(
                     | TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
             )
     })
+}
+
+/// RFC 8701 GREASE values (0x0A0A, 0x1A1A, ... 0xFAFA) and the two signalling cipher suite
+/// values, TLS_EMPTY_RENEGOTIATION_INFO_SCSV (0x00FF) and TLS_FALLBACK_SCSV (0x5600).
+fn is_grease_or_signal(value: u16) -> bool {
+    let [high, low] = value.to_be_bytes();
+    (high == low && low & 0x0f == 0x0a) || value == 0x00ff || value == 0x5600
 }
 
 #[cfg(test)]
@@ -192,5 +205,32 @@ mod tests {
         assert!(!client_prefers_chacha20(&[AES128, CHACHA], &offered));
         assert!(!client_prefers_chacha20(&[AES256], &offered));
         assert!(!client_prefers_chacha20(&[CHACHA], &[AES128]));
+    }
+
+    #[test]
+    fn grease_and_signalling_values_are_not_the_clients_first_choice() {
+        let offered = [AES128, CHACHA];
+        let value = rustls::CipherSuite::from;
+        // Chrome on a phone without AES: GREASE, then ChaCha20.
+        assert!(client_prefers_chacha20(
+            &[value(0x0a0a), CHACHA, AES128],
+            &offered
+        ));
+        assert!(client_prefers_chacha20(
+            &[value(0xfafa), value(0x00ff), CHACHA],
+            &offered
+        ));
+        // Chrome with AES: GREASE, then AES.
+        assert!(!client_prefers_chacha20(
+            &[value(0x1a1a), AES128, CHACHA],
+            &offered
+        ));
+        assert!(!client_prefers_chacha20(&[value(0x0a0a)], &offered));
+        for grease in (0..16u16).map(|n| (n << 12) | (n << 4) | 0x0a0a) {
+            assert!(is_grease_or_signal(grease), "{grease:#06x}");
+        }
+        for real in [0x1301u16, 0x1303, 0xc02b, 0xcca8, 0x0a0b, 0x1a0a] {
+            assert!(!is_grease_or_signal(real), "{real:#06x}");
+        }
     }
 }
