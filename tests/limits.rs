@@ -332,3 +332,42 @@ async fn a_thousand_slow_header_connections_are_cut_while_a_real_viewer_is_serve
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_does_not_hold_up_a_stop() {
+    let test_box = TestBox::new();
+    let cert = make_cert(test_box.dir.path());
+    let config = test_box.config(
+        1,
+        &format!(
+            "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n[limits]\nheader_timeout = \"10s\"\nshutdown_timeout = \"10s\"\n",
+            cert.cert, cert.key
+        ),
+    );
+    let daemon = start(&config).await;
+    // A scanner: connects to :443, sends half a ClientHello, and waits.
+    let mut scanner = TcpStream::connect(daemon.https_addrs[0]).await.unwrap();
+    scanner
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(daemon.https_addrs[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let drained = tokio::time::timeout(IO_TIMEOUT, daemon.shutdown())
+        .await
+        .expect("shutdown returns");
+    let took = started.elapsed();
+    assert!(drained, "nothing was in flight");
+    assert!(
+        took < Duration::from_secs(1),
+        "a stop waited {took:?} on handshakes"
+    );
+    for stream in [&mut scanner, &mut silent] {
+        let waited = time_until_closed(stream).await;
+        assert!(
+            waited < Duration::from_secs(1),
+            "still open after {waited:?}"
+        );
+    }
+}

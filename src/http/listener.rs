@@ -188,7 +188,14 @@ impl<H: Handler> Connection<H> {
         } = self;
         if let Some(tls) = tls {
             let handshake = tls.accept(stream);
-            match tokio::time::timeout(hyper.limits.header_timeout, handshake).await {
+            // A handshake that has not finished has no request to drain: a stop ends it at
+            // once (a scanner stalling on :443 must not hold every SIGTERM for the timeout).
+            let mut shutdown = hyper.shutdown.clone();
+            let finished = tokio::select! {
+                finished = tokio::time::timeout(hyper.limits.header_timeout, handshake) => finished,
+                _ = shutdown.raised() => return,
+            };
+            match finished {
                 Ok(Ok(stream)) => hyper.serve(stream).await,
                 Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
