@@ -227,3 +227,74 @@ fn sign_url_refuses_a_key_the_box_would_refuse() {
         assert!(output.stdout.is_empty(), "{name}: no URL is printed");
     }
 }
+
+#[test]
+fn a_sighup_the_moment_systemd_hears_ready_reloads_and_does_not_kill() {
+    use std::os::unix::net::UnixDatagram;
+    for round in 0..5 {
+        let test_box = TestBox::new();
+        let file = serve_config(&test_box, "tidecache.toml", "listen = [\"127.0.0.1:0\"]");
+        let socket_path = test_box.dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&socket_path).unwrap();
+        notify
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut message = [0u8; 512];
+        loop {
+            let read = notify.recv(&mut message).expect("READY within 10 s");
+            if String::from_utf8_lossy(&message[..read]).contains("READY=1") {
+                break;
+            }
+        }
+        // What systemctl reload does the instant the unit is up.
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: killed by a SIGHUP sent right after READY"
+        );
+        signal(&child, "TERM");
+        assert_eq!(wait_with_timeout(&mut child), Some(0), "round {round}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(
+            stderr.contains("configuration reloaded"),
+            "round {round}: {stderr}"
+        );
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "round {round}: colour codes in a log that is not a terminal: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn pem_errors_name_the_marker_in_words() {
+    let test_box = TestBox::new();
+    let TestCert { key, .. } = make_cert(test_box.dir.path());
+    let unclosed = test_box.write_file("unclosed.pem", b"-----BEGIN CERTIFICATE-----\nMIIB\n");
+    let file = test_box.write_file(
+        "tls.toml",
+        format!(
+            "state_dir = {:?}\n[http]\nlisten = []\n[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {unclosed:?}\nkey = {key:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
+            test_box.dir.path().join("state"),
+            test_box.store_path(0)
+        )
+        .as_bytes(),
+    );
+    let output = run(&["serve", "--config", file.to_str().unwrap()]);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("END CERTIFICATE"), "{stderr}");
+    assert!(!stderr.contains("[45, 45"), "bytes as numbers: {stderr}");
+}

@@ -57,6 +57,23 @@ pub fn read_key(path: &Path, min: usize) -> Result<Vec<u8>, KeyFileError> {
     Ok(key)
 }
 
+/// A PEM reading error in words: rustls' own message prints the marker or line it choked
+/// on as an array of byte values (`[45, 45, 45, ...]`), which no operator can read.
+pub fn describe_pem_error(err: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match err {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section is not closed: no \"-----END {}-----\" line",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "not a PEM section start: {:?}",
+            String::from_utf8_lossy(line).trim()
+        ),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

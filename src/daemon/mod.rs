@@ -490,10 +490,15 @@ async fn bind_sockets(
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns. SIGHUP re-reads
 /// `config_file` (when there is one) and applies it; a bad file is logged and ignored.
 pub async fn run(config: &Config, config_file: Option<&std::path::Path>) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // The handlers are in place before the daemon says READY: a SIGHUP sent the moment
+    // systemd (or a script) sees it ready must reload, not kill with the default action.
+    let mut hangups = signal(SignalKind::hangup()).ok();
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
     let daemon = Daemon::start(config).await?;
     let watchdog = tokio::spawn(watchdog_pings());
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let stop = wait_for_stop_signal();
+    let stop = wait_for_stop_signal(terminate, interrupt);
     tokio::pin!(stop);
     loop {
         let hangup = async {
@@ -553,22 +558,24 @@ fn reload_from(daemon: &Daemon, config_file: Option<&std::path::Path>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
+/// Resolves on SIGTERM or SIGINT, whose handlers were installed before the start.
+async fn wait_for_stop_signal(
+    terminate: std::io::Result<tokio::signal::unix::Signal>,
+    interrupt: std::io::Result<tokio::signal::unix::Signal>,
+) {
+    async fn first(name: &str, stream: std::io::Result<tokio::signal::unix::Signal>) {
+        match stream {
             Ok(mut stream) => {
                 stream.recv().await;
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+                tracing::warn!(error = %err, signal = name, "cannot watch this stop signal");
                 std::future::pending::<()>().await;
             }
         }
-    };
+    }
     tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = first("SIGTERM", terminate) => {}
+        _ = first("SIGINT", interrupt) => {}
     }
 }

@@ -116,7 +116,7 @@ impl Fetcher {
             };
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|err| error(err.to_string()))?;
+                .map_err(|err| error(crate::config::key_file::describe_pem_error(&err)))?;
             if certs.is_empty() {
                 return Err(error("no certificate in the file".to_owned()));
             }

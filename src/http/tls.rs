@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::SupportedCipherSuite;
+
+use crate::config::key_file::describe_pem_error;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Why a certificate and key cannot serve TLS; [`TlsError::setting`] names the key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The certificate file cannot be read or is not PEM.
-    #[error("{path}: {source}")]
+    #[error("{path}: {}", describe_pem_error(.source))]
     Certificate {
         /// The file.
         path: PathBuf,
@@ -26,7 +28,7 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// The key file cannot be read or holds no private key.
-    #[error("{path}: {source}")]
+    #[error("{path}: {}", describe_pem_error(.source))]
     Key {
         /// The file.
         path: PathBuf,
