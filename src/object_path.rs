@@ -8,7 +8,31 @@
 
 use std::borrow::Cow;
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+/// What stays as it is in an object path written into a URL: the unreserved characters of
+/// RFC 3986 and `/`. Everything else is percent-encoded, as browsers' URL parsers and hls.js
+/// leave a path they were given encoded.
+const URL_PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// An object path as a URL carries it: percent-encoded with [`URL_PATH_KEEP`]. What the
+/// fill asks origins for, what `tidecache sign-url` prints and signs.
+pub fn to_url_path(path: &str) -> String {
+    utf8_percent_encode(path, URL_PATH_KEEP).to_string()
+}
+
+/// A request's URL path rewritten in the one encoding [`to_url_path`] gives (decoded once,
+/// then encoded), so two spellings of the same path (`%7E` and `~`, `%73` and `s`) compare
+/// equal; `None` when it does not decode to UTF-8.
+pub fn canonical_url_path(uri_path: &str) -> Option<String> {
+    let decoded = percent_decode_str(uri_path).decode_utf8().ok()?;
+    Some(to_url_path(&decoded))
+}
 
 /// Longest object path, in bytes after percent-decoding (CONTRACT section 3).
 pub const MAX_PATH_BYTES: usize = 1024;

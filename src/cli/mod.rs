@@ -74,7 +74,8 @@ pub enum Command {
     },
     /// Origin side: sign a viewer URL path for boxes with http.url_signing_key_file.
     SignUrl {
-        /// The URL path as players will request it, e.g. /title123/master.m3u8.
+        /// The object path as the manifest names it, not percent-encoded, e.g.
+        /// "title123/seg 1.ts"; the URL printed carries it encoded, as players send it.
         path: String,
         /// How long the URL stays valid, e.g. 6h, 30m.
         #[arg(long, default_value = "6h")]
@@ -360,16 +361,18 @@ fn sign_url(path: &str, expires: &str, key_file: &std::path::Path) -> ExitCode {
         Ok(key) => key,
         Err(err) => return fail(EXIT_USAGE, &format!("--key-file {err}")),
     };
-    let path = if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("/{path}")
-    };
+    // The object path as the manifest names it; the URL carries it percent-encoded, and
+    // that encoded form is what a player sends and what is signed.
+    let object = path.trim_start_matches('/');
+    if let Err(err) = crate::object_path::validate(object) {
+        return fail(EXIT_USAGE, &format!("{path:?}: {err}"));
+    }
+    let url_path = format!("/{}", crate::object_path::to_url_path(object));
     let expires_at = jiff::Timestamp::now().as_second()
         + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2);
     println!(
-        "{path}?{}",
-        crate::serve::signed::sign(&key, &path, expires_at)
+        "{url_path}?{}",
+        crate::serve::signed::sign(&key, &url_path, expires_at)
     );
     ExitCode::SUCCESS
 }

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use crate::object_path;
@@ -16,14 +16,6 @@ pub const MANIFEST_VERSION: u64 = 1;
 
 /// Longest manifest id accepted.
 const MAX_ID_LEN: usize = 256;
-
-/// Bytes of an object path kept as-is in a URL; everything else is percent-encoded.
-const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'/')
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// Why a manifest was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,7 +179,7 @@ fn check_no_directory_prefix(
 
 /// `base_url` + the percent-encoded path, with exactly one `/` between them.
 fn join(base: &str, path: &str) -> String {
-    let encoded = utf8_percent_encode(path, PATH_KEEP).to_string();
+    let encoded = object_path::to_url_path(path);
     if base.ends_with('/') {
         format!("{base}{encoded}")
     } else {

@@ -1,7 +1,10 @@
 //! Signed viewer URLs (CONTRACT section 4): `?exp=<unix seconds>&sig=<hex HMAC-SHA256 of
-//! "<path>:<exp>">`, where `<path>` is the URL path exactly as requested (percent-encoded as
-//! sent, starting with `/`). Checked before any disk access; the HMAC is compared in constant
-//! time.
+//! "<path>:<exp>">`, where `<path>` is the URL path starting with `/`. A signature is checked
+//! against the path exactly as requested, and, failing that, against its canonical encoding
+//! ([`crate::object_path::to_url_path`], what `tidecache sign-url` signs): players and
+//! proxies spell the same path differently (`%7E` or `~`, which characters they escape), and
+//! each spelling names the same object, so none grants more than the signature meant.
+//! Checked before any disk access; the HMAC is compared in constant time.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -37,11 +40,17 @@ pub fn check(key: &[u8], path: &str, query: Option<&str>, now: i64) -> Result<()
         .filter(|sig| sig.len() == 64)
         .and_then(crate::store::unhex)
         .ok_or(SignatureError::Malformed)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| SignatureError::Wrong)?;
-    mac.update(path.as_bytes());
-    mac.update(b":");
-    mac.update(exp_text.as_bytes());
-    let valid = mac.verify_slice(&signature).is_ok();
+    let signs = |path: &str| {
+        Hmac::<Sha256>::new_from_slice(key).is_ok_and(|mut mac| {
+            mac.update(path.as_bytes());
+            mac.update(b":");
+            mac.update(exp_text.as_bytes());
+            mac.verify_slice(&signature).is_ok()
+        })
+    };
+    let valid = signs(path)
+        || crate::object_path::canonical_url_path(path)
+            .is_some_and(|canonical| canonical != path && signs(&canonical));
     if !valid {
         return Err(SignatureError::Wrong);
     }
@@ -68,6 +77,25 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"url-signing-key";
+
+    #[test]
+    fn any_spelling_of_the_signed_path_passes_and_no_other_path_does() {
+        let query = sign(KEY, "/t/seg%20one~.ts", 2000);
+        for spelling in [
+            "/t/seg%20one~.ts",
+            "/t/seg%20one%7E.ts",
+            "/t/%73eg%20one~.ts",
+        ] {
+            assert_eq!(check(KEY, spelling, Some(&query), 0), Ok(()), "{spelling}");
+        }
+        for other in ["/t/seg%20two~.ts", "/t/seg one~.ts/", "/t/seg%2520one~.ts"] {
+            assert_eq!(
+                check(KEY, other, Some(&query), 0),
+                Err(SignatureError::Wrong),
+                "{other}"
+            );
+        }
+    }
 
     #[test]
     fn a_signed_path_passes_until_it_expires() {
