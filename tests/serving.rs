@@ -339,3 +339,163 @@ async fn a_flipped_bit_found_when_loading_into_ram_takes_the_object_out_of_servi
     );
     daemon.shutdown().await;
 }
+
+/// Reads `log` until it holds at least `lines` lines (bounded).
+async fn log_lines(log: &std::path::Path, lines: usize) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().count() >= lines {
+            return text
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{lines} log lines in time: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn bytes_sent_are_counted_and_logged_not_bytes_promised() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let size = 32 << 20;
+    for sendfile in [true, false] {
+        let test_box = TestBox::new();
+        let log = test_box.dir.path().join("access.log");
+        let mut config = test_box.config(1, "[cache]\nram = \"0\"\n");
+        config.http.sendfile = sendfile;
+        config.http.access_log = Some(log.clone());
+        config.http.access_log_format = tidecache::config::AccessLogFormat::Json;
+        seed(&config, &[("big.ts", &pattern(size))]);
+        let daemon = start(&config).await;
+        let addr = daemon.viewer_addrs[0];
+        let counted = || async {
+            metric_value(
+                &metrics_text(&daemon).await,
+                "tidecache_response_bytes_total",
+            )
+            .unwrap_or(0.0) as u64
+        };
+        let before = counted().await;
+
+        // A HEAD sends no body, whatever its Content-Length says.
+        let head = client().head(url(addr, "/big.ts")).send().await.unwrap();
+        assert_eq!(
+            head.headers()["content-length"].to_str().unwrap(),
+            size.to_string()
+        );
+        // A player that reads 1 MiB of the answer and goes away.
+        let mut cut = tokio::net::TcpStream::connect(addr).await.unwrap();
+        cut.write_all(b"GET /big.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        cut.read_exact(&mut got).await.unwrap();
+        drop(cut);
+
+        let lines = log_lines(&log, 2).await;
+        let (head_line, get_line) = (&lines[0], &lines[1]);
+        assert_eq!(head_line["method"], "HEAD");
+        assert_eq!(head_line["bytes"], 0, "sendfile {sendfile}: {head_line}");
+        let logged = get_line["bytes"].as_u64().unwrap();
+        assert!(
+            logged > 0 && logged < size as u64,
+            "sendfile {sendfile}: a cut download logs what went out, not {size}: {get_line}"
+        );
+        let added = counted().await - before;
+        println!(
+            "sendfile {sendfile}: cut after 1 MiB read: logged {logged} bytes, counted {added}"
+        );
+        assert!(
+            added > 0 && added < size as u64,
+            "sendfile {sendfile}: tidecache_response_bytes_total rose by {added}"
+        );
+        daemon.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_on_a_full_disk_keeps_whole_lines_and_counts_what_it_drops() {
+    let test_box = TestBox::new();
+    let mount = test_box.dir.path().join("logfs");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mount)
+        .output();
+    if !mounted.as_ref().is_ok_and(|output| output.status.success()) {
+        println!("skipped: cannot mount a tmpfs here (needs root): {mounted:?}");
+        return;
+    }
+    let unmount = || {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&mount)
+            .status();
+    };
+    let log = mount.join("access.log");
+    let filler = mount.join("filler");
+    // Leave about 4 KB free: room for a few dozen lines, then ENOSPC mid-line.
+    let mut filler_bytes = 60 * 1024;
+    std::fs::write(&filler, vec![0u8; filler_bytes]).unwrap();
+    while std::fs::write(mount.join("probe"), vec![0u8; 8 * 1024]).is_ok() {
+        filler_bytes += 8 * 1024;
+        std::fs::write(&filler, vec![0u8; filler_bytes]).unwrap();
+    }
+    let _ = std::fs::remove_file(mount.join("probe"));
+    let mut config = test_box.config(1, "");
+    config.http.access_log = Some(log.clone());
+    config.http.access_log_format = tidecache::config::AccessLogFormat::Json;
+    seed(&config, &[("a.ts", b"segment")]);
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    let requests = 120;
+    for number in 0..requests {
+        let response = get(addr, &format!("/a.ts?request={number}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        if number == requests / 2 {
+            // Let the writer hit the full disk with half of them.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let while_full = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        while_full.lines().count() < requests,
+        "the disk was meant to fill up: {} lines",
+        while_full.lines().count()
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let dropped = metric_value(
+            &metrics_text(&daemon).await,
+            "tidecache_access_log_dropped_total",
+        )
+        .unwrap_or(0.0) as usize;
+        if text.lines().count() + dropped >= requests || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let dropped = metric_value(
+        &metrics_text(&daemon).await,
+        "tidecache_access_log_dropped_total",
+    )
+    .unwrap_or(0.0) as usize;
+    daemon.shutdown().await;
+    unmount();
+    let mut parsed = 0;
+    for line in text.lines() {
+        let value: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(value.is_ok(), "a torn line: {line:?}");
+        parsed += 1;
+    }
+    println!("{requests} requests: {parsed} lines parsed, {dropped} counted as dropped");
+    assert_eq!(parsed + dropped, requests);
+}

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
 use super::ConnectionLimits;
-use crate::serve::body::BodyPart;
+use crate::serve::body::{BodyPart, EndReport};
 use crate::serve::handler::PeerAddr;
 use crate::serve::{Sender, Viewer};
 use crate::signal::Shutdown;
@@ -55,7 +55,14 @@ pub async fn serve(
             Ok(Some(head_len)) => head_len,
             Ok(None) => return FastPathEnd::Closed,
             Err(HeadTrouble::Malformed) => {
-                let _ = send_all(&stream, &mut [BAD_REQUEST], false, limits.idle_timeout).await;
+                let _ = send_all(
+                    &stream,
+                    &mut [BAD_REQUEST],
+                    false,
+                    limits.idle_timeout,
+                    &mut 0,
+                )
+                .await;
                 let _ = stream.shutdown().await;
                 return FastPathEnd::Closed;
             }
@@ -81,9 +88,18 @@ pub async fn serve(
         let keep_alive = keep_alive && !shutdown.is_raised();
         let response = viewer.answer(&request, Sender::Sendfile);
         buffer.advance(head_len);
-        let parts = encode_head(response, keep_alive, &mut head);
-        match write_response(&stream, &head, &parts, limits.idle_timeout).await {
-            Ok(sent) => viewer.count_sent(sent),
+        let (parts, end_report) = encode_head(response, keep_alive, &mut head);
+        let mut written = 0u64;
+        let result =
+            write_response(&stream, &head, &parts, limits.idle_timeout, &mut written).await;
+        // What the socket took of the body, whether the answer went out whole or was cut.
+        let body_sent = written.saturating_sub(head.len() as u64);
+        viewer.count_sent(body_sent);
+        if let Some(report) = end_report {
+            report(body_sent);
+        }
+        match result {
+            Ok(()) => {}
             Err(err) => {
                 if err.kind() == io::ErrorKind::UnexpectedEof {
                     // The file ended before its indexed size: changed behind our back while
@@ -289,12 +305,12 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
 }
 
 /// Writes the response head into `out` (with `Date` and, when closing, `Connection:
-/// close`), reusing its allocation, and returns the body's parts.
+/// close`), reusing its allocation, and returns the body's parts and its end report.
 fn encode_head(
     response: http::Response<crate::serve::body::ObjectBody>,
     keep_alive: bool,
     out: &mut Vec<u8>,
-) -> Vec<BodyPart> {
+) -> (Vec<BodyPart>, Option<EndReport>) {
     let (head, body) = response.into_parts();
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -333,8 +349,9 @@ fn header_value<'a>(head: &'a [u8], name: &[u8]) -> &'a [u8] {
 /// Slices one `sendmsg` takes at most; longer runs (many-range answers) take several.
 const MAX_IOV: usize = 16;
 
-/// Writes head and body; returns the body bytes sent. The head and the memory parts that
-/// follow it go out in one `sendmsg`, as hyper's `writev` would; file parts go by sendfile.
+/// Writes head and body, adding every byte the socket takes to `written` (so a cut answer
+/// still counts what went out). The head and the memory parts that follow it go out in one
+/// `sendmsg`, as hyper's `writev` would; file parts go by sendfile.
 /// Everything but the last piece is sent with `MSG_MORE`, so the kernel packs the head and
 /// the start of the file into full segments instead of a small packet of its own (what
 /// nginx gets from `tcp_nopush`, without two `setsockopt` calls per response).
@@ -343,8 +360,8 @@ async fn write_response(
     head: &[u8],
     parts: &[BodyPart],
     idle: Duration,
-) -> io::Result<u64> {
-    let mut sent = 0u64;
+    written: &mut u64,
+) -> io::Result<()> {
     let mut run: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
     run[0] = head;
     let mut run_len = 1;
@@ -352,31 +369,30 @@ async fn write_response(
         match part {
             BodyPart::Memory(bytes) => {
                 if run_len == MAX_IOV {
-                    send_all(stream, &mut run[..run_len], true, idle).await?;
+                    send_all(stream, &mut run[..run_len], true, idle, written).await?;
                     run_len = 0;
                 }
                 run[run_len] = bytes;
                 run_len += 1;
-                sent += bytes.len() as u64;
             }
             BodyPart::File { file, offset, len } => {
-                send_all(stream, &mut run[..run_len], true, idle).await?;
+                send_all(stream, &mut run[..run_len], true, idle, written).await?;
                 run_len = 0;
-                send_file(stream, file, *offset, *len, idle).await?;
-                sent += len;
+                send_file(stream, file, *offset, *len, idle, written).await?;
             }
         }
     }
-    send_all(stream, &mut run[..run_len], false, idle).await?;
-    Ok(sent)
+    send_all(stream, &mut run[..run_len], false, idle, written).await
 }
 
-/// Sends every byte of `slices` (at most [`MAX_IOV`]), with `MSG_MORE` when `more`.
+/// Sends every byte of `slices` (at most [`MAX_IOV`]), with `MSG_MORE` when `more`, adding
+/// what the socket takes to `total`.
 async fn send_all(
     stream: &TcpStream,
     slices: &mut [&[u8]],
     more: bool,
     idle: Duration,
+    total: &mut u64,
 ) -> io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
     let flags = if more {
@@ -406,6 +422,7 @@ async fn send_all(
         if written == 0 {
             return Err(io::Error::from(io::ErrorKind::WriteZero));
         }
+        *total += written as u64;
         while written > 0 && first < slices.len() {
             let length = slices[first].len();
             if written >= length {
@@ -440,13 +457,15 @@ async fn when_writable(
     }
 }
 
-/// `sendfile(2)` of `len` bytes from `offset`, waiting for the socket as needed.
+/// `sendfile(2)` of `len` bytes from `offset`, waiting for the socket as needed, adding what
+/// the socket takes to `total`.
 async fn send_file(
     stream: &TcpStream,
     file: &std::fs::File,
     mut offset: u64,
     mut remaining: u64,
     idle: Duration,
+    total: &mut u64,
 ) -> io::Result<()> {
     while remaining > 0 {
         let chunk = usize::try_from(remaining.min(1 << 22)).unwrap_or(1 << 22);
@@ -457,6 +476,7 @@ async fn send_file(
         if sent == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
+        *total += sent as u64;
         remaining -= sent as u64;
     }
     Ok(())

@@ -4,6 +4,12 @@
 //! bounded channel with `try_send` (a full channel drops the line and counts it). A
 //! background task formats the lines, buffers them and writes them out every second; SIGHUP
 //! reopens the file, so logrotate can move it away.
+//!
+//! A write that fails (a full disk) loses nothing it has not counted: what the file did not
+//! take stays buffered, starting with the rest of a line cut short, and is written when
+//! there is room again, so the file never holds half a line followed by another; while the
+//! buffer is over [`MAX_PENDING`], new lines are dropped and counted in
+//! `tidecache_access_log_dropped_total`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,6 +25,8 @@ use crate::config::AccessLogFormat;
 const QUEUE: usize = 65_536;
 /// How often buffered lines are written.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Bytes kept for the file while it takes nothing (a full disk); lines beyond are dropped.
+const MAX_PENDING: usize = 4 << 20;
 
 /// One answered viewer request.
 #[derive(Debug, Clone)]
@@ -35,7 +43,7 @@ pub struct AccessRecord {
     pub version: &'static str,
     /// Status code.
     pub status: u16,
-    /// Body bytes promised (Content-Length).
+    /// Body bytes sent (not the Content-Length: a HEAD sends none, a cut download less).
     pub bytes: u64,
     /// `Referer`, if any.
     pub referer: Option<String>,
@@ -76,7 +84,15 @@ impl AccessLog {
     ) -> std::io::Result<AccessLog> {
         let file = open(&path)?;
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(path, format, file, receiver));
+        let writer = Writer {
+            path,
+            format,
+            file,
+            pending: Vec::with_capacity(1 << 16),
+            failing: false,
+            dropped: dropped.clone(),
+        };
+        tokio::spawn(writer.run(receiver));
         Ok(AccessLog { sender, dropped })
     }
 
@@ -104,48 +120,89 @@ fn open(path: &PathBuf) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-async fn write_lines(
+/// The writer task's state: the file and what it has yet to take.
+struct Writer<W> {
     path: PathBuf,
     format: AccessLogFormat,
-    mut file: std::fs::File,
-    mut receiver: mpsc::Receiver<Message>,
-) {
-    let mut buffer: Vec<u8> = Vec::with_capacity(1 << 16);
-    let mut ticks = tokio::time::interval(FLUSH_EVERY);
-    loop {
-        tokio::select! {
-            message = receiver.recv() => match message {
-                Some(Message::Line(record)) => {
-                    buffer.extend_from_slice(format_line(&record, format).as_bytes());
-                    if buffer.len() >= 1 << 16 {
-                        flush(&mut file, &mut buffer, &path);
+    file: W,
+    /// Bytes the file has yet to take, oldest first; may start with the rest of a line.
+    pending: Vec<u8>,
+    /// Whether the last write failed (logged once per failing stretch, not per line).
+    failing: bool,
+    dropped: IntCounter,
+}
+
+impl Writer<std::fs::File> {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Message>) {
+        let mut ticks = tokio::time::interval(FLUSH_EVERY);
+        loop {
+            tokio::select! {
+                message = receiver.recv() => match message {
+                    Some(Message::Line(record)) => {
+                        self.push(&record);
+                        if self.pending.len() >= 1 << 16 {
+                            self.flush();
+                        }
                     }
-                }
-                Some(Message::Reopen) => {
-                    flush(&mut file, &mut buffer, &path);
-                    match open(&path) {
-                        Ok(reopened) => file = reopened,
-                        Err(err) => tracing::error!(path = %path.display(), error = %err, "cannot reopen the access log; writing to the old file"),
+                    Some(Message::Reopen) => {
+                        self.flush();
+                        match open(&self.path) {
+                            Ok(reopened) => self.file = reopened,
+                            Err(err) => tracing::error!(path = %self.path.display(), error = %err, "cannot reopen the access log; writing to the old file"),
+                        }
                     }
-                }
-                None => {
-                    flush(&mut file, &mut buffer, &path);
-                    return;
-                }
-            },
-            _ = ticks.tick() => flush(&mut file, &mut buffer, &path),
+                    None => {
+                        self.flush();
+                        return;
+                    }
+                },
+                _ = ticks.tick() => self.flush(),
+            }
         }
     }
 }
 
-fn flush(file: &mut std::fs::File, buffer: &mut Vec<u8>, path: &std::path::Path) {
-    if buffer.is_empty() {
-        return;
+impl<W: Write> Writer<W> {
+    /// Adds a record's line, or drops it (counted) while the file takes nothing.
+    fn push(&mut self, record: &AccessRecord) {
+        if self.pending.len() >= MAX_PENDING {
+            self.dropped.inc();
+            return;
+        }
+        self.pending
+            .extend_from_slice(format_line(record, self.format).as_bytes());
     }
-    if let Err(err) = file.write_all(buffer) {
-        tracing::warn!(path = %path.display(), error = %err, "access log write failed");
+
+    /// Writes what the file takes; keeps the rest, from the exact byte it stopped at.
+    fn flush(&mut self) {
+        let mut written = 0;
+        while written < self.pending.len() {
+            match self.file.write(&self.pending[written..]) {
+                Ok(0) => {
+                    self.fail(&std::io::Error::from(std::io::ErrorKind::WriteZero));
+                    break;
+                }
+                Ok(taken) => written += taken,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    self.fail(&err);
+                    break;
+                }
+            }
+        }
+        self.pending.drain(..written);
+        if self.pending.is_empty() && self.failing {
+            self.failing = false;
+            tracing::info!(path = %self.path.display(), "access log writes work again");
+        }
     }
-    buffer.clear();
+
+    fn fail(&mut self, err: &std::io::Error) {
+        if !self.failing {
+            self.failing = true;
+            tracing::warn!(path = %self.path.display(), error = %err, "access log write failed; lines are kept (up to 4 MiB) and written when it works again");
+        }
+    }
 }
 
 /// One line of the log, newline included.
@@ -161,12 +218,12 @@ pub fn format_line(record: &AccessRecord, format: AccessLogFormat) -> String {
             let quoted = |value: &Option<String>| {
                 value
                     .as_deref()
-                    .map_or_else(|| "-".to_owned(), |value| value.replace('"', "\\\""))
+                    .map_or_else(|| "-".to_owned(), escape_combined)
             };
             format!(
                 "{peer} - - [{time}] \"{} {} {}\" {} {} \"{}\" \"{}\"\n",
-                record.method,
-                record.target.replace('"', "%22"),
+                escape_combined(&record.method),
+                escape_combined(&record.target),
                 record.version,
                 record.status,
                 record.bytes,
@@ -197,6 +254,21 @@ pub fn format_line(record: &AccessRecord, format: AccessLogFormat) -> String {
     }
 }
 
+/// A field of a combined-format line escaped as nginx's default `escape=default` does: `"`,
+/// `\` and bytes outside printable ASCII become `\xHH`, so no value can end its field early
+/// or forge another for a parser of the Apache convention.
+fn escape_combined(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &byte in value.as_bytes() {
+        if byte == b'"' || byte == b'\\' || !(0x20..0x7f).contains(&byte) {
+            out.push_str(&format!("\\x{byte:02X}"));
+        } else {
+            out.push(char::from(byte));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,8 +292,112 @@ mod tests {
     fn combined_lines_read_like_nginx() {
         assert_eq!(
             format_line(&record(), AccessLogFormat::Combined),
-            "192.0.2.7 - - [25/Nov/2025:02:00:00 +0000] \"GET /t/seg_1.ts?token=%22x%22 HTTP/1.1\" 206 1024 \"-\" \"hls.js \\\"1.5\\\"\"\n"
+            "192.0.2.7 - - [25/Nov/2025:02:00:00 +0000] \"GET /t/seg_1.ts?token=\\x22x\\x22 HTTP/1.1\" 206 1024 \"-\" \"hls.js \\x221.5\\x22\"\n"
         );
+    }
+
+    #[test]
+    fn a_crafted_user_agent_cannot_forge_fields() {
+        let mut forged = record();
+        // Meant to close the user-agent field and add a fake one, for parsers that read `\"`
+        // as an escaped quote.
+        forged.user_agent = Some("x\\\" \"forged\u{7f}".to_owned());
+        let line = format_line(&forged, AccessLogFormat::Combined);
+        assert!(
+            line.ends_with("\"x\\x5C\\x22 \\x22forged\\x7F\"\n"),
+            "{line}"
+        );
+        assert_eq!(
+            line.matches('"').count(),
+            6,
+            "three quoted fields, no more: {line}"
+        );
+    }
+
+    /// A file that takes `room` bytes, then fails with ENOSPC until given more room.
+    struct TinyDisk {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for TinyDisk {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let take = bytes.len().min(self.room - self.taken.len());
+            if take == 0 {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            self.taken.extend_from_slice(&bytes[..take]);
+            Ok(take)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_cuts_no_line_and_loses_nothing_uncounted() {
+        let dropped = IntCounter::new("dropped", "test").unwrap();
+        let mut writer = Writer {
+            path: PathBuf::from("access.log"),
+            format: AccessLogFormat::Json,
+            file: TinyDisk {
+                taken: Vec::new(),
+                room: 700,
+            },
+            pending: Vec::new(),
+            failing: false,
+            dropped: dropped.clone(),
+        };
+        let mut sent = 0;
+        for round in 0..3 {
+            for _ in 0..5 {
+                writer.push(&record());
+                sent += 1;
+            }
+            writer.flush();
+            if round == 1 {
+                // Space comes back.
+                writer.file.room = usize::MAX;
+            }
+        }
+        writer.flush();
+        let text = String::from_utf8(writer.file.taken.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|err| panic!("a torn line {line:?}: {err}"));
+        }
+        assert!(text.ends_with('\n'));
+        assert_eq!(lines.len() as u64 + dropped.get(), sent);
+        assert_eq!(
+            lines.len(),
+            15,
+            "the buffer held every line through the outage"
+        );
+    }
+
+    #[test]
+    fn beyond_the_pending_limit_lines_are_dropped_and_counted() {
+        let dropped = IntCounter::new("dropped", "test").unwrap();
+        let mut writer = Writer {
+            path: PathBuf::from("access.log"),
+            format: AccessLogFormat::Json,
+            file: TinyDisk {
+                taken: Vec::new(),
+                room: 0,
+            },
+            pending: Vec::new(),
+            failing: false,
+            dropped: dropped.clone(),
+        };
+        let line_len = format_line(&record(), AccessLogFormat::Json).len();
+        let fits = MAX_PENDING.div_ceil(line_len);
+        for _ in 0..fits + 10 {
+            writer.push(&record());
+        }
+        writer.flush();
+        assert_eq!(dropped.get(), 10);
     }
 
     #[test]

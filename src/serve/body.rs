@@ -57,6 +57,10 @@ pub enum BodyPart {
 /// Called once when a file ends before the range the body promised from it.
 pub type ShortFileReport = Box<dyn FnOnce() + Send + Sync>;
 
+/// Called once when a response is over, sent whole or cut, with the body bytes that went to
+/// the connection: what the access log records (nginx's `$body_bytes_sent`).
+pub type EndReport = Box<dyn FnOnce(u64) + Send + Sync>;
+
 /// Bytes of file reads a connection may always have queued (read, not yet taken by its
 /// socket), whatever the other connections hold: enough for one [`CHUNK_SIZE`] piece twice
 /// over, so a viewer never waits on strangers.
@@ -165,6 +169,18 @@ pub struct ObjectBody {
     short_file: Option<ShortFileReport>,
     /// Bytes read per file chunk; 0 means [`CHUNK_SIZE`].
     chunk_size: u64,
+    /// Body bytes handed to the connection so far.
+    emitted: u64,
+    /// Told [`ObjectBody::emitted`] when the body is dropped.
+    on_end: Option<EndReport>,
+}
+
+impl Drop for ObjectBody {
+    fn drop(&mut self) {
+        if let Some(report) = self.on_end.take() {
+            report(self.emitted);
+        }
+    }
 }
 
 impl std::fmt::Debug for ObjectBody {
@@ -210,9 +226,11 @@ impl ObjectBody {
         }
     }
 
-    /// The body's pieces, for a writer that sends files itself (the sendfile fast path).
-    pub fn into_parts(self) -> Vec<BodyPart> {
-        self.segments
+    /// The body's pieces, for a writer that sends files itself (the sendfile fast path), and
+    /// the end report, which that writer owes the bytes it sent.
+    pub fn into_parts(mut self) -> (Vec<BodyPart>, Option<EndReport>) {
+        let report = self.on_end.take();
+        let parts = std::mem::take(&mut self.segments)
             .into_iter()
             .map(|segment| match segment {
                 Segment::Memory(bytes) => BodyPart::Memory(bytes),
@@ -226,7 +244,15 @@ impl ObjectBody {
                     len: remaining,
                 },
             })
-            .collect()
+            .collect();
+        (parts, report)
+    }
+
+    /// Runs `report` with the body bytes sent once the response is over (the body dropped,
+    /// sent whole or cut; or told by the writer that took its parts).
+    pub fn on_end(mut self, report: EndReport) -> Self {
+        self.on_end = Some(report);
+        self
     }
 
     /// Runs `report` if a file turns out shorter than the range read from it (changed behind
@@ -269,6 +295,7 @@ impl ObjectBody {
 
     fn emit(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.remaining -= bytes.len() as u64;
+        self.emitted += bytes.len() as u64;
         if let Some(counter) = &self.sent_bytes {
             counter.inc_by(bytes.len() as u64);
         }

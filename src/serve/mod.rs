@@ -278,7 +278,16 @@ impl Viewer {
         let duration = started.elapsed().as_secs_f64();
         self.metrics.request_duration.observe(duration);
         if let (Some(log), Some(time)) = (&self.access_log, arrived) {
-            log.record(access_record(request, &response, time, duration));
+            // Written when the response is over, with the body bytes that went out (a HEAD
+            // sends none; a cut download, what the client got), as nginx's $body_bytes_sent.
+            let mut record = access_record(request, &response, time, duration);
+            let log = log.clone();
+            response = response.map(|body| {
+                body.on_end(Box::new(move |sent| {
+                    record.bytes = sent;
+                    log.record(record);
+                }))
+            });
         }
         response
     }
@@ -745,12 +754,7 @@ fn access_record<B, R>(
             _ => "HTTP/1.1",
         },
         status: response.status().as_u16(),
-        bytes: response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0),
+        bytes: 0,
         referer: header(header::REFERER),
         user_agent: header(header::USER_AGENT),
         duration,
