@@ -11,7 +11,8 @@
 //!   there), verify, publish.
 //! - `checkpoint:PATH:FILE:BYTES`: write the first BYTES of FILE and keep the partial for a
 //!   later `put` to resume, as a fill window's end does.
-//! - `remove:PATH`: delete the object, as a fill delete does.
+//! - `remove:PATH`: delete the object.
+//! - `remove_many:PATH,PATH,...`: delete several at once, as a fill's delete phase does.
 //! - `compact`: rewrite the journal to its live entries.
 //!
 //! Every operation runs even when an earlier one failed (so a fault's aftermath is exercised
@@ -76,6 +77,13 @@ fn run(stores: &Arc<Stores>, op: &str) -> Result<(), String> {
             .remove(path)
             .map(|_| ())
             .map_err(|err| err.to_string()),
+        ["remove_many", paths] => {
+            let paths: Vec<String> = paths.split(',').map(str::to_owned).collect();
+            match stores.remove_many(&paths) {
+                (_, None) => Ok(()),
+                (_, Some(err)) => Err(err.to_string()),
+            }
+        }
         ["compact"] => stores.compact_journals().map_err(|err| err.to_string()),
         _ => Err("unknown operation".to_owned()),
     }

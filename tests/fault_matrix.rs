@@ -69,6 +69,13 @@ const SCENARIOS: &[Scenario] = &[
         pairs: false,
     },
     Scenario {
+        name: "batch delete",
+        setup: &["put:t/x.ts:v1", "put:t/y.ts:w", "put:t/z.ts:v2"],
+        ops: &["remove_many:t/x.ts,t/z.ts"],
+        expected: &[("t/x.ts", None), ("t/y.ts", Some("w")), ("t/z.ts", None)],
+        pairs: false,
+    },
+    Scenario {
         name: "compaction",
         setup: &[
             "put:t/x.ts:v1",
@@ -335,7 +342,8 @@ fn syscall_counts(
     }
     let _ = std::fs::remove_dir_all(&store);
     assert!(
-        counts.get("fsync").copied().unwrap_or(0) > 0 || scenario.ops == ["remove:t/x.ts"],
+        counts.get("fsync").copied().unwrap_or(0) > 0
+            || scenario.ops.iter().all(|op| op.starts_with("remove")),
         "{}: strace saw no fsync: {counts:?}",
         scenario.name
     );

@@ -279,3 +279,54 @@ async fn every_pushed_manifest_gets_its_pass_even_when_pushed_mid_pass() {
     }
     fill.daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_window_that_ends_during_the_manifest_pull_gets_no_pass_while_serving() {
+    let origin = Origin::start().await;
+    let data = pattern(5_000);
+    origin.put("a.ts", &data, Fault::None);
+    let test_box = TestBox::new();
+    let mut config = config(&test_box, "");
+    config.fill.manifest_url = ManifestUrl::Http(format!("http://{}/manifest.json", origin.addr));
+    // First night: the pulled manifest holds a.ts, and it is filled.
+    origin.put(
+        "manifest.json",
+        manifest_json("with-a", &origin.base_url(), &[("a.ts", &data)]).as_bytes(),
+        Fault::None,
+    );
+    let daemon = start(&config).await;
+    fill_until_done(&daemon, "with-a").await;
+    // Next night: the new manifest drops a.ts, and drips in over about 4 s.
+    let without_a = manifest_json("without-a", &origin.base_url(), &[("b.ts", &data)]);
+    origin.put("b.ts", &data, Fault::None);
+    origin.put(
+        "manifest.json",
+        without_a.as_bytes(),
+        Fault::Drip {
+            chunk: without_a.len() / 40 + 1,
+            pause: Duration::from_millis(100),
+        },
+    );
+    let pulls = origin.requests("manifest.json").len();
+    daemon.set_override(Override::Fill).await.unwrap();
+    wait_for_requests(&origin, "manifest.json", pulls + 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The window ends mid-pull.
+    daemon.set_override(Override::Serve).await.unwrap();
+    wait_for_mode(&daemon, |state| state.mode == Mode::Serving).await;
+    // Long after the drip would have finished: still serving, a.ts untouched.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let response = get(daemon.viewer_addrs[0], "/a.ts").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a pass ran while serving and deleted a.ts"
+    );
+    assert_eq!(
+        origin.requests("b.ts").len(),
+        0,
+        "a transfer started while serving"
+    );
+    let took = timed_shutdown(daemon).await;
+    assert!(took <= SHUTDOWN_TIMEOUT + SLACK, "took {took:?}");
+}

@@ -84,11 +84,12 @@ pub enum Command {
         #[arg(long)]
         key_file: PathBuf,
     },
-    /// Summarise a running box: mode, next switch, fill progress, last fill, stores.
+    /// Summarise a running box: mode, next switch, fill progress, last fill, stores. With
+    /// the admin token, failed objects also say what their sources held.
     Status {
-        /// The daemon's admin listener.
-        #[arg(long, default_value = "http://127.0.0.1:8081")]
-        admin: String,
+        /// The daemon's admin listener and, optionally, its token.
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print `/v1/status` as JSON, for scripts.
         #[arg(long)]
         json: bool,
@@ -246,7 +247,11 @@ pub fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(code) => return code,
             };
-            match runtime.block_on(crate::daemon::run(&config, config_path.as_deref())) {
+            let result = runtime.block_on(crate::daemon::run(&config, config_path.as_deref()));
+            // The daemon has drained and saved what it had to; a blocking thread stuck in
+            // the kernel (a hung network seed disk) must not keep the stopped process alive.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) if err.is_config() => fail(EXIT_USAGE, &err.to_string()),
                 Err(err) => fail(EXIT_FAILURE, &err.to_string()),
@@ -489,10 +494,11 @@ fn run_demo() -> ExitCode {
 }
 
 /// `tidecache status`.
-fn show_status(admin: &str, json: bool) -> ExitCode {
-    let client = match crate::admin::client::AdminClient::new(admin, None) {
+fn show_status(admin_args: &AdminArgs, json: bool) -> ExitCode {
+    let admin = &admin_args.admin;
+    let client = match admin_args.client() {
         Ok(client) => client,
-        Err(err) => return fail(EXIT_USAGE, &err.to_string()),
+        Err(code) => return code,
     };
     let answer = match run_call(client.get("/v1/status")) {
         Ok(answer) => answer,

@@ -84,8 +84,13 @@ pub fn render(status: &Value, now: jiff::Timestamp) -> String {
             .flatten()
             .take(10)
         {
+            let found = failure
+                .get("found")
+                .and_then(Value::as_str)
+                .map(|found| format!(" ({found})"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "           failed {}: {}\n",
+                "           failed {}: {}{found}\n",
                 text(&failure["path"]),
                 text(&failure["reason"])
             ));

@@ -518,6 +518,14 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
+        if let Some(root) = self.fill.file_roots.iter().find(|root| !root.is_absolute()) {
+            // A relative root would be taken from the daemon's working directory (`/` under
+            // systemd), and an empty one fences nothing.
+            return Err(ConfigError::invalid(
+                "fill.file_roots",
+                format!("{root:?} must be an absolute directory path"),
+            ));
+        }
         if self.limits.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "limits.max_connections",
@@ -550,6 +558,18 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_roots_must_be_absolute() {
+        for bad in ["\"\"", "\".\"", "\"seed\""] {
+            let err = Config::parse(&format!("[fill]\nfile_roots = [{bad}]\n")).unwrap_err();
+            assert!(
+                err.to_string().starts_with("fill.file_roots:"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(Config::parse("[fill]\nfile_roots = [\"/srv/seed\"]\n").is_ok());
+    }
 
     #[test]
     fn shipped_example_parses_and_documents_the_defaults() {

@@ -31,6 +31,9 @@ use crate::signal::{self, Cancel, Shutdown, Signal};
 use crate::store::writer::{ObjectWriter, partial_name};
 use crate::store::{StoreError, Stores};
 
+/// Deletes made between two looks at the mode, the manifest and the stop signal: one journal
+/// fsync per store each.
+const DELETE_BATCH: usize = 256;
 /// Bytes gathered from the network before one write to disk.
 const WRITE_BATCH: usize = 1 << 20;
 /// Longest pause between retries of one object.
@@ -165,11 +168,17 @@ impl Engine {
             let filling = self.mode.borrow_and_update().mode == Mode::Filling;
             if filling && !was_filling {
                 session += 1;
-                // The pull has its own overall timeout; a stop does not wait for it.
+                was_filling = true;
+                // The pull has its own overall timeout; neither a stop nor the window's end
+                // waits for it.
+                let mut mode = self.mode.clone();
                 tokio::select! {
                     _ = self.pull_manifest() => {}
+                    _ = mode.wait_for(|state| state.mode != Mode::Filling) => {}
                     _ = stop.raised() => return,
                 }
+                // The mode may have changed while pulling: look again before a pass.
+                continue;
             }
             was_filling = filling;
             let manifest = manifests.borrow_and_update().clone();
@@ -244,14 +253,17 @@ impl Engine {
         let started = Instant::now();
         let started_at = Timestamp::now();
         tracing::info!(id = %manifest.id, objects = manifest.objects.len(), bytes = manifest.total_bytes, "fill pass starting");
-        let deleted = self.delete_dropped(manifest).await;
+        let (deleted, interrupted) = self.delete_dropped(manifest, manifests, stop).await;
         let work = self.plan_fetches(manifest);
         let counts = PassCounts {
             already_present: work.present,
             skipped_no_room: work.no_room.len() as u64,
             deleted,
         };
-        let (end, stored) = self.transfer_all(work.fetches, manifests, stop).await;
+        let (end, stored) = match interrupted {
+            Some(end) => (end, 0),
+            None => self.transfer_all(work.fetches, manifests, stop).await,
+        };
         self.flush_index().await;
         let state = match end {
             PassEnd::Done => FillState::Done,
@@ -279,26 +291,58 @@ impl Engine {
         end
     }
 
-    /// Deletes what the manifest no longer lists (and damaged objects it dropped); returns
-    /// how many objects went.
-    async fn delete_dropped(&self, manifest: &Manifest) -> u64 {
+    /// Deletes what the manifest no longer lists (and damaged objects it dropped), a batch
+    /// at a time; returns how many objects went, and how the pass must end if the window
+    /// ended, a new manifest arrived or the daemon is stopping between two batches (so the
+    /// stores stop changing within one batch of any of them, however many deletes remain).
+    async fn delete_dropped(
+        &self,
+        manifest: &Manifest,
+        manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
+        stop: &Shutdown,
+    ) -> (u64, Option<PassEnd>) {
         self.stores.clear_full();
         self.stores.probe();
         let deletes = plan(manifest, &self.stores.snapshot(), &self.stores.damaged(), 0).deletes;
-        let stores = Arc::clone(&self.stores);
-        tokio::task::spawn_blocking(move || {
-            let mut deleted = 0u64;
-            for path in deletes {
-                match stores.remove(&path) {
-                    Ok(true) => deleted += 1,
-                    Ok(false) => {}
-                    Err(err) => tracing::warn!(path, error = %err, "delete failed"),
-                }
+        let mut deleted = 0u64;
+        for batch in deletes.chunks(DELETE_BATCH) {
+            if let Some(end) = self.interrupted(manifests, stop) {
+                tracing::info!(
+                    deleted,
+                    left = deletes.len() as u64 - deleted,
+                    "deletes interrupted; the next pass goes on"
+                );
+                return (deleted, Some(end));
             }
-            deleted
-        })
-        .await
-        .unwrap_or(0)
+            let stores = Arc::clone(&self.stores);
+            let batch = batch.to_vec();
+            let (removed, error) = tokio::task::spawn_blocking(move || stores.remove_many(&batch))
+                .await
+                .unwrap_or((0, None));
+            deleted += removed;
+            if let Some(err) = error {
+                tracing::warn!(error = %err, "deletes failed on a store; its objects stay");
+            }
+        }
+        (deleted, None)
+    }
+
+    /// Why the pass must stop now, if it must: the window ended, a new manifest arrived, or
+    /// the daemon is stopping.
+    fn interrupted(
+        &self,
+        manifests: &watch::Receiver<Option<Arc<AcceptedManifest>>>,
+        stop: &Shutdown,
+    ) -> Option<PassEnd> {
+        if stop.is_raised() {
+            Some(PassEnd::Stopped)
+        } else if self.mode.borrow().mode != Mode::Filling {
+            Some(PassEnd::Paused)
+        } else if manifests.has_changed().unwrap_or(false) {
+            Some(PassEnd::Superseded)
+        } else {
+            None
+        }
     }
 
     /// Plans what to fetch against what the stores hold and have room for, removes partial
@@ -372,6 +416,19 @@ impl Engine {
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
         let mut cancelled = false;
         loop {
+            // Looked at before any transfer starts, not only when the select below gets to
+            // it: once the window has ended (or a manifest arrived, or a stop) no new
+            // transfer starts, even if finishing ones keep the select busy.
+            if winding_down.is_none() {
+                if let Some(end) = self.interrupted(manifests, stop) {
+                    tracing::info!(grace = ?self.settings.stop_grace, in_flight = transfers.len(), "fill pass winding down (window ended, new manifest or stop)");
+                    let grace = match end {
+                        PassEnd::Stopped => Duration::ZERO,
+                        _ => self.settings.stop_grace,
+                    };
+                    winding_down = Some((tokio::time::Instant::now() + grace, end));
+                }
+            }
             while winding_down.is_none() && transfers.len() < self.settings.concurrency.max(1) {
                 let Some(object) = queue.pop_front() else {
                     break;
@@ -846,9 +903,11 @@ async fn read_if_changed(
     etag: Option<&str>,
     limit: usize,
 ) -> Result<Option<(bytes::Bytes, Option<String>)>, FetchError> {
-    let bytes = tokio::fs::read(path)
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || read_regular_file(&owned))
         .await
         .map_err(|err| FetchError::retry(format!("{}: {err}", path.display())))?;
+    let bytes = read.map_err(|err| FetchError::retry(format!("{}: {err}", path.display())))?;
     if bytes.len() > limit {
         return Err(FetchError::permanent(format!(
             "{}: larger than fill.max_manifest_size",
@@ -860,6 +919,23 @@ async fn read_if_changed(
         return Ok(None);
     }
     Ok(Some((bytes.into(), Some(digest))))
+}
+
+/// Reads a whole regular file; anything else (a FIFO that would block the read forever, a
+/// device that never ends) is an error. Opened non-blocking, so a FIFO does not hang the open.
+fn read_regular_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn fetch_end(err: FetchError) -> AttemptEnd {

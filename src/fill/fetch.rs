@@ -376,6 +376,7 @@ async fn open_file(
         let message = format!("{}: {err}", path.display());
         match err {
             OpenError::Outside(outside) => FetchError::permanent(outside.to_string()),
+            OpenError::NotRegular => FetchError::permanent(message),
             OpenError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
                 FetchError::permanent(message)
             }

@@ -66,7 +66,14 @@ pub fn step(
         Override::Fill => (true, None, None),
         Override::Serve => (false, None, None),
         Override::Auto => match position(&plan.windows, &plan.zone, now) {
-            WindowPosition::Inside { ends } => (true, Some(ends), None),
+            // Windows that cover the whole day ("00:00-24:00", or ones that touch around
+            // the clock) merge into one with no real end: it has none, like a fill override,
+            // rather than a made-up one days away.
+            WindowPosition::Inside { ends } => (
+                true,
+                Some(ends).filter(|ends| ends_within_a_day(now, *ends)),
+                None,
+            ),
             WindowPosition::Outside { next_start } => (false, None, next_start),
         },
     };
@@ -97,6 +104,12 @@ pub fn step(
         },
         wake_at: next_switch,
     }
+}
+
+/// Whether `ends` is a real window end: no window lasts longer than a day (25 hours on a
+/// fall-back night), so one further away is windows merged around the clock.
+fn ends_within_a_day(now: Timestamp, ends: Timestamp) -> bool {
+    ends.duration_since(now) <= jiff::SignedDuration::from_hours(25)
 }
 
 /// The wall-clock instant `left` after `now` (what status shows as the drain's end).
@@ -138,6 +151,29 @@ mod tests {
                 step
             })
             .collect()
+    }
+
+    #[test]
+    fn a_whole_day_window_has_no_end_to_announce() {
+        let steps = walk(
+            &plan(&["00:00-24:00"], 0),
+            Override::Auto,
+            &["2026-11-25T12:00:00Z", "2026-11-26T23:59:59Z"],
+        );
+        for step in &steps {
+            assert_eq!(step.state.mode, Mode::Filling);
+            assert_eq!(step.state.next_switch, None);
+            assert_eq!(
+                step.state.serving_resumes_at, None,
+                "Retry-After falls back"
+            );
+        }
+        let touching = walk(
+            &plan(&["00:00-12:00", "12:00-24:00"], 0),
+            Override::Auto,
+            &["2026-11-25T18:00:00Z"],
+        );
+        assert_eq!(touching[0].state.next_switch, None);
     }
 
     #[test]

@@ -765,6 +765,57 @@ impl Stores {
         }
     }
 
+    /// Removes several objects (a fill's deletes): for each store, one journal append (one
+    /// fsync) records the lot, then they leave the index and their files are unlinked. The
+    /// same order as [`Stores::remove`], so a crash at any point leaves each object either
+    /// listed with its file or gone. A store whose journal refuses keeps its objects; the
+    /// first such error is returned beside the count removed.
+    pub fn remove_many(&self, paths: &[String]) -> (u64, Option<StoreError>) {
+        let mut by_store: HashMap<usize, Vec<(&str, ObjectMeta)>> = HashMap::new();
+        if let Ok(index) = self.index.read() {
+            for path in paths {
+                if let Some(meta) = index.get(path.as_str()) {
+                    by_store.entry(meta.store).or_default().push((path, *meta));
+                }
+            }
+        }
+        let mut removed = 0;
+        let mut first_error = None;
+        for (number, objects) in by_store {
+            let store = &self.stores[number];
+            if !store.failed.load(Ordering::Relaxed) {
+                let records: Vec<Record> = objects
+                    .iter()
+                    .map(|(path, _)| Record::Remove((*path).to_owned()))
+                    .collect();
+                if let Err(err) = store.append_journal(&records) {
+                    first_error.get_or_insert(err);
+                    continue;
+                }
+            }
+            if let Ok(mut index) = self.index.write() {
+                for (path, _) in &objects {
+                    index.remove(*path);
+                }
+            }
+            for (path, meta) in objects {
+                self.uncache_file(path);
+                store.objects.fetch_sub(1, Ordering::Relaxed);
+                store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
+                self.clear_damaged(path);
+                match std::fs::remove_file(store.object_file(path)) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        tracing::warn!(store = %store.config_path.display(), path, error = %err, "could not unlink a removed object's file");
+                    }
+                }
+                removed += 1;
+            }
+        }
+        (removed, first_error)
+    }
+
     /// Removes an object from the index, its journal and its disk (a fill delete).
     pub fn remove(&self, path: &str) -> Result<bool, StoreError> {
         let Some(meta) = self.forget(path)? else {

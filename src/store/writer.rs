@@ -633,4 +633,45 @@ mod tests {
             Err(StoreError::Damaged { .. })
         ));
     }
+
+    #[test]
+    fn removing_many_at_once_journals_them_and_survives_a_restart() {
+        use super::super::journal::{Record, records};
+        let dir = tempfile::tempdir().unwrap();
+        let config = [StoreConfig {
+            path: dir.path().to_owned(),
+            capacity: Some(ByteSize(1 << 20)),
+        }];
+        let set = Arc::new(Stores::load(&config));
+        for number in 0..10 {
+            put(
+                &set,
+                &format!("t/{number}.ts"),
+                format!("object {number}").as_bytes(),
+            );
+        }
+        let gone: Vec<String> = (0..7).map(|number| format!("t/{number}.ts")).collect();
+        let with_missing: Vec<String> = gone
+            .iter()
+            .cloned()
+            .chain(["t/never.ts".to_owned()])
+            .collect();
+        let (removed, error) = set.remove_many(&with_missing);
+        assert_eq!((removed, error.is_none()), (7, true));
+        assert_eq!(set.object_count(), 3);
+        for path in &gone {
+            assert_eq!(set.lookup(path), None);
+            assert!(!dir.path().join("objects").join(path).exists());
+        }
+        let written = records(&std::fs::read(dir.path().join("index/journal")).unwrap());
+        let removes = written
+            .iter()
+            .filter(|record| matches!(record, Record::Remove(_)))
+            .count();
+        assert_eq!(removes, 7);
+        drop(set);
+        let reopened = Stores::load(&config);
+        assert_eq!(reopened.object_count(), 3);
+        assert_eq!(read_all(&reopened, "t/9.ts"), b"object 9");
+    }
 }
