@@ -28,7 +28,7 @@ use crate::fill::fetch::Fetcher;
 use crate::fill::file_roots::FileRoots;
 use crate::fill::rate::RateLimiter;
 use crate::http::listener::Listener;
-use crate::http::tls::ViewerTls;
+use crate::http::tls::{Resumption, ViewerTls};
 use crate::http::workers::{ViewerShared, ViewerSocket, ViewerWorkers};
 use crate::http::{self, BindError, ConnectionLimits, ConnectionMetrics};
 use crate::metrics::Metrics;
@@ -92,7 +92,8 @@ impl Daemon {
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Daemon, StartError> {
-        let files = FilesRead::read(config, Https::of(config))?;
+        let resumption = Resumption::new().map_err(|err| StartError::config(err.setting(), err))?;
+        let files = FilesRead::read(config, Https::of(config), &resumption)?;
         let plan = settings::plan(config)?;
         let fetcher = Fetcher::new(config.fill.ca_file.as_deref())
             .map_err(|err| StartError::config("fill.ca_file", err))?;
@@ -182,6 +183,7 @@ impl Daemon {
                 admin,
                 limits,
                 tls,
+                resumption,
                 permits: Resizable::new(permits, config.limits.max_connections as usize),
                 queue_pool: Resizable::new(queue_pool, settings::queued_bytes(config)),
                 plan: handles.plan,
@@ -234,7 +236,7 @@ impl Daemon {
             Some(_) => Https::Served,
             None => Https::NotServed,
         };
-        let files = FilesRead::read(config, https)?;
+        let files = FilesRead::read(config, https, &self.live.resumption)?;
         let plan = settings::plan(config)?;
         let mut running = self
             .live
@@ -323,6 +325,8 @@ struct LiveSettings {
     admin: Arc<Admin>,
     limits: Arc<ArcSwap<ConnectionLimits>>,
     tls: Option<Arc<ArcSwap<ViewerTls>>>,
+    /// TLS session tickets and cache, kept across reloads.
+    resumption: Resumption,
     permits: Resizable,
     queue_pool: Resizable,
     plan: watch::Sender<Plan>,

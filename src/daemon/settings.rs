@@ -9,7 +9,7 @@ use crate::config::key_file::{MIN_HMAC_KEY_LEN, MIN_SIGNING_KEY_LEN, read_key};
 use crate::config::{Config, HttpsConfig};
 use crate::fill::engine::EngineSettings;
 use crate::http::ConnectionLimits;
-use crate::http::tls::ViewerTls;
+use crate::http::tls::{Resumption, ViewerTls};
 use crate::schedule::Plan;
 
 /// What the configuration's key and certificate files hold, read and checked.
@@ -25,9 +25,13 @@ pub(super) struct FilesRead {
 impl FilesRead {
     /// Reads every file `config` names, the certificate and key only when `https` says
     /// HTTPS is served.
-    pub fn read(config: &Config, https: Https) -> Result<FilesRead, StartError> {
+    pub fn read(
+        config: &Config,
+        https: Https,
+        resumption: &Resumption,
+    ) -> Result<FilesRead, StartError> {
         let tls = match &config.https {
-            Some(settings) if https == Https::Served => Some(viewer_tls(settings)?),
+            Some(settings) if https == Https::Served => Some(viewer_tls(settings, resumption)?),
             _ => None,
         };
         Ok(FilesRead {
@@ -145,13 +149,13 @@ pub(super) fn needing_restart(running: &Config, wanted: &Config) -> Vec<&'static
 }
 
 /// The viewer TLS settings from `[https]`; a file error names `https.cert` or `https.key`.
-fn viewer_tls(https: &HttpsConfig) -> Result<ViewerTls, StartError> {
+fn viewer_tls(https: &HttpsConfig, resumption: &Resumption) -> Result<ViewerTls, StartError> {
     let suites: Vec<_> = https
         .cipher_suites
         .iter()
         .map(|suite| suite.suite())
         .collect();
-    ViewerTls::load(&https.cert, &https.key, &suites)
+    ViewerTls::load(&https.cert, &https.key, &suites, resumption)
         .map_err(|err| StartError::config(err.setting(), err))
 }
 

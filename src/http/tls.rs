@@ -41,6 +41,9 @@ pub enum TlsError {
     /// The offered cipher suites leave no protocol version to speak.
     #[error("no TLS version can use these suites: {0}")]
     Suites(rustls::Error),
+    /// No ticket key could be made (the system's random source failed).
+    #[error("cannot make TLS session ticket keys: {0}")]
+    Tickets(rustls::Error),
 }
 
 impl TlsError {
@@ -52,6 +55,7 @@ impl TlsError {
             // The certificate reads; the key beside it is not its key.
             TlsError::Mismatch(_) => "https.key",
             TlsError::Suites(_) => "https.cipher_suites",
+            TlsError::Tickets(_) => "https",
         }
     }
 }
@@ -99,6 +103,46 @@ pub fn load_tls_with(
     Ok(Arc::new(config))
 }
 
+/// Sessions a returning player resumes, shared by every TLS configuration the daemon builds:
+/// all workers use one, and a SIGHUP's new certificate keeps it.
+///
+/// Why: a full handshake costs the box an ECDHE and a signature; a player that comes back
+/// for its next segments after a pause should pay neither. rustls' default is a 256-entry
+/// session cache per configuration, rebuilt on every reload, so on a box with thousands of
+/// players a returning one almost always paid a full handshake. With stateless tickets
+/// (ChaCha20-Poly1305 keys rotated every 6 hours, tickets valid for 12) any number of players
+/// resume, until the process restarts; the session cache below serves TLS 1.2 clients that
+/// resume by session id.
+#[derive(Clone)]
+pub struct Resumption {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+/// TLS 1.2 sessions kept for resumption by id (each a few hundred bytes).
+const SESSION_CACHE_ENTRIES: usize = 32_768;
+
+impl Resumption {
+    /// New ticket keys and an empty session cache.
+    pub fn new() -> Result<Resumption, TlsError> {
+        Ok(Resumption {
+            ticketer: rustls::crypto::ring::Ticketer::new().map_err(TlsError::Tickets)?,
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+        })
+    }
+
+    fn apply(&self, config: &mut rustls::ServerConfig) {
+        config.ticketer = Arc::clone(&self.ticketer);
+        config.session_storage = Arc::clone(&self.sessions);
+    }
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Resumption")
+    }
+}
+
 /// The TLS settings of HTTPS viewer listeners (swapped whole on SIGHUP).
 ///
 /// Cipher suites follow the server's order (`https.cipher_suites`, AES-128-GCM first by
@@ -114,13 +158,17 @@ pub struct ViewerTls {
 }
 
 impl ViewerTls {
-    /// Loads the certificate and key and offers `suites` (in preference order).
+    /// Loads the certificate and key and offers `suites` (in preference order), resuming
+    /// sessions through `resumption`.
     pub fn load(
         cert: &Path,
         key: &Path,
         suites: &[SupportedCipherSuite],
+        resumption: &Resumption,
     ) -> Result<ViewerTls, TlsError> {
-        let client_order = load_tls_with(cert, key, suites)?;
+        let mut client_order = (*load_tls_with(cert, key, suites)?).clone();
+        resumption.apply(&mut client_order);
+        let client_order = Arc::new(client_order);
         let mut server_order = (*client_order).clone();
         server_order.ignore_client_order = true;
         let offered = client_order
