@@ -199,6 +199,22 @@ async fn https_with_alpn_h2_and_http_1_1() {
     daemon.shutdown().await;
 }
 
+/// An `[https]` section listening on a free port with `cert`, plus `extra` keys.
+fn https_section(cert: &TestCert, extra: &str) -> String {
+    format!(
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n{extra}",
+        cert.cert, cert.key
+    )
+}
+
+/// A box serving HTTPS with a new self-signed certificate and `extra` `[https]` keys.
+async fn https_box(extra: &str) -> (TestBox, TestCert, tidecache::daemon::Daemon) {
+    let test_box = TestBox::new();
+    let cert = make_cert(test_box.dir.path());
+    let daemon = start(&test_box.config(1, &https_section(&cert, extra))).await;
+    (test_box, cert, daemon)
+}
+
 /// The suite a TLS client offering `offered` (in that order of preference) ends up with.
 async fn negotiated_suite(
     addr: std::net::SocketAddr,
@@ -232,13 +248,7 @@ async fn https_prefers_aes_128_gcm_gives_chacha20_to_clients_without_aes_and_obe
     use rustls::crypto::ring::cipher_suite::{
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
     };
-    let test_box = TestBox::new();
-    let cert = make_cert(test_box.dir.path());
-    let https = format!(
-        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n",
-        cert.cert, cert.key
-    );
-    let daemon = start(&test_box.config(1, &https)).await;
+    let (_box, cert, daemon) = https_box("").await;
     let addr = daemon.https_addrs[0];
     let openssl_order = [
         TLS13_AES_256_GCM_SHA384,
@@ -271,13 +281,7 @@ async fn https_prefers_aes_128_gcm_gives_chacha20_to_clients_without_aes_and_obe
     );
     daemon.shutdown().await;
 
-    let test_box = TestBox::new();
-    let cert = make_cert(test_box.dir.path());
-    let https = format!(
-        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\ncipher_suites = [\"TLS_AES_256_GCM_SHA384\"]\n",
-        cert.cert, cert.key
-    );
-    let daemon = start(&test_box.config(1, &https)).await;
+    let (_box, cert, daemon) = https_box("cipher_suites = [\"TLS_AES_256_GCM_SHA384\"]\n").await;
     assert_eq!(
         negotiated_suite(daemon.https_addrs[0], &cert.cert_pem, &openssl_order)
             .await
@@ -354,13 +358,7 @@ async fn server_hello_suite(addr: std::net::SocketAddr, hello: &[u8]) -> u16 {
 
 #[tokio::test]
 async fn chacha20_preference_sees_past_grease_in_a_real_client_hello() {
-    let test_box = TestBox::new();
-    let cert = make_cert(test_box.dir.path());
-    let https = format!(
-        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n",
-        cert.cert, cert.key
-    );
-    let daemon = start(&test_box.config(1, &https)).await;
+    let (_box, _cert, daemon) = https_box("").await;
     let addr = daemon.https_addrs[0];
     let (aes_128, chacha20) = (0x1301, 0x1303);
     // Chrome on a phone without AES instructions, and with them.
@@ -555,13 +553,7 @@ async fn a_returning_player_resumes_after_many_others_and_after_a_reload() {
     use rustls::HandshakeKind::{Full, Resumed};
     let test_box = TestBox::new();
     let cert = make_cert(test_box.dir.path());
-    let mut config = test_box.config(
-        1,
-        &format!(
-            "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {:?}\nkey = {:?}\n",
-            cert.cert, cert.key
-        ),
-    );
+    let mut config = test_box.config(1, &https_section(&cert, ""));
     config.http.workers = 2;
     let daemon = start(&config).await;
     let addr = daemon.https_addrs[0];

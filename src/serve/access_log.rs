@@ -335,20 +335,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_full_disk_cuts_no_line_and_loses_nothing_uncounted() {
+    /// A JSON-line writer on a [`TinyDisk`] of `room` bytes, and its dropped-lines counter.
+    fn writer_on_disk_with_room(room: usize) -> (Writer<TinyDisk>, IntCounter) {
         let dropped = IntCounter::new("dropped", "test").unwrap();
-        let mut writer = Writer {
+        let writer = Writer {
             path: PathBuf::from("access.log"),
             format: AccessLogFormat::Json,
             file: TinyDisk {
                 taken: Vec::new(),
-                room: 700,
+                room,
             },
             pending: Vec::new(),
             failing: false,
             dropped: dropped.clone(),
         };
+        (writer, dropped)
+    }
+
+    #[test]
+    fn a_full_disk_cuts_no_line_and_loses_nothing_uncounted() {
+        let (mut writer, dropped) = writer_on_disk_with_room(700);
         let mut sent = 0;
         for round in 0..3 {
             for _ in 0..5 {
@@ -379,18 +385,7 @@ mod tests {
 
     #[test]
     fn beyond_the_pending_limit_lines_are_dropped_and_counted() {
-        let dropped = IntCounter::new("dropped", "test").unwrap();
-        let mut writer = Writer {
-            path: PathBuf::from("access.log"),
-            format: AccessLogFormat::Json,
-            file: TinyDisk {
-                taken: Vec::new(),
-                room: 0,
-            },
-            pending: Vec::new(),
-            failing: false,
-            dropped: dropped.clone(),
-        };
+        let (mut writer, dropped) = writer_on_disk_with_room(0);
         let line_len = format_line(&record(), AccessLogFormat::Json).len();
         let fits = MAX_PENDING.div_ceil(line_len);
         for _ in 0..fits + 10 {
