@@ -27,11 +27,18 @@ pub fn to_url_path(path: &str) -> String {
 }
 
 /// A request's URL path rewritten in the one encoding [`to_url_path`] gives (decoded once,
-/// then encoded), so two spellings of the same path (`%7E` and `~`, `%73` and `s`) compare
-/// equal; `None` when it does not decode to UTF-8.
+/// repeated slashes merged as [`from_request`] merges them, then encoded), so two spellings
+/// of the same object's path (`%7E` and `~`, `%73` and `s`, `//t` and `/t`) compare equal;
+/// `None` when it does not decode to UTF-8.
 pub fn canonical_url_path(uri_path: &str) -> Option<String> {
     let decoded = percent_decode_str(uri_path).decode_utf8().ok()?;
-    Some(to_url_path(&decoded))
+    let mut merged = String::with_capacity(decoded.len());
+    for character in decoded.chars() {
+        if !(character == '/' && merged.ends_with('/')) {
+            merged.push(character);
+        }
+    }
+    Some(to_url_path(&merged))
 }
 
 /// Longest object path, in bytes after percent-decoding (CONTRACT section 3).

@@ -363,10 +363,16 @@ async fn log_lines(log: &std::path::Path, lines: usize) -> Vec<serde_json::Value
 async fn bytes_sent_are_counted_and_logged_not_bytes_promised() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let size = 32 << 20;
-    for sendfile in [true, false] {
+    // The sendfile path, hyper's path from the file, and hyper's path from the RAM cache
+    // (one shared buffer, which used to be handed over, and counted, whole).
+    for (sendfile, cache) in [
+        (true, "ram = \"0\""),
+        (false, "ram = \"0\""),
+        (false, "ram = \"128MiB\"\nmax_object = \"64MiB\""),
+    ] {
         let test_box = TestBox::new();
         let log = test_box.dir.path().join("access.log");
-        let mut config = test_box.config(1, "[cache]\nram = \"0\"\n");
+        let mut config = test_box.config(1, &format!("[cache]\n{cache}\n"));
         config.http.sendfile = sendfile;
         config.http.access_log = Some(log.clone());
         config.http.access_log_format = tidecache::config::AccessLogFormat::Json;
@@ -380,6 +386,21 @@ async fn bytes_sent_are_counted_and_logged_not_bytes_promised() {
             )
             .unwrap_or(0.0) as u64
         };
+        let mut lines_before = 0;
+        if cache.contains("128MiB") {
+            // Load the object into the RAM cache first.
+            assert_eq!(
+                get(addr, "/big.ts").await.bytes().await.unwrap().len(),
+                size
+            );
+            eventually("the object is in the RAM cache", || async {
+                metric_value(&metrics_text(&daemon).await, "tidecache_ram_cache_bytes")
+                    .is_some_and(|bytes| bytes >= size as f64)
+            })
+            .await;
+            lines_before = 1;
+        }
+        let case = format!("sendfile = {sendfile}, {}", cache.replace('\n', " "));
         let before = counted().await;
 
         // A HEAD sends no body, whatever its Content-Length says.
@@ -397,22 +418,20 @@ async fn bytes_sent_are_counted_and_logged_not_bytes_promised() {
         cut.read_exact(&mut got).await.unwrap();
         drop(cut);
 
-        let lines = log_lines(&log, 2).await;
-        let (head_line, get_line) = (&lines[0], &lines[1]);
+        let lines = log_lines(&log, lines_before + 2).await;
+        let (head_line, get_line) = (&lines[lines_before], &lines[lines_before + 1]);
         assert_eq!(head_line["method"], "HEAD");
-        assert_eq!(head_line["bytes"], 0, "sendfile {sendfile}: {head_line}");
+        assert_eq!(head_line["bytes"], 0, "{case}: {head_line}");
         let logged = get_line["bytes"].as_u64().unwrap();
         assert!(
             logged > 0 && logged < size as u64,
-            "sendfile {sendfile}: a cut download logs what went out, not {size}: {get_line}"
+            "{case}: a cut download logs what went out, not {size}: {get_line}"
         );
         let added = counted().await - before;
-        println!(
-            "sendfile {sendfile}: cut after 1 MiB read: logged {logged} bytes, counted {added}"
-        );
+        println!("{case}: cut after 1 MiB read: logged {logged} bytes, counted {added}");
         assert!(
             added > 0 && added < size as u64,
-            "sendfile {sendfile}: tidecache_response_bytes_total rose by {added}"
+            "{case}: tidecache_response_bytes_total rose by {added}"
         );
         daemon.shutdown().await;
     }

@@ -31,7 +31,7 @@ use super::fast_http1::{self, FastPathEnd};
 use super::tls::ViewerTls;
 use super::{ConnectionLimits, ConnectionMetrics};
 use crate::serve::Viewer;
-use crate::serve::body::{ObjectBody, QueueBudget};
+use crate::serve::body::{ObjectBody, Progress, QueueBudget};
 use crate::serve::handler::{Handler, PeerAddr};
 use crate::signal::Shutdown;
 
@@ -100,7 +100,7 @@ impl<H: Handler> Listener<H> {
                     builder: Arc::clone(&builder),
                     limits,
                     shutdown: shutdown.clone(),
-                    budget: self.queue_pool.as_ref().map(QueueBudget::for_connection),
+                    queue_pool: self.queue_pool.clone(),
                 },
             };
             let held = Held::open(permit, self.finished.clone(), self.metrics.open.clone());
@@ -153,8 +153,8 @@ struct HyperSession<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnectionLimits,
     shutdown: Shutdown,
-    /// The connection's room for file bytes read and not yet sent.
-    budget: Option<Arc<QueueBudget>>,
+    /// The pool the connection's queue budget borrows from (viewer listeners).
+    queue_pool: Option<Arc<Semaphore>>,
 }
 
 impl<H: Handler> HyperSession<H> {
@@ -169,7 +169,7 @@ impl<H: Handler> HyperSession<H> {
             &self.builder,
             self.shutdown,
             self.limits,
-            self.budget,
+            self.queue_pool,
         )
         .await
     }
@@ -258,12 +258,16 @@ async fn serve_io<I, H>(
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: Shutdown,
     limits: ConnectionLimits,
-    budget: Option<Arc<QueueBudget>>,
+    queue_pool: Option<Arc<Semaphore>>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
     let activity = Arc::new(Activity::new());
+    let budget = queue_pool.map(|pool| {
+        let progress: Arc<dyn Progress> = Arc::clone(&activity) as Arc<dyn Progress>;
+        QueueBudget::for_connection(&pool, Some(progress))
+    });
     let io = TokioIo::new(ActivityIo {
         inner: io,
         activity: Arc::clone(&activity),
@@ -406,6 +410,9 @@ struct Activity {
     /// WINDOW_UPDATEs) are not request heads, so only the idle timeout applies between
     /// requests, and an idle close says GOAWAY first.
     http2: AtomicBool,
+    /// The socket's last write was refused for lack of room (the viewer is not reading):
+    /// until one succeeds, streams get no room beyond the connection's queue budget.
+    backed_up: AtomicBool,
 }
 
 impl Activity {
@@ -416,6 +423,7 @@ impl Activity {
             head_started_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             http2: AtomicBool::new(false),
+            backed_up: AtomicBool::new(false),
         }
     }
 
@@ -429,6 +437,19 @@ impl Activity {
 
     fn touch(&self) {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Notes a write's outcome: bytes taken are activity and clear `backed_up`; a write
+    /// refused for lack of room sets it.
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(written)) if *written > 0 => {
+                self.touch();
+                self.backed_up.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => self.backed_up.store(true, Ordering::Relaxed),
+            Poll::Ready(_) => {}
+        }
     }
 
     /// Bytes arrived: note the activity, and start the header timer if they begin a head.
@@ -453,6 +474,12 @@ impl Activity {
             NO_HEAD => idle,
             started => idle.min(at(started) + limits.header_timeout),
         }
+    }
+}
+
+impl Progress for Activity {
+    fn is_draining(&self) -> bool {
+        !self.backed_up.load(Ordering::Relaxed)
     }
 }
 
@@ -497,9 +524,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.touch();
-        }
+        self.activity.wrote(&result);
         result
     }
 
@@ -509,9 +534,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.touch();
-        }
+        self.activity.wrote(&result);
         result
     }
 

@@ -13,12 +13,13 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Bytes read from disk per body frame: large enough to amortise the thread hop, small enough
@@ -73,69 +74,169 @@ pub const QUEUE_CONNECTION_MAX_BYTES: usize = 2 << 20;
 
 /// What a connection may queue of file bytes for its viewer: [`QUEUE_OWN_BYTES`] of its own,
 /// and up to [`QUEUE_CONNECTION_MAX_BYTES`] in all by borrowing from a pool shared by every
-/// viewer connection (`limits.max_queued_bytes`).
+/// viewer connection (`limits.max_queued_bytes`); and, so that no stream of an HTTP/2
+/// connection waits forever behind its siblings, one piece more for a stream that has
+/// nothing queued while the connection's socket takes what it is given.
 ///
 /// Why: a viewer that stops reading (an HTTP/2 client with a hundred open streams, say) makes
 /// hyper keep what was read for it until its socket takes it. Bounding that per connection
 /// alone would still let enough hostile connections take the memory of the box; bounding it
 /// by one shared pool alone would let them starve every other viewer. With both, queued bytes
-/// stay within the pool plus [`QUEUE_OWN_BYTES`] per open connection, and a viewer whose
-/// strangers hold the whole pool still streams from its own share.
-#[derive(Debug)]
+/// stay within the pool plus [`QUEUE_OWN_BYTES`] per open connection. But streams the
+/// viewer is not reading yet (a player that opened many and reads them in turn) park a piece
+/// or two each beyond their flow-control windows and can hold a connection's whole share;
+/// the stream being read must still get room, or the connection stalls. So a stream with
+/// nothing queued may take one piece outside the budget while its connection's socket is
+/// not backed up ([`Progress`]): the parked streams are held back by their flow-control
+/// windows, not by the socket, so the stream being read always progresses; a viewer that
+/// reads nothing backs its socket up and never gets more than the budget. Worst case per
+/// connection: its share plus one piece per stream, for a viewer that reads just enough to
+/// keep its socket from backing up.
 pub struct QueueBudget {
     own: Arc<Semaphore>,
     may_borrow: Arc<Semaphore>,
     pool: Arc<Semaphore>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+/// Whether a connection's socket takes what it is given: told by the transport, which
+/// sees its writes.
+pub trait Progress: Send + Sync {
+    /// Whether the socket's last write was not refused for lack of room.
+    fn is_draining(&self) -> bool;
+}
+
+/// The size of a stream's one piece outside the budget: small, so a connection's worst case
+/// beyond its budget stays at a few hundred kilobytes even with every stream holding one
+/// (128 x 4 KiB); enough to keep the stream being read moving until its siblings' room
+/// comes back.
+const EXTRA_PIECE: u32 = 4 * 1024;
+
+/// How often a body waiting for room looks again at the pool and at its connection's
+/// progress (room coming back to the connection, or its own last piece leaving, wakes it
+/// at once).
+const ROOM_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl std::fmt::Debug for QueueBudget {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("QueueBudget")
+            .field("own_available", &self.own.available_permits())
+            .finish_non_exhaustive()
+    }
 }
 
 impl QueueBudget {
-    /// A new connection's budget, borrowing from `pool` (one permit per byte).
-    pub fn for_connection(pool: &Arc<Semaphore>) -> Arc<QueueBudget> {
+    /// A new connection's budget, borrowing from `pool` (one permit per byte); `progress`
+    /// tells whether the connection is moving (none: never an extra piece).
+    pub fn for_connection(
+        pool: &Arc<Semaphore>,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Arc<QueueBudget> {
         Arc::new(QueueBudget {
             own: Arc::new(Semaphore::new(QUEUE_OWN_BYTES)),
             may_borrow: Arc::new(Semaphore::new(QUEUE_CONNECTION_MAX_BYTES - QUEUE_OWN_BYTES)),
             pool: Arc::clone(pool),
+            progress,
         })
     }
 
-    /// `bytes` at once if the connection's own share or the pool has them.
-    fn try_take(&self, bytes: u32) -> Option<QueuedBytes> {
+    /// `bytes` at once if the connection's own share or the pool has them, or as the one
+    /// extra piece of a stream with nothing queued on a moving connection.
+    fn room_now(&self, body: &Arc<BodyQueue>, bytes: u32) -> Option<QueuedBytes> {
         if let Ok(own) = Arc::clone(&self.own).try_acquire_many_owned(bytes) {
-            return Some(QueuedBytes::own(own));
+            return Some(QueuedBytes::holding(Some(own), None, body, bytes));
         }
-        let allowed = Arc::clone(&self.may_borrow)
+        let borrowed = Arc::clone(&self.may_borrow)
             .try_acquire_many_owned(bytes)
-            .ok()?;
-        let borrowed = Arc::clone(&self.pool).try_acquire_many_owned(bytes).ok()?;
-        Some(QueuedBytes {
-            _own: None,
-            _borrowed: Some((allowed, borrowed)),
-        })
-    }
-
-    /// `bytes` of the connection's own share, once its socket has taken enough.
-    async fn take_own(self: Arc<Self>, bytes: u32) -> Option<QueuedBytes> {
-        Arc::clone(&self.own)
-            .acquire_many_owned(bytes)
-            .await
             .ok()
-            .map(QueuedBytes::own)
+            .and_then(|allowed| {
+                let borrowed = Arc::clone(&self.pool).try_acquire_many_owned(bytes).ok()?;
+                Some((allowed, borrowed))
+            });
+        if borrowed.is_some() {
+            return Some(QueuedBytes::holding(None, borrowed, body, bytes));
+        }
+        let draining = self
+            .progress
+            .as_ref()
+            .is_some_and(|progress| progress.is_draining());
+        (draining && body.outstanding.load(Ordering::Acquire) == 0)
+            .then(|| QueuedBytes::holding(None, None, body, bytes.min(EXTRA_PIECE)))
     }
 }
 
-/// Room held in a [`QueueBudget`] by one piece read from a file; given back when the piece is
-/// dropped, which hyper does once the socket has taken it.
+/// Waits until [`QueueBudget::room_now`] has room for `bytes`: woken when room comes back to
+/// the connection's own share or when this body's last piece leaves, and looking again every
+/// [`ROOM_RECHECK`] for the pool and the connection's progress.
+async fn wait_for_room(
+    budget: Arc<QueueBudget>,
+    body: Arc<BodyQueue>,
+    bytes: u32,
+) -> Option<QueuedBytes> {
+    loop {
+        let drained = body.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if let Some(room) = budget.room_now(&body, bytes) {
+            return Some(room);
+        }
+        tokio::select! {
+            own = Arc::clone(&budget.own).acquire_many_owned(bytes) => {
+                return own.ok().map(|own| QueuedBytes::holding(Some(own), None, &body, bytes));
+            }
+            _ = &mut drained => {}
+            _ = tokio::time::sleep(ROOM_RECHECK) => {}
+        }
+    }
+}
+
+/// What one body has queued: its pieces not yet taken by the socket.
+#[derive(Debug, Default)]
+struct BodyQueue {
+    outstanding: AtomicU64,
+    /// Told when `outstanding` falls to zero.
+    drained: Notify,
+}
+
+/// Room held by one piece read from a file, in a [`QueueBudget`] (or as a stream's extra
+/// piece); given back when the piece is dropped, which hyper does once the socket has taken
+/// it.
 #[derive(Debug)]
 struct QueuedBytes {
     _own: Option<OwnedSemaphorePermit>,
     _borrowed: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    body: Arc<BodyQueue>,
+    bytes: u64,
 }
 
 impl QueuedBytes {
-    fn own(permit: OwnedSemaphorePermit) -> QueuedBytes {
+    fn holding(
+        own: Option<OwnedSemaphorePermit>,
+        borrowed: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+        body: &Arc<BodyQueue>,
+        bytes: u32,
+    ) -> QueuedBytes {
+        body.outstanding
+            .fetch_add(u64::from(bytes), Ordering::AcqRel);
         QueuedBytes {
-            _own: Some(permit),
-            _borrowed: None,
+            _own: own,
+            _borrowed: borrowed,
+            body: Arc::clone(body),
+            bytes: u64::from(bytes),
+        }
+    }
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        if self
+            .body
+            .outstanding
+            .fetch_sub(self.bytes, Ordering::AcqRel)
+            == self.bytes
+        {
+            self.body.drained.notify_waiters();
         }
     }
 }
@@ -153,7 +254,7 @@ impl AsRef<[u8]> for QueuedPiece {
 }
 
 /// A wait for room in a connection's budget.
-type RoomWait = Pin<Box<dyn Future<Output = Option<QueuedBytes>> + Send + Sync>>;
+type RoomWait = Pin<Box<dyn Future<Output = Option<QueuedBytes>> + Send>>;
 
 /// The body type of every response tidecache sends, viewer or admin.
 #[derive(Default)]
@@ -162,6 +263,8 @@ pub struct ObjectBody {
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     /// Where file pieces take their room; `None` reads without a bound (admin answers).
     budget: Option<Arc<QueueBudget>>,
+    /// This body's pieces still queued, for the one-piece-per-stream guarantee.
+    queued: Arc<BodyQueue>,
     /// The wait for room for the next file piece, while the budget has none.
     room_wait: Option<RoomWait>,
     remaining: u64,
@@ -321,6 +424,15 @@ fn read_chunk(file: &File, offset: u64, len: u64, room: Option<QueuedBytes>) -> 
 }
 
 impl ObjectBody {
+    /// Bytes handed to the connection at once: [`CHUNK_SIZE`], or the smaller size set by
+    /// [`ObjectBody::with_chunk_size`].
+    fn piece_size(&self) -> u64 {
+        match self.chunk_size {
+            0 => CHUNK_SIZE,
+            configured => configured.min(CHUNK_SIZE),
+        }
+    }
+
     /// Room in the budget for a piece of `len` bytes: `Ready(None)` when there is no budget,
     /// `Pending` while the connection's socket has yet to take enough.
     fn poll_room(&mut self, cx: &mut Context<'_>, len: u64) -> Poll<Option<QueuedBytes>> {
@@ -330,10 +442,14 @@ impl ObjectBody {
         // Pieces are at most CHUNK_SIZE (or a smaller configured size), far below u32::MAX.
         let len = len as u32;
         if self.room_wait.is_none() {
-            if let Some(room) = budget.try_take(len) {
+            if let Some(room) = budget.room_now(&self.queued, len) {
                 return Poll::Ready(Some(room));
             }
-            self.room_wait = Some(Box::pin(Arc::clone(budget).take_own(len)));
+            self.room_wait = Some(Box::pin(wait_for_room(
+                Arc::clone(budget),
+                Arc::clone(&self.queued),
+                len,
+            )));
         }
         let wait = self.room_wait.as_mut().map(|wait| wait.as_mut().poll(cx));
         match wait {
@@ -374,19 +490,29 @@ impl Body for ObjectBody {
             }
             match this.segments.pop_front() {
                 None => return Poll::Ready(None),
-                Some(Segment::Memory(bytes)) => return this.emit(bytes),
+                Some(Segment::Memory(mut bytes)) => {
+                    // A RAM-cached object is one shared buffer: handed over a piece at a
+                    // time (slices, no copy), so what counts as sent is what the connection
+                    // took, not the whole object at once.
+                    let piece = this.piece_size() as usize;
+                    if bytes.len() > piece {
+                        let rest = bytes.split_off(piece);
+                        this.segments.push_front(Segment::Memory(rest));
+                    }
+                    return this.emit(bytes);
+                }
                 Some(Segment::File {
                     file,
                     offset,
                     remaining,
                 }) => {
-                    let chunk = match this.chunk_size {
-                        0 => CHUNK_SIZE,
-                        configured => configured.min(CHUNK_SIZE),
-                    };
-                    let len = remaining.min(chunk);
-                    let room = match this.poll_room(cx, len) {
-                        Poll::Ready(room) => room,
+                    let wanted = remaining.min(this.piece_size());
+                    let (room, len) = match this.poll_room(cx, wanted) {
+                        // A stream's extra piece may be smaller than asked.
+                        Poll::Ready(room) => {
+                            let len = room.as_ref().map_or(wanted, |room| room.bytes.min(wanted));
+                            (room, len)
+                        }
                         Poll::Pending => {
                             this.segments.push_front(Segment::File {
                                 file,
@@ -478,7 +604,7 @@ mod tests {
     async fn a_connection_that_holds_its_share_waits_until_its_socket_takes_some() {
         let content = vec![7u8; CHUNK_SIZE as usize * 3];
         let empty_pool = Arc::new(Semaphore::new(0));
-        let budget = QueueBudget::for_connection(&empty_pool);
+        let budget = QueueBudget::for_connection(&empty_pool, None);
         let mut body = ObjectBody::empty();
         body.push_file_range(file_with(&content), 0, content.len() as u64);
         let mut body = body.within(budget);
@@ -500,7 +626,7 @@ mod tests {
     async fn borrowing_from_the_pool_stops_at_the_connection_maximum() {
         let content = vec![1u8; QUEUE_CONNECTION_MAX_BYTES + CHUNK_SIZE as usize];
         let pool = Arc::new(Semaphore::new(64 << 20));
-        let budget = QueueBudget::for_connection(&pool);
+        let budget = QueueBudget::for_connection(&pool, None);
         let mut body = ObjectBody::empty();
         body.push_file_range(file_with(&content), 0, content.len() as u64);
         let mut body = body.within(budget);
@@ -520,5 +646,55 @@ mod tests {
             64 << 20,
             "all borrowed room returned"
         );
+    }
+
+    /// A connection whose progress the test sets.
+    struct Moving(std::sync::atomic::AtomicBool);
+
+    impl Progress for Moving {
+        fn is_draining(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_behind_parked_siblings_still_gets_a_piece_while_the_connection_moves() {
+        let content = vec![3u8; CHUNK_SIZE as usize * 4];
+        let moving = Arc::new(Moving(std::sync::atomic::AtomicBool::new(false)));
+        let budget = QueueBudget::for_connection(
+            &Arc::new(Semaphore::new(0)),
+            Some(Arc::clone(&moving) as Arc<dyn Progress>),
+        );
+        // Siblings the viewer does not read hold the connection's whole share.
+        let mut parked = ObjectBody::empty();
+        parked.push_file_range(file_with(&content), 0, content.len() as u64);
+        let mut parked = parked.within(Arc::clone(&budget));
+        let held = [
+            next_data(&mut parked).await.unwrap(),
+            next_data(&mut parked).await.unwrap(),
+        ];
+        let mut read = ObjectBody::empty();
+        read.push_file_range(file_with(&content), 0, content.len() as u64);
+        let mut read = read.within(Arc::clone(&budget));
+        assert!(
+            next_data(&mut read).await.is_none(),
+            "no room and no progress: the stream waits"
+        );
+        moving.0.store(true, Ordering::Relaxed);
+        let first = tokio::time::timeout(ROOM_RECHECK * 2, read.frame())
+            .await
+            .expect("a moving connection's idle stream gets one piece")
+            .and_then(|frame| frame.ok()?.into_data().ok())
+            .unwrap();
+        assert!(
+            next_data(&mut read).await.is_none(),
+            "only one while that piece is queued"
+        );
+        drop(first);
+        assert!(
+            next_data(&mut read).await.is_some(),
+            "the next once the socket took it"
+        );
+        drop(held);
     }
 }

@@ -730,12 +730,13 @@ fn access_record<B, R>(
     time: SystemTime,
     duration: f64,
 ) -> access_log::AccessRecord {
+    // Not `to_str`, which gives up on any byte outside visible ASCII: the log shows every
+    // User-Agent and Referer (escaped by the format), not `-` for a non-ASCII one.
     let header = |name: HeaderName| {
         request
             .headers()
             .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
     };
     access_log::AccessRecord {
         peer: request

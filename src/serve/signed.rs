@@ -85,6 +85,8 @@ mod tests {
             "/t/seg%20one~.ts",
             "/t/seg%20one%7E.ts",
             "/t/%73eg%20one~.ts",
+            "//t/seg%20one~.ts",
+            "/t//seg%20one~.ts",
         ] {
             assert_eq!(check(KEY, spelling, Some(&query), 0), Ok(()), "{spelling}");
         }
