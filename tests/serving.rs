@@ -450,6 +450,21 @@ async fn the_access_log_on_a_full_disk_keeps_whole_lines_and_counts_what_it_drop
         println!("skipped: cannot mount a tmpfs here (needs root): {mounted:?}");
         return;
     }
+    // Each file on its own holds whole lines only: a line cut by the full disk must not end
+    // one file and go on in the next.
+    let parsed_lines = |file: &std::path::Path| {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} ends in half a line",
+            file.display()
+        );
+        for line in text.lines() {
+            let value: Result<serde_json::Value, _> = serde_json::from_str(line);
+            assert!(value.is_ok(), "a torn line in {}: {line:?}", file.display());
+        }
+        text.lines().count()
+    };
     let unmount = || {
         let _ = std::process::Command::new("umount")
             .arg("-l")
@@ -477,12 +492,17 @@ async fn the_access_log_on_a_full_disk_keeps_whole_lines_and_counts_what_it_drop
         let response = get(addr, &format!("/a.ts?request={number}")).await;
         assert_eq!(response.status(), StatusCode::OK);
         if number == requests / 2 {
-            // Let the writer hit the full disk with half of them.
+            // Let the writer hit the full disk with half of them, then rotate the log as
+            // logrotate does (rename, then SIGHUP) while the disk is still full.
             tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            std::fs::rename(&log, mount.join("access.log.1")).unwrap();
+            daemon.reload(&config).unwrap();
         }
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let while_full = std::fs::read_to_string(&log).unwrap_or_default();
+    let rotated = mount.join("access.log.1");
+    let while_full = std::fs::read_to_string(&rotated).unwrap_or_default()
+        + &std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         while_full.lines().count() < requests,
         "the disk was meant to fill up: {} lines",
@@ -491,7 +511,8 @@ async fn the_access_log_on_a_full_disk_keeps_whole_lines_and_counts_what_it_drop
     std::fs::remove_file(&filler).unwrap();
     let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
     let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = std::fs::read_to_string(&rotated).unwrap_or_default()
+            + &std::fs::read_to_string(&log).unwrap_or_default();
         let dropped = metric_value(
             &metrics_text(&daemon).await,
             "tidecache_access_log_dropped_total",
@@ -508,13 +529,55 @@ async fn the_access_log_on_a_full_disk_keeps_whole_lines_and_counts_what_it_drop
     )
     .unwrap_or(0.0) as usize;
     daemon.shutdown().await;
+    let parsed = parsed_lines(&rotated) + parsed_lines(&log);
     unmount();
-    let mut parsed = 0;
-    for line in text.lines() {
-        let value: Result<serde_json::Value, _> = serde_json::from_str(line);
-        assert!(value.is_ok(), "a torn line: {line:?}");
-        parsed += 1;
-    }
-    println!("{requests} requests: {parsed} lines parsed, {dropped} counted as dropped");
+    assert_eq!(text.lines().count(), parsed);
+    println!(
+        "{requests} requests, the log rotated while the disk was full: {parsed} lines parsed, {dropped} counted as dropped"
+    );
     assert_eq!(parsed + dropped, requests);
+}
+
+#[tokio::test]
+async fn answers_cut_at_the_shutdown_timeout_are_in_the_access_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for sendfile in [true, false] {
+        let test_box = TestBox::new();
+        let log = test_box.dir.path().join("access.log");
+        let mut config = test_box.config(
+            1,
+            "[cache]\nram = \"0\"\n[limits]\nshutdown_timeout = \"1s\"\n",
+        );
+        config.http.sendfile = sendfile;
+        config.http.access_log = Some(log.clone());
+        config.http.access_log_format = tidecache::config::AccessLogFormat::Json;
+        seed(&config, &[("huge.ts", &pattern(64 << 20))]);
+        let daemon = start(&config).await;
+        // A player that reads the start of a big answer, then stops reading.
+        let mut stalled = tokio::net::TcpStream::connect(daemon.viewer_addrs[0])
+            .await
+            .unwrap();
+        stalled
+            .write_all(b"GET /huge.ts HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut start = vec![0u8; 1 << 20];
+        stalled.read_exact(&mut start).await.unwrap();
+        let drained = tokio::time::timeout(IO_TIMEOUT, daemon.shutdown())
+            .await
+            .expect("shutdown returns");
+        assert!(!drained, "a reader that stopped cannot drain");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "sendfile {sendfile}: {text:?}");
+        let sent = lines[0]["bytes"].as_u64().unwrap();
+        assert!(
+            sent >= 1 << 20 && sent < 64 << 20,
+            "sendfile {sendfile}: the cut answer logs what went out: {sent}"
+        );
+        drop(stalled);
+    }
 }

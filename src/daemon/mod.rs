@@ -313,10 +313,24 @@ impl Daemon {
         } else {
             tracing::warn!(timeout = ?self.shutdown_timeout, "connections still open after the shutdown timeout; cutting them");
             self.workers.cut();
+            // The cut responses end as their workers' runtimes drop them; their access-log
+            // lines (bytes sent until the cut) come then.
+            if !self.workers.finished(CLOSE_GRACE).await {
+                tracing::warn!("viewer workers still busy after the cut; not waiting for them");
+            }
+        }
+        if tokio::time::timeout(CLOSE_GRACE, self.live.viewer.close_access_log())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the access log was not written out in time");
         }
         drained
     }
 }
+
+/// After the shutdown timeout, how long cut workers and the access log's last write get.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The handles a reload swaps settings through.
 struct LiveSettings {

@@ -89,15 +89,23 @@ pub async fn serve(
         let response = viewer.answer(&request, Sender::Sendfile);
         buffer.advance(head_len);
         let (parts, end_report) = encode_head(response, keep_alive, &mut head);
-        let mut written = 0u64;
-        let result =
-            write_response(&stream, &head, &parts, limits.idle_timeout, &mut written).await;
-        // What the socket took of the body, whether the answer went out whole or was cut.
-        let body_sent = written.saturating_sub(head.len() as u64);
-        viewer.count_sent(body_sent);
-        if let Some(report) = end_report {
-            report(body_sent);
-        }
+        // Reports what the socket took of the body when the answer is over: sent whole, cut
+        // by an error, or dropped with this task at the shutdown timeout.
+        let mut sent = SentBody {
+            viewer,
+            report: end_report,
+            head_len: head.len() as u64,
+            written: 0,
+        };
+        let result = write_response(
+            &stream,
+            &head,
+            &parts,
+            limits.idle_timeout,
+            &mut sent.written,
+        )
+        .await;
+        drop(sent);
         match result {
             Ok(()) => {}
             Err(err) => {
@@ -113,6 +121,25 @@ pub async fn serve(
         if !keep_alive {
             let _ = stream.shutdown().await;
             return FastPathEnd::Closed;
+        }
+    }
+}
+
+/// What the socket took of one answer, counted and reported when it is dropped.
+struct SentBody<'a> {
+    viewer: &'a Viewer,
+    report: Option<EndReport>,
+    head_len: u64,
+    /// Head and body bytes the socket took.
+    written: u64,
+}
+
+impl Drop for SentBody<'_> {
+    fn drop(&mut self) {
+        let body_sent = self.written.saturating_sub(self.head_len);
+        self.viewer.count_sent(body_sent);
+        if let Some(report) = self.report.take() {
+            report(body_sent);
         }
     }
 }

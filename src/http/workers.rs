@@ -103,6 +103,19 @@ impl ViewerWorkers {
         Ok(ViewerWorkers { threads, cut })
     }
 
+    /// Waits (at most `limit`) until every worker thread has ended, its runtime dropped
+    /// and with it what its connections held (their responses' access-log lines included).
+    pub async fn finished(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.threads.iter().all(JoinHandle::is_finished) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// How many worker threads run.
     pub fn count(&self) -> usize {
         self.threads.len()

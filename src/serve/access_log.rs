@@ -57,6 +57,8 @@ pub struct AccessRecord {
 enum Message {
     Line(Box<AccessRecord>),
     Reopen,
+    /// Write everything out and stop (the daemon is exiting); told back when done.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The request side of the access log.
@@ -71,6 +73,7 @@ impl std::fmt::Debug for Message {
         f.write_str(match self {
             Message::Line(_) => "Line",
             Message::Reopen => "Reopen",
+            Message::Close(_) => "Close",
         })
     }
 }
@@ -89,6 +92,7 @@ impl AccessLog {
             format,
             file,
             pending: Vec::with_capacity(1 << 16),
+            cut: 0,
             failing: false,
             dropped: dropped.clone(),
         };
@@ -111,6 +115,15 @@ impl AccessLog {
     pub fn reopen(&self) {
         let _ = self.sender.try_send(Message::Reopen);
     }
+
+    /// Writes out every line queued so far and stops the writer; returns once done (or at
+    /// once if it already stopped). Lines recorded after this are counted as dropped.
+    pub async fn close(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.sender.send(Message::Close(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
 }
 
 fn open(path: &PathBuf) -> std::io::Result<std::fs::File> {
@@ -125,8 +138,11 @@ struct Writer<W> {
     path: PathBuf,
     format: AccessLogFormat,
     file: W,
-    /// Bytes the file has yet to take, oldest first; may start with the rest of a line.
+    /// Bytes the file has yet to take, oldest first, starting with the whole of a line the
+    /// file took only the first `cut` bytes of.
     pending: Vec<u8>,
+    /// How much of `pending`'s first line is already in the file (a write cut short).
+    cut: usize,
     /// Whether the last write failed (logged once per failing stretch, not per line).
     failing: bool,
     dropped: IntCounter,
@@ -147,9 +163,17 @@ impl Writer<std::fs::File> {
                     Some(Message::Reopen) => {
                         self.flush();
                         match open(&self.path) {
-                            Ok(reopened) => self.file = reopened,
+                            Ok(reopened) => {
+                                self.take_back_cut_line();
+                                self.file = reopened;
+                            }
                             Err(err) => tracing::error!(path = %self.path.display(), error = %err, "cannot reopen the access log; writing to the old file"),
                         }
+                    }
+                    Some(Message::Close(done)) => {
+                        self.flush();
+                        let _ = done.send(());
+                        return;
                     }
                     None => {
                         self.flush();
@@ -157,6 +181,27 @@ impl Writer<std::fs::File> {
                     }
                 },
                 _ = ticks.tick() => self.flush(),
+            }
+        }
+    }
+}
+
+impl Writer<std::fs::File> {
+    /// Before the file is switched (logrotate), takes the start of a line the old file got
+    /// only part of back out of it, so the whole line goes to the new file and neither holds
+    /// half a line.
+    fn take_back_cut_line(&mut self) {
+        if self.cut == 0 {
+            return;
+        }
+        let truncated = self.file.metadata().and_then(|meta| {
+            self.file
+                .set_len(meta.len().saturating_sub(self.cut as u64))
+        });
+        match truncated {
+            Ok(()) => self.cut = 0,
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot take a cut line back out of the rotated access log")
             }
         }
     }
@@ -173,9 +218,10 @@ impl<W: Write> Writer<W> {
             .extend_from_slice(format_line(record, self.format).as_bytes());
     }
 
-    /// Writes what the file takes; keeps the rest, from the exact byte it stopped at.
+    /// Writes what the file takes; keeps the rest, with the whole of a line cut short (and
+    /// how much of it the file holds, to go on from the exact byte it stopped at).
     fn flush(&mut self) {
-        let mut written = 0;
+        let mut written = self.cut;
         while written < self.pending.len() {
             match self.file.write(&self.pending[written..]) {
                 Ok(0) => {
@@ -190,7 +236,12 @@ impl<W: Write> Writer<W> {
                 }
             }
         }
-        self.pending.drain(..written);
+        let whole_lines = self.pending[..written]
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |newline| newline + 1);
+        self.pending.drain(..whole_lines);
+        self.cut = written - whole_lines;
         if self.pending.is_empty() && self.failing {
             self.failing = false;
             tracing::info!(path = %self.path.display(), "access log writes work again");
@@ -346,6 +397,7 @@ mod tests {
                 room,
             },
             pending: Vec::new(),
+            cut: 0,
             failing: false,
             dropped: dropped.clone(),
         };

@@ -359,6 +359,13 @@ impl Viewer {
         }
     }
 
+    /// Writes out the access log's queued lines and stops its writer (the daemon exits).
+    pub async fn close_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.close().await;
+        }
+    }
+
     /// Applies new settings (SIGHUP): requests from now on see them; none is cut.
     pub fn reload(&self, settings: ViewerSettings) {
         self.settings.store(Arc::new(settings));
