@@ -507,15 +507,17 @@ async fn an_http2_player_pausing_between_segments_keeps_its_connection_until_idl
     daemon.shutdown().await;
 }
 
-/// A TLS client trusting `cert_pem`, speaking HTTP/1.1; it keeps its sessions for resumption
-/// (rustls' client default: 256 per configuration).
-fn resuming_client(cert_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+/// A TLS client trusting `cert_pems`, speaking HTTP/1.1; it keeps its sessions for
+/// resumption (rustls' client default: 256 per configuration).
+fn resuming_client(cert_pems: &[&str]) -> std::sync::Arc<rustls::ClientConfig> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
-        .unwrap();
+    for cert_pem in cert_pems {
+        roots
+            .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+    }
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -557,13 +559,19 @@ async fn a_returning_player_resumes_after_many_others_and_after_a_reload() {
     config.http.workers = 2;
     let daemon = start(&config).await;
     let addr = daemon.https_addrs[0];
-    let player = resuming_client(&cert.cert_pem);
+    // The certificate the box will be given later, with a new key.
+    let next_dir = tempfile::tempdir().unwrap();
+    let next = make_cert(next_dir.path());
+    let player = resuming_client(&[&cert.cert_pem, &next.cert_pem]);
     assert_eq!(tls_get(addr, &player).await, Full);
     assert_eq!(tls_get(addr, &player).await, Resumed);
     // 300 other players, each new to the box.
     let started = std::time::Instant::now();
     for _ in 0..300 {
-        assert_eq!(tls_get(addr, &resuming_client(&cert.cert_pem)).await, Full);
+        assert_eq!(
+            tls_get(addr, &resuming_client(&[&cert.cert_pem, &next.cert_pem])).await,
+            Full
+        );
     }
     let full_rate = 300.0 / started.elapsed().as_secs_f64();
     assert_eq!(
@@ -583,6 +591,16 @@ async fn a_returning_player_resumes_after_many_others_and_after_a_reload() {
         assert_eq!(tls_get(addr, &player).await, Resumed);
     }
     let resumed_rate = 300.0 / started.elapsed().as_secs_f64();
+    // A new certificate and key (a re-key, another name): sessions of the old identity end.
+    std::fs::copy(&next.cert, &cert.cert).unwrap();
+    std::fs::copy(&next.key, &cert.key).unwrap();
+    daemon.reload(&config).unwrap();
+    assert_eq!(
+        tls_get(addr, &player).await,
+        Full,
+        "a session from the old certificate resumed under the new one"
+    );
+    assert_eq!(tls_get(addr, &player).await, Resumed);
     println!(
         "TLS connections with a GET, one at a time (debug build, client and server on this machine): full handshakes {full_rate:.0}/s, resumed {resumed_rate:.0}/s"
     );

@@ -92,7 +92,7 @@ impl Daemon {
         config: &Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Daemon, StartError> {
-        let resumption = Resumption::new().map_err(|err| StartError::config(err.setting(), err))?;
+        let resumption = Resumption::new();
         let files = FilesRead::read(config, Https::of(config), &resumption)?;
         let plan = settings::plan(config)?;
         let fetcher = Fetcher::new(config.fill.ca_file.as_deref())

@@ -104,7 +104,10 @@ pub fn load_tls_with(
 }
 
 /// Sessions a returning player resumes, shared by every TLS configuration the daemon builds:
-/// all workers use one, and a SIGHUP's new certificate keeps it.
+/// all workers use one, and a SIGHUP keeps it as long as the certificate and key files are
+/// unchanged; new ones (a renewal, a re-key after a compromise, another name) start new
+/// ticket keys and an empty cache, so no session made under the old identity resumes
+/// under the new one.
 ///
 /// Why: a full handshake costs the box an ECDHE and a signature; a player that comes back
 /// for its next segments after a pause should pay neither. rustls' default is a 256-entry
@@ -113,28 +116,71 @@ pub fn load_tls_with(
 /// (ChaCha20-Poly1305 keys rotated every 6 hours, tickets valid for 12) any number of players
 /// resume, until the process restarts; the session cache below serves TLS 1.2 clients that
 /// resume by session id.
-#[derive(Clone)]
+#[derive(Default)]
 pub struct Resumption {
+    current: std::sync::Mutex<Option<(Identity, Sessions)>>,
+}
+
+/// The sha256 of a certificate file and its key file together.
+type Identity = [u8; 32];
+
+/// Ticket keys and a session cache for one identity.
+#[derive(Clone)]
+struct Sessions {
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
-    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    cache: Arc<dyn rustls::server::StoresServerSessions>,
 }
 
 /// TLS 1.2 sessions kept for resumption by id (each a few hundred bytes).
 const SESSION_CACHE_ENTRIES: usize = 32_768;
 
 impl Resumption {
-    /// New ticket keys and an empty session cache.
-    pub fn new() -> Result<Resumption, TlsError> {
-        Ok(Resumption {
-            ticketer: rustls::crypto::ring::Ticketer::new().map_err(TlsError::Tickets)?,
-            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
-        })
+    /// Nothing yet: the first certificate loaded makes the first ticket keys.
+    pub fn new() -> Resumption {
+        Resumption {
+            current: std::sync::Mutex::new(None),
+        }
     }
 
-    fn apply(&self, config: &mut rustls::ServerConfig) {
-        config.ticketer = Arc::clone(&self.ticketer);
-        config.session_storage = Arc::clone(&self.sessions);
+    /// Gives `config` the sessions of the identity in `cert` and `key`: the ones in use if
+    /// the files are the same, new ones otherwise.
+    fn apply(
+        &self,
+        config: &mut rustls::ServerConfig,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(), TlsError> {
+        let identity = identity_of(cert, key);
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sessions = match current.as_ref() {
+            Some((known, sessions)) if *known == identity => sessions.clone(),
+            _ => {
+                let sessions = Sessions {
+                    ticketer: rustls::crypto::ring::Ticketer::new().map_err(TlsError::Tickets)?,
+                    cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+                };
+                *current = Some((identity, sessions.clone()));
+                sessions
+            }
+        };
+        config.ticketer = sessions.ticketer;
+        config.session_storage = sessions.cache;
+        Ok(())
     }
+}
+
+/// The identity a certificate and key file hold: the sha256 of both files' bytes.
+fn identity_of(cert: &Path, key: &Path) -> Identity {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for file in [cert, key] {
+        hasher.update(std::fs::read(file).unwrap_or_default());
+        hasher.update([0]);
+    }
+    hasher.finalize().into()
 }
 
 impl std::fmt::Debug for Resumption {
@@ -167,7 +213,7 @@ impl ViewerTls {
         resumption: &Resumption,
     ) -> Result<ViewerTls, TlsError> {
         let mut client_order = (*load_tls_with(cert, key, suites)?).clone();
-        resumption.apply(&mut client_order);
+        resumption.apply(&mut client_order, cert, key)?;
         let client_order = Arc::new(client_order);
         let mut server_order = (*client_order).clone();
         server_order.ignore_client_order = true;
