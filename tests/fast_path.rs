@@ -191,6 +191,11 @@ fn corpus() -> Vec<Case> {
             &["GET"],
         ),
         case("a request line only", "GET /a.ts HTTP/1.1\r\n", &["GET"]),
+        case(
+            "the HTTP/2 preface after a request",
+            format!("{get}PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            &["GET"],
+        ),
         case("garbage", "\x16\x03\x01\x02\x00\x01\x00", &["GET"]),
     ]
 }

@@ -66,7 +66,9 @@ pub async fn serve(
                 let _ = stream.shutdown().await;
                 return FastPathEnd::Closed;
             }
-            Err(HeadTrouble::CutShort) if awaiting == Awaiting::NextRequest => {
+            Err(HeadTrouble::CutShort | HeadTrouble::LatePreface)
+                if awaiting == Awaiting::NextRequest =>
+            {
                 let _ = stream.shutdown().await;
                 return FastPathEnd::Closed;
             }
@@ -153,7 +155,13 @@ enum HeadTrouble {
     CutShort,
     /// After a served request, a head hyper would refuse: the fast path answers 400 itself.
     Malformed,
+    /// After a served request, the HTTP/2 preface: it may only open a connection (RFC 9113
+    /// section 3.4), so the connection is closed without an answer, as hyper closes it.
+    LatePreface,
 }
+
+/// The whole client connection preface of HTTP/2 (RFC 9113 section 3.4).
+const H2_CLIENT_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The answer hyper gives a request head it cannot use, for a connection the fast path
 /// closes itself.
@@ -186,8 +194,14 @@ async fn read_head(
     };
     let mut head_started = !buffer.is_empty() || first;
     loop {
-        if buffer.starts_with(b"PRI ") {
+        if first && buffer.starts_with(b"PRI ") {
             return Err(HeadTrouble::HandOver);
+        }
+        if !first && buffer.starts_with(H2_CLIENT_PREFACE) {
+            // Handed to hyper, it would switch a connection that already spoke HTTP/1.1 to
+            // HTTP/2; hyper itself closes. Anything else starting `PRI ` is a malformed
+            // head like any other (hyper answers it 400).
+            return Err(HeadTrouble::LatePreface);
         }
         if awaiting == Awaiting::NextRequest {
             // RFC 9112 section 2.2: an empty line before a request line is ignored.

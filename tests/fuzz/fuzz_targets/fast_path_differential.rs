@@ -29,9 +29,22 @@
 //! that wrongly carries a body, or a GET answer that wrongly lacks one, still shows as a
 //! difference against the other server; only both servers being wrong the same way hides.
 //!
-//! Before a difference is reported the input is tried again (up to [`ATTEMPTS`] times in
-//! all): a difference that goes away is timing, not a disagreement, and is printed to
-//! stderr as `flaky` instead of failing the run.
+//! Before a difference is reported it is checked twice, and each check that explains it is
+//! printed to stderr (`flaky`, `segmentation`) instead of failing the run:
+//! - the input is tried again (up to [`ATTEMPTS`] times in all): a difference that goes
+//!   away is timing, not a disagreement;
+//! - the hyper daemon is sent the input again in pieces, a pause apart (see
+//!   [`segmentations`]): cut where the fast path's reads end, and cut at each request
+//!   head's end. hyper's own answer depends on how the bytes arrive, not only on what they
+//!   are: after a served request, a malformed tail gets hyper's bare 400 or only the close
+//!   depending on the reads it came in, and both were seen for the same bytes (hyper writes
+//!   an error answer only while no other answer is being written: `on_parse_error` in its
+//!   h1 `conn.rs`). The fast path changes how the bytes reach hyper: on a hand-over hyper
+//!   gets what the fast path read first and the rest in later reads. So if hyper answers as
+//!   the fast path did when the bytes arrive in pieces a client could send, the fast path
+//!   answered as hyper can, and it is not counted. About one in ten inputs of a grown
+//!   corpus differs this way (always by that one trailing 400). Set
+//!   `FAST_PATH_DIFFERENTIAL_STRICT=1` to count these too.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -63,6 +76,16 @@ const CONNECTION_LIMIT: Duration = Duration::from_secs(6);
 
 /// How often an input is sent before a difference counts.
 const ATTEMPTS: usize = 3;
+
+/// Between two pieces of an input sent in pieces: long enough for the server to read the
+/// first on its own.
+const PIECE_PAUSE: Duration = Duration::from_millis(20);
+
+/// The fast path's first read buffer: its reads end at multiples of this.
+const FAST_PATH_READ: usize = 4096;
+
+/// Request head ends tried as cuts at most, so a long pipeline's check stays short.
+const MAX_HEAD_CUTS: usize = 16;
 
 /// The two daemons, started once per process and never stopped.
 struct Harness {
@@ -179,6 +202,12 @@ struct Answer {
 /// sent, and reads until the server closes (reading and writing at once, so a long
 /// pipeline cannot fill both directions' buffers and stall).
 async fn exchange(addr: SocketAddr, input: &[u8]) -> Outcome {
+    exchange_in_pieces(addr, input, &[]).await
+}
+
+/// [`exchange`], writing `input` in pieces cut at the offsets `cuts` (ascending), with
+/// [`PIECE_PAUSE`] between them.
+async fn exchange_in_pieces(addr: SocketAddr, input: &[u8], cuts: &[usize]) -> Outcome {
     let stream = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|err| panic!("connect to the daemon at {addr}: {err}"));
@@ -188,7 +217,16 @@ async fn exchange(addr: SocketAddr, input: &[u8]) -> Outcome {
         let send = async {
             // The server may close before reading everything (a 400, an oversized head):
             // that is an answer, not an error.
-            let _ = writer.write_all(input).await;
+            let mut start = 0;
+            for &cut in cuts.iter().chain([&input.len()]) {
+                if start > 0 {
+                    tokio::time::sleep(PIECE_PAUSE).await;
+                }
+                if writer.write_all(&input[start..cut]).await.is_err() {
+                    break;
+                }
+                start = cut;
+            }
             let _ = writer.shutdown().await;
         };
         // A reset after the answers (the server closed with input unread) ends it too.
@@ -285,28 +323,94 @@ fuzz_target!(
     |data: &[u8]| check(&data[..data.len().min(MAX_INPUT)])
 );
 
+/// The ways of cutting `input` into pieces that the hyper daemon is sent when it answered
+/// differently from the fast path, each a list of ascending offsets:
+/// - where the fast path's reads end when everything arrives at once: every multiple of
+///   [`FAST_PATH_READ`] alone, and all of them (its buffer starts at 4 KiB and doubles
+///   when full; after an answer the freed room is reused, so these are the usual ends,
+///   not every possible one);
+/// - after each request head (a blank line), and one byte later, alone: whether the next
+///   request's first byte comes in the same read as the head before it decides whether
+///   hyper answers a malformed one 400 (seen on fuzzer inputs; on a hand-over, hyper's
+///   first reads end where its buffer is full, which may be anywhere);
+/// - after every head: a client that waits for each answer before sending the next request.
+fn segmentations(input: &[u8]) -> Vec<Vec<usize>> {
+    let reads: Vec<usize> = (FAST_PATH_READ..input.len())
+        .step_by(FAST_PATH_READ)
+        .collect();
+    let head_ends: Vec<usize> = (1..input.len())
+        .filter(|&at| input[..at].ends_with(b"\n\n") || input[..at].ends_with(b"\n\r\n"))
+        .take(MAX_HEAD_CUTS)
+        .collect();
+    let mut choices: Vec<Vec<usize>> = reads.iter().map(|&cut| vec![cut]).collect();
+    if reads.len() > 1 {
+        choices.push(reads);
+    }
+    for &end in &head_ends {
+        choices.push(vec![end]);
+        if end + 1 < input.len() {
+            choices.push(vec![end + 1]);
+        }
+    }
+    if head_ends.len() > 1 {
+        choices.push(head_ends);
+    }
+    choices
+}
+
 /// Sends `input` to both daemons and panics (a finding) when they answer differently
-/// every time, [`ATTEMPTS`] times in a row.
+/// every time, [`ATTEMPTS`] times in a row, and hyper does not answer as the fast path did
+/// when the bytes reach it in pieces either.
 fn check(input: &[u8]) {
     let harness = harness();
     let (fast, hyper) = outcomes(harness, input);
     if fast == hyper {
         return;
     }
+    let escaped = input.escape_ascii().to_string();
     for _ in 1..ATTEMPTS {
         let (fast_again, hyper_again) = outcomes(harness, input);
         if fast_again == hyper_again {
             eprintln!(
-                "flaky (not counted): the fast path and hyper differed once on {:?}:\n  \
+                "flaky (not counted): the fast path and hyper differed once on {}:\n  \
                  fast path: {fast:?}\n  hyper:     {hyper:?}",
-                input.escape_ascii().to_string()
+                preview(&escaped)
             );
             return;
         }
     }
+    let strict = std::env::var_os("FAST_PATH_DIFFERENTIAL_STRICT").is_some_and(|v| v == "1");
+    if !strict {
+        for cuts in segmentations(input) {
+            let hyper_in_pieces =
+                harness
+                    .runtime
+                    .block_on(exchange_in_pieces(harness.hyper, input, &cuts));
+            if hyper_in_pieces == fast {
+                eprintln!(
+                    "segmentation (not counted): hyper answers {} as the fast path does when \
+                     it arrives cut at {cuts:?}",
+                    preview(&escaped)
+                );
+                return;
+            }
+        }
+    }
+    let in_pieces = if strict {
+        ""
+    } else {
+        ", nor when hyper gets it in pieces"
+    };
     panic!(
-        "the fast path and hyper answer differently ({ATTEMPTS} of {ATTEMPTS} tries) to \
-         {:?}:\n  fast path: {fast:#?}\n  hyper:     {hyper:#?}",
-        input.escape_ascii().to_string()
+        "the fast path and hyper answer differently ({ATTEMPTS} of {ATTEMPTS} tries{in_pieces}) \
+         to {escaped:?}:\n  fast path: {fast:#?}\n  hyper:     {hyper:#?}"
     );
+}
+
+/// The start of an escaped input, for notes that do not fail the run.
+fn preview(escaped: &str) -> String {
+    match escaped.char_indices().nth(200) {
+        Some((end, _)) => format!("{:?}... ({} escaped bytes)", &escaped[..end], escaped.len()),
+        None => format!("{escaped:?}"),
+    }
 }
