@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 use crate::schedule::Mode;
-use crate::store::StoreStatus;
+use crate::store::{StoreState, StoreStatus};
 
 /// Buckets for request latency (time to response head), from 100 µs to 10 s.
 const DURATION_BUCKETS: &[f64] = &[
@@ -21,6 +21,9 @@ const DURATION_BUCKETS: &[f64] = &[
 /// The `result` label values of `tidecache_fill_objects_total`: stored and verified, failed
 /// (download or verification), skipped (no room).
 pub const FILL_RESULTS: [&str; 3] = ["stored", "failed", "skipped"];
+
+/// The `state` label values of `tidecache_fill_last_pass`.
+const LAST_PASS_STATES: [&str; 2] = ["done", "paused"];
 
 /// Every metric the daemon exports.
 #[derive(Debug, Clone)]
@@ -60,6 +63,42 @@ pub struct Metrics {
     store_bytes_capacity: IntGaugeVec,
     store_errors: IntCounterVec,
     objects: IntGaugeVec,
+    store_state: IntGaugeVec,
+    ready: IntGauge,
+    manifest_accepted: IntGauge,
+    last_pass: IntGaugeVec,
+    last_pass_failed: IntGauge,
+    last_pass_ended: IntGauge,
+}
+
+/// What `/metrics` reads from the rest of the daemon at each scrape: the gauges that mirror
+/// state owned elsewhere (the alert rules in `config/prometheus/alerts.yml` use them).
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    /// The mode now.
+    pub mode: Mode,
+    /// Each store's health.
+    pub stores: &'a [StoreStatus],
+    /// Object files the open-file cache keeps open.
+    pub open_files: usize,
+    /// Whether `/readyz` says 200.
+    pub ready: bool,
+    /// When the manifest in force was accepted (Unix seconds), if one was.
+    pub manifest_accepted_at: Option<i64>,
+    /// How the last fill pass ended, if one did.
+    pub last_pass: Option<LastPass>,
+}
+
+/// The end of the last fill pass, for the alert rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastPass {
+    /// Every object stored or failed (`done`), rather than stopped by the window's end or a
+    /// new manifest (`paused`).
+    pub complete: bool,
+    /// Objects that failed.
+    pub failed: u64,
+    /// When it ended (Unix seconds).
+    pub ended_at: i64,
 }
 
 impl Metrics {
@@ -167,6 +206,36 @@ impl Metrics {
                 "tidecache_open_files_cached",
                 "Object files the open-file cache keeps open.",
             )?,
+            store_state: IntGaugeVec::new(
+                Opts::new(
+                    "tidecache_store_state",
+                    "1 for each store's state (ok, full, failed), 0 for the others.",
+                ),
+                &["store", "state"],
+            )?,
+            ready: IntGauge::new(
+                "tidecache_ready",
+                "1 when /readyz answers 200 (serving, a store usable), else 0.",
+            )?,
+            manifest_accepted: IntGauge::new(
+                "tidecache_manifest_accepted_timestamp_seconds",
+                "When the manifest in force was accepted (Unix seconds); 0 before any.",
+            )?,
+            last_pass: IntGaugeVec::new(
+                Opts::new(
+                    "tidecache_fill_last_pass",
+                    "1 for how the last fill pass ended (done, paused), 0 for the other; both 0 before any pass.",
+                ),
+                &["state"],
+            )?,
+            last_pass_failed: IntGauge::new(
+                "tidecache_fill_last_pass_failed_objects",
+                "Objects that failed in the last fill pass.",
+            )?,
+            last_pass_ended: IntGauge::new(
+                "tidecache_fill_last_pass_end_timestamp_seconds",
+                "When the last fill pass ended (Unix seconds); 0 before any.",
+            )?,
             registry,
         };
         for mode in Mode::ALL {
@@ -174,6 +243,9 @@ impl Metrics {
         }
         for result in FILL_RESULTS {
             metrics.fill_objects.with_label_values(&[result]);
+        }
+        for state in LAST_PASS_STATES {
+            metrics.last_pass.with_label_values(&[state]);
         }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.requests.clone()),
@@ -195,6 +267,12 @@ impl Metrics {
             Box::new(metrics.ram_cache_hits.clone()),
             Box::new(metrics.ram_cache_misses.clone()),
             Box::new(metrics.open_files_cached.clone()),
+            Box::new(metrics.store_state.clone()),
+            Box::new(metrics.ready.clone()),
+            Box::new(metrics.manifest_accepted.clone()),
+            Box::new(metrics.last_pass.clone()),
+            Box::new(metrics.last_pass_failed.clone()),
+            Box::new(metrics.last_pass_ended.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector)?;
@@ -202,18 +280,39 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Renders the text exposition, first reading the current mode, store state and the
-    /// number of cached open files.
-    pub fn render(&self, mode: Mode, stores: &[StoreStatus], open_files: usize) -> String {
+    /// Renders the text exposition, first setting the gauges that mirror `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
         self.open_files_cached
-            .set(i64::try_from(open_files).unwrap_or(i64::MAX));
+            .set(i64::try_from(snapshot.open_files).unwrap_or(i64::MAX));
         for each in Mode::ALL {
             self.mode
                 .with_label_values(&[each.as_str()])
-                .set(i64::from(each == mode));
+                .set(i64::from(each == snapshot.mode));
         }
-        for store in stores {
+        self.ready.set(i64::from(snapshot.ready));
+        self.manifest_accepted
+            .set(snapshot.manifest_accepted_at.unwrap_or(0));
+        if let Some(pass) = snapshot.last_pass {
+            self.last_pass
+                .with_label_values(&["done"])
+                .set(i64::from(pass.complete));
+            self.last_pass
+                .with_label_values(&["paused"])
+                .set(i64::from(!pass.complete));
+            self.last_pass_failed.set(clamp(pass.failed));
+            self.last_pass_ended.set(pass.ended_at);
+        }
+        for store in snapshot.stores {
             let label = store.path.display().to_string();
+            for (state, name) in [
+                (StoreState::Ok, "ok"),
+                (StoreState::Full, "full"),
+                (StoreState::Failed, "failed"),
+            ] {
+                self.store_state
+                    .with_label_values(&[label.as_str(), name])
+                    .set(i64::from(store.state == state));
+            }
             let labels = [label.as_str()];
             self.store_bytes_used
                 .with_label_values(&labels)

@@ -22,9 +22,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::fill::progress::FillStatus;
+use crate::fill::progress::{FillState, FillStatus};
 use crate::fill::{AcceptError, Fill, ManifestSummary, signature_is_valid};
-use crate::metrics::Metrics;
+use crate::metrics::{LastPass, Metrics, Snapshot};
 use crate::schedule::{Mode, ModeState, Override, OverrideControl};
 use crate::serve::body::ObjectBody;
 use crate::serve::handler::Handler;
@@ -157,11 +157,7 @@ impl Admin {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" => self.readiness(),
             "/metrics" => {
-                let body = self.metrics.render(
-                    self.mode.borrow().mode,
-                    &self.stores.status(),
-                    self.stores.open_files_cached(),
-                );
+                let body = self.render_metrics();
                 let mut response = text(StatusCode::OK, &body);
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -181,20 +177,52 @@ impl Admin {
 
     /// 200 when viewers are served; 503 with the reason otherwise.
     fn readiness(&self) -> Response<ObjectBody> {
+        match self.not_ready() {
+            Some(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {reason}\n"),
+            ),
+            None => text(StatusCode::OK, "ready\n"),
+        }
+    }
+
+    /// Why viewers should not be sent here now, if they should not.
+    fn not_ready(&self) -> Option<&'static str> {
         let mode = self.mode.borrow().mode;
         if mode != Mode::Serving {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("not ready: {}\n", mode.as_str()),
-            );
+            Some(mode.as_str())
+        } else if !self.stores.any_usable() {
+            Some("no store is usable")
+        } else {
+            None
         }
-        if !self.stores.any_usable() {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no store is usable\n",
-            );
-        }
-        text(StatusCode::OK, "ready\n")
+    }
+
+    /// The metrics text, with the gauges that mirror the mode, stores, readiness, manifest
+    /// and last fill pass read now.
+    fn render_metrics(&self) -> String {
+        let stores = self.stores.status();
+        let last_pass = self.fill.status().last_fill.map(|report| LastPass {
+            complete: report.state == FillState::Done,
+            failed: report.failed,
+            ended_at: report
+                .started_at
+                .parse::<jiff::Timestamp>()
+                .map_or(0, |started| {
+                    started.as_second() + report.duration_secs.round() as i64
+                }),
+        });
+        self.metrics.render(&Snapshot {
+            mode: self.mode.borrow().mode,
+            stores: &stores,
+            open_files: self.stores.open_files_cached(),
+            ready: self.not_ready().is_none(),
+            manifest_accepted_at: self
+                .fill
+                .manifest()
+                .map(|accepted| accepted.accepted_at.as_second()),
+            last_pass,
+        })
     }
 }
 
