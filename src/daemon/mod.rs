@@ -308,6 +308,8 @@ impl Daemon {
         let drained = tokio::time::timeout_at(deadline, self.connections_finished.recv())
             .await
             .is_ok();
+        // One grace for what follows, whatever takes it: the cut workers and the log.
+        let close_by = tokio::time::Instant::now() + CLOSE_GRACE;
         if drained {
             tracing::info!("all connections finished; stopped");
         } else {
@@ -319,7 +321,7 @@ impl Daemon {
                 tracing::warn!("viewer workers still busy after the cut; not waiting for them");
             }
         }
-        if tokio::time::timeout(CLOSE_GRACE, self.live.viewer.close_access_log())
+        if tokio::time::timeout_at(close_by, self.live.viewer.close_access_log())
             .await
             .is_err()
         {
@@ -329,7 +331,8 @@ impl Daemon {
     }
 }
 
-/// After the shutdown timeout, how long cut workers and the access log's last write get.
+/// After the shutdown timeout, how long cut workers and the access log's last write get,
+/// together.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The handles a reload swaps settings through.
