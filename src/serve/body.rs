@@ -97,6 +97,10 @@ pub struct QueueBudget {
     may_borrow: Arc<Semaphore>,
     pool: Arc<Semaphore>,
     progress: Option<Arc<dyn Progress>>,
+    /// Told whenever one of the connection's pieces gives its room back. Waiters listen to
+    /// this rather than queue on the semaphores, where a waiter holds the permits handed to
+    /// it so far and room sits idle behind it.
+    released: Arc<Notify>,
 }
 
 /// Whether a connection's socket takes what it is given: told by the transport, which
@@ -138,6 +142,7 @@ impl QueueBudget {
             may_borrow: Arc::new(Semaphore::new(QUEUE_CONNECTION_MAX_BYTES - QUEUE_OWN_BYTES)),
             pool: Arc::clone(pool),
             progress,
+            released: Arc::new(Notify::new()),
         })
     }
 
@@ -145,7 +150,7 @@ impl QueueBudget {
     /// extra piece of a stream with nothing queued on a moving connection.
     fn room_now(&self, body: &Arc<BodyQueue>, bytes: u32) -> Option<QueuedBytes> {
         if let Ok(own) = Arc::clone(&self.own).try_acquire_many_owned(bytes) {
-            return Some(QueuedBytes::holding(Some(own), None, body, bytes));
+            return Some(QueuedBytes::holding(Some(own), None, body, bytes).telling(self));
         }
         let borrowed = Arc::clone(&self.may_borrow)
             .try_acquire_many_owned(bytes)
@@ -155,7 +160,7 @@ impl QueueBudget {
                 Some((allowed, borrowed))
             });
         if borrowed.is_some() {
-            return Some(QueuedBytes::holding(None, borrowed, body, bytes));
+            return Some(QueuedBytes::holding(None, borrowed, body, bytes).telling(self));
         }
         let draining = self
             .progress
@@ -166,8 +171,8 @@ impl QueueBudget {
     }
 }
 
-/// Waits until [`QueueBudget::room_now`] has room for `bytes`: woken when room comes back to
-/// the connection's own share or when this body's last piece leaves, and looking again every
+/// Waits until [`QueueBudget::room_now`] has room for `bytes`: woken when a piece of the
+/// connection gives its room back or this body's last piece leaves, and looking again every
 /// [`ROOM_RECHECK`] for the pool and the connection's progress.
 async fn wait_for_room(
     budget: Arc<QueueBudget>,
@@ -176,15 +181,15 @@ async fn wait_for_room(
 ) -> Option<QueuedBytes> {
     loop {
         let drained = body.drained.notified();
-        tokio::pin!(drained);
+        let released = budget.released.notified();
+        tokio::pin!(drained, released);
         drained.as_mut().enable();
+        released.as_mut().enable();
         if let Some(room) = budget.room_now(&body, bytes) {
             return Some(room);
         }
         tokio::select! {
-            own = Arc::clone(&budget.own).acquire_many_owned(bytes) => {
-                return own.ok().map(|own| QueuedBytes::holding(Some(own), None, &body, bytes));
-            }
+            _ = &mut released => {}
             _ = &mut drained => {}
             _ = tokio::time::sleep(ROOM_RECHECK) => {}
         }
@@ -204,10 +209,12 @@ struct BodyQueue {
 /// it.
 #[derive(Debug)]
 struct QueuedBytes {
-    _own: Option<OwnedSemaphorePermit>,
-    _borrowed: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    own: Option<OwnedSemaphorePermit>,
+    borrowed: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
     body: Arc<BodyQueue>,
     bytes: u64,
+    /// The connection's [`QueueBudget::released`], told once the permits are back.
+    released: Option<Arc<Notify>>,
 }
 
 impl QueuedBytes {
@@ -220,16 +227,29 @@ impl QueuedBytes {
         body.outstanding
             .fetch_add(u64::from(bytes), Ordering::AcqRel);
         QueuedBytes {
-            _own: own,
-            _borrowed: borrowed,
+            own,
+            borrowed,
             body: Arc::clone(body),
             bytes: u64::from(bytes),
+            released: None,
         }
+    }
+
+    /// Tells `budget`'s waiters when this room is given back.
+    fn telling(mut self, budget: &QueueBudget) -> QueuedBytes {
+        self.released = Some(Arc::clone(&budget.released));
+        self
     }
 }
 
 impl Drop for QueuedBytes {
     fn drop(&mut self) {
+        // The permits go back first, so a waiter woken below finds them.
+        drop(self.own.take());
+        drop(self.borrowed.take());
+        if let Some(released) = &self.released {
+            released.notify_waiters();
+        }
         if self
             .body
             .outstanding
