@@ -15,7 +15,7 @@ const H2_CONNECTIONS: usize = 8;
 const H2_STREAMS: usize = 256;
 /// What they may cost together, above the daemon's resident set before them: 128 streams
 /// per connection (the rest are refused), whose queued file pieces the connection's queue
-/// budget holds to 2 MiB, plus stream state (measured: +24 MB; +88 MB with only the h2
+/// budget holds to 2 MiB, plus stream state (measured: +29 to +37 MB; +88 MB with only the h2
 /// settings; with hyper's default 400 KiB buffers, 256 streams and 128 KiB pieces +876 MB).
 const H2_BUDGET_MB: u64 = 60;
 
