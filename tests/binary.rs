@@ -9,15 +9,22 @@ use common::*;
 
 use common::process::{BINARY, signal, spawn_serve, wait_with_timeout};
 
-/// A config file for `serve` inside the test box: `http` holds the `[http]` keys; state and
-/// store stay in the box, and no fill window interferes whatever the time of day.
+/// A config file for `serve` inside the test box: `http` holds the `[http]` keys.
 fn serve_config(test_box: &TestBox, name: &str, http: &str) -> std::path::PathBuf {
-    let text = format!(
-        "state_dir = {:?}\n[http]\n{http}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n[schedule]\nfill_windows = []\n",
-        test_box.dir.path().join("state"),
-        test_box.store_path(0)
-    );
-    test_box.write_file(name, text.as_bytes())
+    test_box.config_file(name, http, "")
+}
+
+/// A config file serving HTTPS only, with this certificate and key.
+fn https_config(
+    test_box: &TestBox,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::path::PathBuf {
+    test_box.config_file(
+        "tls.toml",
+        "listen = []",
+        &format!("[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {cert:?}\nkey = {key:?}\n"),
+    )
 }
 
 fn run(args: &[&str]) -> Output {
@@ -191,15 +198,7 @@ fn serve_with_unusable_tls_files_is_a_configuration_error_naming_the_key() {
         ("key that is not a key", &cert, &garbage, "https.key: "),
     ];
     for (name, cert, key, expected) in cases {
-        let file = test_box.write_file(
-            "tls.toml",
-            format!(
-                "state_dir = {:?}\n[http]\nlisten = []\n[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {cert:?}\nkey = {key:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
-                test_box.dir.path().join("state"),
-                test_box.store_path(0)
-            )
-            .as_bytes(),
-        );
+        let file = https_config(&test_box, cert, key);
         let output = run(&["serve", "--config", file.to_str().unwrap()]);
         let stderr = stderr_of(&output);
         assert_eq!(output.status.code(), Some(2), "{name}: {stderr}");
@@ -283,15 +282,7 @@ fn pem_errors_name_the_marker_in_words() {
     let test_box = TestBox::new();
     let TestCert { key, .. } = make_cert(test_box.dir.path());
     let unclosed = test_box.write_file("unclosed.pem", b"-----BEGIN CERTIFICATE-----\nMIIB\n");
-    let file = test_box.write_file(
-        "tls.toml",
-        format!(
-            "state_dir = {:?}\n[http]\nlisten = []\n[https]\nlisten = [\"127.0.0.1:0\"]\ncert = {unclosed:?}\nkey = {key:?}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"1GiB\"\n",
-            test_box.dir.path().join("state"),
-            test_box.store_path(0)
-        )
-        .as_bytes(),
-    );
+    let file = https_config(&test_box, &unclosed, &key);
     let output = run(&["serve", "--config", file.to_str().unwrap()]);
     let stderr = stderr_of(&output);
     assert_eq!(output.status.code(), Some(2), "{stderr}");

@@ -71,14 +71,7 @@ async fn files_lost_or_truncated_behind_the_daemons_back_are_misses_and_refetche
         "the two damaged ones refetched"
     );
     for (path, data) in &objects[..2] {
-        assert_eq!(
-            &get(viewer, &format!("/{path}"))
-                .await
-                .bytes()
-                .await
-                .unwrap()[..],
-            &data[..]
-        );
+        assert_eq!(&served(viewer, &format!("/{path}")).await[..], &data[..]);
     }
     daemon.shutdown().await;
 }
@@ -196,11 +189,7 @@ async fn a_store_that_vanishes_fails_alone_and_its_objects_are_replaced_by_the_n
     assert_eq!(done["fill"]["last_fill"]["stored"], on_store_1.len());
     for (path, data) in &objects {
         assert_eq!(
-            &get(viewer, &format!("/{path}"))
-                .await
-                .bytes()
-                .await
-                .unwrap()[..],
+            &served(viewer, &format!("/{path}")).await[..],
             &data[..],
             "{path} served again from the remaining store"
         );
@@ -395,14 +384,7 @@ async fn a_store_that_runs_out_of_space_is_marked_full_and_objects_go_elsewhere(
     assert_eq!(done["stores"][0]["state"], "full");
     let viewer = daemon.viewer_addrs[0];
     for (path, data) in &objects {
-        assert_eq!(
-            &get(viewer, &format!("/{path}"))
-                .await
-                .bytes()
-                .await
-                .unwrap()[..],
-            &data[..]
-        );
+        assert_eq!(&served(viewer, &format!("/{path}")).await[..], &data[..]);
     }
     let leftovers = std::fs::read_dir(disk.path.join("tmp")).unwrap().count();
     assert_eq!(

@@ -504,11 +504,7 @@ async fn the_window_end_pauses_the_fill_and_the_next_window_resumes_it() {
         "the next window resumed with a Range: {requests:?}"
     );
     assert_eq!(
-        &get(fill.daemon.viewer_addrs[0], "/slow.ts")
-            .await
-            .bytes()
-            .await
-            .unwrap()[..],
+        &served(fill.daemon.viewer_addrs[0], "/slow.ts").await[..],
         &slow[..]
     );
     fill.daemon.shutdown().await;
@@ -604,11 +600,7 @@ async fn a_manifest_url_is_pulled_when_a_fill_starts() {
     run_fill(&daemon, "pulled-1").await;
     assert_eq!(status(&daemon).await["manifest"]["id"], "pulled-1");
     assert_eq!(
-        &get(daemon.viewer_addrs[0], "/pulled.ts")
-            .await
-            .bytes()
-            .await
-            .unwrap()[..],
+        &served(daemon.viewer_addrs[0], "/pulled.ts").await[..],
         &data[..]
     );
     daemon.shutdown().await;
@@ -641,11 +633,7 @@ async fn https_origins_are_verified_against_the_system_roots_or_fill_ca_file() {
     let done = run_fill(&trusting.daemon, "tls").await;
     assert_eq!(done["fill"]["objects_done"], 1, "{done:#}");
     assert_eq!(
-        &get(trusting.daemon.viewer_addrs[0], "/secure.ts")
-            .await
-            .bytes()
-            .await
-            .unwrap()[..],
+        &served(trusting.daemon.viewer_addrs[0], "/secure.ts").await[..],
         &data[..]
     );
     trusting.daemon.shutdown().await;
@@ -678,11 +666,7 @@ async fn a_partial_that_reached_full_size_before_a_crash_is_published_without_a_
         "nothing left to ask the origin for (bytes=SIZE- would get 416)"
     );
     assert_eq!(
-        &get(fill.daemon.viewer_addrs[0], "/whole.ts")
-            .await
-            .bytes()
-            .await
-            .unwrap()[..],
+        &served(fill.daemon.viewer_addrs[0], "/whole.ts").await[..],
         &data[..]
     );
     fill.daemon.shutdown().await;
@@ -906,11 +890,7 @@ async fn file_sources_are_confined_to_file_roots_and_failures_do_not_echo_what_w
     assert!(private.contains("got 4321 bytes"), "{private}");
     assert!(private.contains(&sha256_hex(&data)), "{private}");
     assert_eq!(
-        &get(fill.daemon.viewer_addrs[0], "/ok.ts")
-            .await
-            .bytes()
-            .await
-            .unwrap()[..],
+        &served(fill.daemon.viewer_addrs[0], "/ok.ts").await[..],
         &data[..]
     );
     fill.daemon.shutdown().await;

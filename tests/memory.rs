@@ -72,15 +72,7 @@ fn memory_mb(pid: u32) -> (u64, u64) {
 fn serve(test_box: &TestBox, extra: &str, objects: &[(String, Vec<u8>)]) -> Running {
     let config = test_box.config(1, extra);
     seed_all(&config, objects);
-    let file = test_box.write_file(
-        "tidecache.toml",
-        format!(
-            "state_dir = {:?}\n[http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"2GiB\"\n[schedule]\nfill_windows = []\n{extra}",
-            test_box.dir.path().join("state"),
-            test_box.store_path(0)
-        )
-        .as_bytes(),
-    );
+    let file = test_box.config_file("tidecache.toml", "listen = [\"127.0.0.1:0\"]", extra);
     spawn_serve(&file)
 }
 

@@ -73,6 +73,18 @@ impl TestBox {
         )
     }
 
+    /// Writes a configuration file for the `tidecache` binary into the box and returns its
+    /// path: state and one 2 GiB store in the box, admin on a free port, no fill window
+    /// (whatever the time of day), `http` as the `[http]` keys, then `more` (other tables).
+    pub fn config_file(&self, name: &str, http: &str, more: &str) -> PathBuf {
+        let text = format!(
+            "state_dir = {:?}\n[http]\n{http}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[store]]\npath = {:?}\ncapacity = \"2GiB\"\n[schedule]\nfill_windows = []\n{more}",
+            self.dir.path().join("state"),
+            self.store_path(0)
+        );
+        self.write_file(name, text.as_bytes())
+    }
+
     /// Writes a file into the box's directory and returns its path (certificates, keys).
     pub fn write_file(&self, name: &str, contents: &[u8]) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -197,6 +209,17 @@ pub async fn get(addr: SocketAddr, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+}
+
+/// The body of a plain GET of `path`, whatever its status (compare it to the bytes
+/// expected).
+pub async fn served(addr: SocketAddr, path: &str) -> Vec<u8> {
+    get(addr, path)
+        .await
+        .bytes()
+        .await
+        .expect("a whole body")
+        .to_vec()
 }
 
 /// An HTTP/2 client speaking h2c with prior knowledge.
