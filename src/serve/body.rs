@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -100,7 +100,41 @@ pub struct QueueBudget {
     /// Told whenever one of the connection's pieces gives its room back. Waiters listen to
     /// this rather than queue on the semaphores, where a waiter holds the permits handed to
     /// it so far and room sits idle behind it.
-    released: Arc<Notify>,
+    released: Arc<Wakeup>,
+}
+
+/// A [`Notify`] that costs an atomic load to tell while nobody listens: every piece's drop
+/// tells one, and almost always no body is waiting (`notify_waiters` takes a lock).
+#[derive(Debug, Default)]
+struct Wakeup {
+    listeners: AtomicUsize,
+    notify: Notify,
+}
+
+impl Wakeup {
+    /// Wakes the listeners, if any.
+    fn tell(&self) {
+        if self.listeners.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Counts a listener until the guard is dropped. A listener registers before it looks
+    /// at the state it waits on, and a teller changes that state before it looks at the
+    /// count, so no wake-up is lost.
+    fn listen(&self) -> Listening<'_> {
+        self.listeners.fetch_add(1, Ordering::SeqCst);
+        Listening(self)
+    }
+}
+
+/// A registered listener of a [`Wakeup`].
+struct Listening<'a>(&'a Wakeup);
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.0.listeners.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Whether a connection's socket takes what it is given: told by the transport, which
@@ -142,7 +176,7 @@ impl QueueBudget {
             may_borrow: Arc::new(Semaphore::new(QUEUE_CONNECTION_MAX_BYTES - QUEUE_OWN_BYTES)),
             pool: Arc::clone(pool),
             progress,
-            released: Arc::new(Notify::new()),
+            released: Arc::default(),
         })
     }
 
@@ -166,7 +200,7 @@ impl QueueBudget {
             .progress
             .as_ref()
             .is_some_and(|progress| progress.is_draining());
-        (draining && body.outstanding.load(Ordering::Acquire) == 0)
+        (draining && body.outstanding.load(Ordering::SeqCst) == 0)
             .then(|| QueuedBytes::holding(None, None, body, bytes.min(EXTRA_PIECE)))
     }
 }
@@ -179,9 +213,10 @@ async fn wait_for_room(
     body: Arc<BodyQueue>,
     bytes: u32,
 ) -> Option<QueuedBytes> {
+    let _listening = (budget.released.listen(), body.drained.listen());
     loop {
-        let drained = body.drained.notified();
-        let released = budget.released.notified();
+        let drained = body.drained.notify.notified();
+        let released = budget.released.notify.notified();
         tokio::pin!(drained, released);
         drained.as_mut().enable();
         released.as_mut().enable();
@@ -201,7 +236,7 @@ async fn wait_for_room(
 struct BodyQueue {
     outstanding: AtomicU64,
     /// Told when `outstanding` falls to zero.
-    drained: Notify,
+    drained: Wakeup,
 }
 
 /// Room held by one piece read from a file, in a [`QueueBudget`] (or as a stream's extra
@@ -214,7 +249,7 @@ struct QueuedBytes {
     body: Arc<BodyQueue>,
     bytes: u64,
     /// The connection's [`QueueBudget::released`], told once the permits are back.
-    released: Option<Arc<Notify>>,
+    released: Option<Arc<Wakeup>>,
 }
 
 impl QueuedBytes {
@@ -225,7 +260,7 @@ impl QueuedBytes {
         bytes: u32,
     ) -> QueuedBytes {
         body.outstanding
-            .fetch_add(u64::from(bytes), Ordering::AcqRel);
+            .fetch_add(u64::from(bytes), Ordering::SeqCst);
         QueuedBytes {
             own,
             borrowed,
@@ -248,15 +283,15 @@ impl Drop for QueuedBytes {
         drop(self.own.take());
         drop(self.borrowed.take());
         if let Some(released) = &self.released {
-            released.notify_waiters();
+            released.tell();
         }
         if self
             .body
             .outstanding
-            .fetch_sub(self.bytes, Ordering::AcqRel)
+            .fetch_sub(self.bytes, Ordering::SeqCst)
             == self.bytes
         {
-            self.body.drained.notify_waiters();
+            self.body.drained.tell();
         }
     }
 }
@@ -281,10 +316,10 @@ type RoomWait = Pin<Box<dyn Future<Output = Option<QueuedBytes>> + Send>>;
 pub struct ObjectBody {
     segments: VecDeque<Segment>,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
-    /// Where file pieces take their room; `None` reads without a bound (admin answers).
-    budget: Option<Arc<QueueBudget>>,
-    /// This body's pieces still queued, for the one-piece-per-stream guarantee.
-    queued: Arc<BodyQueue>,
+    /// Where file pieces take their room, and this body's pieces still queued (for the
+    /// one-piece-per-stream guarantee); `None` reads without a bound (admin answers, and
+    /// bodies the sendfile path sends itself, which then allocate nothing for it).
+    budget: Option<(Arc<QueueBudget>, Arc<BodyQueue>)>,
     /// The wait for room for the next file piece, while the budget has none.
     room_wait: Option<RoomWait>,
     remaining: u64,
@@ -396,7 +431,7 @@ impl ObjectBody {
     /// Takes room in `budget` for every piece read from a file, waiting for room when there
     /// is none: how a viewer that stops reading stops costing memory.
     pub fn within(mut self, budget: Arc<QueueBudget>) -> Self {
-        self.budget = Some(budget);
+        self.budget = Some((budget, Arc::default()));
         self
     }
 
@@ -456,18 +491,18 @@ impl ObjectBody {
     /// Room in the budget for a piece of `len` bytes: `Ready(None)` when there is no budget,
     /// `Pending` while the connection's socket has yet to take enough.
     fn poll_room(&mut self, cx: &mut Context<'_>, len: u64) -> Poll<Option<QueuedBytes>> {
-        let Some(budget) = &self.budget else {
+        let Some((budget, queued)) = &self.budget else {
             return Poll::Ready(None);
         };
         // Pieces are at most CHUNK_SIZE (or a smaller configured size), far below u32::MAX.
         let len = len as u32;
         if self.room_wait.is_none() {
-            if let Some(room) = budget.room_now(&self.queued, len) {
+            if let Some(room) = budget.room_now(queued, len) {
                 return Poll::Ready(Some(room));
             }
             self.room_wait = Some(Box::pin(wait_for_room(
                 Arc::clone(budget),
-                Arc::clone(&self.queued),
+                Arc::clone(queued),
                 len,
             )));
         }
