@@ -70,6 +70,9 @@ pub struct Engine {
     pulled_etag: Option<String>,
 }
 
+/// The daemon is stopping: what was under way is left.
+struct Stopping;
+
 /// How a pass ended.
 enum PassEnd {
     /// Every object stored or failed.
@@ -169,13 +172,10 @@ impl Engine {
             if filling && !was_filling {
                 session += 1;
                 was_filling = true;
-                // The pull has its own overall timeout; neither a stop nor the window's end
-                // waits for it.
-                let mut mode = self.mode.clone();
-                tokio::select! {
-                    _ = self.pull_manifest() => {}
-                    _ = mode.wait_for(|state| state.mode != Mode::Filling) => {}
-                    _ = stop.raised() => return,
+                // The pull has its own overall timeout, and its download ends at the stop
+                // or the window's end (see `pull_manifest`).
+                if self.pull_manifest(&mut stop).await.is_err() {
+                    return;
                 }
                 // The mode may have changed while pulling: look again before a pass.
                 continue;
@@ -202,27 +202,32 @@ impl Engine {
     }
 
     /// Pulls `fill.manifest_url` with a conditional GET; an unchanged manifest costs nothing.
-    async fn pull_manifest(&mut self) {
-        let fetched = match &self.settings.manifest_url {
-            ManifestUrl::None => return,
-            ManifestUrl::File(path) => {
-                read_if_changed(
-                    path,
-                    self.pulled_etag.as_deref(),
-                    self.settings.max_manifest_size,
-                )
-                .await
-            }
-            ManifestUrl::Http(url) => {
-                self.fetcher
-                    .get_if_changed(
-                        url,
-                        self.pulled_etag.as_deref(),
-                        self.settings.max_manifest_size,
-                    )
-                    .await
+    ///
+    /// Only the download is raced against the stop and the window's end: accepting what
+    /// arrived is local and short, and cut midway it could leave the saved manifest and the
+    /// one in force apart. `Err` when the daemon is stopping.
+    async fn pull_manifest(&mut self, stop: &mut Shutdown) -> Result<(), Stopping> {
+        let etag = self.pulled_etag.as_deref();
+        let limit = self.settings.max_manifest_size;
+        let download = async {
+            match &self.settings.manifest_url {
+                ManifestUrl::None => Ok(None),
+                ManifestUrl::File(path) => read_if_changed(path, etag, limit).await,
+                ManifestUrl::Http(url) => self.fetcher.get_if_changed(url, etag, limit).await,
             }
         };
+        let mut mode = self.mode.clone();
+        let fetched = tokio::select! {
+            fetched = download => fetched,
+            _ = mode.wait_for(|state| state.mode != Mode::Filling) => {
+                tracing::info!("the fill window ended during the manifest pull; the manifest in force stays");
+                return Ok(());
+            }
+            _ = stop.raised() => return Err(Stopping),
+        };
+        if self.settings.manifest_url == ManifestUrl::None {
+            return Ok(());
+        }
         let url = self.settings.manifest_url.to_url();
         match fetched {
             Ok(None) => tracing::info!(url, "pulled manifest unchanged"),
@@ -239,6 +244,7 @@ impl Engine {
                 tracing::warn!(url, error = %err, "cannot pull the manifest; using the one in force")
             }
         }
+        Ok(())
     }
 
     /// One pass toward `accepted`: delete what left the manifest, plan what to fetch,
@@ -254,15 +260,21 @@ impl Engine {
         let started_at = Timestamp::now();
         tracing::info!(id = %manifest.id, objects = manifest.objects.len(), bytes = manifest.total_bytes, "fill pass starting");
         let (deleted, interrupted) = self.delete_dropped(manifest, manifests, stop).await;
-        let work = self.plan_fetches(manifest);
-        let counts = PassCounts {
-            already_present: work.present,
-            skipped_no_room: work.no_room.len() as u64,
+        let mut counts = PassCounts {
+            already_present: 0,
+            skipped_no_room: 0,
             deleted,
         };
+        // Interrupted among the deletes: no plan either, since planning cleans up partial
+        // files (the stores must stop changing, and a newer manifest may want them).
         let (end, stored) = match interrupted {
             Some(end) => (end, 0),
-            None => self.transfer_all(work.fetches, manifests, stop).await,
+            None => {
+                let work = self.plan_fetches(manifest);
+                counts.already_present = work.present;
+                counts.skipped_no_room = work.no_room.len() as u64;
+                self.transfer_all(work.fetches, manifests, stop).await
+            }
         };
         self.flush_index().await;
         let state = match end {

@@ -459,7 +459,9 @@ impl Viewer {
                 let object = match self.stores.open(path, meta) {
                     Ok(object) => object,
                     Err(err) => {
-                        if load && !matches!(err, StoreError::Changed { .. }) {
+                        // The load slot this miss was granted goes back whatever the error
+                        // (a replaced object included): kept, it would block loads for good.
+                        if load {
                             self.cache.insert(path, &meta, None);
                         }
                         return Err(err);
