@@ -20,7 +20,7 @@ const URL_PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// An object path as a URL carries it: percent-encoded with [`URL_PATH_KEEP`]. What the
+/// An object path as a URL carries it: percent-encoded except the unreserved characters and `/`. What the
 /// fill asks origins for, what `tidecache sign-url` prints and signs.
 pub fn to_url_path(path: &str) -> String {
     utf8_percent_encode(path, URL_PATH_KEEP).to_string()

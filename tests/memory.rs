@@ -54,18 +54,23 @@ fn hostile_h2_requests(path: &str, streams: usize) -> Vec<u8> {
     out
 }
 
-/// Resident and peak resident memory of a process, in MB.
+/// Resident and peak resident (high-water mark) memory of a process, in MB. A process
+/// whose figures cannot be read fails the test: a bound checked against 0 proves nothing.
 fn memory_mb(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|err| panic!("/proc/{pid}/status: {err}"));
     let field = |name: &str| {
         status
             .lines()
             .find_map(|line| line.strip_prefix(name))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|kb| kb.parse::<u64>().ok())
-            .map_or(0, |kb| kb / 1024)
+            .map(|kb| kb / 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    let (resident, peak) = (field("VmRSS:"), field("VmHWM:"));
+    assert!(resident > 0 && peak >= resident, "{status}");
+    (resident, peak)
 }
 
 /// Starts the binary on a box holding `objects`, with `extra` configuration.
@@ -100,11 +105,11 @@ async fn stall_h2_connections(
         // nothing once the kernel's buffers are full.
         held.push(tcp);
     }
-    // Let the server fill every send buffer it will, then take the peak.
+    // Let the server fill every send buffer it will; the peak is the high-water mark.
     let mut peak = 0;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        peak = peak.max(memory_mb(pid).0);
+        peak = peak.max(memory_mb(pid).1);
     }
     (held, peak)
 }

@@ -429,6 +429,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(
+            retry_after(Some("120"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(retry_after(Some(" 0 "), now), Some(Duration::ZERO));
+        assert_eq!(retry_after(Some("86400"), now), Some(MAX_RETRY_AFTER));
+        let in_ninety = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            retry_after(Some(&in_ninety), now),
+            Some(Duration::from_secs(90))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(retry_after(Some(&past), now), Some(Duration::ZERO));
+        assert_eq!(retry_after(Some("soon"), now), None);
+        assert_eq!(retry_after(Some("-5"), now), None);
+        assert_eq!(retry_after(None, now), None);
+    }
+
+    #[test]
     fn locations_resolve_absolute_rooted_and_relative() {
         let base: Uri = "http://origin.example/a/b/seg.ts".parse().unwrap();
         assert_eq!(

@@ -8,7 +8,7 @@
 //! A write that fails (a full disk) loses nothing it has not counted: what the file did not
 //! take stays buffered, starting with the rest of a line cut short, and is written when
 //! there is room again, so the file never holds half a line followed by another; while the
-//! buffer is over [`MAX_PENDING`], new lines are dropped and counted in
+//! buffer is over 4 MiB, new lines are dropped and counted in
 //! `tidecache_access_log_dropped_total`.
 
 use std::io::Write;

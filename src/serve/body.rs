@@ -1,10 +1,11 @@
 //! Response bodies that stream from files without reading whole objects into memory.
 //!
-//! A body is a queue of segments: in-memory bytes (multipart part headers, small error texts)
-//! and byte ranges of an open file. File ranges are read in [`CHUNK_SIZE`] pieces with
-//! positioned reads on a blocking thread, so one shared file descriptor serves every part of
-//! a multipart answer and no seek state is shared. A later sendfile, io_uring or RAM-cache
-//! path replaces how a segment is produced, not what a body is.
+//! A body is a queue of segments: in-memory bytes (RAM-cached objects, multipart part
+//! headers, small error texts) and byte ranges of an open file. Both are handed over a piece
+//! at a time ([`CHUNK_SIZE`], or less for HTTP/2); file pieces are positioned reads on a
+//! blocking thread, so one shared file descriptor serves every part of a multipart answer and
+//! no seek state is shared, and under a [`QueueBudget`] each holds room until the socket took
+//! it. The sendfile fast path takes the segments itself ([`ObjectBody::into_parts`]).
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -249,8 +249,8 @@ impl JournalWriter {
     }
 
     /// Appends records and makes them durable before returning. On failure the file may
-    /// hold part of them after [`JournalWriter::valid_len`]; the caller drops this writer and
-    /// the next [`JournalWriter::open`] cuts them.
+    /// hold part of them after [`JournalWriter::valid_len`]; the caller cuts them at once
+    /// with [`JournalWriter::cut_back`].
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
         let mut bytes = Vec::with_capacity(records.len() * 96);
         for record in records {

@@ -742,7 +742,7 @@ impl Stores {
         }
         // After the index changed: a request that opened the path under the old entry either
         // cached its file before this (dropped here) or sees the new entry when it checks
-        // the index after caching (and drops it itself); see `cache_file`.
+        // the index after opening (and looks up again); see `open` and `still_indexed`.
         self.uncache_file(path);
         store.objects.fetch_add(1, Ordering::Relaxed);
         store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
