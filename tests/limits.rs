@@ -371,3 +371,46 @@ async fn a_stalled_tls_handshake_does_not_hold_up_a_stop() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_connection_whose_first_read_is_a_p_keeps_its_header_timeout_on_hyper() {
+    // On hyper's path (HTTPS, or sendfile off), a first read of just `P` could be the
+    // HTTP/2 preface or `PUT`; taken for HTTP/2, the connection's later request heads never
+    // started the header timer, and a trickle held it for as long as it trickled.
+    let test_box = TestBox::new();
+    let mut config = test_box.config(
+        1,
+        "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+    );
+    config.http.sendfile = false;
+    let daemon = start(&config).await;
+    let mut stream = TcpStream::connect(daemon.viewer_addrs[0]).await.unwrap();
+    stream.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = exchange(
+        &mut stream,
+        b"UT /a.ts HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer:?}");
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in b"GET /a.ts HTTP/1.1\r\nHost: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
+    {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let waited = if cut {
+        started.elapsed()
+    } else {
+        started.elapsed() + time_until_closed(&mut stream).await
+    };
+    assert!(
+        waited < Duration::from_secs(3),
+        "a trickled second head held the connection {waited:?}"
+    );
+    daemon.shutdown().await;
+}

@@ -271,7 +271,7 @@ async fn serve_io<I, H>(
     let io = TokioIo::new(ActivityIo {
         inner: io,
         activity: Arc::clone(&activity),
-        first_read_seen: false,
+        preface_seen: Some(0),
     });
     let service_activity = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -490,8 +490,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 struct ActivityIo<I> {
     inner: I,
     activity: Arc<Activity>,
-    /// Whether the first bytes were looked at for the HTTP/2 preface.
-    first_read_seen: bool,
+    /// How many bytes of the HTTP/2 preface the connection has matched so far; `None` once
+    /// decided (it diverged, or matched whole and the connection was marked HTTP/2). Decided
+    /// on the preface's bytes, not on the first read: a first read of `P` may be `POST`.
+    preface_seen: Option<usize>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
@@ -503,13 +505,22 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            if !self.first_read_seen {
-                self.first_read_seen = true;
+            if let Some(seen) = self.preface_seen {
                 let read = &buf.filled()[before..];
-                let compared = read.len().min(H2_PREFACE.len());
-                if read[..compared] == H2_PREFACE[..compared] {
+                let compared = read.len().min(H2_PREFACE.len() - seen);
+                self.preface_seen = if read[..compared] != H2_PREFACE[seen..seen + compared] {
+                    None
+                } else if seen + compared == H2_PREFACE.len() {
                     self.activity.http2.store(true, Ordering::Relaxed);
-                }
+                    // A preface that came a byte at a time started the header timer; frames
+                    // between streams are not request heads.
+                    self.activity
+                        .head_started_ms
+                        .store(NO_HEAD, Ordering::Relaxed);
+                    None
+                } else {
+                    Some(seen + compared)
+                };
             }
             self.activity.bytes_read();
         }
