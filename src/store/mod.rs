@@ -719,14 +719,7 @@ impl Stores {
     /// fill replaces with the same rename.
     fn publish(&self, path: &str, temp: &Path, meta: ObjectMeta) -> Result<(), StoreError> {
         let store = &self.stores[meta.store];
-        let previous = self
-            .index
-            .read()
-            .ok()
-            .and_then(|index| index.get(path).copied());
-        if previous.is_some() {
-            self.forget(path)?;
-        }
+        let previous = self.forget(path)?;
         let final_path = store.object_file(path);
         std::fs::rename(temp, &final_path)
             .map_err(|err| store.io_error(format!("rename to {}", final_path.display()), err))?;
@@ -782,27 +775,12 @@ impl Stores {
         let mut removed = 0;
         let mut first_error = None;
         for (number, objects) in by_store {
+            if let Err(err) = self.retire(number, &objects) {
+                first_error.get_or_insert(err);
+                continue;
+            }
             let store = &self.stores[number];
-            if !store.failed.load(Ordering::Relaxed) {
-                let records: Vec<Record> = objects
-                    .iter()
-                    .map(|(path, _)| Record::Remove((*path).to_owned()))
-                    .collect();
-                if let Err(err) = store.append_journal(&records) {
-                    first_error.get_or_insert(err);
-                    continue;
-                }
-            }
-            if let Ok(mut index) = self.index.write() {
-                for (path, _) in &objects {
-                    index.remove(*path);
-                }
-            }
-            for (path, meta) in objects {
-                self.uncache_file(path);
-                store.objects.fetch_sub(1, Ordering::Relaxed);
-                store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
-                self.clear_damaged(path);
+            for (path, _) in objects {
                 match std::fs::remove_file(store.object_file(path)) {
                     Ok(()) => {}
                     Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -840,20 +818,36 @@ impl Stores {
         else {
             return Ok(None);
         };
-        let store = &self.stores[meta.store];
-        // A failed store's journal takes nothing; its entry still leaves the index (at start,
-        // a newer version elsewhere wins over the one it keeps).
+        self.retire(meta.store, &[(path, meta)])?;
+        Ok(Some(meta))
+    }
+
+    /// Takes `objects` of store `number` out: one durable journal append of their removals
+    /// (a failed store's journal takes nothing; its entries still leave the index, and at
+    /// start a newer version elsewhere wins over what it keeps), then out of the index, the
+    /// open-file cache, the store's counters and the damaged set. Nothing changes if the
+    /// journal refuses.
+    fn retire(&self, number: usize, objects: &[(&str, ObjectMeta)]) -> Result<(), StoreError> {
+        let store = &self.stores[number];
         if !store.failed.load(Ordering::Relaxed) {
-            store.append_journal(&[Record::Remove(path.to_owned())])?;
+            let records: Vec<Record> = objects
+                .iter()
+                .map(|(path, _)| Record::Remove((*path).to_owned()))
+                .collect();
+            store.append_journal(&records)?;
         }
         if let Ok(mut index) = self.index.write() {
-            index.remove(path);
+            for (path, _) in objects {
+                index.remove(*path);
+            }
         }
-        self.uncache_file(path);
-        store.objects.fetch_sub(1, Ordering::Relaxed);
-        store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
-        self.clear_damaged(path);
-        Ok(Some(meta))
+        for (path, meta) in objects {
+            self.uncache_file(path);
+            store.objects.fetch_sub(1, Ordering::Relaxed);
+            store.bytes_used.fetch_sub(meta.size, Ordering::Relaxed);
+            self.clear_damaged(path);
+        }
+        Ok(())
     }
 
     /// Forgets a damaged mark once the object is replaced or gone, so lookups stop taking
