@@ -216,10 +216,22 @@ fn run_scenario(
         }
     }
     let mut outcomes = Vec::new();
+    // Runs in which the fault visibly took effect: an operation reported an error, or the
+    // process died before reporting them all. Some faults are absorbed on purpose (a failed
+    // unlink of an old copy is only logged), but if none ever shows, strace's injection did
+    // not happen and the matrix would be green for nothing.
+    let mut took_effect = 0;
     for injects in faults {
         let store = dir.join(format!("run-{}", outcomes.len()));
         copy_dir(&template, &store);
-        run_ops(&store, scenario.ops, contents, &injects);
+        let stdout = run_ops(&store, scenario.ops, contents, &injects);
+        let reported_ok = stdout
+            .lines()
+            .filter(|line| line.starts_with("ok "))
+            .count();
+        if stdout.contains("error") || reported_ok < scenario.ops.len() {
+            took_effect += 1;
+        }
         let outcome =
             check_after_fault(&store, scenario, contents).unwrap_or_else(Outcome::Violation);
         let described = injects
@@ -230,6 +242,12 @@ fn run_scenario(
         outcomes.push((described, outcome));
         let _ = std::fs::remove_dir_all(&store);
     }
+    assert!(
+        took_effect * 2 >= outcomes.len(),
+        "{}: only {took_effect} of {} faulted runs showed the fault (is strace injecting?)",
+        scenario.name,
+        outcomes.len()
+    );
     outcomes
 }
 
