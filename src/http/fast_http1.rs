@@ -331,8 +331,11 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
             return None;
         }
         if name.eq_ignore_ascii_case("connection") {
-            let value = std::str::from_utf8(header.value).ok()?.to_ascii_lowercase();
-            connection_close |= value.split(',').any(|token| token.trim() == "close");
+            // Compared in place: most players send `Connection: keep-alive` on every request.
+            connection_close |= header
+                .value
+                .split(|&byte| byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
         headers.append(
             http::HeaderName::from_bytes(name.as_bytes()).ok()?,
