@@ -105,6 +105,10 @@ fn start_once(binary: &Path, work: &Path, store: &Path, run: usize) -> (Duration
     let admin = free_port();
     let config = work.join(format!("tidecache-{run}.toml"));
     let state = work.join(format!("state-{run}"));
+    // The index stands for a box that completed its fill: without the latch a box with no
+    // manifest in force is never ready.
+    std::fs::create_dir_all(&state).expect("state directory");
+    std::fs::write(state.join("stocked"), b"a filled box\n").expect("latch");
     std::fs::write(
         &config,
         format!(

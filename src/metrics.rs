@@ -65,6 +65,7 @@ pub struct Metrics {
     objects: IntGaugeVec,
     store_state: IntGaugeVec,
     ready: IntGauge,
+    content_held: IntGauge,
     manifest_accepted: IntGauge,
     last_pass: IntGaugeVec,
     last_pass_failed: IntGauge,
@@ -83,6 +84,9 @@ pub struct Snapshot<'a> {
     pub open_files: usize,
     /// Whether `/readyz` says 200.
     pub ready: bool,
+    /// Whether the box has held its content once (a new box waiting for its first fill
+    /// has not): readiness lost after that is an incident, before it is an installation.
+    pub content_held: bool,
     /// When the manifest in force was accepted (Unix seconds), if one was.
     pub manifest_accepted_at: Option<i64>,
     /// How the last fill pass ended, if one did.
@@ -215,7 +219,11 @@ impl Metrics {
             )?,
             ready: IntGauge::new(
                 "tidecache_ready",
-                "1 when /readyz answers 200 (serving, a store usable), else 0.",
+                "1 when /readyz answers 200 (serving, a store usable, content held), else 0.",
+            )?,
+            content_held: IntGauge::new(
+                "tidecache_content_held",
+                "1 once the box has held its content (a fill pass without failures, or fill.ready_share of the manifest's bytes); a new box is 0 until then.",
             )?,
             manifest_accepted: IntGauge::new(
                 "tidecache_manifest_accepted_timestamp_seconds",
@@ -269,6 +277,7 @@ impl Metrics {
             Box::new(metrics.open_files_cached.clone()),
             Box::new(metrics.store_state.clone()),
             Box::new(metrics.ready.clone()),
+            Box::new(metrics.content_held.clone()),
             Box::new(metrics.manifest_accepted.clone()),
             Box::new(metrics.last_pass.clone()),
             Box::new(metrics.last_pass_failed.clone()),
@@ -290,6 +299,7 @@ impl Metrics {
                 .set(i64::from(each == snapshot.mode));
         }
         self.ready.set(i64::from(snapshot.ready));
+        self.content_held.set(i64::from(snapshot.content_held));
         self.manifest_accepted
             .set(snapshot.manifest_accepted_at.unwrap_or(0));
         if let Some(pass) = snapshot.last_pass {

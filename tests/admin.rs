@@ -30,8 +30,23 @@ async fn health_and_readiness_follow_the_mode() {
         .send()
         .await
         .unwrap();
-    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(
+        ready.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a new, empty box is never ready"
+    );
+    assert!(ready.text().await.unwrap().contains("no content"));
+    daemon.shutdown().await;
 
+    // Once the box holds its content (seeding stands for a completed fill), serving is ready.
+    seed(&config, &[("a.ts", b"segment")]);
+    let daemon = start(&config).await;
+    let ready = client
+        .get(admin_url(&daemon, "/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
     daemon.shutdown().await;
 
     // A manual clock walks the daemon from draining into filling.

@@ -109,7 +109,8 @@ async fn the_gauges_the_rules_use_follow_the_box() {
     let daemon = start(&config).await;
     let gauge = |text: &str, name: &str| metric_value(text, name).unwrap_or(-1.0);
     let before = metrics_text(&daemon).await;
-    assert_eq!(gauge(&before, "tidecache_ready"), 1.0);
+    assert_eq!(gauge(&before, "tidecache_ready"), 0.0, "a new box");
+    assert_eq!(gauge(&before, "tidecache_content_held"), 0.0);
     assert_eq!(
         gauge(&before, "tidecache_manifest_accepted_timestamp_seconds"),
         0.0
@@ -150,6 +151,11 @@ async fn the_gauges_the_rules_use_follow_the_box() {
         ),
         "a store in state ok: {after}"
     );
-    assert_eq!(gauge(&after, "tidecache_ready"), 1.0);
+    assert_eq!(
+        gauge(&after, "tidecache_ready"),
+        1.0,
+        "10,000 of 10,001 bytes held: over fill.ready_share"
+    );
+    assert_eq!(gauge(&after, "tidecache_content_held"), 1.0);
     daemon.shutdown().await;
 }

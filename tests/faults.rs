@@ -122,8 +122,10 @@ async fn truncated_while_cached(extra: &str, sendfile: bool) {
 
 #[tokio::test]
 async fn a_file_truncated_while_its_open_file_is_cached_cuts_one_answer_then_is_a_miss() {
-    truncated_while_cached("", true).await;
-    // hyper's path streams the file (the RAM cache would answer from verified memory).
+    // The RAM cache off on both paths: it loads an object after its first request, and a load
+    // that reads the truncated file finds it damaged (a 404 at once, which is right, but not
+    // what this test is about, and racing the truncation made the test flaky).
+    truncated_while_cached("[cache]\nram = \"0\"\n", true).await;
     truncated_while_cached("[cache]\nram = \"0\"\n", false).await;
 }
 

@@ -60,6 +60,7 @@ async fn before_a_later_window_the_box_serves_and_says_when_it_switches() {
         1,
         "[schedule]\nfill_windows = [\"12:00-13:00\"]\ntimezone = \"UTC\"\n",
     );
+    seed(&config, &[("a.ts", b"segment")]);
     let (daemon, _clock) = start_at(&config, "2026-11-25T10:30:00Z").await;
     let status = status(&daemon).await;
     assert_eq!(status["mode"], "serving");

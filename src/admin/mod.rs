@@ -44,18 +44,22 @@ pub struct Admin {
     metrics: Metrics,
     overrides: Arc<OverrideControl>,
     fill: Arc<Fill>,
-    auth: ArcSwap<AdminAuth>,
+    settings: ArcSwap<AdminSettings>,
 }
 
-/// Who may change the box and what a push may be; swapped whole on SIGHUP.
+/// Who may change the box, what a push may be, and what readiness depends on from the
+/// configuration; swapped whole on SIGHUP.
 #[derive(Debug, Clone)]
-pub struct AdminAuth {
+pub struct AdminSettings {
     /// The bearer token of mutating calls.
     pub token: AdminToken,
     /// When set, pushed manifests must carry a valid `X-Tidecache-Signature`.
     pub hmac_key: Option<Vec<u8>>,
     /// Largest manifest accepted; bigger pushes get 413.
     pub max_manifest_size: usize,
+    /// `schedule.during_fill = "serve"`: viewers are served while filling, so the box stays
+    /// ready through a fill.
+    pub serves_while_filling: bool,
 }
 
 /// The body of `POST /v1/mode`.
@@ -93,7 +97,7 @@ impl Admin {
         metrics: Metrics,
         overrides: Arc<OverrideControl>,
         fill: Arc<Fill>,
-        auth: AdminAuth,
+        settings: AdminSettings,
     ) -> Admin {
         Admin {
             stores,
@@ -101,13 +105,13 @@ impl Admin {
             metrics,
             overrides,
             fill,
-            auth: ArcSwap::from_pointee(auth),
+            settings: ArcSwap::from_pointee(settings),
         }
     }
 
-    /// Applies a new token, signing key and manifest size limit (SIGHUP).
-    pub fn reload(&self, auth: AdminAuth) {
-        self.auth.store(Arc::new(auth));
+    /// Applies a new token, signing key, manifest size limit and fill behaviour (SIGHUP).
+    pub fn reload(&self, settings: AdminSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// The current status document.
@@ -167,7 +171,7 @@ impl Admin {
             }
             _ => {
                 let mut status = self.status();
-                if self.auth.load().token.check(request.headers()).is_err() {
+                if self.settings.load().token.check(request.headers()).is_err() {
                     status.fill = status.fill.for_anyone();
                 }
                 json(StatusCode::OK, &status)
@@ -186,16 +190,45 @@ impl Admin {
         }
     }
 
-    /// Why viewers should not be sent here now, if they should not.
-    fn not_ready(&self) -> Option<&'static str> {
+    /// Why viewers should not be sent here now, if they should not: the mode (unless
+    /// `during_fill = "serve"`), no usable store, or content never held yet (a new box).
+    /// A new manifest alone never makes a serving box unready: content is a latch
+    /// ([`Stocked`](crate::fill::stocked::Stocked)).
+    fn not_ready(&self) -> Option<String> {
         let mode = self.mode.borrow().mode;
-        if mode != Mode::Serving {
-            Some(mode.as_str())
+        if mode != Mode::Serving && !self.settings.load().serves_while_filling {
+            Some(mode.as_str().to_owned())
         } else if !self.stores.any_usable() {
-            Some("no store is usable")
+            Some("no store is usable".to_owned())
+        } else if !self.fill.stocked().is_set() {
+            Some(self.no_content())
         } else {
             None
         }
+    }
+
+    /// Why a box that never held its content is not ready, with how far it is.
+    fn no_content(&self) -> String {
+        let Some(accepted) = self.fill.manifest() else {
+            return "no content: no manifest has been accepted yet".to_owned();
+        };
+        let share = self.fill.stocked().ready_share();
+        let progress = self.fill.status();
+        let held = if progress.manifest_id.as_deref() == Some(accepted.manifest.id.as_str())
+            && progress.bytes_total > 0
+        {
+            format!(
+                "holds {:.1} % of its bytes",
+                progress.bytes_done as f64 * 100.0 / progress.bytes_total as f64
+            )
+        } else {
+            "no pass toward it has run yet".to_owned()
+        };
+        format!(
+            "no content: manifest {} not filled yet ({held}); ready after a fill pass without failures or at {:.1} % (fill.ready_share)",
+            accepted.manifest.id,
+            share * 100.0
+        )
     }
 
     /// The metrics text, with the gauges that mirror the mode, stores, readiness, manifest
@@ -217,6 +250,7 @@ impl Admin {
             stores: &stores,
             open_files: self.stores.open_files_cached(),
             ready: self.not_ready().is_none(),
+            content_held: self.fill.stocked().is_set(),
             manifest_accepted_at: self
                 .fill
                 .manifest()
@@ -272,7 +306,7 @@ impl Admin {
         if let Some(refusal) = self.refusal(&request) {
             return refusal;
         }
-        let auth = self.auth.load_full();
+        let auth = self.settings.load_full();
         let limit = auth.max_manifest_size;
         let declared = request
             .headers()
@@ -321,7 +355,7 @@ impl Admin {
     /// The refusal of a mutating call without the right token (401, or 403 when no token is
     /// configured); `None` when the token is right.
     fn refusal<B>(&self, request: &Request<B>) -> Option<Response<ObjectBody>> {
-        let err = self.auth.load().token.check(request.headers()).err()?;
+        let err = self.settings.load().token.check(request.headers()).err()?;
         if err != AuthError::NotConfigured {
             self.metrics.admin_auth_failures.inc();
         }

@@ -353,6 +353,9 @@ pub struct FillConfig {
     pub ca_file: Option<PathBuf>,
     /// Directories `file://` sources may be read from (symlinks resolved); empty: none.
     pub file_roots: Vec<PathBuf>,
+    /// Share of the manifest's bytes a box must hold before `/readyz` first says ready, when
+    /// no fill pass has yet completed without a failure (0 < share <= 1).
+    pub ready_share: f64,
 }
 
 impl Default for FillConfig {
@@ -367,6 +370,7 @@ impl Default for FillConfig {
             max_manifest_size: ByteSize(256 * 1024 * 1024),
             ca_file: None,
             file_roots: Vec::new(),
+            ready_share: 0.95,
         }
     }
 }
@@ -518,6 +522,12 @@ impl Config {
                 "must be between 1 and 1024",
             ));
         }
+        if !(self.fill.ready_share > 0.0 && self.fill.ready_share <= 1.0) {
+            return Err(ConfigError::invalid(
+                "fill.ready_share",
+                "must be a share of the manifest's bytes, above 0 and at most 1 (0.95 = 95 %)",
+            ));
+        }
         if let Some(root) = self.fill.file_roots.iter().find(|root| !root.is_absolute()) {
             // A relative root would be taken from the daemon's working directory (`/` under
             // systemd), and an empty one fences nothing.
@@ -558,6 +568,20 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_share_is_a_share_above_zero() {
+        for bad in ["0", "0.0", "-0.5", "1.5", "nan", "inf"] {
+            let err = Config::parse(&format!("[fill]\nready_share = {bad}\n")).unwrap_err();
+            assert!(
+                err.to_string().starts_with("fill.ready_share:"),
+                "{bad}: {err}"
+            );
+        }
+        let config = Config::parse("[fill]\nready_share = 0.5\n").unwrap();
+        assert_eq!(config.fill.ready_share, 0.5);
+        assert_eq!(Config::default().fill.ready_share, 0.95);
+    }
 
     #[test]
     fn file_roots_must_be_absolute() {

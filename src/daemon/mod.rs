@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::fill::Fill;
-use crate::fill::engine::{Engine, EngineSettings};
+use crate::fill::engine::{Engine, EngineSettings, latch_if_stores_hold_content};
 use crate::fill::fetch::Fetcher;
 use crate::fill::file_roots::FileRoots;
 use crate::fill::rate::RateLimiter;
@@ -105,6 +105,10 @@ impl Daemon {
         );
         let fill = Arc::new(Fill::load(&config.state_dir));
         fill.set_file_roots(FileRoots::resolve(&config.fill.file_roots));
+        fill.stocked().set_ready_share(config.fill.ready_share);
+        // Before anything answers /readyz: a box upgraded from a version without the latch
+        // must not be withdrawn for lack of it.
+        latch_if_stores_hold_content(Arc::clone(&fill), Arc::clone(&stores)).await;
         let (scheduler, handles) = Scheduler::start(
             plan,
             Arc::clone(&clock),
@@ -149,7 +153,7 @@ impl Daemon {
             metrics.clone(),
             Arc::clone(&overrides),
             Arc::clone(&fill),
-            files.auth,
+            files.admin,
         ));
         let admin_listener = admin_listener(sockets.admin, &admin, &limits, finished)?;
         let rate = Arc::new(RateLimiter::new(config.fill.max_rate.bytes_per_sec));
@@ -248,7 +252,7 @@ impl Daemon {
         self.live
             .viewer
             .reload(ViewerSettings::from_config(config).with_signing_key(files.signing_key));
-        self.live.admin.reload(files.auth);
+        self.live.admin.reload(files.admin);
         self.live
             .limits
             .store(Arc::new(settings::connection_limits(config)));
@@ -266,6 +270,7 @@ impl Daemon {
         self.live.rate.set_rate(config.fill.max_rate.bytes_per_sec);
         self.fill
             .set_file_roots(FileRoots::resolve(&config.fill.file_roots));
+        self.fill.stocked().set_ready_share(config.fill.ready_share);
         *running = config.clone();
         for key in &needs_restart {
             tracing::warn!(key, "changed, but only takes effect after a restart");

@@ -3,10 +3,10 @@
 //! a reload before anything has changed.
 
 use super::error::StartError;
-use crate::admin::AdminAuth;
+use crate::admin::AdminSettings;
 use crate::admin::auth::AdminToken;
 use crate::config::key_file::{MIN_HMAC_KEY_LEN, MIN_SIGNING_KEY_LEN, read_key};
-use crate::config::{Config, HttpsConfig};
+use crate::config::{Config, DuringFill, HttpsConfig};
 use crate::fill::engine::EngineSettings;
 use crate::http::ConnectionLimits;
 use crate::http::tls::{Resumption, ViewerTls};
@@ -16,8 +16,8 @@ use crate::schedule::Plan;
 pub(super) struct FilesRead {
     /// The viewer TLS settings, when HTTPS listeners are configured.
     pub tls: Option<ViewerTls>,
-    /// The admin token, manifest HMAC key and push limit.
-    pub auth: AdminAuth,
+    /// The admin token, manifest HMAC key, push limit and readiness settings.
+    pub admin: AdminSettings,
     /// The signed-URL key, if configured.
     pub signing_key: Option<Vec<u8>>,
 }
@@ -36,7 +36,7 @@ impl FilesRead {
         };
         Ok(FilesRead {
             tls,
-            auth: admin_auth(config)?,
+            admin: admin_settings(config)?,
             signing_key: signing_key(config)?,
         })
     }
@@ -170,8 +170,9 @@ fn signing_key(config: &Config) -> Result<Option<Vec<u8>>, StartError> {
         .map_err(|err| StartError::config("http.url_signing_key_file", err))
 }
 
-/// The admin token, manifest HMAC key and push limit, read from their files.
-fn admin_auth(config: &Config) -> Result<AdminAuth, StartError> {
+/// The admin token, manifest HMAC key and push limit, read from their files, and what
+/// readiness needs of the configuration.
+fn admin_settings(config: &Config) -> Result<AdminSettings, StartError> {
     let token = AdminToken::load(config.admin.token_file.as_deref())
         .map_err(|err| StartError::config("admin.token_file", err))?;
     let hmac_key = config
@@ -181,10 +182,11 @@ fn admin_auth(config: &Config) -> Result<AdminAuth, StartError> {
         .map(|path| read_key(path, MIN_HMAC_KEY_LEN))
         .transpose()
         .map_err(|err| StartError::config("admin.hmac_key_file", err))?;
-    Ok(AdminAuth {
+    Ok(AdminSettings {
         token,
         hmac_key,
         max_manifest_size: config.fill.max_manifest_size.0 as usize,
+        serves_while_filling: config.schedule.during_fill == DuringFill::Serve,
     })
 }
 

@@ -20,9 +20,10 @@ use tokio::task::JoinSet;
 
 use super::fetch::{FetchError, Fetcher};
 use super::manifest::{Manifest, ManifestObject};
-use super::plan::{FillPlan, plan};
+use super::plan::{FillPlan, held_bytes, plan};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
+use super::stocked::holds_enough;
 use super::{AcceptedManifest, Fill};
 use crate::config::ManifestUrl;
 use crate::metrics::Metrics;
@@ -273,6 +274,7 @@ impl Engine {
                 let work = self.plan_fetches(manifest);
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
+                self.note_content(false).await;
                 self.transfer_all(work.fetches, manifests, stop).await
             }
         };
@@ -300,7 +302,36 @@ impl Engine {
             report
         });
         log_report(&report);
+        if matches!(end, PassEnd::Done) {
+            self.note_content(true).await;
+        }
         end
+    }
+
+    /// Sets the [`Stocked`](super::stocked::Stocked) latch once the box holds its content:
+    /// a pass completed without a failure, or `fill.ready_share` of the manifest's bytes held.
+    async fn note_content(&self, pass_complete: bool) {
+        let stocked = self.fill.stocked();
+        if stocked.is_set() {
+            return;
+        }
+        let share = stocked.ready_share();
+        let why = self.fill.with_progress(|progress| {
+            let id = progress.manifest_id.clone().unwrap_or_default();
+            if pass_complete && progress.objects_failed == 0 {
+                Some(format!("a fill pass toward manifest {id} completed"))
+            } else if holds_enough(progress.bytes_done, progress.bytes_total, share) {
+                Some(format!(
+                    "holds {} of {} bytes of manifest {id} (fill.ready_share = {share})",
+                    progress.bytes_done, progress.bytes_total
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some(why) = why {
+            stocked.set(why).await;
+        }
     }
 
     /// Deletes what the manifest no longer lists (and damaged objects it dropped), a batch
@@ -463,6 +494,7 @@ impl Engine {
                             stored += 1;
                         }
                         self.record(&path, outcome);
+                        self.note_content(false).await;
                     }
                 }
                 _ = self.mode.changed(), if winding_down.is_none() => {
@@ -537,6 +569,35 @@ impl Engine {
             }
             TransferOutcome::Paused => {}
         }
+    }
+}
+
+/// At start, for a box that has no [`Stocked`](super::stocked::Stocked) latch saved but a
+/// manifest in force (one filled by a version without the latch, or whose save failed): sets
+/// the latch when the stores already hold `fill.ready_share` of that manifest's bytes, so an
+/// upgrade or a restart does not withdraw a box that holds its content.
+pub async fn latch_if_stores_hold_content(fill: Arc<Fill>, stores: Arc<Stores>) {
+    let Some(accepted) = fill.manifest() else {
+        return;
+    };
+    if fill.stocked().is_set() {
+        return;
+    }
+    let share = fill.stocked().ready_share();
+    let manifest = Arc::clone(&accepted);
+    let held = tokio::task::spawn_blocking(move || {
+        held_bytes(&manifest.manifest, &stores.snapshot(), &stores.damaged())
+    })
+    .await
+    .unwrap_or(0);
+    let total = accepted.manifest.total_bytes;
+    if holds_enough(held, total, share) {
+        let id = &accepted.manifest.id;
+        fill.stocked()
+            .set(format!(
+                "the stores hold {held} of {total} bytes of manifest {id} at start (fill.ready_share = {share})"
+            ))
+            .await;
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`fetch`]: downloads over HTTP(S) (hyper + rustls) or from local files, with resume.
 //! - [`rate`]: the global `fill.max_rate` pacing.
 //! - [`progress`]: status counters and the end-of-pass report.
+//! - [`stocked`]: whether the box has held its content once (readiness).
 //! - [`engine`]: the task that runs passes while the mode is filling.
 //! - [`build`]: the origin side, `tidecache manifest build`.
 //! - this file: the [`Fill`] handle the admin API and the daemon share, and the manifest in
@@ -21,6 +22,7 @@ pub mod manifest;
 pub mod plan;
 pub mod progress;
 pub mod rate;
+pub mod stocked;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,7 @@ use tokio::sync::watch;
 
 use manifest::{Manifest, ManifestError};
 use progress::{FillStatus, Progress};
+use stocked::Stocked;
 
 /// A manifest that was accepted, with when.
 #[derive(Debug, Clone)]
@@ -93,6 +96,8 @@ pub struct Fill {
     accepting: tokio::sync::Mutex<()>,
     /// Where `file://` sources may be read from; swapped on reload.
     file_roots: ArcSwap<FileRoots>,
+    /// Whether the box has held its content once.
+    stocked: Stocked,
 }
 
 impl Fill {
@@ -135,6 +140,7 @@ impl Fill {
             progress: Mutex::new(progress),
             accepting: tokio::sync::Mutex::new(()),
             file_roots: ArcSwap::from_pointee(FileRoots::default()),
+            stocked: Stocked::load(state_dir),
         }
     }
 
@@ -179,6 +185,12 @@ impl Fill {
         tracing::info!(id = %summary.id, objects = summary.objects, bytes = summary.bytes, "manifest accepted");
         self.manifest.send_replace(Some(accepted));
         Ok(summary)
+    }
+
+    /// Whether the box has held its content once (a pass completed, or `fill.ready_share`
+    /// of a manifest's bytes held): until then `/readyz` says "no content".
+    pub fn stocked(&self) -> &Stocked {
+        &self.stocked
     }
 
     /// The manifest in force, if any.

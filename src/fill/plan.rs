@@ -20,6 +20,27 @@ pub struct FillPlan {
     pub no_room: Vec<ManifestObject>,
 }
 
+/// The bytes of `manifest` the stores hold with the right size and sha256, undamaged: what a
+/// restarted box already has of the manifest in force.
+pub fn held_bytes(
+    manifest: &Manifest,
+    index: &HashMap<String, ObjectMeta>,
+    damaged: &HashSet<String>,
+) -> u64 {
+    manifest
+        .objects
+        .iter()
+        .filter(|object| {
+            index.get(&object.path).is_some_and(|meta| {
+                meta.size == object.size
+                    && meta.sha256 == object.sha256
+                    && !damaged.contains(&object.path)
+            })
+        })
+        .map(|object| object.size)
+        .sum()
+}
+
 /// Plans a pass: delete what left the manifest (damaged or not); fetch what is missing,
 /// differs from the manifest, or was found `damaged` while serving, in descending priority;
 /// and, when `room` bytes cannot hold every fetch, leave out the lowest-priority ones.

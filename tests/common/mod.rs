@@ -149,8 +149,11 @@ pub fn seed(config: &Config, objects: &[(&str, &[u8])]) {
     seed_all(config, objects);
 }
 
-/// [`seed`] for owned or mixed (path, bytes) pairs.
+/// [`seed`] for owned or mixed (path, bytes) pairs. Seeding stands for a fill that completed,
+/// so the box is also marked as holding its content (the latch `/readyz` waits for).
 pub fn seed_all<P: AsRef<str>, D: AsRef<[u8]>>(config: &Config, objects: &[(P, D)]) {
+    std::fs::create_dir_all(&config.state_dir).expect("state directory");
+    std::fs::write(config.state_dir.join("stocked"), b"seeded by a test\n").expect("latch");
     let stores = Arc::new(Stores::load(&config.stores));
     for (path, data) in objects {
         let (path, data) = (path.as_ref(), data.as_ref());
