@@ -103,6 +103,24 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// For packagers: write the man pages (tidecache.1, one per command) or the bash, zsh and
+    /// fish completions, generated from these very definitions, into DIR.
+    Generate {
+        /// `man` or `completions`.
+        #[arg(value_enum)]
+        what: GenerateArg,
+        /// The directory to write into (created when missing).
+        dir: PathBuf,
+    },
+}
+
+/// What `tidecache generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerateArg {
+    /// Man pages, section 1.
+    Man,
+    /// Shell completions: `tidecache.bash`, `_tidecache` (zsh), `tidecache.fish`.
+    Completions,
 }
 
 /// `tidecache manifest ...`.
@@ -218,6 +236,7 @@ pub fn main() -> ExitCode {
             Err(err) => fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
         },
         Command::Demo => run_demo(),
+        Command::Generate { what, dir } => generate(what, &dir),
         Command::SignUrl {
             path,
             expires,
@@ -559,6 +578,24 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
 }
 
 /// Prints one readable error line and returns the exit code.
+/// Writes the man pages or completions into `dir`.
+fn generate(what: GenerateArg, dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let written = std::fs::create_dir_all(dir).and_then(|()| match what {
+        GenerateArg::Man => clap_mangen::generate_to(Cli::command(), dir),
+        GenerateArg::Completions => [Shell::Bash, Shell::Zsh, Shell::Fish]
+            .into_iter()
+            .try_for_each(|shell| {
+                clap_complete::generate_to(shell, &mut Cli::command(), "tidecache", dir).map(drop)
+            }),
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, &format!("{}: {err}", dir.display())),
+    }
+}
+
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("tidecache: error: {message}");
     ExitCode::from(code)
