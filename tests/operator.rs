@@ -293,7 +293,7 @@ fn the_systemd_unit_has_what_an_appliance_needs() {
         "StateDirectory=tidecache",
         "PrivateTmp=yes",
         "LimitNOFILE=",
-        "ExecStartPre=/usr/local/bin/tidecache check-config",
+        "ExecStartPre=/usr/bin/tidecache check-config",
     ] {
         assert!(unit.lines().any(|l| l.starts_with(line)), "missing {line}");
     }
@@ -315,7 +315,7 @@ fn the_systemd_unit_has_what_an_appliance_needs() {
         let complaints = String::from_utf8_lossy(&output.stderr);
         for complaint in complaints.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
-                complaint.contains("/usr/local/bin/tidecache")
+                complaint.contains("/usr/bin/tidecache")
                     && complaint.contains("not executable"),
                 "systemd-analyze: {complaint}"
             );
