@@ -315,8 +315,7 @@ fn the_systemd_unit_has_what_an_appliance_needs() {
         let complaints = String::from_utf8_lossy(&output.stderr);
         for complaint in complaints.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
-                complaint.contains("/usr/bin/tidecache")
-                    && complaint.contains("not executable"),
+                complaint.contains("/usr/bin/tidecache") && complaint.contains("not executable"),
                 "systemd-analyze: {complaint}"
             );
         }
