@@ -7,6 +7,16 @@ use std::path::Path;
 
 /// Replaces `path` with `contents` atomically and durably.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomically_with(path, |file| file.write_all(contents))
+}
+
+/// Replaces `path` with what `write` writes (buffered, so it may write in small pieces)
+/// atomically and durably: a temp file beside it, fsynced, renamed over it, the directory
+/// fsynced. On any error the temp file is removed and `path` is as it was.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -17,8 +27,10 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut temp_name = file_name.to_owned();
     temp_name.push(".tmp");
     let temp = dir.join(temp_name);
-    let mut file = File::create(&temp)?;
-    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    let mut writer = io::BufWriter::with_capacity(256 * 1024, File::create(&temp)?);
+    let written = write(&mut writer)
+        .and_then(|()| writer.into_inner().map_err(io::IntoInnerError::into_error))
+        .and_then(|file| file.sync_all());
     if let Err(err) = written {
         let _ = std::fs::remove_file(&temp);
         return Err(err);

@@ -20,7 +20,11 @@ async fn status(daemon: &Daemon) -> serde_json::Value {
 
 /// Pushes `body` (through the fill handle, as PUT /v1/manifest does), fills until done.
 async fn fill(daemon: &Daemon, body: String, id: &str) -> serde_json::Value {
-    daemon.fill().accept(body.into()).await.unwrap();
+    daemon
+        .fill()
+        .accept(tidecache::fill::Received::Bytes(body.into()), u64::MAX)
+        .await
+        .unwrap();
     fill_until_done(daemon, id).await
 }
 

@@ -549,7 +549,7 @@ async fn manifest_build_and_push_from_the_cli_fill_from_local_files() {
     };
     assert_eq!(build.status.code(), Some(0), "{build:?}");
     let built = tidecache::fill::manifest::parse(&std::fs::read(&manifest_file).unwrap()).unwrap();
-    assert_eq!(built.objects.len(), 3);
+    assert_eq!(built.len(), 3);
 
     let admin = format!("http://{}", fill.daemon.admin_addr);
     let push = tokio::task::spawn_blocking(move || {

@@ -22,8 +22,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::fill::manifest::ManifestError;
 use crate::fill::progress::{FillState, FillStatus};
-use crate::fill::{AcceptError, Fill, ManifestSummary, signature_is_valid};
+use crate::fill::{AcceptError, Fill, ManifestSummary, Received, SignatureCheck};
 use crate::metrics::{LastPass, Metrics, Snapshot};
 use crate::schedule::{Mode, ModeState, Override, OverrideControl};
 use crate::serve::body::ObjectBody;
@@ -319,31 +320,59 @@ impl Admin {
                 &format!("manifest over fill.max_manifest_size ({limit} bytes)"),
             );
         }
+        let encoding = request
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|value| value.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+        if let Some(other) = encoding.filter(|value| value != "gzip" && value != "identity") {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("Content-Encoding {other:?}: a manifest is sent as is or gzip"),
+            );
+        }
         let signature = request
             .headers()
             .get("x-tidecache-signature")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        let what = "manifest (fill.max_manifest_size)";
-        let body = match read_body(request.into_body(), limit, what).await {
-            Ok(body) => body,
-            Err((status, message)) => return error(status, &message),
+        let spool = self.fill.spool_file();
+        let received =
+            spool_body(request.into_body(), &spool, limit, auth.hmac_key.as_deref()).await;
+        let signed = |check: Option<SignatureCheck>| {
+            check.is_none_or(|check| check.verify(signature.as_deref()))
         };
-        if let Some(key) = &auth.hmac_key {
-            if !signature_is_valid(key, &body, signature.as_deref()) {
+        let answer = match received.map(signed) {
+            Err((status, message)) => error(status, &message),
+            Ok(false) => {
                 self.metrics.admin_auth_failures.inc();
                 tracing::warn!("manifest refused: missing or wrong X-Tidecache-Signature");
-                return error(
+                error(
                     StatusCode::UNAUTHORIZED,
                     "missing or wrong X-Tidecache-Signature (sha256=<hex HMAC-SHA256 of the body>)",
-                );
+                )
             }
-        }
-        match self.fill.accept(body).await {
+            Ok(true) => {
+                self.accept(Received::File(spool.clone()), limit as u64)
+                    .await
+            }
+        };
+        let _ = tokio::fs::remove_file(&spool).await;
+        answer
+    }
+
+    /// Accepts a received manifest and answers: 202, or why not (400 invalid, 409 a delta
+    /// on another base, 413 too large once decompressed, 500 not saved).
+    async fn accept(&self, received: Received, limit: u64) -> Response<ObjectBody> {
+        match self.fill.accept(received, limit).await {
             Ok(summary) => json(StatusCode::ACCEPTED, &summary),
             Err(AcceptError::Invalid(err)) => {
                 tracing::warn!(error = %err, "manifest refused; the one in force stays");
-                error(StatusCode::BAD_REQUEST, &err.to_string())
+                let status = match err {
+                    ManifestError::WrongBase { .. } => StatusCode::CONFLICT,
+                    ManifestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                error(status, &err.to_string())
             }
             Err(err @ AcceptError::Save(_)) => {
                 tracing::error!(error = %err, "manifest not saved; the one in force stays");
@@ -388,6 +417,47 @@ impl Handler for Admin {
 
 /// Reads a request body of at most `limit` bytes: 413 beyond it, 400 when the client breaks
 /// off.
+/// Writes a pushed body to `spool` as it arrives (never holding it whole), at most `limit`
+/// bytes, computing its HMAC under `hmac_key` when one is configured.
+async fn spool_body(
+    mut body: Incoming,
+    spool: &std::path::Path,
+    limit: usize,
+    hmac_key: Option<&[u8]>,
+) -> Result<Option<SignatureCheck>, (StatusCode, String)> {
+    use tokio::io::AsyncWriteExt;
+    let unsaved = |err: std::io::Error| {
+        tracing::error!(error = %err, "cannot spool a pushed manifest");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot spool the manifest: {err}"),
+        )
+    };
+    let mut file = tokio::fs::File::create(spool).await.map_err(unsaved)?;
+    let mut check = hmac_key.map(SignatureCheck::new);
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|err| (StatusCode::BAD_REQUEST, format!("reading body: {err}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > limit {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("manifest (fill.max_manifest_size) over {limit} bytes"),
+            ));
+        }
+        if let Some(check) = &mut check {
+            check.update(&data);
+        }
+        file.write_all(&data).await.map_err(unsaved)?;
+    }
+    file.flush().await.map_err(unsaved)?;
+    Ok(check)
+}
+
 async fn read_body(
     body: Incoming,
     limit: usize,

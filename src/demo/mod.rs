@@ -76,7 +76,10 @@ pub async fn run() -> Result<(), DemoError> {
     let manifest = manifest(&format!("http://{origin}/"));
     let summary = daemon
         .fill()
-        .accept(Bytes::from(manifest))
+        .accept(
+            crate::fill::Received::Bytes(Bytes::from(manifest)),
+            u64::MAX,
+        )
         .await
         .map_err(|err| DemoError::Fill(err.to_string()))?;
     println!(
@@ -245,7 +248,7 @@ mod tests {
     fn the_embedded_title_is_a_valid_manifest_of_real_segments() {
         let parsed =
             crate::fill::manifest::parse(manifest("http://127.0.0.1:1/").as_bytes()).unwrap();
-        assert_eq!(parsed.objects.len(), TITLE.len());
+        assert_eq!(parsed.len(), TITLE.len());
         for (path, data) in TITLE {
             if path.ends_with(".ts") {
                 assert_eq!(data.len() % 188, 0, "{path}: whole TS packets");

@@ -187,10 +187,10 @@ mod tests {
         std::fs::write(dir.path().join("t/1080p/seg_1.m4s"), b"test").unwrap();
         let text = build(dir.path(), "https://origin.example/content/", false).unwrap();
         let manifest = crate::fill::manifest::parse(text.as_bytes()).unwrap();
-        let paths: Vec<&str> = manifest.objects.iter().map(|o| o.path.as_str()).collect();
+        let paths: Vec<&str> = manifest.iter().map(|o| o.path).collect();
         assert_eq!(paths, ["t/1080p/seg_1.m4s", "t/master.m3u8"]);
         assert_eq!(
-            crate::store::hex(&manifest.objects[0].sha256),
+            crate::store::hex(&manifest.get(0).sha256),
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         );
     }

@@ -24,7 +24,7 @@ use super::plan::{FillPlan, held_bytes, plan};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
 use super::stocked::holds_enough;
-use super::{AcceptedManifest, Fill};
+use super::{AcceptedManifest, Fill, Received};
 use crate::config::ManifestUrl;
 use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState};
@@ -232,15 +232,17 @@ impl Engine {
         let url = self.settings.manifest_url.to_url();
         match fetched {
             Ok(None) => tracing::info!(url, "pulled manifest unchanged"),
-            Ok(Some((body, etag))) => match self.fill.accept(body).await {
-                Ok(summary) => {
-                    tracing::info!(url, id = %summary.id, "pulled a new manifest");
-                    self.pulled_etag = etag;
+            Ok(Some((body, etag))) => {
+                match self.fill.accept(Received::Bytes(body), limit as u64).await {
+                    Ok(summary) => {
+                        tracing::info!(url, id = %summary.id, "pulled a new manifest");
+                        self.pulled_etag = etag;
+                    }
+                    Err(err) => {
+                        tracing::error!(url, error = %err, "pulled manifest refused; the one in force stays")
+                    }
                 }
-                Err(err) => {
-                    tracing::error!(url, error = %err, "pulled manifest refused; the one in force stays")
-                }
-            },
+            }
             Err(err) => {
                 tracing::warn!(url, error = %err, "cannot pull the manifest; using the one in force")
             }
@@ -259,7 +261,7 @@ impl Engine {
         let manifest = &accepted.manifest;
         let started = Instant::now();
         let started_at = Timestamp::now();
-        tracing::info!(id = %manifest.id, objects = manifest.objects.len(), bytes = manifest.total_bytes, "fill pass starting");
+        tracing::info!(id = %manifest.id, objects = manifest.len(), bytes = manifest.total_bytes, "fill pass starting");
         let (deleted, interrupted) = self.delete_dropped(manifest, manifests, stop).await;
         let mut counts = PassCounts {
             already_present: 0,
@@ -275,7 +277,8 @@ impl Engine {
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
                 self.note_content(false).await;
-                self.transfer_all(work.fetches, manifests, stop).await
+                self.transfer_all(accepted, work.fetches, manifests, stop)
+                    .await
             }
         };
         self.flush_index().await;
@@ -401,7 +404,10 @@ impl Engine {
         let keep: HashSet<String> = work
             .fetches
             .iter()
-            .map(|object| partial_name(&object.path, &object.sha256))
+            .map(|&index| {
+                let object = manifest.get(index);
+                partial_name(object.path, &object.sha256)
+            })
             .collect();
         let stale = self.stores.clean_partials(&keep);
         if stale > 0 {
@@ -410,7 +416,7 @@ impl Engine {
         self.fill.with_progress(|progress| {
             progress.state = FillState::Running;
             progress.manifest_id = Some(manifest.id.clone());
-            progress.objects_total = manifest.objects.len() as u64;
+            progress.objects_total = manifest.len() as u64;
             progress.objects_done = work.present;
             progress.objects_failed = 0;
             progress.bytes_total = manifest.total_bytes;
@@ -418,9 +424,10 @@ impl Engine {
             progress.bytes_fetched = 0;
             progress.failures.clear();
             progress.more_failures = 0;
-            for object in &work.no_room {
+            for &index in &work.no_room {
+                let object = manifest.get(index);
                 progress.fail(
-                    &object.path,
+                    object.path,
                     format!("no room: {} bytes do not fit in what is left", object.size),
                 );
             }
@@ -438,7 +445,8 @@ impl Engine {
     /// Returns how the pass ended and how many objects were stored.
     async fn transfer_all(
         &mut self,
-        fetches: Vec<ManifestObject>,
+        accepted: &Arc<AcceptedManifest>,
+        fetches: Vec<usize>,
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
         stop: &mut Shutdown,
     ) -> (PassEnd, u64) {
@@ -453,7 +461,9 @@ impl Engine {
             retry_base: self.settings.retry_base,
             cancel: cancel_signal,
         };
-        let mut queue: VecDeque<ManifestObject> = fetches.into();
+        // Positions in the manifest: an object is copied out of its compact form only when
+        // its transfer starts.
+        let mut queue: VecDeque<usize> = fetches.into();
         let mut transfers = JoinSet::new();
         let mut stored = 0u64;
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
@@ -473,9 +483,10 @@ impl Engine {
                 }
             }
             while winding_down.is_none() && transfers.len() < self.settings.concurrency.max(1) {
-                let Some(object) = queue.pop_front() else {
+                let Some(index) = queue.pop_front() else {
                     break;
                 };
+                let object = accepted.manifest.get(index).to_owned();
                 transfers.spawn(transfer(context.clone(), object));
             }
             if transfers.is_empty() {

@@ -69,9 +69,9 @@ impl FileRoots {
     /// Checks every `file://` source of `manifest`; the error names the first object whose
     /// source is outside.
     pub fn check_manifest(&self, manifest: &Manifest) -> Result<(), String> {
-        for object in &manifest.objects {
-            if let Source::File(path) = &object.source {
-                self.confine(path)
+        for object in manifest.iter().filter(|object| object.is_file_source()) {
+            if let Source::File(path) = object.source() {
+                self.confine(&path)
                     .map_err(|err| format!("objects[{:?}]: {err}", object.path))?;
             }
         }

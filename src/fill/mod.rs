@@ -69,7 +69,7 @@ impl AcceptedManifest {
     pub fn summary(&self) -> ManifestSummary {
         ManifestSummary {
             id: self.manifest.id.clone(),
-            objects: self.manifest.objects.len(),
+            objects: self.manifest.len(),
             bytes: self.manifest.total_bytes,
             accepted_at: self.accepted_at.to_string(),
         }
@@ -87,6 +87,78 @@ pub enum AcceptError {
     Save(std::io::Error),
 }
 
+/// The binary saved form of the manifest in force, in `state_dir`.
+const SAVED_MANIFEST: &str = "manifest.bin";
+/// Where versions before the binary form saved the manifest in force (its JSON as pushed).
+const LEGACY_MANIFEST: &str = "manifest.json";
+/// How spooled pushes are named in `state_dir`; leftovers of a crash go at the next start.
+const SPOOL_PREFIX: &str = "manifest.incoming.";
+
+/// A manifest as received.
+#[derive(Debug)]
+pub enum Received {
+    /// Held in memory (a pull, the demo).
+    Bytes(Bytes),
+    /// Spooled to a file as it arrived (a push), so its text is never held whole.
+    File(PathBuf),
+}
+
+/// The saved manifest in force and when it was accepted (the file's time), or the one an
+/// earlier version saved as JSON, converted to the binary form.
+fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp)> {
+    let accepted_at = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|time| Timestamp::try_from(time).ok())
+            .unwrap_or_else(Timestamp::now)
+    };
+    match std::fs::File::open(file) {
+        Ok(opened) => {
+            let mut input = std::io::BufReader::with_capacity(1 << 20, opened);
+            return match Manifest::load_saved(&mut input) {
+                Ok(manifest) => Some((manifest, accepted_at(file))),
+                Err(err) => {
+                    tracing::error!(file = %file.display(), error = %err, "the saved manifest cannot be read; waiting for a new one");
+                    None
+                }
+            };
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::error!(file = %file.display(), error = %err, "cannot read the saved manifest; waiting for a new one");
+            return None;
+        }
+    }
+    let bytes = match std::fs::read(legacy) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(err) => {
+            tracing::error!(file = %legacy.display(), error = %err, "cannot read the saved manifest; waiting for a new one");
+            return None;
+        }
+    };
+    match manifest::parse(&bytes) {
+        Ok(manifest) => {
+            let at = accepted_at(legacy);
+            match crate::durable::write_atomically_with(file, |out| manifest.save(out)) {
+                Ok(()) => {
+                    tracing::info!(from = %legacy.display(), to = %file.display(), "the saved manifest was converted to the binary form");
+                    let _ = std::fs::remove_file(legacy);
+                }
+                Err(err) => {
+                    tracing::warn!(file = %file.display(), error = %err, "cannot save the manifest in the binary form; the JSON stays");
+                }
+            }
+            Some((manifest, at))
+        }
+        Err(err) => {
+            tracing::error!(file = %legacy.display(), error = %err, "the saved manifest is invalid; waiting for a new one");
+            None
+        }
+    }
+}
+
 /// The fill's shared state: the manifest in force and the progress of the fill.
 #[derive(Debug)]
 pub struct Fill {
@@ -101,35 +173,30 @@ pub struct Fill {
 }
 
 impl Fill {
-    /// Loads the manifest in force from `state_dir`, if one was accepted before. A saved
-    /// manifest that no longer validates is reported and set aside, not guessed at.
+    /// Loads the manifest in force from `state_dir`, if one was accepted before: its binary
+    /// saved form, or the JSON an earlier version saved (converted once). A saved manifest
+    /// that no longer reads whole is reported and set aside, not guessed at. Pushes spooled
+    /// when the process stopped are removed.
     pub fn load(state_dir: &Path) -> Fill {
-        let manifest_file = state_dir.join("manifest.json");
-        let accepted = match std::fs::read(&manifest_file) {
-            Ok(bytes) => match manifest::parse(&bytes) {
-                Ok(manifest) => {
-                    let accepted_at = std::fs::metadata(&manifest_file)
-                        .and_then(|meta| meta.modified())
-                        .ok()
-                        .and_then(|time| Timestamp::try_from(time).ok())
-                        .unwrap_or_else(Timestamp::now);
-                    Some(Arc::new(AcceptedManifest {
-                        manifest,
-                        accepted_at,
-                        generation: 1,
-                    }))
-                }
-                Err(err) => {
-                    tracing::error!(file = %manifest_file.display(), error = %err, "the saved manifest is invalid; waiting for a new one");
-                    None
-                }
-            },
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-            Err(err) => {
-                tracing::error!(file = %manifest_file.display(), error = %err, "cannot read the saved manifest; waiting for a new one");
-                None
+        let manifest_file = state_dir.join(SAVED_MANIFEST);
+        for leftover in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
+            if leftover
+                .file_name()
+                .to_string_lossy()
+                .starts_with(SPOOL_PREFIX)
+            {
+                let _ = std::fs::remove_file(leftover.path());
             }
-        };
+        }
+        let accepted = load_saved(&manifest_file, &state_dir.join(LEGACY_MANIFEST)).map(
+            |(manifest, accepted_at)| {
+                Arc::new(AcceptedManifest {
+                    manifest,
+                    accepted_at,
+                    generation: 1,
+                })
+            },
+        );
         let mut progress = Progress::default();
         progress.manifest_id = accepted
             .as_ref()
@@ -144,6 +211,13 @@ impl Fill {
         }
     }
 
+    /// A new file to spool a pushed manifest into as it arrives, beside the saved one;
+    /// the caller removes it once [`Fill::accept`] is done with it.
+    pub fn spool_file(&self) -> PathBuf {
+        let name = format!("{SPOOL_PREFIX}{:016x}", fastrand::u64(..));
+        self.manifest_file.with_file_name(name)
+    }
+
     /// Sets the directories `file://` sources may be read from (start and reload).
     pub fn set_file_roots(&self, roots: FileRoots) {
         self.file_roots.store(Arc::new(roots));
@@ -154,18 +228,36 @@ impl Fill {
         self.file_roots.load_full()
     }
 
-    /// Validates, saves (atomically) and puts a manifest in force. Nothing changes unless
-    /// every step succeeds. A `file://` source outside `fill.file_roots` makes it invalid.
-    pub async fn accept(&self, raw: Bytes) -> Result<ManifestSummary, AcceptError> {
+    /// Validates, saves (atomically) and puts a manifest in force: JSON or NDJSON, gzip or
+    /// not, whole or a delta against the manifest in force, at most `limit` bytes once
+    /// decompressed. Nothing changes unless every step succeeds. A `file://` source outside
+    /// `fill.file_roots` makes it invalid.
+    pub async fn accept(
+        &self,
+        received: Received,
+        limit: u64,
+    ) -> Result<ManifestSummary, AcceptError> {
         let _one_at_a_time = self.accepting.lock().await;
         let file = self.manifest_file.clone();
         let roots = self.file_roots();
+        let in_force = self.manifest();
         let saved = tokio::task::spawn_blocking(move || {
-            let manifest = manifest::parse(&raw)?;
+            let base = in_force.as_ref().map(|accepted| &accepted.manifest);
+            let manifest = match received {
+                Received::Bytes(bytes) => manifest::read(&bytes[..], base, limit)?,
+                Received::File(path) => {
+                    let input = std::fs::File::open(&path).map_err(AcceptError::Save)?;
+                    manifest::read(input, base, limit)?
+                }
+            };
             roots
                 .check_manifest(&manifest)
                 .map_err(ManifestError::Invalid)?;
-            crate::durable::write_atomically(&file, &raw).map_err(AcceptError::Save)?;
+            crate::durable::write_atomically_with(&file, |out| manifest.save(out))
+                .map_err(AcceptError::Save)?;
+            if let Some(dir) = file.parent() {
+                let _ = std::fs::remove_file(dir.join(LEGACY_MANIFEST));
+            }
             Ok::<_, AcceptError>(manifest)
         })
         .await
@@ -220,18 +312,45 @@ impl Fill {
 /// Checks `X-Tidecache-Signature: sha256=<hex>` against the HMAC-SHA256 of `body` under
 /// `key`, in constant time.
 pub fn signature_is_valid(key: &[u8], body: &[u8], header: Option<&str>) -> bool {
-    use hmac::{Hmac, Mac};
-    let Some(hex) = header.and_then(|value| value.trim().strip_prefix("sha256=")) else {
-        return false;
-    };
-    let Some(signature) = crate::store::unhex(hex) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&signature).is_ok()
+    let mut check = SignatureCheck::new(key);
+    check.update(body);
+    check.verify(header)
+}
+
+/// The HMAC-SHA256 of a body that arrives in pieces (a pushed manifest is spooled, never
+/// held whole), checked against its `X-Tidecache-Signature` at the end.
+pub struct SignatureCheck {
+    mac: Option<hmac::Hmac<sha2::Sha256>>,
+}
+
+impl SignatureCheck {
+    /// Starts the HMAC under `key`.
+    pub fn new(key: &[u8]) -> SignatureCheck {
+        use hmac::Mac;
+        SignatureCheck {
+            mac: hmac::Hmac::<sha2::Sha256>::new_from_slice(key).ok(),
+        }
+    }
+
+    /// Adds the next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        use hmac::Mac;
+        if let Some(mac) = &mut self.mac {
+            mac.update(piece);
+        }
+    }
+
+    /// Whether `header` (`sha256=<hex>`) is the HMAC of everything added, in constant time.
+    pub fn verify(self, header: Option<&str>) -> bool {
+        use hmac::Mac;
+        let Some(hex) = header.and_then(|value| value.trim().strip_prefix("sha256=")) else {
+            return false;
+        };
+        let (Some(signature), Some(mac)) = (crate::store::unhex(hex), self.mac) else {
+            return false;
+        };
+        mac.verify_slice(&signature).is_ok()
+    }
 }
 
 /// The `X-Tidecache-Signature` value for `body` under `key` (for `manifest push`).
@@ -270,9 +389,15 @@ mod tests {
         let fill = Fill::load(dir.path());
         assert!(fill.manifest().is_none());
         let good = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": []}"#;
-        fill.accept(Bytes::from_static(good)).await.unwrap();
+        fill.accept(Received::Bytes(Bytes::from_static(good)), u64::MAX)
+            .await
+            .unwrap();
         let bad = br#"{"version": 1, "id": "two", "objects": [{"path": "../x", "size": 1, "sha256": "00"}]}"#;
-        assert!(fill.accept(Bytes::from_static(bad)).await.is_err());
+        assert!(
+            fill.accept(Received::Bytes(Bytes::from_static(bad)), u64::MAX)
+                .await
+                .is_err()
+        );
         assert_eq!(fill.manifest().unwrap().manifest.id, "one");
         let reloaded = Fill::load(dir.path());
         assert_eq!(reloaded.manifest().unwrap().manifest.id, "one");

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::manifest::{Manifest, ManifestObject};
+use super::manifest::Manifest;
 use crate::store::ObjectMeta;
 
 /// The work of one fill pass.
@@ -10,14 +10,16 @@ use crate::store::ObjectMeta;
 pub struct FillPlan {
     /// Stored paths that left the manifest: deleted first, to free space.
     pub deletes: Vec<String>,
-    /// Objects to fetch, highest priority first (ties in manifest order).
-    pub fetches: Vec<ManifestObject>,
+    /// Objects to fetch (their positions in the manifest), highest priority first (ties in
+    /// manifest order).
+    pub fetches: Vec<usize>,
     /// Objects of the manifest already stored with the right size and sha256.
     pub present: u64,
     /// Their bytes.
     pub present_bytes: u64,
-    /// Fetches that do not fit in the room left, lowest priority first out.
-    pub no_room: Vec<ManifestObject>,
+    /// Fetches that do not fit in the room left (positions in the manifest), lowest
+    /// priority first out.
+    pub no_room: Vec<usize>,
 }
 
 /// The bytes of `manifest` the stores hold with the right size and sha256, undamaged: what a
@@ -28,13 +30,12 @@ pub fn held_bytes(
     damaged: &HashSet<String>,
 ) -> u64 {
     manifest
-        .objects
         .iter()
         .filter(|object| {
-            index.get(&object.path).is_some_and(|meta| {
+            index.get(object.path).is_some_and(|meta| {
                 meta.size == object.size
                     && meta.sha256 == object.sha256
-                    && !damaged.contains(&object.path)
+                    && !damaged.contains(object.path)
             })
         })
         .map(|object| object.size)
@@ -53,11 +54,7 @@ pub fn plan(
     damaged: &HashSet<String>,
     free_after_deletes: u64,
 ) -> FillPlan {
-    let wanted: HashSet<&str> = manifest
-        .objects
-        .iter()
-        .map(|object| object.path.as_str())
-        .collect();
+    let wanted: HashSet<&str> = manifest.iter().map(|object| object.path).collect();
     let mut deletes: Vec<String> = index
         .keys()
         .filter(|path| !wanted.contains(path.as_str()))
@@ -68,34 +65,35 @@ pub fn plan(
     let mut present_bytes = 0;
     let mut fetches = Vec::new();
     let mut freed_by_replacing = 0u64;
-    for object in &manifest.objects {
-        match index.get(&object.path) {
+    for object in manifest.iter() {
+        match index.get(object.path) {
             Some(meta)
                 if meta.size == object.size
                     && meta.sha256 == object.sha256
-                    && !damaged.contains(&object.path) =>
+                    && !damaged.contains(object.path) =>
             {
                 present += 1;
                 present_bytes += object.size;
             }
             Some(stale) => {
                 freed_by_replacing += stale.size;
-                fetches.push(object.clone());
+                fetches.push(object.index);
             }
-            None => fetches.push(object.clone()),
+            None => fetches.push(object.index),
         }
     }
     // Stable sort: equal priorities keep manifest order.
-    fetches.sort_by_key(|object| std::cmp::Reverse(object.priority));
+    fetches.sort_by_key(|&index| std::cmp::Reverse(manifest.get(index).priority));
     let mut room = free_after_deletes.saturating_add(freed_by_replacing);
     let mut fitting = Vec::with_capacity(fetches.len());
     let mut no_room = Vec::new();
-    for object in fetches {
-        if object.size <= room {
-            room -= object.size;
-            fitting.push(object);
+    for index in fetches {
+        let size = manifest.get(index).size;
+        if size <= room {
+            room -= size;
+            fitting.push(index);
         } else {
-            no_room.push(object);
+            no_room.push(index);
         }
     }
     FillPlan {
@@ -110,7 +108,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fill::manifest::Source;
+    use crate::fill::manifest::{ManifestObject, Source};
 
     fn object(path: &str, size: u64, fill: u8, priority: i64) -> ManifestObject {
         ManifestObject {
@@ -132,12 +130,14 @@ mod tests {
     }
 
     fn manifest(objects: Vec<ManifestObject>) -> Manifest {
-        let total_bytes = objects.iter().map(|object| object.size).sum();
-        Manifest {
-            id: "m".to_owned(),
-            objects,
-            total_bytes,
-        }
+        Manifest::from_objects("m", objects).unwrap()
+    }
+
+    fn paths<'m>(manifest: &'m Manifest, indexes: &[usize]) -> Vec<&'m str> {
+        indexes
+            .iter()
+            .map(|&index| manifest.get(index).path)
+            .collect()
     }
 
     #[test]
@@ -154,8 +154,7 @@ mod tests {
         ]);
         let plan = plan(&manifest, &index, &HashSet::new(), 1000);
         assert_eq!(plan.deletes, ["gone.ts"]);
-        let fetched: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
-        assert_eq!(fetched, ["changed.ts", "new.ts"]);
+        assert_eq!(paths(&manifest, &plan.fetches), ["changed.ts", "new.ts"]);
         assert_eq!((plan.present, plan.present_bytes), (1, 10));
         assert!(plan.no_room.is_empty());
     }
@@ -183,8 +182,7 @@ mod tests {
             object("d", 1, 1, 100),
         ]);
         let plan = plan(&manifest, &HashMap::new(), &HashSet::new(), 1000);
-        let order: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
-        assert_eq!(order, ["b", "d", "a", "c"]);
+        assert_eq!(paths(&manifest, &plan.fetches), ["b", "d", "a", "c"]);
     }
 
     #[test]
@@ -195,9 +193,8 @@ mod tests {
             object("mid", 40, 1, 5),
         ]);
         let plan = plan(&manifest, &HashMap::new(), &HashSet::new(), 100);
-        let fetched: Vec<&str> = plan.fetches.iter().map(|o| o.path.as_str()).collect();
-        assert_eq!(fetched, ["high", "mid"]);
-        assert_eq!(plan.no_room[0].path, "low");
+        assert_eq!(paths(&manifest, &plan.fetches), ["high", "mid"]);
+        assert_eq!(paths(&manifest, &plan.no_room), ["low"]);
     }
 
     #[test]

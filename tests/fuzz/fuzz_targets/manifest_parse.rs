@@ -5,16 +5,17 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use tidecache::fill::manifest::parse;
+use tidecache::fill::manifest::read;
 use tidecache::object_path::validate;
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Ok(manifest) = parse(bytes) {
+    // JSON, NDJSON or gzip of either, whatever the bytes look like.
+    if let Ok(manifest) = read(bytes, None, 1 << 24) {
         let mut seen = HashSet::new();
         let mut total = 0u64;
-        for object in &manifest.objects {
-            assert_eq!(validate(&object.path), Ok(()));
-            assert!(seen.insert(object.path.clone()));
+        for object in manifest.iter() {
+            assert_eq!(validate(object.path), Ok(()));
+            assert!(seen.insert(object.path.to_owned()));
             total += object.size;
         }
         assert_eq!(total, manifest.total_bytes);
