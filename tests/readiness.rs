@@ -128,7 +128,7 @@ async fn a_pass_with_failures_makes_the_box_ready_only_at_its_share_of_the_bytes
     let (status, body) = readiness(&daemon).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
-        body.contains("holds 90.0 % of its bytes") && body.contains("95.0 %"),
+        body.contains("holds 90000 of 100000 bytes, 90.0 %") && body.contains("95 %"),
         "says how far it is: {body}"
     );
     daemon.shutdown().await;
@@ -202,4 +202,154 @@ async fn a_box_that_serves_while_filling_stays_ready_through_the_fill() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn bytes_in_flight_never_count_and_an_empty_manifest_never_makes_a_box_ready() {
+    // Every object fails: a big one whose bytes are not what the manifest says, sent slowly
+    // so that it is in flight (past fill.ready_share of the bytes) while small ones, also
+    // wrong, keep failing beside it.
+    let origin = Origin::start().await;
+    let big = pattern(2 << 20);
+    let mut claimed = big.clone();
+    claimed[0] ^= 1;
+    origin.put(
+        "big.ts",
+        &big,
+        Fault::Drip {
+            chunk: 64 * 1024,
+            pause: Duration::from_millis(25),
+        },
+    );
+    let mut objects: Vec<(String, Vec<u8>)> = vec![("big.ts".to_owned(), claimed)];
+    for number in 0..25 {
+        let path = format!("wrong/{number}.ts");
+        origin.put(
+            &path,
+            b"xy",
+            Fault::Drip {
+                chunk: 1,
+                pause: Duration::from_millis(30),
+            },
+        );
+        objects.push((path, b"zz".to_vec()));
+    }
+    let test_box = TestBox::new();
+    let (config, token) = box_config(
+        &test_box,
+        "concurrency = 2
+ready_share = 0.5
+",
+    );
+    let daemon = start(&config).await;
+    push(
+        &daemon,
+        &token,
+        manifest_json("night-1", &origin.base_url(), &objects),
+    )
+    .await;
+    let done = fill_until_done(&daemon, "night-1").await;
+    assert_eq!(done["fill"]["objects_failed"], 26);
+    let (status, body) = readiness(&daemon).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("holds 0 of"), "{body}");
+
+    // A pass over an empty manifest completes without a failure, and holds nothing.
+    push(
+        &daemon,
+        &token,
+        manifest_json::<&str, &[u8]>("empty", &origin.base_url(), &[]),
+    )
+    .await;
+    fill_until_done(&daemon, "empty").await;
+    let (status, body) = readiness(&daemon).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("lists no object"), "{body}");
+    daemon.shutdown().await;
+    assert!(!config.state_dir.join("stocked").exists());
+}
+
+#[tokio::test]
+async fn an_upgrade_keeps_a_serving_box_ready_with_tonights_manifest_pushed() {
+    let origin = Origin::start().await;
+    let night_1: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|number| (format!("t1/{number}.ts"), pattern(2000 + number)))
+        .collect();
+    let night_2: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|number| (format!("t2/{number}.ts"), pattern(4000 + number)))
+        .collect();
+    origin.put_all(&night_1);
+    origin.put_all(&night_2);
+    let test_box = TestBox::new();
+    let (config, token) = box_config(&test_box, "");
+    let daemon = start(&config).await;
+    push(
+        &daemon,
+        &token,
+        manifest_json("night-1", &origin.base_url(), &night_1),
+    )
+    .await;
+    fill_until_done(&daemon, "night-1").await;
+    daemon.shutdown().await;
+    // What a version before the latch leaves: no latch, tonight's manifest saved as JSON.
+    std::fs::remove_file(config.state_dir.join("stocked")).unwrap();
+    std::fs::remove_file(config.state_dir.join("manifest.bin")).unwrap();
+    std::fs::write(
+        config.state_dir.join("manifest.json"),
+        manifest_json("night-2", &origin.base_url(), &night_2),
+    )
+    .unwrap();
+    let daemon = start(&config).await;
+    let (status, body) = readiness(&daemon).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        admin_status(daemon.admin_addr).await["manifest"]["id"],
+        "night-2"
+    );
+    daemon.shutdown().await;
+    assert!(config.state_dir.join("manifest.bin").exists(), "converted");
+    assert!(!config.state_dir.join("manifest.json").exists());
+}
+
+#[tokio::test]
+async fn a_latch_is_not_honoured_over_empty_stores_and_a_lowered_share_applies_on_reload() {
+    let origin = Origin::start().await;
+    let kept = pattern(60_000);
+    let lost = pattern(40_000);
+    origin.put("kept.ts", &kept, Fault::None);
+    origin.put("lost.ts", &lost, Fault::NotFound);
+    let objects = [("kept.ts", &kept[..]), ("lost.ts", &lost[..])];
+    let test_box = TestBox::new();
+    let (config, token) = box_config(&test_box, "");
+    let daemon = start(&config).await;
+    push(
+        &daemon,
+        &token,
+        manifest_json("night-1", &origin.base_url(), &objects),
+    )
+    .await;
+    fill_until_done(&daemon, "night-1").await;
+    let (status, body) = readiness(&daemon).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "60 %: {body}");
+    let (mut lowered, _) = box_config(&test_box, "ready_share = 0.5\n");
+    lowered.admin.token_file = config.admin.token_file.clone();
+    lowered.state_dir = config.state_dir.clone();
+    lowered.admin.listen = config.admin.listen;
+    lowered.http.listen = config.http.listen.clone();
+    daemon.reload(&lowered).expect("reload");
+    eventually("the lowered share applies", || async {
+        readiness(&daemon).await.0 == StatusCode::OK
+    })
+    .await;
+    daemon.shutdown().await;
+
+    // The drives are replaced: the latch file stays, but empty stores are not content.
+    for number in 0..2 {
+        std::fs::remove_dir_all(test_box.store_path(number)).unwrap();
+    }
+    let daemon = start(&config).await;
+    let (status, body) = readiness(&daemon).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("no content"), "{body}");
+    daemon.shutdown().await;
 }

@@ -208,26 +208,32 @@ impl Admin {
         }
     }
 
-    /// Why a box that never held its content is not ready, with how far it is.
+    /// Why a box that never held its content is not ready, with how far it is: bytes stored
+    /// and verified, never bytes in flight, and a percentage rounded down, so it never reads
+    /// as enough while it is not.
     fn no_content(&self) -> String {
         let Some(accepted) = self.fill.manifest() else {
             return "no content: no manifest has been accepted yet".to_owned();
         };
-        let share = self.fill.stocked().ready_share();
-        let progress = self.fill.status();
-        let held = if progress.manifest_id.as_deref() == Some(accepted.manifest.id.as_str())
-            && progress.bytes_total > 0
-        {
-            format!(
-                "holds {:.1} % of its bytes",
-                progress.bytes_done as f64 * 100.0 / progress.bytes_total as f64
-            )
-        } else {
-            "no pass toward it has run yet".to_owned()
+        let stocked = self.fill.stocked();
+        let share = stocked.ready_share();
+        let id = &accepted.manifest.id;
+        let held = match stocked.measured() {
+            Some(measured) if &measured.manifest_id == id && measured.total > 0 => {
+                let tenths = u128::from(measured.held) * 1000 / u128::from(measured.total);
+                format!(
+                    "holds {} of {} bytes, {}.{} %",
+                    measured.held,
+                    measured.total,
+                    tenths / 10,
+                    tenths % 10
+                )
+            }
+            _ if accepted.manifest.is_empty() => "it lists no object".to_owned(),
+            _ => "not measured yet".to_owned(),
         };
         format!(
-            "no content: manifest {} not filled yet ({held}); ready after a fill pass without failures or at {:.1} % (fill.ready_share)",
-            accepted.manifest.id,
+            "no content: manifest {id} not filled yet ({held}); ready after a fill pass without failures or once it holds {} % of its bytes (fill.ready_share)",
             share * 100.0
         )
     }

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::fill::Fill;
-use crate::fill::engine::{Engine, EngineSettings, latch_if_stores_hold_content};
+use crate::fill::engine::{Engine, EngineSettings, check_content};
 use crate::fill::fetch::Fetcher;
 use crate::fill::file_roots::FileRoots;
 use crate::fill::rate::RateLimiter;
@@ -108,7 +108,7 @@ impl Daemon {
         fill.stocked().set_ready_share(config.fill.ready_share);
         // Before anything answers /readyz: a box upgraded from a version without the latch
         // must not be withdrawn for lack of it.
-        latch_if_stores_hold_content(Arc::clone(&fill), Arc::clone(&stores)).await;
+        check_content(Arc::clone(&fill), Arc::clone(&stores)).await;
         let (scheduler, handles) = Scheduler::start(
             plan,
             Arc::clone(&clock),
@@ -271,6 +271,11 @@ impl Daemon {
         self.fill
             .set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         self.fill.stocked().set_ready_share(config.fill.ready_share);
+        // A lowered share may be met already.
+        tokio::spawn(check_content(
+            Arc::clone(&self.fill),
+            Arc::clone(&self.stores),
+        ));
         *running = config.clone();
         for key in &needs_restart {
             tracing::warn!(key, "changed, but only takes effect after a restart");

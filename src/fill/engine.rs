@@ -23,7 +23,7 @@ use super::manifest::{Manifest, ManifestObject};
 use super::plan::{FillPlan, held_bytes, plan};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
-use super::stocked::holds_enough;
+use super::stocked::{Measured, holds_enough};
 use super::{AcceptedManifest, Fill, Received};
 use crate::config::ManifestUrl;
 use crate::metrics::Metrics;
@@ -312,26 +312,37 @@ impl Engine {
     }
 
     /// Sets the [`Stocked`](super::stocked::Stocked) latch once the box holds its content:
-    /// a pass completed without a failure, or `fill.ready_share` of the manifest's bytes held.
+    /// a pass toward a manifest with objects completed without a failure, or
+    /// `fill.ready_share` of the manifest's bytes stored and verified (never bytes in
+    /// flight). Also retries a latch save that failed.
     async fn note_content(&self, pass_complete: bool) {
         let stocked = self.fill.stocked();
+        stocked.retry_save().await;
         if stocked.is_set() {
             return;
         }
         let share = stocked.ready_share();
-        let why = self.fill.with_progress(|progress| {
+        let (measured, why) = self.fill.with_progress(|progress| {
             let id = progress.manifest_id.clone().unwrap_or_default();
-            if pass_complete && progress.objects_failed == 0 {
+            let measured = Measured {
+                manifest_id: id.clone(),
+                held: progress.bytes_verified,
+                total: progress.bytes_total,
+            };
+            let why = if pass_complete && progress.objects_failed == 0 && progress.objects_total > 0
+            {
                 Some(format!("a fill pass toward manifest {id} completed"))
-            } else if holds_enough(progress.bytes_done, progress.bytes_total, share) {
+            } else if holds_enough(measured.held, measured.total, share) {
                 Some(format!(
-                    "holds {} of {} bytes of manifest {id} (fill.ready_share = {share})",
-                    progress.bytes_done, progress.bytes_total
+                    "holds {} of {} bytes of manifest {id}, stored and verified (fill.ready_share = {share})",
+                    measured.held, measured.total
                 ))
             } else {
                 None
-            }
+            };
+            (measured, why)
         });
+        stocked.measure(measured);
         if let Some(why) = why {
             stocked.set(why).await;
         }
@@ -421,6 +432,7 @@ impl Engine {
             progress.objects_failed = 0;
             progress.bytes_total = manifest.total_bytes;
             progress.bytes_done = work.present_bytes;
+            progress.bytes_verified = work.present_bytes;
             progress.bytes_fetched = 0;
             progress.failures.clear();
             progress.more_failures = 0;
@@ -556,8 +568,10 @@ impl Engine {
                     .fill_objects
                     .with_label_values(&["stored"])
                     .inc();
-                self.fill
-                    .with_progress(|progress| progress.objects_done += 1);
+                self.fill.with_progress(|progress| {
+                    progress.objects_done += 1;
+                    progress.bytes_verified += bytes;
+                });
                 tracing::debug!(path, bytes, "stored");
             }
             TransferOutcome::Failed { reason, found } => {
@@ -583,30 +597,58 @@ impl Engine {
     }
 }
 
-/// At start, for a box that has no [`Stocked`](super::stocked::Stocked) latch saved but a
-/// manifest in force (one filled by a version without the latch, or whose save failed): sets
-/// the latch when the stores already hold `fill.ready_share` of that manifest's bytes, so an
-/// upgrade or a restart does not withdraw a box that holds its content.
-pub async fn latch_if_stores_hold_content(fill: Arc<Fill>, stores: Arc<Stores>) {
-    let Some(accepted) = fill.manifest() else {
-        return;
-    };
-    if fill.stocked().is_set() {
+/// At start (before anything answers `/readyz`) and after a reload, squares the
+/// [`Stocked`](super::stocked::Stocked) latch with the stores:
+/// - a saved latch is not honoured while the stores hold no object at all (disks replaced
+///   or wiped) and the manifest in force lists some;
+/// - without a latch, it is set when the stores hold `fill.ready_share` of the manifest in
+///   force's bytes, or when this state directory was used by a version without the latch
+///   (its manifest was saved as JSON) and the stores hold objects: an upgrade must not
+///   withdraw a box that was serving, even with tonight's manifest already pushed.
+pub async fn check_content(fill: Arc<Fill>, stores: Arc<Stores>) {
+    let stocked = fill.stocked();
+    stocked.retry_save().await;
+    let manifest = fill.manifest();
+    let objects = stores.object_count();
+    if stocked.is_set() {
+        if objects == 0 && manifest.is_some_and(|accepted| !accepted.manifest.is_empty()) {
+            stocked.suspend("the stores hold no object");
+        }
         return;
     }
-    let share = fill.stocked().ready_share();
-    let manifest = Arc::clone(&accepted);
-    let held = tokio::task::spawn_blocking(move || {
-        held_bytes(&manifest.manifest, &stores.snapshot(), &stores.damaged())
-    })
-    .await
-    .unwrap_or(0);
-    let total = accepted.manifest.total_bytes;
-    if holds_enough(held, total, share) {
+    if let Some(accepted) = manifest {
+        let share = stocked.ready_share();
+        let in_force = Arc::clone(&accepted);
+        let measuring = Arc::clone(&stores);
+        let held = tokio::task::spawn_blocking(move || {
+            held_bytes(
+                &in_force.manifest,
+                &measuring.snapshot(),
+                &measuring.damaged(),
+            )
+        })
+        .await
+        .unwrap_or(0);
+        let total = accepted.manifest.total_bytes;
         let id = &accepted.manifest.id;
-        fill.stocked()
+        stocked.measure(Measured {
+            manifest_id: id.clone(),
+            held,
+            total,
+        });
+        if holds_enough(held, total, share) {
+            stocked
+                .set(format!(
+                    "the stores hold {held} of {total} bytes of manifest {id} (fill.ready_share = {share})"
+                ))
+                .await;
+            return;
+        }
+    }
+    if fill.upgraded_from_json() && objects > 0 {
+        stocked
             .set(format!(
-                "the stores hold {held} of {total} bytes of manifest {id} at start (fill.ready_share = {share})"
+                "upgraded from a version without this latch; the stores hold {objects} objects"
             ))
             .await;
     }

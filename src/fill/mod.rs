@@ -170,6 +170,9 @@ pub struct Fill {
     file_roots: ArcSwap<FileRoots>,
     /// Whether the box has held its content once.
     stocked: Stocked,
+    /// The manifest in force was found in the JSON form versions before the binary one
+    /// saved (and before the latch existed): this start is an upgrade.
+    upgraded_from_json: bool,
 }
 
 impl Fill {
@@ -188,15 +191,15 @@ impl Fill {
                 let _ = std::fs::remove_file(leftover.path());
             }
         }
-        let accepted = load_saved(&manifest_file, &state_dir.join(LEGACY_MANIFEST)).map(
-            |(manifest, accepted_at)| {
-                Arc::new(AcceptedManifest {
-                    manifest,
-                    accepted_at,
-                    generation: 1,
-                })
-            },
-        );
+        let legacy = state_dir.join(LEGACY_MANIFEST);
+        let upgraded_from_json = !manifest_file.exists() && legacy.exists();
+        let accepted = load_saved(&manifest_file, &legacy).map(|(manifest, accepted_at)| {
+            Arc::new(AcceptedManifest {
+                manifest,
+                accepted_at,
+                generation: 1,
+            })
+        });
         let mut progress = Progress::default();
         progress.manifest_id = accepted
             .as_ref()
@@ -208,7 +211,14 @@ impl Fill {
             accepting: tokio::sync::Mutex::new(()),
             file_roots: ArcSwap::from_pointee(FileRoots::default()),
             stocked: Stocked::load(state_dir),
+            upgraded_from_json,
         }
+    }
+
+    /// Whether this start found the manifest in force saved by a version before the
+    /// binary form (and the readiness latch): an upgrade of a box that may be serving.
+    pub fn upgraded_from_json(&self) -> bool {
+        self.upgraded_from_json
     }
 
     /// A new file to spool a pushed manifest into as it arrives, beside the saved one;
@@ -275,6 +285,7 @@ impl Fill {
         });
         let summary = accepted.summary();
         tracing::info!(id = %summary.id, objects = summary.objects, bytes = summary.bytes, "manifest accepted");
+        self.stocked.retry_save().await;
         self.manifest.send_replace(Some(accepted));
         Ok(summary)
     }

@@ -78,6 +78,9 @@ pub struct Progress {
     pub bytes_total: u64,
     /// Bytes stored, including partial progress of objects in flight.
     pub bytes_done: u64,
+    /// Bytes of whole objects stored and verified (already present or stored by this
+    /// pass): what readiness counts, never bytes still in flight.
+    pub bytes_verified: u64,
     /// Bytes downloaded by this pass.
     pub bytes_fetched: u64,
     rate_window_start: Instant,
@@ -101,6 +104,7 @@ impl Default for Progress {
             objects_failed: 0,
             bytes_total: 0,
             bytes_done: 0,
+            bytes_verified: 0,
             bytes_fetched: 0,
             rate_window_start: Instant::now(),
             rate_window_bytes: 0,

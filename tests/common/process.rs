@@ -21,6 +21,16 @@ pub struct Running {
     pub log: Receiver<String>,
 }
 
+impl Drop for Running {
+    /// A test that fails midway must not leave the daemon running on its ports.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     /// Waits (bounded) for a log line containing `needle`, and returns it.
     pub fn wait_for_log(&self, needle: &str) -> String {
