@@ -138,8 +138,17 @@ pub enum ManifestCommand {
         /// Output file; standard output when absent.
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+        /// `json` (one document) or `ndjson` (a header line, then one object per line: for
+        /// millions of objects).
+        #[arg(long, value_enum, default_value_t = LayoutArg::Json)]
+        format: LayoutArg,
+        /// Write an NDJSON delta against this earlier manifest (any format, gzip or not):
+        /// only objects new or changed, and removals. A box applies it only while that
+        /// manifest is in force (else 409).
+        #[arg(long, value_name = "MANIFEST")]
+        base: Option<PathBuf>,
     },
-    /// Send a manifest to a box (`PUT /v1/manifest`).
+    /// Send a manifest to a box (`PUT /v1/manifest`), gzip-compressed.
     Push {
         /// The manifest file.
         file: PathBuf,
@@ -149,7 +158,19 @@ pub enum ManifestCommand {
         /// Sign the manifest with this key (the box's admin.hmac_key_file).
         #[arg(long)]
         hmac_key_file: Option<PathBuf>,
+        /// Send the file as it is instead of gzip-compressing it.
+        #[arg(long)]
+        no_gzip: bool,
     },
+}
+
+/// The forms `manifest build` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// One JSON document.
+    Json,
+    /// A header line, then one object per line.
+    Ndjson,
 }
 
 /// How to reach and authenticate to a daemon's admin listener.
@@ -250,12 +271,15 @@ pub fn main() -> ExitCode {
             dir,
             base_url,
             output,
-        }) => build_manifest(&dir, &base_url, output.as_deref()),
+            format,
+            base,
+        }) => build_manifest(&dir, &base_url, output.as_deref(), format, base.as_deref()),
         Command::Manifest(ManifestCommand::Push {
             file,
             admin,
             hmac_key_file,
-        }) => push_manifest(&file, &admin, hmac_key_file.as_deref()),
+            no_gzip,
+        }) => push_manifest(&file, &admin, hmac_key_file.as_deref(), !no_gzip),
         Command::Serve { config } => {
             let config_path = config.clone();
             let config = match load_config(config.as_deref()) {
@@ -284,7 +308,10 @@ fn build_manifest(
     dir: &std::path::Path,
     base_url: &str,
     output: Option<&std::path::Path>,
+    format: LayoutArg,
+    base: Option<&std::path::Path>,
 ) -> ExitCode {
+    use crate::fill::build::Layout;
     if !(base_url.starts_with("http://")
         || base_url.starts_with("https://")
         || base_url.starts_with("file://"))
@@ -294,37 +321,90 @@ fn build_manifest(
             &format!("--base-url {base_url:?}: must be an http, https or file URL"),
         );
     }
+    let earlier = match base {
+        Some(path) => match std::fs::File::open(path)
+            .map_err(|err| err.to_string())
+            .and_then(|file| {
+                crate::fill::manifest::read(file, None, u64::MAX).map_err(|err| err.to_string())
+            }) {
+            Ok(manifest) => Some(manifest),
+            Err(err) => return fail(EXIT_USAGE, &format!("--base {}: {err}", path.display())),
+        },
+        None => None,
+    };
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let text = match crate::fill::build::build(dir, base_url, show_progress) {
-        Ok(text) => text,
+    let built = match crate::fill::build::build(dir, base_url, show_progress) {
+        Ok(built) => built,
         Err(err) => return fail(EXIT_FAILURE, &err.to_string()),
     };
-    match output {
-        Some(path) => match crate::durable::write_atomically(path, text.as_bytes()) {
-            Ok(()) => {
-                eprintln!("tidecache: wrote {}", path.display());
-                ExitCode::SUCCESS
+    let layout = match format {
+        LayoutArg::Json => Layout::Json,
+        LayoutArg::Ndjson => Layout::Ndjson,
+    };
+    let write = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        let mut out = out;
+        match &earlier {
+            Some(earlier) => {
+                let (changed, removed) = built.write_delta(earlier, &mut out)?;
+                eprintln!(
+                    "tidecache: delta against {}: {changed} new or changed, {removed} removed",
+                    earlier.id
+                );
+                Ok(())
             }
-            Err(err) => fail(EXIT_FAILURE, &format!("{}: {err}", path.display())),
-        },
-        None => {
-            println!("{text}");
-            ExitCode::SUCCESS
+            None => built.write(layout, &mut out),
         }
+    };
+    let written = match output {
+        Some(path) => crate::durable::write_atomically_with(path, |file| write(file))
+            .map(|()| eprintln!("tidecache: wrote {}", path.display())),
+        None => {
+            let stdout = std::io::stdout();
+            let mut locked = std::io::BufWriter::new(stdout.lock());
+            write(&mut locked).and_then(|()| std::io::Write::flush(&mut locked))
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(
+            EXIT_FAILURE,
+            &format!(
+                "{}: {err}",
+                output.map_or("standard output".into(), |path| path.display().to_string())
+            ),
+        ),
     }
 }
 
-/// `tidecache manifest push`.
+/// `tidecache manifest push`: the file gzip-compressed (unless it already is, or
+/// `--no-gzip`), signed as sent.
 fn push_manifest(
     file: &std::path::Path,
     admin: &AdminArgs,
     hmac_key_file: Option<&std::path::Path>,
+    gzip: bool,
 ) -> ExitCode {
-    let body = match std::fs::read(file) {
-        Ok(body) => body,
+    let raw = match std::fs::read(file) {
+        Ok(raw) => raw,
         Err(err) => return fail(EXIT_USAGE, &format!("{}: {err}", file.display())),
     };
+    let already_gzip = raw.starts_with(&[0x1f, 0x8b]);
+    let body = if gzip && !already_gzip {
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(raw.len() / 4),
+            flate2::Compression::fast(),
+        );
+        match std::io::Write::write_all(&mut encoder, &raw).and_then(|()| encoder.finish()) {
+            Ok(compressed) => compressed,
+            Err(err) => return fail(EXIT_FAILURE, &format!("gzip: {err}")),
+        }
+    } else {
+        raw
+    };
     let mut headers = Vec::new();
+    if gzip || already_gzip {
+        headers.push(("content-encoding", "gzip".to_owned()));
+    }
     if let Some(key_file) = hmac_key_file {
         match read_key(key_file, MIN_HMAC_KEY_LEN) {
             Ok(key) => headers.push(("x-tidecache-signature", crate::fill::sign(&key, &body))),

@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::manifest::MANIFEST_VERSION;
+use std::collections::HashMap;
+
+use super::manifest::{MANIFEST_VERSION, Manifest, ObjectRef, Source};
 
 /// Why a manifest could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -34,23 +36,130 @@ pub enum BuildError {
 }
 
 #[derive(Debug, Serialize)]
-struct BuiltManifest {
+struct BuiltManifest<'a> {
     version: u64,
-    id: String,
-    base_url: String,
-    objects: Vec<BuiltObject>,
+    id: &'a str,
+    base_url: &'a str,
+    objects: &'a [BuiltObject],
 }
 
+/// The header line of an NDJSON manifest or delta.
 #[derive(Debug, Serialize)]
-struct BuiltObject {
+struct BuiltHeader<'a> {
+    version: u64,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base: Option<&'a str>,
+}
+
+/// One object of a built manifest.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BuiltObject {
     path: String,
     size: u64,
     sha256: String,
 }
 
+/// The form `tidecache manifest build` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One JSON document (CONTRACT section 3).
+    Json,
+    /// A header line, then one object per line: what tens of millions of objects need.
+    Ndjson,
+}
+
+/// A tree hashed into a manifest, ready to be written whole or as a delta.
+#[derive(Debug)]
+pub struct Built {
+    id: String,
+    base_url: String,
+    objects: Vec<BuiltObject>,
+}
+
+impl Built {
+    /// The manifest whole, as JSON or NDJSON.
+    pub fn write(&self, layout: Layout, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        match layout {
+            Layout::Json => {
+                let manifest = BuiltManifest {
+                    version: MANIFEST_VERSION,
+                    id: &self.id,
+                    base_url: &self.base_url,
+                    objects: &self.objects,
+                };
+                serde_json::to_writer_pretty(&mut *out, &manifest)?;
+                out.write_all(b"\n")
+            }
+            Layout::Ndjson => {
+                let header = BuiltHeader {
+                    version: MANIFEST_VERSION,
+                    id: &self.id,
+                    base_url: Some(&self.base_url),
+                    base: None,
+                };
+                serde_json::to_writer(&mut *out, &header)?;
+                out.write_all(b"\n")?;
+                for object in &self.objects {
+                    serde_json::to_writer(&mut *out, object)?;
+                    out.write_all(b"\n")?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The NDJSON delta that turns `base` (an earlier manifest) into this one: objects
+    /// new or changed (size, sha256 or source), then `{"remove": path}` for those gone.
+    /// Returns how many lines of each it wrote.
+    pub fn write_delta(
+        &self,
+        base: &Manifest,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<(usize, usize)> {
+        let header = BuiltHeader {
+            version: MANIFEST_VERSION,
+            id: &self.id,
+            base_url: Some(&self.base_url),
+            base: Some(&base.id),
+        };
+        serde_json::to_writer(&mut *out, &header)?;
+        out.write_all(b"\n")?;
+        let mut old: HashMap<&str, ObjectRef<'_>> =
+            base.iter().map(|object| (object.path, object)).collect();
+        let mut changed = 0;
+        for object in &self.objects {
+            let same = old.remove(object.path.as_str()).is_some_and(|before| {
+                before.size == object.size
+                    && crate::store::hex(&before.sha256) == object.sha256
+                    && before.source() == self.source_of(&object.path)
+            });
+            if !same {
+                serde_json::to_writer(&mut *out, object)?;
+                out.write_all(b"\n")?;
+                changed += 1;
+            }
+        }
+        let mut gone: Vec<&str> = old.into_keys().collect();
+        gone.sort_unstable();
+        for path in &gone {
+            serde_json::to_writer(&mut *out, &serde_json::json!({ "remove": path }))?;
+            out.write_all(b"\n")?;
+        }
+        Ok((changed, gone.len()))
+    }
+
+    /// Where a box fetches `path` from under this manifest's base URL.
+    fn source_of(&self, path: &str) -> Source {
+        super::manifest::source_under(&self.base_url, path)
+    }
+}
+
 /// Hashes every regular file under `dir` on all cores (with a progress bar on stderr when
-/// `show_progress`) and returns the manifest JSON, objects sorted by path.
-pub fn build(dir: &Path, base_url: &str, show_progress: bool) -> Result<String, BuildError> {
+/// `show_progress`), objects sorted by path.
+pub fn build(dir: &Path, base_url: &str, show_progress: bool) -> Result<Built, BuildError> {
     let mut files = Vec::new();
     walk(dir, dir, &mut files)?;
     files.sort();
@@ -88,17 +197,12 @@ pub fn build(dir: &Path, base_url: &str, show_progress: bool) -> Result<String, 
         })?;
         objects.push(BuiltObject { path, size, sha256 });
     }
-    let manifest = BuiltManifest {
-        version: MANIFEST_VERSION,
+    Ok(Built {
         id: jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string(),
         base_url: base_url.to_owned(),
         objects,
-    };
-    serde_json::to_string_pretty(&manifest).map_err(|err| BuildError::Io {
-        path: dir.display().to_string(),
-        source: std::io::Error::other(err),
     })
 }
 
@@ -185,13 +289,61 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("t/1080p")).unwrap();
         std::fs::write(dir.path().join("t/master.m3u8"), b"#EXTM3U\n").unwrap();
         std::fs::write(dir.path().join("t/1080p/seg_1.m4s"), b"test").unwrap();
-        let text = build(dir.path(), "https://origin.example/content/", false).unwrap();
-        let manifest = crate::fill::manifest::parse(text.as_bytes()).unwrap();
+        let built = build(dir.path(), "https://origin.example/content/", false).unwrap();
+        let mut text = Vec::new();
+        built.write(Layout::Json, &mut text).unwrap();
+        let manifest = crate::fill::manifest::parse(&text).unwrap();
+        let mut lines = Vec::new();
+        built.write(Layout::Ndjson, &mut lines).unwrap();
+        let from_lines = crate::fill::manifest::read(&lines[..], None, u64::MAX).unwrap();
+        assert_eq!(from_lines, manifest);
         let paths: Vec<&str> = manifest.iter().map(|o| o.path).collect();
         assert_eq!(paths, ["t/1080p/seg_1.m4s", "t/master.m3u8"]);
         assert_eq!(
             crate::store::hex(&manifest.get(0).sha256),
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         );
+    }
+
+    #[test]
+    fn a_delta_against_an_earlier_build_applies_to_the_same_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.ts", "b.ts", "c.ts"] {
+            std::fs::write(dir.path().join(name), name.as_bytes()).unwrap();
+        }
+        let base_url = "https://origin.example/content/";
+        let mut earlier = Vec::new();
+        build(dir.path(), base_url, false)
+            .unwrap()
+            .write(Layout::Ndjson, &mut earlier)
+            .unwrap();
+        let earlier = crate::fill::manifest::read(&earlier[..], None, u64::MAX).unwrap();
+        std::fs::remove_file(dir.path().join("b.ts")).unwrap();
+        std::fs::write(dir.path().join("c.ts"), b"changed").unwrap();
+        std::fs::write(dir.path().join("d.ts"), b"new").unwrap();
+        let mut built = build(dir.path(), base_url, false).unwrap();
+        built.id = "tonight".to_owned();
+        let mut delta = Vec::new();
+        let (changed, removed) = built.write_delta(&earlier, &mut delta).unwrap();
+        assert_eq!(
+            (changed, removed),
+            (2, 1),
+            "{}",
+            String::from_utf8_lossy(&delta)
+        );
+        let applied = crate::fill::manifest::read(&delta[..], Some(&earlier), u64::MAX).unwrap();
+        let mut whole = Vec::new();
+        built.write(Layout::Json, &mut whole).unwrap();
+        let whole = crate::fill::manifest::parse(&whole).unwrap();
+        let listed = |manifest: &Manifest| {
+            let mut objects: Vec<(String, u64, [u8; 32])> = manifest
+                .iter()
+                .map(|object| (object.path.to_owned(), object.size, object.sha256))
+                .collect();
+            objects.sort();
+            objects
+        };
+        assert_eq!(listed(&applied), listed(&whole));
+        assert_eq!(applied.id, "tonight");
     }
 }

@@ -951,6 +951,12 @@ impl<'de> Visitor<'de> for Objects<'_> {
     }
 }
 
+/// Where an object at `path` without a `url` of its own is fetched from under `base_url`.
+pub fn source_under(base_url: &str, path: &str) -> Source {
+    let url = join(base_url, path);
+    check_url(&url).unwrap_or(Source::Http(url))
+}
+
 /// `base_url` + the percent-encoded path, with exactly one `/` between them.
 fn join(base: &str, path: &str) -> String {
     let encoded = object_path::to_url_path(path);
