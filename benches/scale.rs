@@ -1,0 +1,375 @@
+//! The reference appliance's scale (issue: 43 million objects): a manifest of N objects
+//! pushed and accepted, a restart with it in force, a restart with N objects stored, and a
+//! fill plan over N objects, each against its target, printed as met / NOT met.
+//!
+//! Run: `cargo build --release --bin tidecache && cargo bench --bench scale -- N`
+//! (default N = 2,000,000). Targets, scaled per object from those stated for 2 M and 10 M
+//! objects:
+//! - accepting the manifest: peak resident <= 300 B/object (600 MB at 2 M), <= 200 B/object
+//!   once accepted (400 MB at 2 M), `/v1/status` answering in milliseconds throughout;
+//! - a restart with that manifest in force answering `/readyz` within 3 s;
+//! - a restart with N objects stored and the manifest in force: ready within 3 s and
+//!   resident <= 120 B/object (1.2 GB at 10 M);
+//! - the fill plan over N objects (all present) within 1 us/object (10 s at 10 M).
+//!
+//! Everything runs on loopback against the release binary, one store in a temp directory;
+//! the manifest is NDJSON on disk (about 150 B/object) and the journal is written directly.
+
+use std::io::{BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tidecache::config::{ByteSize, StoreConfig};
+use tidecache::store::Stores;
+use tidecache::store::journal::{JournalEntry, JournalWriter, Record};
+
+const TOKEN: &str = "scale-bench-token-0123456789abcdef";
+
+fn main() {
+    let max_wait = Duration::from_secs(
+        std::env::var("SCALE_MAX_WAIT")
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(600),
+    );
+    let objects: usize = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.replace('_', "").parse().ok())
+        .unwrap_or(2_000_000);
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidecache");
+    if !binary.exists() {
+        eprintln!(
+            "scale: build the daemon first: cargo build --release --bin tidecache ({} is missing)",
+            binary.display()
+        );
+        std::process::exit(2);
+    }
+    let work = tempfile::tempdir().expect("temporary directory");
+    let dir = work.path();
+    let store = dir.join("store");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::write(dir.join("token"), TOKEN).expect("token");
+    let manifest = dir.join("manifest.ndjson");
+    let manifest_bytes = write_manifest(&manifest, objects);
+    println!(
+        "scale: {objects} objects; manifest {:.0} MB of NDJSON",
+        manifest_bytes as f64 / 1e6
+    );
+    let mut verdicts = Vec::new();
+    let mut verdict = |what: String, met: bool| {
+        println!("{what}: {}", if met { "met" } else { "NOT met" });
+        verdicts.push(met);
+    };
+    let per_object = |bytes: f64| bytes / objects as f64;
+
+    // 1. The push, into an empty box.
+    let daemon = Daemon::start(&binary, dir, &store, &state);
+    let before = daemon.resident_mb();
+    let started = Instant::now();
+    let mut push = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-H", "Content-Type: application/x-ndjson", "--data-binary"])
+        .arg(format!("@{}", manifest.display()))
+        .arg(format!("http://{}/v1/manifest", daemon.admin))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut slowest_status = Duration::ZERO;
+    while push.try_wait().ok().flatten().is_none() {
+        let asked = Instant::now();
+        let _ = http_get(daemon.admin, "/v1/status");
+        slowest_status = slowest_status.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut code = String::new();
+    if let Some(mut out) = push.stdout.take() {
+        let _ = out.read_to_string(&mut code);
+    }
+    let accept_seconds = started.elapsed().as_secs_f64();
+    let peak = daemon.peak_mb();
+    let after = daemon.resident_mb();
+    println!("push: HTTP {code} in {accept_seconds:.1} s; resident {before:.0} MB before");
+    verdict(
+        format!("manifest accepted (HTTP {code})"),
+        code.trim() == "202",
+    );
+    verdict(
+        format!(
+            "accept peak {peak:.0} MB, {:.0} B/object (target <= 300)",
+            per_object(peak * 1e6)
+        ),
+        per_object(peak * 1e6) <= 300.0,
+    );
+    verdict(
+        format!(
+            "after accept {after:.0} MB, {:.0} B/object (target <= 200)",
+            per_object(after * 1e6)
+        ),
+        per_object(after * 1e6) <= 200.0,
+    );
+    verdict(
+        format!(
+            "/v1/status during the push, slowest {:.1} ms (target <= 100 ms)",
+            slowest_status.as_secs_f64() * 1e3
+        ),
+        slowest_status <= Duration::from_millis(100),
+    );
+    drop(daemon);
+
+    // 2. A restart with that manifest in force (no content yet).
+    let started = Instant::now();
+    let daemon = Daemon::start(&binary, dir, &store, &state);
+    let answering = started.elapsed().as_secs_f64();
+    verdict(
+        format!(
+            "restart with the manifest in force: answering in {answering:.2} s, {:.0} MB (target <= 3 s)",
+            daemon.resident_mb()
+        ),
+        answering <= 3.0,
+    );
+    drop(daemon);
+
+    // 3. N objects stored, the manifest in force.
+    let journal_bytes = write_store(&store, objects);
+    std::fs::write(state.join("stocked"), "scale bench\n").expect("latch");
+    println!("store: journal {:.0} MB", journal_bytes as f64 / 1e6);
+    let started = Instant::now();
+    let daemon = Daemon::start(&binary, dir, &store, &state);
+    while !http_get(daemon.admin, "/readyz").starts_with("HTTP/1.1 200") {
+        assert!(started.elapsed() < Duration::from_secs(300), "never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ready = started.elapsed().as_secs_f64();
+    let resident = daemon.resident_mb();
+    verdict(
+        format!("restart with {objects} objects stored: ready in {ready:.2} s (target <= 3 s)"),
+        ready <= 3.0,
+    );
+    verdict(
+        format!(
+            "resident then {resident:.0} MB, {:.0} B/object above an empty daemon's {before:.0} MB (target <= 120)",
+            per_object((resident - before) * 1e6)
+        ),
+        per_object((resident - before) * 1e6) <= 120.0,
+    );
+
+    // 4. A fill pass with everything present: the plan is the whole pass.
+    let started = Instant::now();
+    let mode = Command::new(&binary)
+        .args(["mode", "fill", "--admin"])
+        .arg(format!("http://{}", daemon.admin))
+        .args(["--token", TOKEN])
+        .stdout(Stdio::null())
+        .status()
+        .expect("tidecache mode fill");
+    assert!(mode.success(), "mode fill");
+    let mut slowest_status = Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        let status = http_get(daemon.admin, "/v1/status");
+        slowest_status = slowest_status.max(asked.elapsed());
+        let body = status.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        if parsed["fill"]["state"] == "done" {
+            break;
+        }
+        assert!(
+            started.elapsed() < max_wait,
+            "the pass never ended: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pass = started.elapsed().as_secs_f64();
+    verdict(
+        format!(
+            "fill plan over {objects} objects: {pass:.2} s, {:.2} us/object (target <= 1)",
+            pass * 1e6 / objects as f64
+        ),
+        pass * 1e6 / objects as f64 <= 1.0,
+    );
+    verdict(
+        format!(
+            "/v1/status during the pass, slowest {:.1} ms (target <= 100 ms)",
+            slowest_status.as_secs_f64() * 1e3
+        ),
+        slowest_status <= Duration::from_millis(100),
+    );
+    drop(daemon);
+    let met = verdicts.iter().filter(|met| **met).count();
+    println!("scale: {met} of {} targets met", verdicts.len());
+}
+
+/// An NDJSON manifest of `objects` 2 MiB segments, 1,000 per title. Returns its size.
+fn write_manifest(path: &Path, objects: usize) -> u64 {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).expect("manifest"));
+    writeln!(
+        out,
+        "{{\"version\": 1, \"id\": \"scale-{objects}\", \"base_url\": \"http://127.0.0.1:9/content/\"}}"
+    )
+    .expect("write");
+    for number in 0..objects {
+        writeln!(
+            out,
+            "{{\"path\": \"{}\", \"size\": {}, \"sha256\": \"{}\"}}",
+            object_path(number),
+            2 << 20,
+            hex(&sha_of(number))
+        )
+        .expect("write");
+    }
+    out.flush().expect("flush");
+    std::fs::metadata(path).map_or(0, |meta| meta.len())
+}
+
+fn object_path(number: usize) -> String {
+    format!(
+        "titles/t{:05}/v1080/seg_{:05}.m4s",
+        number / 1000,
+        number % 1000
+    )
+}
+
+fn sha_of(number: usize) -> [u8; 32] {
+    let mut sha256 = [0u8; 32];
+    sha256[..8].copy_from_slice(&(number as u64).to_le_bytes());
+    sha256
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Creates the store's layout with the library, then appends one `Put` per object of the
+/// manifest to its journal. Returns the journal's size.
+fn write_store(store: &Path, objects: usize) -> u64 {
+    drop(Stores::load(&[StoreConfig {
+        path: store.to_owned(),
+        capacity: Some(ByteSize(1 << 50)),
+    }]));
+    let journal = store.join("index").join("journal");
+    let mut writer = JournalWriter::open(&journal, 0).expect("journal");
+    let mut batch = Vec::with_capacity(10_000);
+    for number in 0..objects {
+        batch.push(Record::Put(
+            object_path(number),
+            JournalEntry {
+                size: 2 << 20,
+                sha256: sha_of(number),
+                filled_at: 1_764_000_000,
+            },
+        ));
+        if batch.len() == batch.capacity() {
+            writer.append(&batch).expect("append");
+            batch.clear();
+        }
+    }
+    writer.append(&batch).expect("append");
+    std::fs::metadata(&journal).map_or(0, |meta| meta.len())
+}
+
+/// The release daemon on one store, stopped (SIGTERM) when dropped.
+struct Daemon {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts it and waits until its admin listener answers.
+    fn start(binary: &Path, dir: &Path, store: &Path, state: &Path) -> Daemon {
+        let admin = free_port();
+        let config: PathBuf = dir.join("tidecache.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\n[http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\ntoken_file = {:?}\n\
+                 [[store]]\npath = {store:?}\ncapacity = \"1PiB\"\n[schedule]\nfill_windows = []\ndrain = \"0s\"\n\
+                 [fill]\nmax_manifest_size = \"64GiB\"\n",
+                dir.join("token")
+            ),
+        )
+        .expect("config");
+        let child = Command::new(binary)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tidecache");
+        let daemon = Daemon { child, admin };
+        let started = Instant::now();
+        while http_get(admin, "/healthz").is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "tidecache did not start"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        daemon
+    }
+
+    fn status_field(&self, field: &str) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map_or(0.0, |kib| kib * 1024.0 / 1e6)
+    }
+
+    /// `VmRSS`, in MB.
+    fn resident_mb(&self) -> f64 {
+        self.status_field("VmRSS:")
+    }
+
+    /// `VmHWM` (the peak resident set), in MB.
+    fn peak_mb(&self) -> f64 {
+        self.status_field("VmHWM:")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 GET; the whole answer, or empty when the listener does not answer.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    if stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+}
