@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::fetch::{FetchError, Fetcher};
-use super::manifest::{Manifest, ManifestObject};
-use super::plan::{FillPlan, held_bytes, plan};
+use super::manifest::ManifestObject;
+use super::plan::{FillPlan, dropped, held_bytes, plan};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
 use super::stocked::{Measured, holds_enough};
@@ -262,7 +262,7 @@ impl Engine {
         let started = Instant::now();
         let started_at = Timestamp::now();
         tracing::info!(id = %manifest.id, objects = manifest.len(), bytes = manifest.total_bytes, "fill pass starting");
-        let (deleted, interrupted) = self.delete_dropped(manifest, manifests, stop).await;
+        let (deleted, interrupted) = self.delete_dropped(accepted, manifests, stop).await;
         let mut counts = PassCounts {
             already_present: 0,
             skipped_no_room: 0,
@@ -273,7 +273,7 @@ impl Engine {
         let (end, stored) = match interrupted {
             Some(end) => (end, 0),
             None => {
-                let work = self.plan_fetches(manifest);
+                let work = self.plan_fetches(accepted).await;
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
                 self.note_content(false).await;
@@ -354,13 +354,20 @@ impl Engine {
     /// stores stop changing within one batch of any of them, however many deletes remain).
     async fn delete_dropped(
         &self,
-        manifest: &Manifest,
+        accepted: &Arc<AcceptedManifest>,
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
         stop: &Shutdown,
     ) -> (u64, Option<PassEnd>) {
         self.stores.clear_full();
         self.stores.probe();
-        let deletes = plan(manifest, &self.stores.snapshot(), &self.stores.damaged(), 0).deletes;
+        let deletes = {
+            let (stores, manifest) = (Arc::clone(&self.stores), Arc::clone(accepted));
+            tokio::task::spawn_blocking(move || {
+                stores.with_usable_index(|index| dropped(&manifest.manifest, index))
+            })
+            .await
+            .unwrap_or_default()
+        };
         let mut deleted = 0u64;
         for batch in deletes.chunks(DELETE_BATCH) {
             if let Some(end) = self.interrupted(manifests, stop) {
@@ -405,13 +412,17 @@ impl Engine {
     /// Plans what to fetch against what the stores hold and have room for, removes partial
     /// files nothing will resume, and starts the pass's progress (objects with no room are
     /// failed at once).
-    fn plan_fetches(&self, manifest: &Manifest) -> FillPlan {
-        let work = plan(
-            manifest,
-            &self.stores.snapshot(),
-            &self.stores.damaged(),
-            self.stores.free_bytes(),
-        );
+    async fn plan_fetches(&self, accepted: &Arc<AcceptedManifest>) -> FillPlan {
+        let manifest = &accepted.manifest;
+        let work = {
+            let (stores, accepted) = (Arc::clone(&self.stores), Arc::clone(accepted));
+            tokio::task::spawn_blocking(move || {
+                let (damaged, free) = (stores.damaged(), stores.free_bytes());
+                stores.with_usable_index(|index| plan(&accepted.manifest, index, &damaged, free))
+            })
+            .await
+            .unwrap_or_default()
+        };
         let keep: HashSet<String> = work
             .fetches
             .iter()

@@ -1,15 +1,60 @@
-//! What a fill must do: the manifest against the index, as a plain function.
+//! What a fill must do: the manifest against the index, as plain functions.
+//!
+//! They read the index through [`IndexLookup`], so the daemon plans against its live index
+//! under a read lock (no copy of tens of millions of entries) and tests against a map.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash};
 
 use super::manifest::Manifest;
 use crate::store::ObjectMeta;
 
-/// The work of one fill pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What planning needs of an index: a lookup by path and a walk over every path.
+pub trait IndexLookup {
+    /// The stored object at `path`, if any (on a usable store).
+    fn meta(&self, path: &str) -> Option<ObjectMeta>;
+    /// Calls `each` with every stored path (on a usable store).
+    fn each_path(&self, each: &mut dyn FnMut(&str));
+    /// How many paths [`IndexLookup::each_path`] walks, at most.
+    fn len_hint(&self) -> usize;
+}
+
+impl<K: Borrow<str> + Hash + Eq, S: BuildHasher> IndexLookup for HashMap<K, ObjectMeta, S> {
+    fn meta(&self, path: &str) -> Option<ObjectMeta> {
+        self.get(path).copied()
+    }
+
+    fn each_path(&self, each: &mut dyn FnMut(&str)) {
+        for path in self.keys() {
+            each(path.borrow());
+        }
+    }
+
+    fn len_hint(&self) -> usize {
+        self.len()
+    }
+}
+
+impl IndexLookup for crate::store::UsableIndex<'_> {
+    fn meta(&self, path: &str) -> Option<ObjectMeta> {
+        self.get(path)
+    }
+
+    fn each_path(&self, each: &mut dyn FnMut(&str)) {
+        for path in self.paths() {
+            each(path);
+        }
+    }
+
+    fn len_hint(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The work of one fill pass, once what left the manifest is deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FillPlan {
-    /// Stored paths that left the manifest: deleted first, to free space.
-    pub deletes: Vec<String>,
     /// Objects to fetch (their positions in the manifest), highest priority first (ties in
     /// manifest order).
     pub fetches: Vec<usize>,
@@ -22,56 +67,72 @@ pub struct FillPlan {
     pub no_room: Vec<usize>,
 }
 
+/// Whether a stored object is the manifest's object: same size and sha256, not damaged.
+fn is_present(
+    meta: &ObjectMeta,
+    size: u64,
+    sha256: &[u8; 32],
+    path: &str,
+    damaged: &HashSet<String>,
+) -> bool {
+    meta.size == size && &meta.sha256 == sha256 && !damaged.contains(path)
+}
+
 /// The bytes of `manifest` the stores hold with the right size and sha256, undamaged: what a
 /// restarted box already has of the manifest in force.
-pub fn held_bytes(
-    manifest: &Manifest,
-    index: &HashMap<String, ObjectMeta>,
-    damaged: &HashSet<String>,
-) -> u64 {
+pub fn held_bytes(manifest: &Manifest, index: &impl IndexLookup, damaged: &HashSet<String>) -> u64 {
     manifest
         .iter()
         .filter(|object| {
-            index.get(object.path).is_some_and(|meta| {
-                meta.size == object.size
-                    && meta.sha256 == object.sha256
-                    && !damaged.contains(object.path)
+            index.meta(object.path).is_some_and(|meta| {
+                is_present(&meta, object.size, &object.sha256, object.path, damaged)
             })
         })
         .map(|object| object.size)
         .sum()
 }
 
-/// Plans a pass: delete what left the manifest (damaged or not); fetch what is missing,
-/// differs from the manifest, or was found `damaged` while serving, in descending priority;
-/// and, when `room` bytes cannot hold every fetch, leave out the lowest-priority ones.
+/// Stored paths that left the manifest (damaged or not), sorted: deleted first, to free
+/// space. When every stored path is one the manifest lists (counted by lookups alone), no
+/// set of the manifest's paths is built.
+pub fn dropped(manifest: &Manifest, index: &impl IndexLookup) -> Vec<String> {
+    let listed_and_stored = manifest
+        .iter()
+        .filter(|object| index.meta(object.path).is_some())
+        .count();
+    if listed_and_stored >= index.len_hint() {
+        return Vec::new();
+    }
+    let wanted: HashSet<&str> = manifest.iter().map(|object| object.path).collect();
+    let mut deletes = Vec::new();
+    index.each_path(&mut |path| {
+        if !wanted.contains(path) {
+            deletes.push(path.to_owned());
+        }
+    });
+    deletes.sort_unstable();
+    deletes
+}
+
+/// Plans the fetches of a pass: what is missing, differs from the manifest, or was found
+/// `damaged` while serving, in descending priority; and, when `room` bytes cannot hold
+/// every fetch, leave out the lowest-priority ones.
 ///
-/// `room` is the stores' free space after the deletes; replacing an object frees its old copy,
-/// so that is counted as room too.
+/// `free_after_deletes` is the stores' free space once [`dropped`] objects are deleted;
+/// replacing an object frees its old copy, so that is counted as room too.
 pub fn plan(
     manifest: &Manifest,
-    index: &HashMap<String, ObjectMeta>,
+    index: &impl IndexLookup,
     damaged: &HashSet<String>,
     free_after_deletes: u64,
 ) -> FillPlan {
-    let wanted: HashSet<&str> = manifest.iter().map(|object| object.path).collect();
-    let mut deletes: Vec<String> = index
-        .keys()
-        .filter(|path| !wanted.contains(path.as_str()))
-        .cloned()
-        .collect();
-    deletes.sort();
     let mut present = 0;
     let mut present_bytes = 0;
     let mut fetches = Vec::new();
     let mut freed_by_replacing = 0u64;
     for object in manifest.iter() {
-        match index.get(object.path) {
-            Some(meta)
-                if meta.size == object.size
-                    && meta.sha256 == object.sha256
-                    && !damaged.contains(object.path) =>
-            {
+        match index.meta(object.path) {
+            Some(meta) if is_present(&meta, object.size, &object.sha256, object.path, damaged) => {
                 present += 1;
                 present_bytes += object.size;
             }
@@ -97,7 +158,6 @@ pub fn plan(
         }
     }
     FillPlan {
-        deletes,
         fetches: fitting,
         present,
         present_bytes,
@@ -153,7 +213,7 @@ mod tests {
             ("gone.ts".to_owned(), stored(10, 4)),
         ]);
         let plan = plan(&manifest, &index, &HashSet::new(), 1000);
-        assert_eq!(plan.deletes, ["gone.ts"]);
+        assert_eq!(dropped(&manifest, &index), ["gone.ts"]);
         assert_eq!(paths(&manifest, &plan.fetches), ["changed.ts", "new.ts"]);
         assert_eq!((plan.present, plan.present_bytes), (1, 10));
         assert!(plan.no_room.is_empty());
@@ -168,7 +228,7 @@ mod tests {
         ]);
         let damaged = HashSet::from(["wanted.ts".to_owned(), "unwanted.ts".to_owned()]);
         let plan = plan(&manifest, &index, &damaged, 1000);
-        assert_eq!(plan.deletes, ["unwanted.ts"]);
+        assert_eq!(dropped(&manifest, &index), ["unwanted.ts"]);
         assert_eq!(plan.fetches.len(), 1);
         assert_eq!(plan.present, 0);
     }
@@ -181,7 +241,12 @@ mod tests {
             object("c", 1, 1, 0),
             object("d", 1, 1, 100),
         ]);
-        let plan = plan(&manifest, &HashMap::new(), &HashSet::new(), 1000);
+        let plan = plan(
+            &manifest,
+            &HashMap::<String, ObjectMeta>::new(),
+            &HashSet::new(),
+            1000,
+        );
         assert_eq!(paths(&manifest, &plan.fetches), ["b", "d", "a", "c"]);
     }
 
@@ -192,7 +257,12 @@ mod tests {
             object("high", 40, 1, 9),
             object("mid", 40, 1, 5),
         ]);
-        let plan = plan(&manifest, &HashMap::new(), &HashSet::new(), 100);
+        let plan = plan(
+            &manifest,
+            &HashMap::<String, ObjectMeta>::new(),
+            &HashSet::new(),
+            100,
+        );
         assert_eq!(paths(&manifest, &plan.fetches), ["high", "mid"]);
         assert_eq!(paths(&manifest, &plan.no_room), ["low"]);
     }

@@ -316,6 +316,41 @@ struct Opened {
     entries: HashMap<String, JournalEntry>,
 }
 
+/// The index of the usable stores, borrowed under its read lock
+/// ([`Stores::with_usable_index`]).
+pub struct UsableIndex<'a> {
+    index: &'a HashMap<Box<str>, ObjectMeta>,
+    stores: &'a [Store],
+}
+
+impl UsableIndex<'_> {
+    /// The object at `path`, unless its store has failed.
+    pub fn get(&self, path: &str) -> Option<ObjectMeta> {
+        self.index
+            .get(path)
+            .filter(|meta| !self.stores[meta.store].failed.load(Ordering::Relaxed))
+            .copied()
+    }
+
+    /// Every path on a usable store.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.index
+            .iter()
+            .filter(|(_, meta)| !self.stores[meta.store].failed.load(Ordering::Relaxed))
+            .map(|(path, _)| &**path)
+    }
+
+    /// Entries in the index, failed stores' included: an upper bound of [`Self::paths`].
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
 /// All stores of the box and the merged index over them.
 #[derive(Debug)]
 pub struct Stores {
@@ -636,6 +671,23 @@ impl Stores {
                     .saturating_sub(store.bytes_used.load(Ordering::Relaxed))
             })
             .sum()
+    }
+
+    /// Runs `read` on the live index of the usable stores under its read lock, for planning
+    /// a fill against tens of millions of objects without copying them (publishing waits
+    /// meanwhile; serving does not). Objects on failed stores are left out, so a plan
+    /// fetches them again.
+    pub fn with_usable_index<T>(&self, read: impl FnOnce(&UsableIndex<'_>) -> T) -> T {
+        let empty = HashMap::new();
+        let guard = self.index.read();
+        let index = match &guard {
+            Ok(index) => &**index,
+            Err(_) => &empty,
+        };
+        read(&UsableIndex {
+            index,
+            stores: &self.stores,
+        })
     }
 
     /// A copy of the index of the usable stores, for planning a fill against a manifest
