@@ -62,6 +62,9 @@ pub struct Replay {
     pub torn_tail: bool,
     /// Damaged stretches skipped between valid records (each lost one or more records).
     pub corrupt_regions: u64,
+    /// Valid records read: more than `entries` when some were replaced or removed (the
+    /// journal then has something to compact).
+    pub records: u64,
 }
 
 /// Reads a whole journal. A missing file is an empty index.
@@ -117,6 +120,7 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
                 replay.entries.remove(&path);
             }
         }
+        replay.records += 1;
         offset += used;
         replay.valid_len = offset as u64;
     }

@@ -190,6 +190,9 @@ struct JournalState {
     /// Where valid records end (a torn tail after it is cut on open).
     valid_len: u64,
     writer: Option<JournalWriter>,
+    /// The journal holds exactly the store's live entries, one record each: compacting it
+    /// would rewrite the same records (at every fill pass, tens of millions of them).
+    compact: bool,
 }
 
 /// One configured store.
@@ -252,6 +255,7 @@ impl Store {
             .journal
             .lock()
             .map_err(|_| self.io_error("journal", io::Error::other("journal lock poisoned")))?;
+        state.compact = false;
         if state.writer.is_none() {
             let writer = JournalWriter::open(&self.journal_path(), state.valid_len)
                 .map_err(|err| self.io_error("open index/journal", err))?;
@@ -291,6 +295,9 @@ impl Store {
             .journal
             .lock()
             .map_err(|_| self.io_error("journal", io::Error::other("journal lock poisoned")))?;
+        if state.compact {
+            return Ok(());
+        }
         state.writer = None;
         match journal::compact(
             &self.journal_path(),
@@ -298,6 +305,7 @@ impl Store {
         ) {
             Ok(written) => {
                 state.valid_len = written;
+                state.compact = true;
                 Ok(())
             }
             Err(err) => {
@@ -392,6 +400,7 @@ impl Stores {
     pub fn load(configs: &[StoreConfig]) -> Stores {
         let mut stores = Vec::with_capacity(configs.len());
         let mut index: HashMap<Box<str>, ObjectMeta> = HashMap::new();
+        let mut not_compact = Vec::new();
         for (number, config) in configs.iter().enumerate() {
             let Opened { store, entries } = open_store(config);
             // One allocation for the whole index instead of a rehash at every doubling.
@@ -403,9 +412,17 @@ impl Stores {
                     sha256: entry.sha256,
                     filled_at: entry.filled_at,
                 };
+                // A path on two stores (a move cut short): the newer copy wins, and the
+                // journal that lists the other has something to compact.
                 match index.get(path.as_str()) {
-                    Some(existing) if existing.filled_at >= meta.filled_at => {}
-                    _ => {
+                    Some(existing) if existing.filled_at >= meta.filled_at => {
+                        not_compact.push(number);
+                    }
+                    Some(existing) => {
+                        not_compact.push(existing.store);
+                        index.insert(path.into_boxed_str(), meta);
+                    }
+                    None => {
                         index.insert(path.into_boxed_str(), meta);
                     }
                 }
@@ -416,6 +433,11 @@ impl Stores {
             let store = &stores[meta.store];
             store.objects.fetch_add(1, Ordering::Relaxed);
             store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
+        }
+        for number in not_compact {
+            if let Ok(mut journal) = stores[number].journal.lock() {
+                journal.compact = false;
+            }
         }
         Stores {
             stores,
@@ -1000,6 +1022,7 @@ fn open_store(config: &StoreConfig) -> Opened {
         journal: Mutex::new(JournalState {
             valid_len: 0,
             writer: None,
+            compact: false,
         }),
         _lock: None,
     };
@@ -1012,6 +1035,9 @@ fn open_store(config: &StoreConfig) -> Opened {
             store.id = id;
             if let Ok(mut journal) = store.journal.lock() {
                 journal.valid_len = replay.valid_len;
+                journal.compact = !replay.torn_tail
+                    && replay.corrupt_regions == 0
+                    && replay.records == replay.entries.len() as u64;
             }
             let used: u64 = replay.entries.values().map(|entry| entry.size).sum();
             store.capacity = match config.capacity {
