@@ -64,7 +64,7 @@ fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
 }
 
 #[tokio::test]
-async fn ndjson_gzip_and_a_delta_built_and_pushed_from_the_cli() {
+async fn ndjson_gzip_and_chained_deltas_built_and_pushed_from_the_cli() {
     let seed_dir = tempfile::tempdir().unwrap();
     let seed = seed_dir.path().join("seed");
     let a = pattern(30_000);
@@ -81,119 +81,121 @@ async fn ndjson_gzip_and_a_delta_built_and_pushed_from_the_cli() {
     let daemon = start(&config).await;
     let admin = format!("http://{}", daemon.admin_addr);
     let base_url = format!("file://{}/", seed.display());
-    let night_1 = test_box.dir.path().join("night-1.ndjson");
+    let file = |name: &str| test_box.dir.path().join(name);
+    let build = |extra: &[&str], output: std::path::PathBuf| {
+        let mut args = os(&[&"manifest", &"build", &seed, &"--base-url", &base_url]);
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        args.push("-o".into());
+        args.push(output.into());
+        run_async(args)
+    };
+    let push = |manifest: std::path::PathBuf| {
+        run_async(os(&[
+            &"manifest",
+            &"push",
+            &manifest,
+            &"--admin",
+            &admin,
+            &"--token-file",
+            &token_file,
+        ]))
+    };
 
-    let built = run_async(os(&[
-        &"manifest",
-        &"build",
-        &seed,
-        &"--base-url",
-        &base_url,
-        &"--format",
-        &"ndjson",
-        &"-o",
-        &night_1,
-    ]))
+    // Night 1: the whole manifest, NDJSON, pushed gzip-compressed.
+    let built = build(
+        &["--format", "ndjson", "--id", "night-1"],
+        file("night-1.ndjson"),
+    )
     .await;
     assert_eq!(built.status.code(), Some(0), "{built:?}");
-    let text = std::fs::read_to_string(&night_1).unwrap();
+    let text = std::fs::read_to_string(file("night-1.ndjson")).unwrap();
     assert_eq!(
         text.lines().count(),
         4,
         "a header and three objects:\n{text}"
     );
-    let pushed = run_async(os(&[
-        &"manifest",
-        &"push",
-        &night_1,
-        &"--admin",
-        &admin,
-        &"--token-file",
-        &token_file,
-    ]))
-    .await;
+    let pushed = push(file("night-1.ndjson")).await;
     assert_eq!(pushed.status.code(), Some(0), "{pushed:?}");
-    let first_id = admin_status(daemon.admin_addr).await["manifest"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    fill_until_done(&daemon, &first_id).await;
+    fill_until_done(&daemon, "night-1").await;
 
-    // Tonight: b is gone, c changed, d is new. The delta carries only that.
+    // Night 2: b is gone, c changed, d is new. The delta carries only that, and the whole
+    // manifest written beside it is the next night's base.
     std::fs::remove_file(seed.join("t/b.ts")).unwrap();
     let c2 = pattern(51_000);
     let d = pattern(7_000);
     write_tree(&seed, &[("t/c.ts", &c2), ("t/d.ts", &d)]);
-    // Manifest ids are the build time in seconds: make tonight's differ from last night's.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let delta = test_box.dir.path().join("night-2.delta.ndjson");
-    let built = run_async(os(&[
-        &"manifest",
-        &"build",
-        &seed,
-        &"--base-url",
-        &base_url,
-        &"--base",
-        &night_1,
-        &"-o",
-        &delta,
-    ]))
+    let full_2 = file("night-2.ndjson");
+    let built = build(
+        &[
+            "--base",
+            file("night-1.ndjson").to_str().unwrap(),
+            "--id",
+            "night-2",
+            "--format",
+            "ndjson",
+            "--full",
+            full_2.to_str().unwrap(),
+        ],
+        file("night-2.delta"),
+    )
     .await;
     assert_eq!(built.status.code(), Some(0), "{built:?}");
     let stderr = String::from_utf8_lossy(&built.stderr);
     assert!(stderr.contains("2 new or changed, 1 removed"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&delta).unwrap().lines().count(), 4);
-    let pushed = run_async(os(&[
-        &"manifest",
-        &"push",
-        &delta,
-        &"--admin",
-        &admin,
-        &"--token-file",
-        &token_file,
-    ]))
-    .await;
+    assert_eq!(
+        std::fs::read_to_string(file("night-2.delta"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+    let pushed = push(file("night-2.delta")).await;
     assert_eq!(pushed.status.code(), Some(0), "{pushed:?}");
     let status = admin_status(daemon.admin_addr).await;
-    let second_id = status["manifest"]["id"].as_str().unwrap().to_owned();
-    assert_ne!(second_id, first_id);
+    assert_eq!(status["manifest"]["id"], "night-2");
     assert_eq!(status["manifest"]["objects"], 3);
     assert_eq!(status["manifest"]["bytes"], 30_000 + 51_000 + 7_000);
 
     // The same delta again: its base is no longer in force.
-    let again = run_async(os(&[
-        &"manifest",
-        &"push",
-        &delta,
-        &"--admin",
-        &admin,
-        &"--token-file",
-        &token_file,
-    ]))
-    .await;
+    let again = push(file("night-2.delta")).await;
     assert_ne!(again.status.code(), Some(0));
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("409"),
         "{again:?}"
     );
-    let raw = std::fs::read(&delta).unwrap();
+    let raw = std::fs::read(file("night-2.delta")).unwrap();
     let (code, body) = put(&daemon, &token, raw, None).await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
     assert!(body.contains("manifest in force"), "{body}");
 
-    fill_until_done(&daemon, &second_id).await;
+    fill_until_done(&daemon, "night-2").await;
     let viewer = daemon.viewer_addrs[0];
     assert_eq!(&served(viewer, "/t/a.ts").await[..], &a[..]);
     assert_eq!(&served(viewer, "/t/c.ts").await[..], &c2[..]);
     assert_eq!(&served(viewer, "/t/d.ts").await[..], &d[..]);
     assert_eq!(get(viewer, "/t/b.ts").await.status(), StatusCode::NOT_FOUND);
+
+    // Night 3 chains on night 2's whole manifest.
+    write_tree(&seed, &[("t/e.ts", &d)]);
+    let built = build(
+        &["--base", full_2.to_str().unwrap(), "--id", "night-3"],
+        file("night-3.delta"),
+    )
+    .await;
+    assert_eq!(built.status.code(), Some(0), "{built:?}");
+    let pushed = push(file("night-3.delta")).await;
+    assert_eq!(pushed.status.code(), Some(0), "{pushed:?}");
+    assert_eq!(
+        admin_status(daemon.admin_addr).await["manifest"]["objects"],
+        4
+    );
     daemon.shutdown().await;
 
-    // The delta's result is what a restart finds in force.
+    // The deltas' result is what a restart finds in force.
     let daemon = start(&config).await;
     let status = admin_status(daemon.admin_addr).await;
-    assert_eq!(status["manifest"]["id"], second_id.as_str());
-    assert_eq!(status["manifest"]["objects"], 3);
+    assert_eq!(status["manifest"]["id"], "night-3");
+    assert_eq!(status["manifest"]["objects"], 4);
     daemon.shutdown().await;
 }
 

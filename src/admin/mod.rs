@@ -341,50 +341,40 @@ impl Admin {
             .get("x-tidecache-signature")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        // Spooling, accepting and cleaning up run in a task of their own: if the connection
+        // goes (a client that gives up, the idle timeout during a long accept), the manifest
+        // still either comes into force or is refused whole, is logged, and leaves no spool.
         let spool = self.fill.spool_file();
-        let received =
-            spool_body(request.into_body(), &spool, limit, auth.hmac_key.as_deref()).await;
-        let signed = |check: Option<SignatureCheck>| {
-            check.is_none_or(|check| check.verify(signature.as_deref()))
-        };
-        let answer = match received.map(signed) {
-            Err((status, message)) => error(status, &message),
-            Ok(false) => {
-                self.metrics.admin_auth_failures.inc();
-                tracing::warn!("manifest refused: missing or wrong X-Tidecache-Signature");
-                error(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong X-Tidecache-Signature (sha256=<hex HMAC-SHA256 of the body>)",
-                )
-            }
-            Ok(true) => {
-                self.accept(Received::File(spool.clone()), limit as u64)
-                    .await
-            }
-        };
-        let _ = tokio::fs::remove_file(&spool).await;
-        answer
-    }
-
-    /// Accepts a received manifest and answers: 202, or why not (400 invalid, 409 a delta
-    /// on another base, 413 too large once decompressed, 500 not saved).
-    async fn accept(&self, received: Received, limit: u64) -> Response<ObjectBody> {
-        match self.fill.accept(received, limit).await {
-            Ok(summary) => json(StatusCode::ACCEPTED, &summary),
-            Err(AcceptError::Invalid(err)) => {
-                tracing::warn!(error = %err, "manifest refused; the one in force stays");
-                let status = match err {
-                    ManifestError::WrongBase { .. } => StatusCode::CONFLICT,
-                    ManifestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                error(status, &err.to_string())
-            }
-            Err(err @ AcceptError::Save(_)) => {
-                tracing::error!(error = %err, "manifest not saved; the one in force stays");
-                error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string())
-            }
-        }
+        let fill = Arc::clone(&self.fill);
+        let metrics = self.metrics.clone();
+        let body = request.into_body();
+        let hmac_key = auth.hmac_key.clone();
+        let task = tokio::spawn(async move {
+            let received = spool_body(body, &spool, limit, hmac_key.as_deref()).await;
+            let signed = |check: Option<SignatureCheck>| {
+                check.is_none_or(|check| check.verify(signature.as_deref()))
+            };
+            let answer = match received.map(signed) {
+                Err((status, message)) => error(status, &message),
+                Ok(false) => {
+                    metrics.admin_auth_failures.inc();
+                    tracing::warn!("manifest refused: missing or wrong X-Tidecache-Signature");
+                    error(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or wrong X-Tidecache-Signature (sha256=<hex HMAC-SHA256 of the body>)",
+                    )
+                }
+                Ok(true) => accept(&fill, Received::File(spool.clone()), limit as u64).await,
+            };
+            let _ = tokio::fs::remove_file(&spool).await;
+            answer
+        });
+        task.await.unwrap_or_else(|err| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the manifest push failed: {err}"),
+            )
+        })
     }
 
     /// The refusal of a mutating call without the right token (401, or 403 when no token is
@@ -423,6 +413,27 @@ impl Handler for Admin {
 
 /// Reads a request body of at most `limit` bytes: 413 beyond it, 400 when the client breaks
 /// off.
+/// Accepts a received manifest and answers: 202, or why not (400 invalid, 409 a delta on
+/// another base, 413 too large once decompressed, 500 not saved).
+async fn accept(fill: &Fill, received: Received, limit: u64) -> Response<ObjectBody> {
+    match fill.accept(received, limit).await {
+        Ok(summary) => json(StatusCode::ACCEPTED, &summary),
+        Err(AcceptError::Invalid(err)) => {
+            tracing::warn!(error = %err, "manifest refused; the one in force stays");
+            let status = match err {
+                ManifestError::WrongBase { .. } => StatusCode::CONFLICT,
+                ManifestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            error(status, &err.to_string())
+        }
+        Err(err @ AcceptError::Save(_)) => {
+            tracing::error!(error = %err, "manifest not saved; the one in force stays");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string())
+        }
+    }
+}
+
 /// Writes a pushed body to `spool` as it arrives (never holding it whole), at most `limit`
 /// bytes, computing its HMAC under `hmac_key` when one is configured.
 async fn spool_body(

@@ -147,6 +147,13 @@ pub enum ManifestCommand {
         /// manifest is in force (else 409).
         #[arg(long, value_name = "MANIFEST")]
         base: Option<PathBuf>,
+        /// With --base: also write the whole manifest (same id, --format) here, to be
+        /// tomorrow's --base, so nightly deltas chain.
+        #[arg(long, value_name = "FILE", requires = "base")]
+        full: Option<PathBuf>,
+        /// The manifest's id; default: the build's time (UTC, to the second).
+        #[arg(long)]
+        id: Option<String>,
     },
     /// Send a manifest to a box (`PUT /v1/manifest`), gzip-compressed.
     Push {
@@ -273,7 +280,16 @@ pub fn main() -> ExitCode {
             output,
             format,
             base,
-        }) => build_manifest(&dir, &base_url, output.as_deref(), format, base.as_deref()),
+            full,
+            id,
+        }) => build_manifest(
+            &dir,
+            &base_url,
+            output.as_deref(),
+            format,
+            (base.as_deref(), full.as_deref()),
+            id,
+        ),
         Command::Manifest(ManifestCommand::Push {
             file,
             admin,
@@ -309,7 +325,8 @@ fn build_manifest(
     base_url: &str,
     output: Option<&std::path::Path>,
     format: LayoutArg,
-    base: Option<&std::path::Path>,
+    (base, full): (Option<&std::path::Path>, Option<&std::path::Path>),
+    id: Option<String>,
 ) -> ExitCode {
     use crate::fill::build::Layout;
     if !(base_url.starts_with("http://")
@@ -333,10 +350,25 @@ fn build_manifest(
         None => None,
     };
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let built = match crate::fill::build::build(dir, base_url, show_progress) {
+    let mut built = match crate::fill::build::build(dir, base_url, show_progress) {
         Ok(built) => built,
         Err(err) => return fail(EXIT_FAILURE, &err.to_string()),
     };
+    if let Some(id) = id {
+        built.set_id(id);
+    }
+    if earlier
+        .as_ref()
+        .is_some_and(|earlier| earlier.id == built.id())
+    {
+        return fail(
+            EXIT_USAGE,
+            &format!(
+                "the delta's id {:?} is its base's: give it another with --id",
+                built.id()
+            ),
+        );
+    }
     let layout = match format {
         LayoutArg::Json => Layout::Json,
         LayoutArg::Ndjson => Layout::Ndjson,
@@ -355,6 +387,13 @@ fn build_manifest(
             None => built.write(layout, &mut out),
         }
     };
+    if let Some(full) = full {
+        let written = crate::durable::write_atomically_with(full, |file| built.write(layout, file));
+        match written {
+            Ok(()) => eprintln!("tidecache: wrote {} (the whole manifest)", full.display()),
+            Err(err) => return fail(EXIT_FAILURE, &format!("{}: {err}", full.display())),
+        }
+    }
     let written = match output {
         Some(path) => crate::durable::write_atomically_with(path, |file| write(file))
             .map(|()| eprintln!("tidecache: wrote {}", path.display())),

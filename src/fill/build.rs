@@ -52,6 +52,8 @@ struct BuiltHeader<'a> {
     base_url: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     base: Option<&'a str>,
+    /// The lines that follow, so a body cut at a line boundary is refused.
+    count: usize,
 }
 
 /// One object of a built manifest.
@@ -99,6 +101,7 @@ impl Built {
                     id: &self.id,
                     base_url: Some(&self.base_url),
                     base: None,
+                    count: self.objects.len(),
                 };
                 serde_json::to_writer(&mut *out, &header)?;
                 out.write_all(b"\n")?;
@@ -119,36 +122,49 @@ impl Built {
         base: &Manifest,
         out: &mut impl std::io::Write,
     ) -> std::io::Result<(usize, usize)> {
+        let mut old: HashMap<&str, ObjectRef<'_>> =
+            base.iter().map(|object| (object.path, object)).collect();
+        let changed: Vec<&BuiltObject> = self
+            .objects
+            .iter()
+            .filter(|object| {
+                !old.remove(object.path.as_str()).is_some_and(|before| {
+                    before.size == object.size
+                        && crate::store::hex(&before.sha256) == object.sha256
+                        && before.source() == self.source_of(&object.path)
+                })
+            })
+            .collect();
+        let mut gone: Vec<&str> = old.into_keys().collect();
+        gone.sort_unstable();
         let header = BuiltHeader {
             version: MANIFEST_VERSION,
             id: &self.id,
             base_url: Some(&self.base_url),
             base: Some(&base.id),
+            count: changed.len() + gone.len(),
         };
         serde_json::to_writer(&mut *out, &header)?;
         out.write_all(b"\n")?;
-        let mut old: HashMap<&str, ObjectRef<'_>> =
-            base.iter().map(|object| (object.path, object)).collect();
-        let mut changed = 0;
-        for object in &self.objects {
-            let same = old.remove(object.path.as_str()).is_some_and(|before| {
-                before.size == object.size
-                    && crate::store::hex(&before.sha256) == object.sha256
-                    && before.source() == self.source_of(&object.path)
-            });
-            if !same {
-                serde_json::to_writer(&mut *out, object)?;
-                out.write_all(b"\n")?;
-                changed += 1;
-            }
+        for object in &changed {
+            serde_json::to_writer(&mut *out, object)?;
+            out.write_all(b"\n")?;
         }
-        let mut gone: Vec<&str> = old.into_keys().collect();
-        gone.sort_unstable();
         for path in &gone {
             serde_json::to_writer(&mut *out, &serde_json::json!({ "remove": path }))?;
             out.write_all(b"\n")?;
         }
-        Ok((changed, gone.len()))
+        Ok((changed.len(), gone.len()))
+    }
+
+    /// Names the manifest (by default the build's time, to the second).
+    pub fn set_id(&mut self, id: String) {
+        self.id = id;
+    }
+
+    /// The manifest's id.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Where a box fetches `path` from under this manifest's base URL.
@@ -322,7 +338,7 @@ mod tests {
         std::fs::write(dir.path().join("c.ts"), b"changed").unwrap();
         std::fs::write(dir.path().join("d.ts"), b"new").unwrap();
         let mut built = build(dir.path(), base_url, false).unwrap();
-        built.id = "tonight".to_owned();
+        built.set_id("tonight".to_owned());
         let mut delta = Vec::new();
         let (changed, removed) = built.write_delta(&earlier, &mut delta).unwrap();
         assert_eq!(

@@ -27,6 +27,9 @@ pub const MANIFEST_VERSION: u64 = 1;
 
 /// Longest manifest id accepted.
 const MAX_ID_LEN: usize = 256;
+/// Longest source URL (`base_url` or an object's `url`): far beyond any real one, and
+/// well within what the saved form reads back.
+const MAX_URL_LEN: usize = 8192;
 /// Longest NDJSON line: an object with a 1024-byte path and a long URL fits many times over.
 const MAX_LINE: usize = 64 * 1024;
 /// Marks a record removed by a delta until the manifest is finished.
@@ -85,6 +88,10 @@ struct RawHeader {
     base_url: Option<String>,
     #[serde(default)]
     base: Option<String>,
+    /// How many lines follow the header (objects and removals), when the sender says: a
+    /// body cut at a line boundary would otherwise read as a smaller, valid manifest.
+    #[serde(default)]
+    count: Option<u64>,
 }
 
 /// Where an object's bytes come from.
@@ -318,7 +325,8 @@ impl Manifest {
         let paths = String::from_utf8(read_bytes(&mut input, u64::MAX)?)
             .map_err(|_| corrupt("paths are not UTF-8"))?;
         let count = u64::from_le_bytes(read_array(&mut input)?);
-        let mut records = Vec::with_capacity(usize::try_from(count.min(1 << 32)).unwrap_or(0));
+        // Grown as records are read: a damaged count must not size an allocation.
+        let mut records = Vec::with_capacity(usize::try_from(count.min(1 << 16)).unwrap_or(0));
         for _ in 0..count {
             let raw: [u8; 63] = read_array(&mut input)?;
             let record = Record {
@@ -398,15 +406,23 @@ pub fn read(
             limit,
         },
     );
-    // The first line (at most MAX_LINE bytes of it) tells NDJSON from JSON; for JSON it is
-    // put back in front of the rest.
+    // The first line that is not blank (at most MAX_LINE bytes of it) tells NDJSON from
+    // JSON; for JSON it is put back in front of the rest.
     let mut first = Vec::with_capacity(1024);
-    (&mut text)
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut first)
-        .map_err(|err| over_limit(err, limit))?;
+    let mut first_number = 0;
+    loop {
+        first.clear();
+        first_number += 1;
+        let read = (&mut text)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut first)
+            .map_err(|err| over_limit(err, limit))?;
+        if read == 0 || !first.iter().all(u8::is_ascii_whitespace) {
+            break;
+        }
+    }
     let parsed = if is_ndjson(&first) {
-        read_ndjson(first, &mut text, in_force)
+        read_ndjson(first, first_number, &mut text, in_force)
     } else {
         read_json(&mut std::io::Cursor::new(first).chain(text))
     };
@@ -423,6 +439,8 @@ pub fn read(
 /// Whether `first_line` is an NDJSON header: a whole JSON object of the header's shape (a
 /// JSON manifest's first line is `{` alone, or the whole manifest with its `objects`).
 fn is_ndjson(first_line: &[u8]) -> bool {
+    // A header line ends with its newline: without one, `{"version": 1, "id": "x"}` is a
+    // JSON manifest missing its objects, not an empty NDJSON one.
     first_line.ends_with(b"\n") && serde_json::from_slice::<RawHeader>(first_line).is_ok()
 }
 
@@ -491,6 +509,8 @@ struct Builder {
     table: HashTable<u32>,
     hasher: RandomState,
     removed: usize,
+    /// URLs no record points to any more (replaced by a delta): dropped at finish.
+    stale_urls: usize,
     label: Label,
     /// The position of the next line, for messages.
     position: usize,
@@ -507,6 +527,7 @@ impl Builder {
             table: HashTable::new(),
             hasher: RandomState::new(),
             removed: 0,
+            stale_urls: 0,
             label,
             position: 0,
             error: None,
@@ -630,6 +651,9 @@ impl Builder {
                 return Err(self.at(&object.path, "path: duplicate; each path may appear once"));
             }
             let record = &mut self.records[existing];
+            if record.url != NO_URL {
+                self.stale_urls += 1;
+            }
             record.size = object.size;
             record.sha256 = object.sha256;
             record.priority = object.priority;
@@ -691,7 +715,7 @@ impl Builder {
             check_url(base)
                 .map_err(|reason| ManifestError::Invalid(format!("base_url: {reason}")))?;
         }
-        if self.removed > 0 {
+        if self.removed > 0 || self.stale_urls > 0 {
             self.compact();
         }
         let mut total_bytes: u64 = 0;
@@ -749,6 +773,7 @@ impl Builder {
         self.records = records;
         self.urls = urls;
         self.removed = 0;
+        self.stale_urls = 0;
         self.table = HashTable::with_capacity(self.records.len());
         for index in 0..self.records.len() {
             let hash = self.hash(self.path_of(index));
@@ -766,15 +791,22 @@ fn unreachable_hash() -> u64 {
 /// NDJSON: a header line, then one object (or removal) per line; blank lines are skipped.
 fn read_ndjson(
     header_line: Vec<u8>,
+    header_number: usize,
     input: &mut impl BufRead,
     in_force: Option<&Manifest>,
 ) -> Result<Manifest, ManifestError> {
-    let mut number = 1usize;
+    let mut number = header_number;
     let header: RawHeader = serde_json::from_slice(&header_line)
-        .map_err(|err| ManifestError::Syntax(format!("line 1 (header): {err}")))?;
+        .map_err(|err| ManifestError::Syntax(format!("line {header_number} (header): {err}")))?;
     let mut line = header_line;
     check_version(header.version)?;
     let delta = header.base.is_some();
+    if header.base.as_deref() == Some(header.id.as_str()) {
+        return Err(ManifestError::Invalid(format!(
+            "id: a delta needs an id of its own, not its base's ({:?})",
+            header.id
+        )));
+    }
     let mut builder = match &header.base {
         Some(base) => match in_force {
             Some(in_force) if &in_force.id == base => {
@@ -795,6 +827,7 @@ fn read_ndjson(
             .then(|| in_force.and_then(|manifest| manifest.base_url.clone()))
             .flatten()
     });
+    let mut lines = 0u64;
     while read_line(input, &mut line)? {
         number += 1;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -804,6 +837,12 @@ fn read_ndjson(
         let raw: RawLine = serde_json::from_slice(&line)
             .map_err(|err| ManifestError::Syntax(format!("line {number}: {err}")))?;
         builder.take(raw, delta)?;
+        lines += 1;
+    }
+    if let Some(count) = header.count.filter(|&count| count != lines) {
+        return Err(ManifestError::Invalid(format!(
+            "count: the header announces {count} lines, {lines} arrived (a cut body?)"
+        )));
     }
     builder.finish(header.id, base_url)
 }
@@ -896,7 +935,17 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonHeader, A::Error> {
         let mut header = JsonHeader::default();
+        let mut seen: Vec<String> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(de::Error::duplicate_field(match key.as_str() {
+                    "version" => "version",
+                    "id" => "id",
+                    "base_url" => "base_url",
+                    _ => "objects",
+                }));
+            }
+            seen.push(key.clone());
             match key.as_str() {
                 "version" => header.version = Some(map.next_value()?),
                 "id" => header.id = Some(map.next_value()?),
@@ -969,6 +1018,9 @@ fn join(base: &str, path: &str) -> String {
 
 /// Checks a source URL's scheme and shape and turns it into a [`Source`].
 fn check_url(url: &str) -> Result<Source, String> {
+    if url.len() > MAX_URL_LEN {
+        return Err(format!("longer than {MAX_URL_LEN} bytes"));
+    }
     if let Some(rest) = url.strip_prefix("file://") {
         let path = rest.strip_prefix("localhost").unwrap_or(rest);
         if !path.starts_with('/') {
@@ -1366,6 +1418,100 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("line 3 (\"../b.ts\")")
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_count_is_an_error_not_an_allocation() {
+        let manifest = parse(manifest(&object("a.ts")).as_bytes()).unwrap();
+        let mut saved = Vec::new();
+        manifest.save(&mut saved).unwrap();
+        // magic, id, base URL, flag, total, paths: then the record count.
+        let at = 8
+            + 8
+            + manifest.id.len()
+            + 8
+            + manifest.base_url.as_ref().unwrap().len()
+            + 1
+            + 8
+            + 8
+            + manifest.paths.len();
+        assert_eq!(saved[at..at + 8], 1u64.to_le_bytes());
+        saved[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(Manifest::load_saved(&mut &saved[..]).is_err());
+    }
+
+    #[test]
+    fn ndjson_edges_cut_bodies_and_delta_ids() {
+        let header = r#"{"version": 1, "id": "n", "base_url": "http://o/", "count": 2}"#;
+        let whole = ndjson(header, &[object("a.ts"), object("b.ts")]);
+        assert_eq!(read_text(&whole, None).unwrap().len(), 2);
+        let cut = ndjson(header, &[object("a.ts")]);
+        assert!(
+            read_text(&cut, None)
+                .unwrap_err()
+                .to_string()
+                .contains("announces 2 lines, 1 arrived")
+        );
+        let blank_first = format!("\n\r\n{whole}");
+        assert_eq!(read_text(&blank_first, None).unwrap().len(), 2);
+        let header_only = r#"{"version": 1, "id": "empty", "base_url": "http://o/"}"#;
+        assert!(
+            read_text(&format!("{header_only}\n"), None)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            read_text(header_only, None)
+                .unwrap_err()
+                .to_string()
+                .contains("missing field")
+        );
+        let base = read_text(&whole, None).unwrap();
+        let same_id = ndjson(
+            r#"{"version": 1, "id": "n", "base": "n"}"#,
+            &[object("c.ts")],
+        );
+        assert!(
+            read_text(&same_id, Some(&base))
+                .unwrap_err()
+                .to_string()
+                .contains("id of its own")
+        );
+        let duplicate_key =
+            r#"{"version": 1, "id": "x", "id": "y", "base_url": "http://o/", "objects": []}"#;
+        assert!(refused(duplicate_key).contains("duplicate field"));
+        let long_url = object("a.ts").replace(
+            r#""sha256""#,
+            &format!(r#""url": "http://o/{}", "sha256""#, "x".repeat(9000)),
+        );
+        assert!(refused(&manifest(&long_url)).contains("longer than 8192"));
+    }
+
+    #[test]
+    fn urls_replaced_by_deltas_do_not_pile_up() {
+        let with_url = |n: usize| {
+            object("a.ts").replace(
+                r#""sha256""#,
+                &format!(r#""url": "http://o/v{n}", "sha256""#),
+            )
+        };
+        let mut manifest = read_text(
+            &ndjson(r#"{"version": 1, "id": "n0"}"#, &[with_url(0)]),
+            None,
+        )
+        .unwrap();
+        for n in 1..50 {
+            let delta = ndjson(
+                &format!(r#"{{"version": 1, "id": "n{n}", "base": "n{}"}}"#, n - 1),
+                &[with_url(n)],
+            );
+            manifest = read_text(&delta, Some(&manifest)).unwrap();
+        }
+        assert_eq!(manifest.urls.len(), 1);
+        assert_eq!(
+            manifest.get(0).source(),
+            Source::Http("http://o/v49".to_owned())
         );
     }
 }

@@ -179,15 +179,14 @@ impl Fill {
     /// Loads the manifest in force from `state_dir`, if one was accepted before: its binary
     /// saved form, or the JSON an earlier version saved (converted once). A saved manifest
     /// that no longer reads whole is reported and set aside, not guessed at. Pushes spooled
-    /// when the process stopped are removed.
+    /// and a save cut short when the process stopped are removed.
     pub fn load(state_dir: &Path) -> Fill {
         let manifest_file = state_dir.join(SAVED_MANIFEST);
         for leftover in std::fs::read_dir(state_dir).into_iter().flatten().flatten() {
-            if leftover
-                .file_name()
-                .to_string_lossy()
-                .starts_with(SPOOL_PREFIX)
-            {
+            let name = leftover.file_name();
+            let name = name.to_string_lossy();
+            // Pushes being spooled, and a save cut short (the saved form's temp file).
+            if name.starts_with(SPOOL_PREFIX) || name == format!("{SAVED_MANIFEST}.tmp") {
                 let _ = std::fs::remove_file(leftover.path());
             }
         }
