@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::fetch::{FetchError, Fetcher};
 use super::manifest::ManifestObject;
-use super::plan::{FillPlan, dropped, held_bytes, plan};
+use super::plan::{FillPlan, Survey, dropped_beyond, fit, held_bytes, survey};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
 use super::stocked::{Measured, holds_enough};
@@ -262,7 +262,24 @@ impl Engine {
         let started = Instant::now();
         let started_at = Timestamp::now();
         tracing::info!(id = %manifest.id, objects = manifest.len(), bytes = manifest.total_bytes, "fill pass starting");
-        let (deleted, interrupted) = self.delete_dropped(accepted, manifests, stop).await;
+        // One look at the index, under its read lock: what the manifest has, and what the
+        // stores hold that it no longer lists.
+        self.stores.clear_full();
+        self.stores.probe();
+        let (survey, deletes) = {
+            let (stores, accepted) = (Arc::clone(&self.stores), Arc::clone(accepted));
+            tokio::task::spawn_blocking(move || {
+                let damaged = stores.damaged();
+                stores.with_usable_index(|index| {
+                    let survey = survey(&accepted.manifest, index, &damaged);
+                    let deletes = dropped_beyond(&accepted.manifest, index, survey.listed);
+                    (survey, deletes)
+                })
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let (deleted, interrupted) = self.delete_dropped(deletes, manifests, stop).await;
         let mut counts = PassCounts {
             already_present: 0,
             skipped_no_room: 0,
@@ -273,7 +290,7 @@ impl Engine {
         let (end, stored) = match interrupted {
             Some(end) => (end, 0),
             None => {
-                let work = self.plan_fetches(accepted).await;
+                let work = self.plan_fetches(accepted, survey).await;
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
                 self.note_content(false).await;
@@ -354,20 +371,10 @@ impl Engine {
     /// stores stop changing within one batch of any of them, however many deletes remain).
     async fn delete_dropped(
         &self,
-        accepted: &Arc<AcceptedManifest>,
+        deletes: Vec<String>,
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
         stop: &Shutdown,
     ) -> (u64, Option<PassEnd>) {
-        self.stores.clear_full();
-        self.stores.probe();
-        let deletes = {
-            let (stores, manifest) = (Arc::clone(&self.stores), Arc::clone(accepted));
-            tokio::task::spawn_blocking(move || {
-                stores.with_usable_index(|index| dropped(&manifest.manifest, index))
-            })
-            .await
-            .unwrap_or_default()
-        };
         let mut deleted = 0u64;
         for batch in deletes.chunks(DELETE_BATCH) {
             if let Some(end) = self.interrupted(manifests, stop) {
@@ -412,17 +419,9 @@ impl Engine {
     /// Plans what to fetch against what the stores hold and have room for, removes partial
     /// files nothing will resume, and starts the pass's progress (objects with no room are
     /// failed at once).
-    async fn plan_fetches(&self, accepted: &Arc<AcceptedManifest>) -> FillPlan {
+    async fn plan_fetches(&self, accepted: &Arc<AcceptedManifest>, survey: Survey) -> FillPlan {
         let manifest = &accepted.manifest;
-        let work = {
-            let (stores, accepted) = (Arc::clone(&self.stores), Arc::clone(accepted));
-            tokio::task::spawn_blocking(move || {
-                let (damaged, free) = (stores.damaged(), stores.free_bytes());
-                stores.with_usable_index(|index| plan(&accepted.manifest, index, &damaged, free))
-            })
-            .await
-            .unwrap_or_default()
-        };
+        let work = fit(manifest, survey, self.stores.free_bytes());
         let keep: HashSet<String> = work
             .fetches
             .iter()

@@ -75,7 +75,7 @@ fn is_present(
     path: &str,
     damaged: &HashSet<String>,
 ) -> bool {
-    meta.size == size && &meta.sha256 == sha256 && !damaged.contains(path)
+    meta.size == size && &meta.sha256 == sha256 && (damaged.is_empty() || !damaged.contains(path))
 }
 
 /// The bytes of `manifest` the stores hold with the right size and sha256, undamaged: what a
@@ -93,14 +93,19 @@ pub fn held_bytes(manifest: &Manifest, index: &impl IndexLookup, damaged: &HashS
 }
 
 /// Stored paths that left the manifest (damaged or not), sorted: deleted first, to free
-/// space. When every stored path is one the manifest lists (counted by lookups alone), no
-/// set of the manifest's paths is built.
+/// space.
 pub fn dropped(manifest: &Manifest, index: &impl IndexLookup) -> Vec<String> {
-    let listed_and_stored = manifest
+    let listed = manifest
         .iter()
         .filter(|object| index.meta(object.path).is_some())
         .count();
-    if listed_and_stored >= index.len_hint() {
+    dropped_beyond(manifest, index, listed)
+}
+
+/// [`dropped`], knowing that `listed` of the manifest's paths are stored (a [`Survey`]
+/// counted them): when that is every stored path, no set of the manifest's paths is built.
+pub fn dropped_beyond(manifest: &Manifest, index: &impl IndexLookup, listed: usize) -> Vec<String> {
+    if listed >= index.len_hint() {
         return Vec::new();
     }
     let wanted: HashSet<&str> = manifest.iter().map(|object| object.path).collect();
@@ -114,41 +119,56 @@ pub fn dropped(manifest: &Manifest, index: &impl IndexLookup) -> Vec<String> {
     deletes
 }
 
-/// Plans the fetches of a pass: what is missing, differs from the manifest, or was found
-/// `damaged` while serving, in descending priority; and, when `room` bytes cannot hold
-/// every fetch, leave out the lowest-priority ones.
-///
-/// `free_after_deletes` is the stores' free space once [`dropped`] objects are deleted;
-/// replacing an object frees its old copy, so that is counted as room too.
-pub fn plan(
-    manifest: &Manifest,
-    index: &impl IndexLookup,
-    damaged: &HashSet<String>,
-    free_after_deletes: u64,
-) -> FillPlan {
-    let mut present = 0;
-    let mut present_bytes = 0;
-    let mut fetches = Vec::new();
-    let mut freed_by_replacing = 0u64;
+/// The manifest against the index, one lookup per object: what is present, and what must
+/// be fetched (missing, different, or found `damaged` while serving) in descending
+/// priority. Deletes do not change it (they only take paths the manifest does not list),
+/// so a pass surveys once, deletes, then [`fit`]s the fetches into the room left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    /// Positions in the manifest to fetch, highest priority first (ties in manifest order).
+    pub candidates: Vec<usize>,
+    /// Objects of the manifest already stored with the right size and sha256.
+    pub present: u64,
+    /// Their bytes.
+    pub present_bytes: u64,
+    /// Manifest paths stored, present or not (for [`dropped_beyond`]).
+    pub listed: usize,
+    /// Bytes of stored objects the fetches will replace: room once they are.
+    pub freed_by_replacing: u64,
+}
+
+/// Surveys `manifest` against `index`.
+pub fn survey(manifest: &Manifest, index: &impl IndexLookup, damaged: &HashSet<String>) -> Survey {
+    let mut survey = Survey::default();
     for object in manifest.iter() {
         match index.meta(object.path) {
             Some(meta) if is_present(&meta, object.size, &object.sha256, object.path, damaged) => {
-                present += 1;
-                present_bytes += object.size;
+                survey.present += 1;
+                survey.present_bytes += object.size;
+                survey.listed += 1;
             }
             Some(stale) => {
-                freed_by_replacing += stale.size;
-                fetches.push(object.index);
+                survey.freed_by_replacing += stale.size;
+                survey.candidates.push(object.index);
+                survey.listed += 1;
             }
-            None => fetches.push(object.index),
+            None => survey.candidates.push(object.index),
         }
     }
     // Stable sort: equal priorities keep manifest order.
-    fetches.sort_by_key(|&index| std::cmp::Reverse(manifest.get(index).priority));
-    let mut room = free_after_deletes.saturating_add(freed_by_replacing);
-    let mut fitting = Vec::with_capacity(fetches.len());
+    survey
+        .candidates
+        .sort_by_key(|&index| std::cmp::Reverse(manifest.get(index).priority));
+    survey
+}
+
+/// The fetches that fit in `free_after_deletes` (plus the room replaced objects free),
+/// lowest priority left out first.
+pub fn fit(manifest: &Manifest, survey: Survey, free_after_deletes: u64) -> FillPlan {
+    let mut room = free_after_deletes.saturating_add(survey.freed_by_replacing);
+    let mut fitting = Vec::with_capacity(survey.candidates.len());
     let mut no_room = Vec::new();
-    for index in fetches {
+    for index in survey.candidates {
         let size = manifest.get(index).size;
         if size <= room {
             room -= size;
@@ -159,10 +179,24 @@ pub fn plan(
     }
     FillPlan {
         fetches: fitting,
-        present,
-        present_bytes,
+        present: survey.present,
+        present_bytes: survey.present_bytes,
         no_room,
     }
+}
+
+/// Plans the fetches of a pass in one call: [`survey`] then [`fit`].
+pub fn plan(
+    manifest: &Manifest,
+    index: &impl IndexLookup,
+    damaged: &HashSet<String>,
+    free_after_deletes: u64,
+) -> FillPlan {
+    fit(
+        manifest,
+        survey(manifest, index, damaged),
+        free_after_deletes,
+    )
 }
 
 #[cfg(test)]
