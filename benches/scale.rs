@@ -72,8 +72,9 @@ fn main() {
     let mut push = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
         .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-        .args(["-H", "Content-Type: application/x-ndjson", "--data-binary"])
-        .arg(format!("@{}", manifest.display()))
+        // -T streams the file (--data-binary reads it into memory first).
+        .args(["-H", "Content-Type: application/x-ndjson", "-T"])
+        .arg(&manifest)
         .arg(format!("http://{}/v1/manifest", daemon.admin))
         .stdout(Stdio::piped())
         .spawn()
@@ -90,26 +91,28 @@ fn main() {
         let _ = out.read_to_string(&mut code);
     }
     let accept_seconds = started.elapsed().as_secs_f64();
+    let accepted = code.trim() == "202";
     let peak = daemon.peak_mb();
     let after = daemon.resident_mb();
     println!("push: HTTP {code} in {accept_seconds:.1} s; resident {before:.0} MB before");
-    verdict(
-        format!("manifest accepted (HTTP {code})"),
-        code.trim() == "202",
-    );
+    verdict(format!("manifest accepted (HTTP {code})"), accepted);
+    if !accepted {
+        println!("scale: the push failed; the later steps need the manifest in force");
+        std::process::exit(1);
+    }
     verdict(
         format!(
             "accept peak {peak:.0} MB, {:.0} B/object (target <= 300)",
             per_object(peak * 1e6)
         ),
-        per_object(peak * 1e6) <= 300.0,
+        accepted && per_object(peak * 1e6) <= 300.0,
     );
     verdict(
         format!(
             "after accept {after:.0} MB, {:.0} B/object (target <= 200)",
             per_object(after * 1e6)
         ),
-        per_object(after * 1e6) <= 200.0,
+        accepted && per_object(after * 1e6) <= 200.0,
     );
     verdict(
         format!(
