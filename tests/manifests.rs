@@ -261,3 +261,61 @@ async fn bad_bodies_are_refused_and_the_manifest_in_force_stays() {
     assert!(leftovers.is_empty(), "spool files left: {leftovers:?}");
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_long_accept_is_not_cut_by_the_idle_timeout_but_a_stalled_body_is() {
+    let test_box = TestBox::new();
+    let (token_file, token) = test_box.token_file();
+    let mut config = test_box.config(
+        1,
+        "[limits]\nidle_timeout = \"200ms\"\n[fill]\nmax_manifest_size = \"256MiB\"\n",
+    );
+    config.admin.token_file = Some(token_file);
+    let daemon = start(&config).await;
+    let sha = "00".repeat(32);
+    let mut text = String::from("{\"version\": 1, \"id\": \"big\", \"base_url\": \"http://o/\"}\n");
+    for number in 0..150_000 {
+        text.push_str(&format!(
+            "{{\"path\": \"t{}/seg_{number:06}.ts\", \"size\": 1, \"sha256\": \"{sha}\"}}\n",
+            number / 1000
+        ));
+    }
+    let started = std::time::Instant::now();
+    let (code, body) = put(&daemon, &token, gzip(text.as_bytes()), Some("gzip")).await;
+    let took = started.elapsed();
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    assert!(
+        took > std::time::Duration::from_millis(400),
+        "the accept must outlast the idle timeout for this test to mean anything ({took:?})"
+    );
+    assert_eq!(
+        admin_status(daemon.admin_addr).await["manifest"]["id"],
+        "big"
+    );
+
+    // A body that stops arriving is cut, and leaves no spool behind.
+    let mut stream = tokio::net::TcpStream::connect(daemon.admin_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/manifest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n{{\"version\""
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(IO_TIMEOUT, read_to_close(&mut stream))
+        .await
+        .expect("answered or closed within the timeout");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    eventually("the spool file is removed", || async {
+        std::fs::read_dir(&config.state_dir)
+            .unwrap()
+            .flatten()
+            .all(|entry| !entry.file_name().to_string_lossy().contains("incoming"))
+    })
+    .await;
+    daemon.shutdown().await;
+}

@@ -61,6 +61,10 @@ pub struct AdminSettings {
     /// `schedule.during_fill = "serve"`: viewers are served while filling, so the box stays
     /// ready through a fill.
     pub serves_while_filling: bool,
+    /// How long a request body may stall (`limits.idle_timeout`): the listener does not
+    /// time a connection out while its request is being handled, so body reads bound
+    /// their own waits on the client.
+    pub body_timeout: Duration,
 }
 
 /// The body of `POST /v1/mode`.
@@ -274,7 +278,9 @@ impl Admin {
         if let Some(refusal) = self.refusal(&request) {
             return refusal;
         }
-        let body = match read_body(request.into_body(), MODE_BODY_LIMIT, "body").await {
+        let body_timeout = self.settings.load().body_timeout;
+        let body = match read_body(request.into_body(), MODE_BODY_LIMIT, "body", body_timeout).await
+        {
             Ok(body) => body,
             Err((status, message)) => return error(status, &message),
         };
@@ -349,8 +355,9 @@ impl Admin {
         let metrics = self.metrics.clone();
         let body = request.into_body();
         let hmac_key = auth.hmac_key.clone();
+        let body_timeout = auth.body_timeout;
         let task = tokio::spawn(async move {
-            let received = spool_body(body, &spool, limit, hmac_key.as_deref()).await;
+            let received = spool_body(body, &spool, limit, hmac_key.as_deref(), body_timeout).await;
             let signed = |check: Option<SignatureCheck>| {
                 check.is_none_or(|check| check.verify(signature.as_deref()))
             };
@@ -441,6 +448,7 @@ async fn spool_body(
     spool: &std::path::Path,
     limit: usize,
     hmac_key: Option<&[u8]>,
+    stall: Duration,
 ) -> Result<Option<SignatureCheck>, (StatusCode, String)> {
     use tokio::io::AsyncWriteExt;
     let unsaved = |err: std::io::Error| {
@@ -453,7 +461,16 @@ async fn spool_body(
     let mut file = tokio::fs::File::create(spool).await.map_err(unsaved)?;
     let mut check = hmac_key.map(SignatureCheck::new);
     let mut received = 0usize;
-    while let Some(frame) = body.frame().await {
+    let stalled = || {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the manifest body stalled for {stall:?} (limits.idle_timeout)"),
+        )
+    };
+    while let Some(frame) = tokio::time::timeout(stall, body.frame())
+        .await
+        .map_err(|_| stalled())?
+    {
         let frame =
             frame.map_err(|err| (StatusCode::BAD_REQUEST, format!("reading body: {err}")))?;
         let Ok(data) = frame.into_data() else {
@@ -475,12 +492,21 @@ async fn spool_body(
     Ok(check)
 }
 
+/// A small request body (at most `limit` bytes), whole within `deadline`.
 async fn read_body(
     body: Incoming,
     limit: usize,
     what: &str,
+    deadline: Duration,
 ) -> Result<Bytes, (StatusCode, String)> {
-    match Limited::new(body, limit).collect().await {
+    let Ok(collected) = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await
+    else {
+        return Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the {what} did not arrive within {deadline:?} (limits.idle_timeout)"),
+        ));
+    };
+    match collected {
         Ok(body) => Ok(body.to_bytes()),
         Err(err)
             if err

@@ -187,6 +187,7 @@ fn admin_settings(config: &Config) -> Result<AdminSettings, StartError> {
         hmac_key,
         max_manifest_size: config.fill.max_manifest_size.0 as usize,
         serves_while_filling: config.schedule.during_fill == DuringFill::Serve,
+        body_timeout: config.limits.idle_timeout.0,
     })
 }
 

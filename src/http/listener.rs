@@ -280,8 +280,10 @@ async fn serve_io<I, H>(
         let in_flight = InFlight::begin(Arc::clone(&service_activity));
         let http2 = request.version() == hyper::Version::HTTP_2;
         let budget = budget.clone();
+        let handling = Handling::begin(Arc::clone(&service_activity));
         async move {
             let response = handler.handle(request).await;
+            drop(handling);
             Ok::<_, Infallible>(response.map(|mut body| {
                 if http2 {
                     body = body.with_chunk_size(H2_CHUNK_SIZE);
@@ -361,6 +363,26 @@ impl Drop for InFlight {
     }
 }
 
+/// Counts a request as being handled (see [`Activity::handling`]) until dropped; the idle
+/// timeout then counts from the end of the handling.
+struct Handling {
+    activity: Arc<Activity>,
+}
+
+impl Handling {
+    fn begin(activity: Arc<Activity>) -> Handling {
+        activity.handling.fetch_add(1, Ordering::Relaxed);
+        Handling { activity }
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.activity.handling.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
 /// A response body that keeps its request counted as in flight until it is dropped.
 pub struct InFlightBody {
     inner: ObjectBody,
@@ -406,6 +428,11 @@ struct Activity {
     last_ms: AtomicU64,
     head_started_ms: AtomicU64,
     in_flight: AtomicU32,
+    /// Requests whose handler is working on them (until it returns the response head):
+    /// the connection is not idle then, however long the work takes (a manifest of tens
+    /// of millions of objects being accepted). A handler that reads a request body bounds
+    /// its own waits on the client.
+    handling: AtomicU32,
     /// The connection speaks HTTP/2: frames between streams (SETTINGS acks, PINGs,
     /// WINDOW_UPDATEs) are not request heads, so only the idle timeout applies between
     /// requests, and an idle close says GOAWAY first.
@@ -422,6 +449,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            handling: AtomicU32::new(0),
             http2: AtomicBool::new(false),
             backed_up: AtomicBool::new(false),
         }
@@ -469,7 +497,11 @@ impl Activity {
     /// When the connection must be closed unless something happens first.
     fn deadline(&self, limits: ConnectionLimits) -> Instant {
         let at = |ms: u64| self.opened + Duration::from_millis(ms);
-        let idle = at(self.last_ms.load(Ordering::Relaxed)) + limits.idle_timeout;
+        let idle = if self.handling.load(Ordering::Relaxed) > 0 {
+            Instant::now() + limits.idle_timeout
+        } else {
+            at(self.last_ms.load(Ordering::Relaxed)) + limits.idle_timeout
+        };
         match self.head_started_ms.load(Ordering::Relaxed) {
             NO_HEAD => idle,
             started => idle.min(at(started) + limits.header_timeout),
