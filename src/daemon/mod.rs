@@ -272,10 +272,12 @@ impl Daemon {
             .set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         self.fill.stocked().set_ready_share(config.fill.ready_share);
         // A lowered share may be met already.
-        tokio::spawn(check_content(
-            Arc::clone(&self.fill),
-            Arc::clone(&self.stores),
-        ));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(check_content(
+                Arc::clone(&self.fill),
+                Arc::clone(&self.stores),
+            ));
+        }
         *running = config.clone();
         for key in &needs_restart {
             tracing::warn!(key, "changed, but only takes effect after a restart");
