@@ -403,18 +403,40 @@ impl Stores {
         let mut not_compact = Vec::new();
         // Each store's journal is read and replayed on a thread of its own (an appliance
         // has a dozen drives); the merge below stays in configuration order.
+        // Two entries naming one directory (a symlink, `..`) would race for its lock: the
+        // later entry fails, every time.
+        let directories: Vec<PathBuf> = configs
+            .iter()
+            .map(|config| {
+                std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone())
+            })
+            .collect();
         let opened: Vec<Opened> = std::thread::scope(|scope| {
             let replays: Vec<_> = configs
                 .iter()
-                .map(|config| scope.spawn(move || open_store(config)))
+                .enumerate()
+                .map(|(number, config)| {
+                    let earlier = directories[..number]
+                        .iter()
+                        .position(|directory| directory == &directories[number]);
+                    match earlier {
+                        Some(first) => Err(format!(
+                            "the same directory as store {} ({})",
+                            first,
+                            configs[first].path.display()
+                        )),
+                        None => Ok(scope.spawn(move || open_store(config))),
+                    }
+                })
                 .collect();
             replays
                 .into_iter()
                 .zip(configs)
-                .map(|(replay, config)| {
-                    replay
+                .map(|(replay, config)| match replay {
+                    Ok(replay) => replay
                         .join()
-                        .unwrap_or_else(|_| failed_store(config, "replaying its journal panicked"))
+                        .unwrap_or_else(|_| failed_store(config, "replaying its journal panicked")),
+                    Err(reason) => failed_store(config, &reason),
                 })
                 .collect()
         });

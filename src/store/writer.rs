@@ -674,4 +674,34 @@ mod tests {
         assert_eq!(reopened.object_count(), 3);
         assert_eq!(read_all(&reopened, "t/9.ts"), b"object 9");
     }
+
+    #[test]
+    fn one_directory_named_twice_is_the_first_entry_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("nvme0");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("alias");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        for _ in 0..5 {
+            let configs = [real.clone(), link.clone()].map(|path| StoreConfig {
+                path,
+                capacity: Some(ByteSize(1 << 20)),
+            });
+            let set = Stores::load(&configs);
+            let status = set.status();
+            assert_eq!(status[0].state, super::super::StoreState::Ok, "{status:?}");
+            assert_eq!(
+                status[1].state,
+                super::super::StoreState::Failed,
+                "{status:?}"
+            );
+            assert!(
+                status[1]
+                    .error
+                    .as_deref()
+                    .is_some_and(|error| error.contains("the same directory as store 0")),
+                "{status:?}"
+            );
+        }
+    }
 }
