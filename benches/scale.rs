@@ -16,14 +16,16 @@
 //! the manifest is NDJSON on disk (about 150 B/object) and the journal is written directly.
 
 use std::io::{BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tidecache::config::{ByteSize, StoreConfig};
-use tidecache::store::Stores;
-use tidecache::store::journal::{JournalEntry, JournalWriter, Record};
+#[path = "support/mod.rs"]
+mod support;
+use support::{
+    free_port, http_get, object_path, release_binary, sha_of, status_mb, stop, write_store,
+};
 
 const TOKEN: &str = "scale-bench-token-0123456789abcdef";
 
@@ -38,14 +40,7 @@ fn main() {
         .skip(1)
         .find_map(|arg| arg.replace('_', "").parse().ok())
         .unwrap_or(2_000_000);
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidecache");
-    if !binary.exists() {
-        eprintln!(
-            "scale: build the daemon first: cargo build --release --bin tidecache ({} is missing)",
-            binary.display()
-        );
-        std::process::exit(2);
-    }
+    let binary = release_binary("scale");
     let work = tempfile::tempdir().expect("temporary directory");
     let dir = work.path();
     let store = dir.join("store");
@@ -228,50 +223,8 @@ fn write_manifest(path: &Path, objects: usize) -> u64 {
     std::fs::metadata(path).map_or(0, |meta| meta.len())
 }
 
-fn object_path(number: usize) -> String {
-    format!(
-        "titles/t{:05}/v1080/seg_{:05}.m4s",
-        number / 1000,
-        number % 1000
-    )
-}
-
-fn sha_of(number: usize) -> [u8; 32] {
-    let mut sha256 = [0u8; 32];
-    sha256[..8].copy_from_slice(&(number as u64).to_le_bytes());
-    sha256
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Creates the store's layout with the library, then appends one `Put` per object of the
-/// manifest to its journal. Returns the journal's size.
-fn write_store(store: &Path, objects: usize) -> u64 {
-    drop(Stores::load(&[StoreConfig {
-        path: store.to_owned(),
-        capacity: Some(ByteSize(1 << 50)),
-    }]));
-    let journal = store.join("index").join("journal");
-    let mut writer = JournalWriter::open(&journal, 0).expect("journal");
-    let mut batch = Vec::with_capacity(10_000);
-    for number in 0..objects {
-        batch.push(Record::Put(
-            object_path(number),
-            JournalEntry {
-                size: 2 << 20,
-                sha256: sha_of(number),
-                filled_at: 1_764_000_000,
-            },
-        ));
-        if batch.len() == batch.capacity() {
-            writer.append(&batch).expect("append");
-            batch.clear();
-        }
-    }
-    writer.append(&batch).expect("append");
-    std::fs::metadata(&journal).map_or(0, |meta| meta.len())
 }
 
 /// The release daemon on one store, stopped (SIGTERM) when dropped.
@@ -314,65 +267,19 @@ impl Daemon {
         daemon
     }
 
-    fn status_field(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map_or(0.0, |kib| kib * 1024.0 / 1e6)
-    }
-
     /// `VmRSS`, in MB.
     fn resident_mb(&self) -> f64 {
-        self.status_field("VmRSS:")
+        status_mb(self.child.id(), "VmRSS:")
     }
 
     /// `VmHWM` (the peak resident set), in MB.
     fn peak_mb(&self) -> f64 {
-        self.status_field("VmHWM:")
+        status_mb(self.child.id(), "VmHWM:")
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        use rustix::process::{Pid, Signal, kill_process};
-        if let Some(pid) = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw) {
-            let _ = kill_process(pid, Signal::TERM);
-        }
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
-}
-
-/// One HTTP/1.1 GET; the whole answer, or empty when the listener does not answer.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    if stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .is_err()
-    {
-        return String::new();
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
 }

@@ -6,15 +6,14 @@
 //! objects (the files themselves are not needed to load the index), starts the release
 //! binary on loopback three times, and prints the median and the targets.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tidecache::config::{ByteSize, StoreConfig};
-use tidecache::store::Stores;
-use tidecache::store::journal::{JournalEntry, JournalWriter, Record};
+#[path = "support/mod.rs"]
+mod support;
+use support::{free_port, http_get, release_binary, status_mb, stop, write_store};
 
 const RUNS: usize = 3;
 const TARGET_SECONDS: f64 = 2.0;
@@ -25,14 +24,7 @@ fn main() {
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(1_000_000);
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidecache");
-    if !binary.exists() {
-        eprintln!(
-            "startup: build the daemon first: cargo build --release --bin tidecache ({} is missing)",
-            binary.display()
-        );
-        std::process::exit(2);
-    }
+    let binary = release_binary("startup");
     let work = tempfile::tempdir().expect("temporary directory");
     let store = work.path().join("store");
     let journal_bytes = write_store(&store, objects);
@@ -63,41 +55,6 @@ fn main() {
         "resident       {megabytes:.0} MB  (target <= {TARGET_MB} MB): {}",
         verdict(megabytes <= TARGET_MB)
     );
-}
-
-/// Creates the store's layout with the library, then appends one `Put` per object to its
-/// journal. Returns the journal's size.
-fn write_store(store: &Path, objects: usize) -> u64 {
-    drop(Stores::load(&[StoreConfig {
-        path: store.to_owned(),
-        capacity: Some(ByteSize(1 << 50)),
-    }]));
-    let journal = store.join("index").join("journal");
-    let mut writer = JournalWriter::open(&journal, 0).expect("journal");
-    let mut batch = Vec::with_capacity(10_000);
-    for number in 0..objects {
-        let mut sha256 = [0u8; 32];
-        sha256[..8].copy_from_slice(&(number as u64).to_le_bytes());
-        let path = format!(
-            "titles/t{:05}/v1080/seg_{:05}.m4s",
-            number / 1000,
-            number % 1000
-        );
-        batch.push(Record::Put(
-            path,
-            JournalEntry {
-                size: 2 << 20,
-                sha256,
-                filled_at: 1_764_000_000,
-            },
-        ));
-        if batch.len() == batch.capacity() {
-            writer.append(&batch).expect("append");
-            batch.clear();
-        }
-    }
-    writer.append(&batch).expect("append");
-    std::fs::metadata(&journal).map_or(0, |meta| meta.len())
 }
 
 /// Starts the daemon on `store`, waits for `/readyz` 200, reads its resident set, stops it.
@@ -134,62 +91,13 @@ fn start_once(binary: &Path, work: &Path, store: &Path, run: usize) -> (Duration
         std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = started.elapsed();
-    let resident = resident_mb(child.id());
+    let resident = status_mb(child.id(), "VmRSS:");
     stop(&mut child);
     (elapsed, resident)
 }
 
 fn ready(admin: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&admin, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
-}
-
-/// `VmRSS` of a process, in MB.
-fn resident_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |kib| kib * 1024.0 / 1e6)
-}
-
-/// SIGTERM, as systemd stops it, then waits.
-fn stop(child: &mut Child) {
-    use rustix::process::{Pid, Signal, kill_process};
-    match i32::try_from(child.id()).ok().and_then(Pid::from_raw) {
-        Some(pid) => {
-            let _ = kill_process(pid, Signal::TERM);
-        }
-        None => {
-            let _ = child.kill();
-        }
-    }
-    let _ = child.wait();
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
+    http_get(admin, "/readyz").starts_with("HTTP/1.1 200")
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -266,7 +266,7 @@ impl Engine {
         // stores hold that it no longer lists.
         self.stores.clear_full();
         self.stores.probe();
-        let (survey, deletes) = {
+        let surveyed = {
             let (stores, accepted) = (Arc::clone(&self.stores), Arc::clone(accepted));
             tokio::task::spawn_blocking(move || {
                 let damaged = stores.damaged();
@@ -277,7 +277,18 @@ impl Engine {
                 })
             })
             .await
-            .unwrap_or_default()
+        };
+        // A survey that did not finish is no survey: an empty one would read as "nothing to
+        // fetch", a pass done, and a box that holds its content.
+        let (survey, deletes) = match surveyed {
+            Ok(surveyed) => surveyed,
+            Err(err) => {
+                tracing::error!(error = %err, "the fill plan failed; the pass is tried again in 10 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => return PassEnd::Paused,
+                    _ = stop.raised() => return PassEnd::Stopped,
+                }
+            }
         };
         let (deleted, interrupted) = self.delete_dropped(deletes, manifests, stop).await;
         let mut counts = PassCounts {

@@ -1140,6 +1140,12 @@ mod tests {
         text
     }
 
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
     fn read_text(text: &str, in_force: Option<&Manifest>) -> Result<Manifest, ManifestError> {
         read(text.as_bytes(), in_force, u64::MAX)
     }
@@ -1276,10 +1282,7 @@ mod tests {
         let from_json = parse(json.as_bytes()).unwrap();
         let from_ndjson = read_text(&text, None).unwrap();
         assert_eq!(from_json, from_ndjson);
-        let mut gzipped = Vec::new();
-        let mut encoder = flate2::write::GzEncoder::new(&mut gzipped, flate2::Compression::fast());
-        encoder.write_all(text.as_bytes()).unwrap();
-        encoder.finish().unwrap();
+        let gzipped = gzip(text.as_bytes());
         assert_eq!(read(&gzipped[..], None, u64::MAX).unwrap(), from_json);
         let pretty: serde_json::Value = serde_json::from_str(&json).unwrap();
         let pretty = serde_json::to_string_pretty(&pretty).unwrap();
@@ -1355,10 +1358,7 @@ mod tests {
             r#"{"version": 1, "id": "n", "base_url": "http://o/"}"#,
             &lines,
         );
-        let mut gzipped = Vec::new();
-        let mut encoder = flate2::write::GzEncoder::new(&mut gzipped, flate2::Compression::best());
-        encoder.write_all(text.as_bytes()).unwrap();
-        encoder.finish().unwrap();
+        let gzipped = gzip(text.as_bytes());
         assert!(gzipped.len() < 2000);
         let err = read(&gzipped[..], None, 2000).unwrap_err();
         assert_eq!(err, ManifestError::TooLarge(2000));

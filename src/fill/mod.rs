@@ -394,6 +394,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_start_removes_spooled_pushes_and_a_save_cut_short_but_keeps_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = Fill::load(dir.path());
+        let good = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": []}"#;
+        fill.accept(Received::Bytes(Bytes::from_static(good)), u64::MAX)
+            .await
+            .unwrap();
+        let spool = fill.spool_file();
+        std::fs::write(&spool, b"half a push").unwrap();
+        let cut = dir.path().join(format!("{SAVED_MANIFEST}.tmp"));
+        std::fs::write(&cut, b"half a save").unwrap();
+        let other = dir.path().join("override");
+        std::fs::write(&other, b"auto").unwrap();
+        let reloaded = Fill::load(dir.path());
+        assert_eq!(reloaded.manifest().unwrap().manifest.id, "one");
+        assert!(!spool.exists() && !cut.exists());
+        assert!(
+            other.exists(),
+            "only what the fill leaves behind is removed"
+        );
+    }
+
+    #[tokio::test]
     async fn an_invalid_manifest_leaves_the_one_in_force_and_an_accepted_one_persists() {
         let dir = tempfile::tempdir().unwrap();
         let fill = Fill::load(dir.path());

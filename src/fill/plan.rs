@@ -93,17 +93,8 @@ pub fn held_bytes(manifest: &Manifest, index: &impl IndexLookup, damaged: &HashS
 }
 
 /// Stored paths that left the manifest (damaged or not), sorted: deleted first, to free
-/// space.
-pub fn dropped(manifest: &Manifest, index: &impl IndexLookup) -> Vec<String> {
-    let listed = manifest
-        .iter()
-        .filter(|object| index.meta(object.path).is_some())
-        .count();
-    dropped_beyond(manifest, index, listed)
-}
-
-/// [`dropped`], knowing that `listed` of the manifest's paths are stored (a [`Survey`]
-/// counted them): when that is every stored path, no set of the manifest's paths is built.
+/// space. `listed` is how many of the manifest's paths are stored (a [`Survey`] counted
+/// them): when that is every stored path, no set of the manifest's paths is built.
 pub fn dropped_beyond(manifest: &Manifest, index: &impl IndexLookup, listed: usize) -> Vec<String> {
     if listed >= index.len_hint() {
         return Vec::new();
@@ -122,7 +113,8 @@ pub fn dropped_beyond(manifest: &Manifest, index: &impl IndexLookup, listed: usi
 /// The manifest against the index, one lookup per object: what is present, and what must
 /// be fetched (missing, different, or found `damaged` while serving) in descending
 /// priority. Deletes do not change it (they only take paths the manifest does not list),
-/// so a pass surveys once, deletes, then [`fit`]s the fetches into the room left.
+/// so a pass surveys once, deletes ([`dropped_beyond`]), then [`fit`]s the fetches into
+/// the room left.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Survey {
     /// Positions in the manifest to fetch, highest priority first (ties in manifest order).
@@ -185,23 +177,32 @@ pub fn fit(manifest: &Manifest, survey: Survey, free_after_deletes: u64) -> Fill
     }
 }
 
-/// Plans the fetches of a pass in one call: [`survey`] then [`fit`].
-pub fn plan(
-    manifest: &Manifest,
-    index: &impl IndexLookup,
-    damaged: &HashSet<String>,
-    free_after_deletes: u64,
-) -> FillPlan {
-    fit(
-        manifest,
-        survey(manifest, index, damaged),
-        free_after_deletes,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The deletes of a pass, counting the listed paths itself.
+    fn dropped(manifest: &Manifest, index: &impl IndexLookup) -> Vec<String> {
+        let listed = manifest
+            .iter()
+            .filter(|object| index.meta(object.path).is_some())
+            .count();
+        dropped_beyond(manifest, index, listed)
+    }
+
+    /// A whole plan in one call: survey, then fit.
+    fn plan(
+        manifest: &Manifest,
+        index: &impl IndexLookup,
+        damaged: &HashSet<String>,
+        free_after_deletes: u64,
+    ) -> FillPlan {
+        fit(
+            manifest,
+            survey(manifest, index, damaged),
+            free_after_deletes,
+        )
+    }
     use crate::fill::manifest::{ManifestObject, Source};
 
     fn object(path: &str, size: u64, fill: u8, priority: i64) -> ManifestObject {

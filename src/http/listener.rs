@@ -277,13 +277,12 @@ async fn serve_io<I, H>(
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(PeerAddr(peer));
         let handler = Arc::clone(&handler);
-        let in_flight = InFlight::begin(Arc::clone(&service_activity));
+        let mut in_flight = InFlight::begin(Arc::clone(&service_activity));
         let http2 = request.version() == hyper::Version::HTTP_2;
         let budget = budget.clone();
-        let handling = Handling::begin(Arc::clone(&service_activity));
         async move {
             let response = handler.handle(request).await;
-            drop(handling);
+            in_flight.handled();
             Ok::<_, Infallible>(response.map(|mut body| {
                 if http2 {
                     body = body.with_chunk_size(H2_CHUNK_SIZE);
@@ -344,41 +343,40 @@ const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 /// Marks a request as being answered from the moment hyper hands it over until its response
 /// body is dropped (sent or abandoned). While any request is in flight the header timeout
 /// does not run, so a long download is never mistaken for a slow request head.
+///
+/// It also counts the request as being handled (see [`Activity::handling`]) from its start
+/// until [`InFlight::handled`] (the response head is ready) or its drop, whichever is first.
 struct InFlight {
     activity: Arc<Activity>,
+    handling: bool,
 }
 
 impl InFlight {
     fn begin(activity: Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.handling.fetch_add(1, Ordering::Relaxed);
         activity.head_started_ms.store(NO_HEAD, Ordering::Relaxed);
-        InFlight { activity }
+        InFlight {
+            activity,
+            handling: true,
+        }
+    }
+
+    /// The handler has answered: the idle timeout counts again, from now.
+    fn handled(&mut self) {
+        if std::mem::take(&mut self.handling) {
+            self.activity.handling.fetch_sub(1, Ordering::Relaxed);
+            self.activity.touch();
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if self.handling {
+            self.activity.handling.fetch_sub(1, Ordering::Relaxed);
+        }
         self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.activity.touch();
-    }
-}
-
-/// Counts a request as being handled (see [`Activity::handling`]) until dropped; the idle
-/// timeout then counts from the end of the handling.
-struct Handling {
-    activity: Arc<Activity>,
-}
-
-impl Handling {
-    fn begin(activity: Arc<Activity>) -> Handling {
-        activity.handling.fetch_add(1, Ordering::Relaxed);
-        Handling { activity }
-    }
-}
-
-impl Drop for Handling {
-    fn drop(&mut self) {
-        self.activity.handling.fetch_sub(1, Ordering::Relaxed);
         self.activity.touch();
     }
 }
