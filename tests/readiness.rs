@@ -24,6 +24,29 @@ async fn readiness(daemon: &Daemon) -> (StatusCode, String) {
     (response.status(), response.text().await.unwrap())
 }
 
+/// Pushes a manifest named `id` of `objects`, fetched from `origin`.
+async fn push_objects<P: AsRef<str>, D: AsRef<[u8]>>(
+    daemon: &Daemon,
+    token: &str,
+    origin: &Origin,
+    id: &str,
+    objects: &[(P, D)],
+) {
+    push(
+        daemon,
+        token,
+        manifest_json(id, &origin.base_url(), objects),
+    )
+    .await;
+}
+
+/// `count` segments `<prefix>/<n>.ts` of distinct sizes from `size` up.
+fn segments(prefix: &str, count: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|number| (format!("{prefix}/{number}.ts"), pattern(size + number)))
+        .collect()
+}
+
 async fn push(daemon: &Daemon, token: &str, body: String) {
     let response = client()
         .put(format!("http://{}/v1/manifest", daemon.admin_addr))
@@ -48,9 +71,7 @@ fn box_config(test_box: &TestBox, fill: &str) -> (Config, String) {
 #[tokio::test]
 async fn a_new_box_waits_for_its_content_and_a_new_manifest_never_withdraws_it() {
     let origin = Origin::start().await;
-    let night_1: Vec<(String, Vec<u8>)> = (0..20)
-        .map(|number| (format!("t1/seg_{number:03}.ts"), pattern(5000 + number)))
-        .collect();
+    let night_1 = segments("t1", 20, 5000);
     origin.put_all(&night_1);
     let test_box = TestBox::new();
     let (config, token) = box_config(&test_box, "");
@@ -65,12 +86,7 @@ async fn a_new_box_waits_for_its_content_and_a_new_manifest_never_withdraws_it()
     );
 
     // Serving, with a manifest but nothing of it held: still no content.
-    push(
-        &daemon,
-        &token,
-        manifest_json("night-1", &origin.base_url(), &night_1),
-    )
-    .await;
+    push_objects(&daemon, &token, &origin, "night-1", &night_1).await;
     let (status, body) = readiness(&daemon).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("no content: manifest night-1"), "{body}");
@@ -84,16 +100,9 @@ async fn a_new_box_waits_for_its_content_and_a_new_manifest_never_withdraws_it()
     );
 
     // Tomorrow's manifest is all new: the box holds none of it, and stays ready.
-    let night_2: Vec<(String, Vec<u8>)> = (0..20)
-        .map(|number| (format!("t2/seg_{number:03}.ts"), pattern(7000 + number)))
-        .collect();
+    let night_2 = segments("t2", 20, 7000);
     origin.put_all(&night_2);
-    push(
-        &daemon,
-        &token,
-        manifest_json("night-2", &origin.base_url(), &night_2),
-    )
-    .await;
+    push_objects(&daemon, &token, &origin, "night-2", &night_2).await;
     let (status, body) = readiness(&daemon).await;
     assert_eq!(status, StatusCode::OK, "a new manifest alone: {body}");
     daemon.shutdown().await;
@@ -117,12 +126,7 @@ async fn a_pass_with_failures_makes_the_box_ready_only_at_its_share_of_the_bytes
     let test_box = TestBox::new();
     let (config, token) = box_config(&test_box, "");
     let daemon = start(&config).await;
-    push(
-        &daemon,
-        &token,
-        manifest_json("night-1", &origin.base_url(), &objects),
-    )
-    .await;
+    push_objects(&daemon, &token, &origin, "night-1", &objects).await;
     let done = fill_until_done(&daemon, "night-1").await;
     assert_eq!(done["fill"]["objects_failed"], 1);
     let (status, body) = readiness(&daemon).await;
@@ -147,19 +151,12 @@ async fn a_box_whose_latch_is_lost_is_ready_at_start_when_its_stores_hold_the_ma
     // A box filled by a version without the latch (or whose save failed) must not be
     // withdrawn by an upgrade.
     let origin = Origin::start().await;
-    let objects: Vec<(String, Vec<u8>)> = (0..10)
-        .map(|number| (format!("t/seg_{number:03}.ts"), pattern(3000 + number)))
-        .collect();
+    let objects = segments("t", 10, 3000);
     origin.put_all(&objects);
     let test_box = TestBox::new();
     let (config, token) = box_config(&test_box, "");
     let daemon = start(&config).await;
-    push(
-        &daemon,
-        &token,
-        manifest_json("night-1", &origin.base_url(), &objects),
-    )
-    .await;
+    push_objects(&daemon, &token, &origin, "night-1", &objects).await;
     fill_until_done(&daemon, "night-1").await;
     daemon.shutdown().await;
     std::fs::remove_file(config.state_dir.join("stocked")).expect("the latch was saved");
@@ -242,12 +239,7 @@ ready_share = 0.5
 ",
     );
     let daemon = start(&config).await;
-    push(
-        &daemon,
-        &token,
-        manifest_json("night-1", &origin.base_url(), &objects),
-    )
-    .await;
+    push_objects(&daemon, &token, &origin, "night-1", &objects).await;
     let done = fill_until_done(&daemon, "night-1").await;
     assert_eq!(done["fill"]["objects_failed"], 26);
     let (status, body) = readiness(&daemon).await;
@@ -255,12 +247,7 @@ ready_share = 0.5
     assert!(body.contains("holds 0 of"), "{body}");
 
     // A pass over an empty manifest completes without a failure, and holds nothing.
-    push(
-        &daemon,
-        &token,
-        manifest_json::<&str, &[u8]>("empty", &origin.base_url(), &[]),
-    )
-    .await;
+    push_objects::<&str, &[u8]>(&daemon, &token, &origin, "empty", &[]).await;
     fill_until_done(&daemon, "empty").await;
     let (status, body) = readiness(&daemon).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -272,23 +259,14 @@ ready_share = 0.5
 #[tokio::test]
 async fn an_upgrade_keeps_a_serving_box_ready_with_tonights_manifest_pushed() {
     let origin = Origin::start().await;
-    let night_1: Vec<(String, Vec<u8>)> = (0..10)
-        .map(|number| (format!("t1/{number}.ts"), pattern(2000 + number)))
-        .collect();
-    let night_2: Vec<(String, Vec<u8>)> = (0..10)
-        .map(|number| (format!("t2/{number}.ts"), pattern(4000 + number)))
-        .collect();
+    let night_1 = segments("t1", 10, 2000);
+    let night_2 = segments("t2", 10, 4000);
     origin.put_all(&night_1);
     origin.put_all(&night_2);
     let test_box = TestBox::new();
     let (config, token) = box_config(&test_box, "");
     let daemon = start(&config).await;
-    push(
-        &daemon,
-        &token,
-        manifest_json("night-1", &origin.base_url(), &night_1),
-    )
-    .await;
+    push_objects(&daemon, &token, &origin, "night-1", &night_1).await;
     fill_until_done(&daemon, "night-1").await;
     daemon.shutdown().await;
     // What a version before the latch leaves: no latch, tonight's manifest saved as JSON.
@@ -322,12 +300,7 @@ async fn a_latch_is_not_honoured_over_empty_stores_and_a_lowered_share_applies_o
     let test_box = TestBox::new();
     let (config, token) = box_config(&test_box, "");
     let daemon = start(&config).await;
-    push(
-        &daemon,
-        &token,
-        manifest_json("night-1", &origin.base_url(), &objects),
-    )
-    .await;
+    push_objects(&daemon, &token, &origin, "night-1", &objects).await;
     fill_until_done(&daemon, "night-1").await;
     let (status, body) = readiness(&daemon).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "60 %: {body}");
