@@ -935,17 +935,13 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonHeader, A::Error> {
         let mut header = JsonHeader::default();
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen = [false; TOP_LEVEL_FIELDS.len()];
         while let Some(key) = map.next_key::<String>()? {
-            if seen.contains(&key) {
-                return Err(de::Error::duplicate_field(match key.as_str() {
-                    "version" => "version",
-                    "id" => "id",
-                    "base_url" => "base_url",
-                    _ => "objects",
-                }));
+            if let Some(field) = TOP_LEVEL_FIELDS.iter().position(|field| *field == key) {
+                if std::mem::replace(&mut seen[field], true) {
+                    return Err(de::Error::duplicate_field(TOP_LEVEL_FIELDS[field]));
+                }
             }
-            seen.push(key.clone());
             match key.as_str() {
                 "version" => header.version = Some(map.next_value()?),
                 "id" => header.id = Some(map.next_value()?),
