@@ -107,8 +107,11 @@ async fn truncated_while_cached(extra: &str, sendfile: bool) {
         .set_len(100)
         .unwrap();
     let cut = raw(viewer, request).await;
+    // The fast path has sent the head when sendfile finds the file short. Through hyper the
+    // body's first read may fail before hyper has flushed the head, and then the connection
+    // closes with no answer at all: as good for the client (it retries), never a whole 200.
     assert!(
-        cut.starts_with("HTTP/1.1 200"),
+        cut.starts_with("HTTP/1.1 200") || (!sendfile && cut.is_empty()),
         "served from the cached file: {cut:?}"
     );
     let body_len = cut.len() - cut.find("\r\n\r\n").map_or(cut.len(), |end| end + 4);
