@@ -19,7 +19,8 @@
 //! writes the live entries to `journal.tmp`, fsyncs it, renames it over `journal` and fsyncs
 //! the directory, so a crash leaves either the old journal or the new one.
 
-use std::collections::HashMap;
+use super::ObjectMeta;
+use super::index::Index;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -54,8 +55,8 @@ pub enum Record {
 /// What replaying a journal found.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Live entries by path.
-    pub entries: HashMap<String, JournalEntry>,
+    /// Live entries by path (their `store` is 0: the caller's to set).
+    pub entries: Index,
     /// Where the last valid record ends; anything after is a torn tail.
     pub valid_len: u64,
     /// Whether a torn or corrupt tail was found after `valid_len`.
@@ -96,8 +97,9 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
     }
     let mut offset = MAGIC.len();
     replay.valid_len = offset as u64;
-    // A put record of a typical path is about 90 bytes: size the map once.
-    replay.entries.reserve(bytes.len() / 96);
+    // A put record of a typical path is about 90 bytes (40 of them the path): size the
+    // index once.
+    replay.entries = Index::with_capacity(bytes.len() / 96, bytes.len() / 96 * 40);
     while offset < bytes.len() {
         let decoded = decode_record(&bytes[offset..]).or_else(|| {
             // Not a valid record here: a torn tail, or damage in the middle. Look for the
@@ -113,11 +115,19 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
             break;
         };
         match record {
-            Record::Put(path, entry) => {
-                replay.entries.insert(path, entry);
+            RecordRef::Put(path, entry) => {
+                replay.entries.insert(
+                    path,
+                    ObjectMeta {
+                        store: 0,
+                        size: entry.size,
+                        sha256: entry.sha256,
+                        filled_at: entry.filled_at,
+                    },
+                );
             }
-            Record::Remove(path) => {
-                replay.entries.remove(&path);
+            RecordRef::Remove(path) => {
+                replay.entries.remove(path);
             }
         }
         replay.records += 1;
@@ -134,16 +144,26 @@ pub(crate) fn records(bytes: &[u8]) -> Vec<Record> {
     let mut records = Vec::new();
     let mut offset = MAGIC.len().min(bytes.len());
     while let Some((record, used)) = decode_record(&bytes[offset..]) {
-        records.push(record);
+        records.push(match record {
+            RecordRef::Put(path, entry) => Record::Put(path.to_owned(), entry),
+            RecordRef::Remove(path) => Record::Remove(path.to_owned()),
+        });
         offset += used;
     }
     records
 }
 
+/// A decoded record borrowing its path from the journal's bytes: replay allocates nothing
+/// per record.
+enum RecordRef<'a> {
+    Put(&'a str, JournalEntry),
+    Remove(&'a str),
+}
+
 /// Decodes one framed record, or `None` if it is short, oversized, malformed or fails its
 /// checksum. The frame's shape is checked before the checksum is computed, so scanning
 /// damaged bytes for the next record costs a few comparisons per byte.
-fn decode_record(bytes: &[u8]) -> Option<(Record, usize)> {
+fn decode_record(bytes: &[u8]) -> Option<(RecordRef<'_>, usize)> {
     let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
     if len > MAX_PAYLOAD {
@@ -165,12 +185,10 @@ fn decode_record(bytes: &[u8]) -> Option<(Record, usize)> {
     }
     let kind = *payload.first()?;
     let path_len = u16::from_le_bytes(payload.get(1..3)?.try_into().ok()?) as usize;
-    let path = std::str::from_utf8(payload.get(3..3 + path_len)?)
-        .ok()?
-        .to_owned();
+    let path = std::str::from_utf8(payload.get(3..3 + path_len)?).ok()?;
     let rest = &payload[3 + path_len..];
     let record = match kind {
-        KIND_PUT if rest.len() == 48 => Record::Put(
+        KIND_PUT if rest.len() == 48 => RecordRef::Put(
             path,
             JournalEntry {
                 size: u64::from_le_bytes(rest[0..8].try_into().ok()?),
@@ -178,7 +196,7 @@ fn decode_record(bytes: &[u8]) -> Option<(Record, usize)> {
                 filled_at: i64::from_le_bytes(rest[40..48].try_into().ok()?),
             },
         ),
-        KIND_REMOVE if rest.is_empty() => Record::Remove(path),
+        KIND_REMOVE if rest.is_empty() => RecordRef::Remove(path),
         _ => return None,
     };
     Some((record, 8 + len as usize))
@@ -354,6 +372,30 @@ mod tests {
         }
     }
 
+    /// What an index built from a journal holds for `entry` (store 0).
+    fn meta(entry: JournalEntry) -> ObjectMeta {
+        ObjectMeta {
+            store: 0,
+            size: entry.size,
+            sha256: entry.sha256,
+            filled_at: entry.filled_at,
+        }
+    }
+
+    /// An index's objects, sorted by path.
+    fn listed(index: &Index) -> Vec<(String, ObjectMeta)> {
+        let mut all: Vec<_> = index
+            .iter()
+            .map(|(path, meta)| (path.to_owned(), meta))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn paths(index: &Index) -> Vec<String> {
+        listed(index).into_iter().map(|(path, _)| path).collect()
+    }
+
     fn journal(records: &[Record]) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
         for record in records {
@@ -372,7 +414,7 @@ mod tests {
         ]);
         let replay = replay_bytes(&bytes).unwrap();
         assert_eq!(replay.entries.len(), 1);
-        assert_eq!(replay.entries["a/2.ts"], entry(3));
+        assert_eq!(replay.entries.get("a/2.ts"), Some(meta(entry(3))));
         assert_eq!(replay.valid_len, bytes.len() as u64);
         assert!(!replay.torn_tail);
     }
@@ -443,9 +485,7 @@ mod tests {
         let mut writer = JournalWriter::open(&path, valid).unwrap();
         writer.append(&[Record::Put("d".into(), entry(4))]).unwrap();
         let replay = replay(&path).unwrap();
-        let mut paths: Vec<&str> = replay.entries.keys().map(String::as_str).collect();
-        paths.sort();
-        assert_eq!(paths, ["a", "b", "d"]);
+        assert_eq!(paths(&replay.entries), ["a", "b", "d"]);
         assert!(!replay.torn_tail);
     }
 
@@ -472,9 +512,11 @@ mod tests {
         let first_len = journal(&records[..1]).len();
         bytes[first_len + 12] ^= 0x40;
         let replay = replay_bytes(&bytes).unwrap();
-        let mut paths: Vec<&str> = replay.entries.keys().map(String::as_str).collect();
-        paths.sort();
-        assert_eq!(paths, ["a", "c"], "only the damaged record is lost");
+        assert_eq!(
+            paths(&replay.entries),
+            ["a", "c"],
+            "only the damaged record is lost"
+        );
         assert_eq!(replay.corrupt_regions, 1);
         assert_eq!(
             replay.valid_len,
@@ -504,14 +546,14 @@ mod tests {
                 Record::Put("b".into(), entry(2)),
             ])
             .unwrap();
-        let live = replay(&path).unwrap().entries;
-        compact(
-            &path,
-            live.iter().map(|(path, entry)| (path.as_str(), entry)),
-        )
-        .unwrap();
+        let live = listed(&replay(&path).unwrap().entries);
+        let entries: Vec<(&str, JournalEntry)> = live
+            .iter()
+            .map(|(path, meta)| (path.as_str(), meta.journal_entry()))
+            .collect();
+        compact(&path, entries.iter().map(|(path, entry)| (*path, entry))).unwrap();
         let after = replay(&path).unwrap();
-        assert_eq!(after.entries, live);
+        assert_eq!(listed(&after.entries), live);
         assert!(!path.with_extension("tmp").exists());
     }
 }

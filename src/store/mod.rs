@@ -22,6 +22,7 @@
 //! fsyncs the directory and only then records the object in the journal and the index.
 //! Dropped without `finish`, it removes its temp file.
 
+mod index;
 pub mod journal;
 pub mod placement;
 pub mod scrub;
@@ -39,6 +40,8 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::ClockMap;
 use crate::config::StoreConfig;
+pub use index::MAX_STORES;
+use index::Index;
 use journal::{JournalEntry, JournalWriter, Record};
 
 /// Share of a file system's size kept free when a store's capacity is not configured.
@@ -321,13 +324,13 @@ impl Store {
 /// Outcome of opening one store directory at start.
 struct Opened {
     store: Store,
-    entries: HashMap<String, JournalEntry>,
+    entries: Index,
 }
 
 /// The index of the usable stores, borrowed under its read lock
 /// ([`Stores::with_usable_index`]).
 pub struct UsableIndex<'a> {
-    index: &'a HashMap<Box<str>, ObjectMeta>,
+    index: &'a Index,
     stores: &'a [Store],
 }
 
@@ -337,7 +340,6 @@ impl UsableIndex<'_> {
         self.index
             .get(path)
             .filter(|meta| !self.stores[meta.store].failed.load(Ordering::Relaxed))
-            .copied()
     }
 
     /// Every path on a usable store.
@@ -345,7 +347,7 @@ impl UsableIndex<'_> {
         self.index
             .iter()
             .filter(|(_, meta)| !self.stores[meta.store].failed.load(Ordering::Relaxed))
-            .map(|(path, _)| &**path)
+            .map(|(path, _)| path)
     }
 
     /// Entries in the index, failed stores' included: an upper bound of [`Self::paths`].
@@ -363,7 +365,7 @@ impl UsableIndex<'_> {
 #[derive(Debug)]
 pub struct Stores {
     stores: Vec<Store>,
-    index: RwLock<HashMap<Box<str>, ObjectMeta>>,
+    index: RwLock<Index>,
     /// Objects found missing or the wrong size while serving. Serving writes nothing, so they
     /// stay in the journal; the next fill plans them as missing and fetches them again.
     damaged: Mutex<std::collections::HashSet<String>>,
@@ -399,8 +401,6 @@ impl Stores {
     /// serves from the others and status shows what is wrong.
     pub fn load(configs: &[StoreConfig]) -> Stores {
         let mut stores = Vec::with_capacity(configs.len());
-        let mut index: HashMap<Box<str>, ObjectMeta> = HashMap::new();
-        let mut not_compact = Vec::new();
         // Each store's journal is read and replayed on a thread of its own (an appliance
         // has a dozen drives); the merge below stays in configuration order.
         // Two entries naming one directory (a symlink, `..`) would race for its lock: the
@@ -416,6 +416,12 @@ impl Stores {
                 .iter()
                 .enumerate()
                 .map(|(number, config)| {
+                    if number >= MAX_STORES - 1 {
+                        return Err(format!(
+                            "more than {} stores are configured",
+                            MAX_STORES - 1
+                        ));
+                    }
                     let earlier = directories[..number]
                         .iter()
                         .position(|directory| directory == &directories[number]);
@@ -440,34 +446,16 @@ impl Stores {
                 })
                 .collect()
         });
-        for (number, Opened { store, entries }) in opened.into_iter().enumerate() {
-            // One allocation for the whole index instead of a rehash at every doubling.
-            index.reserve(entries.len());
-            for (path, entry) in entries {
-                let meta = ObjectMeta {
-                    store: number,
-                    size: entry.size,
-                    sha256: entry.sha256,
-                    filled_at: entry.filled_at,
-                };
-                // A path on two stores (a move cut short): the newer copy wins, and the
-                // journal that lists the other has something to compact.
-                match index.get(path.as_str()) {
-                    Some(existing) if existing.filled_at >= meta.filled_at => {
-                        not_compact.push(number);
-                    }
-                    Some(existing) => {
-                        not_compact.push(existing.store);
-                        index.insert(path.into_boxed_str(), meta);
-                    }
-                    None => {
-                        index.insert(path.into_boxed_str(), meta);
-                    }
-                }
-            }
-            stores.push(store);
-        }
-        for meta in index.values() {
+        let (index, not_compact) = merge_indexes(
+            opened
+                .into_iter()
+                .map(|Opened { store, entries }| {
+                    stores.push(store);
+                    entries
+                })
+                .collect(),
+        );
+        for (_, meta) in index.iter() {
             let store = &stores[meta.store];
             store.objects.fetch_add(1, Ordering::Relaxed);
             store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
@@ -541,7 +529,7 @@ impl Stores {
     /// The index entry for an object path, if stored on a store that has not failed and not
     /// found damaged.
     pub fn lookup(&self, path: &str) -> Option<ObjectMeta> {
-        let meta = *self.index.read().ok()?.get(path)?;
+        let meta = self.index.read().ok()?.get(path)?;
         if self.stores[meta.store].failed.load(Ordering::Relaxed) {
             return None;
         }
@@ -577,7 +565,7 @@ impl Stores {
     fn still_indexed(&self, path: &str, meta: &ObjectMeta) -> bool {
         self.index
             .read()
-            .is_ok_and(|index| index.get(path) == Some(meta))
+            .is_ok_and(|index| index.get(path).as_ref() == Some(meta))
     }
 
     /// Opens a looked-up object and checks its size against the index, so a file truncated
@@ -738,7 +726,7 @@ impl Stores {
     /// meanwhile; serving does not). Objects on failed stores are left out, so a plan
     /// fetches them again.
     pub fn with_usable_index<T>(&self, read: impl FnOnce(&UsableIndex<'_>) -> T) -> T {
-        let empty = HashMap::new();
+        let empty = Index::default();
         let guard = self.index.read();
         let index = match &guard {
             Ok(index) => &**index,
@@ -759,7 +747,7 @@ impl Stores {
                 index
                     .iter()
                     .filter(|(_, meta)| !self.stores[meta.store].failed.load(Ordering::Relaxed))
-                    .map(|(path, meta)| (path.to_string(), *meta))
+                    .map(|(path, meta)| (path.to_string(), meta))
                     .collect()
             },
         )
@@ -788,7 +776,7 @@ impl Stores {
             .index
             .read()
             .ok()
-            .and_then(|index| index.get(path).copied());
+            .and_then(|index| index.get(path));
         placement::rank_stores(path, &candidates)
             .into_iter()
             .find(|&number| {
@@ -843,7 +831,7 @@ impl Stores {
             .map_err(|err| store.io_error(format!("fsync {}", parent.display()), err))?;
         store.append_journal(&[Record::Put(path.to_owned(), meta.journal_entry())])?;
         if let Ok(mut index) = self.index.write() {
-            index.insert(path.into(), meta);
+            index.insert(path, meta);
         }
         // After the index changed: a request that opened the path under the old entry either
         // cached its file before this (dropped here) or sees the new entry when it checks
@@ -880,7 +868,7 @@ impl Stores {
         if let Ok(index) = self.index.read() {
             for path in paths {
                 if let Some(meta) = index.get(path.as_str()) {
-                    by_store.entry(meta.store).or_default().push((path, *meta));
+                    by_store.entry(meta.store).or_default().push((path, meta));
                 }
             }
         }
@@ -926,7 +914,7 @@ impl Stores {
             .index
             .read()
             .ok()
-            .and_then(|index| index.get(path).copied())
+            .and_then(|index| index.get(path))
         else {
             return Ok(None);
         };
@@ -950,7 +938,7 @@ impl Stores {
         }
         if let Ok(mut index) = self.index.write() {
             for (path, _) in objects {
-                index.remove(*path);
+                index.remove(path);
             }
         }
         for (path, meta) in objects {
@@ -992,7 +980,7 @@ impl Stores {
             let entries: Vec<(&str, JournalEntry)> = index
                 .iter()
                 .filter(|(_, meta)| meta.store == number)
-                .map(|(path, meta)| (&**path, meta.journal_entry()))
+                .map(|(path, meta)| (path, meta.journal_entry()))
                 .collect();
             if let Err(err) = store.compact_journal(&entries) {
                 tracing::warn!(store = %store.config_path.display(), error = %err, "index compaction failed; the journal still holds every change");
@@ -1060,7 +1048,7 @@ fn open_store(config: &StoreConfig) -> Opened {
                     && replay.corrupt_regions == 0
                     && replay.records == replay.entries.len() as u64;
             }
-            let used: u64 = replay.entries.values().map(|entry| entry.size).sum();
+            let used: u64 = replay.entries.iter().map(|(_, meta)| meta.size).sum();
             store.capacity = match config.capacity {
                 Some(capacity) => capacity.0,
                 None => default_capacity(&store.root, used).unwrap_or(0),
@@ -1074,6 +1062,45 @@ fn open_store(config: &StoreConfig) -> Opened {
     }
 }
 
+/// Merges the stores' indexes (in configuration order, their entries' store still 0) into
+/// one with the store numbers set. The largest is taken whole, so a box with one store
+/// merges nothing; the others' objects are inserted into it. A path on two stores (a move
+/// cut short): the newer copy wins, the earlier store on a tie, and the journal that lists
+/// the other is returned as having something to compact.
+fn merge_indexes(mut indexes: Vec<Index>) -> (Index, Vec<usize>) {
+    let Some(largest) = (0..indexes.len()).max_by_key(|&number| indexes[number].len()) else {
+        return (Index::default(), Vec::new());
+    };
+    let mut merged = std::mem::take(&mut indexes[largest]);
+    merged.set_store(largest);
+    merged.reserve(indexes.iter().map(Index::len).sum());
+    let mut not_compact = Vec::new();
+    for (number, index) in indexes.iter().enumerate() {
+        for (path, meta) in index.iter() {
+            let meta = ObjectMeta {
+                store: number,
+                ..meta
+            };
+            match merged.get(path) {
+                Some(existing)
+                    if (existing.filled_at, std::cmp::Reverse(existing.store))
+                        >= (meta.filled_at, std::cmp::Reverse(number)) =>
+                {
+                    not_compact.push(number);
+                }
+                Some(existing) => {
+                    not_compact.push(existing.store);
+                    merged.insert(path, meta);
+                }
+                None => {
+                    merged.insert(path, meta);
+                }
+            }
+        }
+    }
+    (merged, not_compact)
+}
+
 /// A store that cannot be used: reported, failed, holding nothing.
 fn failed_store(config: &StoreConfig, reason: &str) -> Opened {
     tracing::error!(store = %config.path.display(), error = %reason, "store unusable");
@@ -1082,7 +1109,7 @@ fn failed_store(config: &StoreConfig, reason: &str) -> Opened {
     store.mark_failed(reason.to_owned());
     Opened {
         store,
-        entries: HashMap::new(),
+        entries: Index::default(),
     }
 }
 
