@@ -221,7 +221,7 @@ impl Admin {
         };
         let stocked = self.fill.stocked();
         let share = stocked.ready_share();
-        let id = &accepted.manifest.id;
+        let id = &accepted.id;
         let held = match stocked.measured() {
             Some(measured) if &measured.manifest_id == id && measured.total > 0 => {
                 let tenths = u128::from(measured.held) * 1000 / u128::from(measured.total);
@@ -233,7 +233,7 @@ impl Admin {
                     tenths % 10
                 )
             }
-            _ if accepted.manifest.is_empty() => "it lists no object".to_owned(),
+            _ if accepted.objects == 0 => "it lists no object".to_owned(),
             _ => "not measured yet".to_owned(),
         };
         format!(

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::fetch::{FetchError, Fetcher};
-use super::manifest::ManifestObject;
+use super::manifest::{Manifest, ManifestObject};
 use super::plan::{FillPlan, Survey, dropped_beyond, fit, held_bytes, survey};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
@@ -258,10 +258,9 @@ impl Engine {
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
         stop: &mut Shutdown,
     ) -> PassEnd {
-        let manifest = &accepted.manifest;
         let started = Instant::now();
         let started_at = Timestamp::now();
-        tracing::info!(id = %manifest.id, objects = manifest.len(), bytes = manifest.total_bytes, "fill pass starting");
+        tracing::info!(id = %accepted.id, objects = accepted.objects, bytes = accepted.total_bytes, "fill pass starting");
         // One look at the index, under its read lock: what the manifest has, and what the
         // stores hold that it no longer lists.
         self.stores.clear_full();
@@ -269,23 +268,29 @@ impl Engine {
         let surveyed = {
             let (stores, accepted) = (Arc::clone(&self.stores), Arc::clone(accepted));
             tokio::task::spawn_blocking(move || {
+                // Held for the pass, read back from the saved file if nothing holds it.
+                let manifest = accepted.contents().map_err(|err| err.to_string())?;
                 let damaged = stores.damaged();
-                stores.with_usable_index(|index| {
-                    let survey = survey(&accepted.manifest, index, &damaged);
-                    let deletes = dropped_beyond(&accepted.manifest, index, survey.listed);
+                let (survey, deletes) = stores.with_usable_index(|index| {
+                    let survey = survey(&manifest, index, &damaged);
+                    let deletes = dropped_beyond(&manifest, index, survey.listed);
                     (survey, deletes)
-                })
+                });
+                Ok::<_, String>((manifest, survey, deletes))
             })
             .await
+            .map_err(|err| err.to_string())
+            .and_then(|surveyed| surveyed)
         };
         // A survey that did not finish is no survey: an empty one would read as "nothing to
         // fetch", a pass done, and a box that holds its content.
-        let (survey, deletes) = match surveyed {
+        let (manifest, survey, deletes) = match surveyed {
             Ok(surveyed) => surveyed,
             Err(err) => {
                 tracing::error!(error = %err, "the fill plan failed; the pass is tried again in 10 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(10)) => return PassEnd::Paused,
+                    _ = manifests.changed() => return PassEnd::Superseded,
                     _ = stop.raised() => return PassEnd::Stopped,
                 }
             }
@@ -301,11 +306,11 @@ impl Engine {
         let (end, stored) = match interrupted {
             Some(end) => (end, 0),
             None => {
-                let work = self.plan_fetches(accepted, survey).await;
+                let work = self.plan_fetches(&manifest, survey).await;
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
                 self.note_content(false).await;
-                self.transfer_all(accepted, work.fetches, manifests, stop)
+                self.transfer_all(&manifest, work.fetches, manifests, stop)
                     .await
             }
         };
@@ -430,8 +435,7 @@ impl Engine {
     /// Plans what to fetch against what the stores hold and have room for, removes partial
     /// files nothing will resume, and starts the pass's progress (objects with no room are
     /// failed at once).
-    async fn plan_fetches(&self, accepted: &Arc<AcceptedManifest>, survey: Survey) -> FillPlan {
-        let manifest = &accepted.manifest;
+    async fn plan_fetches(&self, manifest: &Manifest, survey: Survey) -> FillPlan {
         let work = fit(manifest, survey, self.stores.free_bytes());
         let keep: HashSet<String> = work
             .fetches
@@ -478,7 +482,7 @@ impl Engine {
     /// Returns how the pass ended and how many objects were stored.
     async fn transfer_all(
         &mut self,
-        accepted: &Arc<AcceptedManifest>,
+        manifest: &Manifest,
         fetches: Vec<usize>,
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
         stop: &mut Shutdown,
@@ -519,7 +523,7 @@ impl Engine {
                 let Some(index) = queue.pop_front() else {
                     break;
                 };
-                let object = accepted.manifest.get(index).to_owned();
+                let object = manifest.get(index).to_owned();
                 transfers.spawn(transfer(context.clone(), object));
             }
             if transfers.is_empty() {
@@ -632,7 +636,7 @@ pub async fn check_content(fill: Arc<Fill>, stores: Arc<Stores>) {
     let manifest = fill.manifest();
     let objects = stores.object_count();
     if stocked.is_set() {
-        if objects == 0 && manifest.is_some_and(|accepted| !accepted.manifest.is_empty()) {
+        if objects == 0 && manifest.is_some_and(|accepted| accepted.objects > 0) {
             stocked.suspend("the stores hold no object");
         }
         return;
@@ -642,16 +646,18 @@ pub async fn check_content(fill: Arc<Fill>, stores: Arc<Stores>) {
         let in_force = Arc::clone(&accepted);
         let measuring = Arc::clone(&stores);
         let held = tokio::task::spawn_blocking(move || {
-            held_bytes(
-                &in_force.manifest,
-                &measuring.snapshot(),
-                &measuring.damaged(),
-            )
+            let manifest = in_force.contents().map_err(|err| {
+                tracing::error!(error = %err, "cannot read the manifest in force to measure what the stores hold");
+            })?;
+            let damaged = measuring.damaged();
+            Ok::<_, ()>(measuring.with_usable_index(|index| held_bytes(&manifest, index, &damaged)))
         })
         .await
+        .ok()
+        .and_then(Result::ok)
         .unwrap_or(0);
-        let total = accepted.manifest.total_bytes;
-        let id = &accepted.manifest.id;
+        let total = accepted.total_bytes;
+        let id = &accepted.id;
         stocked.measure(Measured {
             manifest_id: id.clone(),
             held,

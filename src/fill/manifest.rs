@@ -267,8 +267,9 @@ impl Manifest {
     }
 
     /// Writes the binary saved form: magic, id, base URL, counts, the path arena, the
-    /// records, the URLs, and a CRC-32 of everything before it.
-    pub fn save(&self, out: &mut impl Write) -> std::io::Result<()> {
+    /// records, the URLs, and a CRC-32 of everything before it, which it returns (what
+    /// [`Manifest::load_saved_with_crc`] must find to be reading this very save).
+    pub fn save(&self, out: &mut impl Write) -> std::io::Result<u32> {
         let mut out = CrcWriter {
             inner: out,
             crc: crc32fast::Hasher::new(),
@@ -300,12 +301,18 @@ impl Manifest {
             write_bytes(&mut out, url.as_bytes())?;
         }
         let crc = out.crc.clone().finalize();
-        out.inner.write_all(&crc.to_le_bytes())
+        out.inner.write_all(&crc.to_le_bytes())?;
+        Ok(crc)
     }
 
     /// Reads what [`Manifest::save`] wrote, checking its CRC and that every record points
     /// inside the arena; anything else is an error, never a guess.
     pub fn load_saved(input: &mut impl Read) -> Result<Manifest, ManifestError> {
+        Manifest::load_saved_with_crc(input).map(|(manifest, _)| manifest)
+    }
+
+    /// [`Manifest::load_saved`], with the CRC the file ends with.
+    pub fn load_saved_with_crc(input: &mut impl Read) -> Result<(Manifest, u32), ManifestError> {
         let corrupt = |what: &str| ManifestError::Read(format!("saved manifest: {what}"));
         let mut input = CrcReader {
             inner: input,
@@ -366,14 +373,15 @@ impl Manifest {
         if u32::from_le_bytes(stored) != computed {
             return Err(corrupt("checksum mismatch (torn or damaged file)"));
         }
-        Ok(Manifest {
+        let manifest = Manifest {
             id,
             base_url: has_base.then_some(base_url),
             total_bytes,
             paths,
             records,
             urls,
-        })
+        };
+        Ok((manifest, computed))
     }
 }
 

@@ -25,7 +25,7 @@ pub mod rate;
 pub mod stocked;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -38,17 +38,30 @@ use manifest::{Manifest, ManifestError};
 use progress::{FillStatus, Progress};
 use stocked::Stocked;
 
-/// A manifest that was accepted, with when.
-#[derive(Debug, Clone)]
+/// A manifest that was accepted, with when. Its objects are held in memory only while
+/// something uses them (a fill pass, a delta, the readiness check): otherwise they are read
+/// back from the saved file, so a serving box holds its index and not tens of millions of
+/// manifest records beside it.
+#[derive(Debug)]
 pub struct AcceptedManifest {
-    /// The validated manifest.
-    pub manifest: Manifest,
+    /// The origin's name for it.
+    pub id: String,
+    /// How many objects it lists.
+    pub objects: usize,
+    /// Their total size.
+    pub total_bytes: u64,
     /// When it was accepted.
     pub accepted_at: Timestamp,
     /// Which acceptance this was in this process: 1 for the first manifest in force, then
     /// one more for each manifest accepted. It only grows, so "the pass for this manifest
     /// is done" can never be mistaken for another manifest's (an address can be reused).
     pub generation: u64,
+    /// Where it is saved, and the CRC that save ends with.
+    saved: Option<(PathBuf, u32)>,
+    /// The objects while someone holds them; always held when the save is not there to read
+    /// them back from (a legacy JSON manifest that could not be converted).
+    contents: Mutex<Weak<Manifest>>,
+    pinned: Option<Arc<Manifest>>,
 }
 
 /// What `GET /v1/manifest` and status say about the manifest in force.
@@ -65,12 +78,65 @@ pub struct ManifestSummary {
 }
 
 impl AcceptedManifest {
+    /// `manifest` in force from `accepted_at`, saved at `saved` (file, CRC) unless `None`.
+    fn new(
+        manifest: Manifest,
+        saved: Option<(PathBuf, u32)>,
+        accepted_at: Timestamp,
+        generation: u64,
+    ) -> AcceptedManifest {
+        let manifest = Arc::new(manifest);
+        AcceptedManifest {
+            id: manifest.id.clone(),
+            objects: manifest.len(),
+            total_bytes: manifest.total_bytes,
+            accepted_at,
+            generation,
+            contents: Mutex::new(Arc::downgrade(&manifest)),
+            pinned: saved.is_none().then(|| Arc::clone(&manifest)),
+            saved,
+        }
+    }
+
+    /// Its objects: shared with whoever holds them now, or read back from the saved file
+    /// (blocking: call it off the async workers). A save that no longer reads whole, or was
+    /// replaced by a newer manifest's, is an error, never another manifest's objects.
+    pub fn contents(&self) -> Result<Arc<Manifest>, ManifestError> {
+        if let Some(pinned) = &self.pinned {
+            return Ok(Arc::clone(pinned));
+        }
+        let mut held = self
+            .contents
+            .lock()
+            .map_err(|_| ManifestError::Read("manifest lock poisoned".to_owned()))?;
+        if let Some(manifest) = held.upgrade() {
+            return Ok(manifest);
+        }
+        let Some((file, crc)) = &self.saved else {
+            return Err(ManifestError::Read("the manifest is not saved".to_owned()));
+        };
+        let opened = std::fs::File::open(file).map_err(|err| {
+            ManifestError::Read(format!("saved manifest {}: {err}", file.display()))
+        })?;
+        let mut input = std::io::BufReader::with_capacity(1 << 20, opened);
+        let (manifest, found) = Manifest::load_saved_with_crc(&mut input)?;
+        if found != *crc || manifest.id != self.id {
+            return Err(ManifestError::Read(format!(
+                "saved manifest {}: replaced by a newer one",
+                file.display()
+            )));
+        }
+        let manifest = Arc::new(manifest);
+        *held = Arc::downgrade(&manifest);
+        Ok(manifest)
+    }
+
     /// The summary shown by the admin API.
     pub fn summary(&self) -> ManifestSummary {
         ManifestSummary {
-            id: self.manifest.id.clone(),
-            objects: self.manifest.len(),
-            bytes: self.manifest.total_bytes,
+            id: self.id.clone(),
+            objects: self.objects,
+            bytes: self.total_bytes,
             accepted_at: self.accepted_at.to_string(),
         }
     }
@@ -105,7 +171,7 @@ pub enum Received {
 
 /// The saved manifest in force and when it was accepted (the file's time), or the one an
 /// earlier version saved as JSON, converted to the binary form.
-fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp)> {
+fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp, Option<u32>)> {
     let accepted_at = |path: &Path| {
         std::fs::metadata(path)
             .and_then(|meta| meta.modified())
@@ -116,8 +182,8 @@ fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp)> {
     match std::fs::File::open(file) {
         Ok(opened) => {
             let mut input = std::io::BufReader::with_capacity(1 << 20, opened);
-            return match Manifest::load_saved(&mut input) {
-                Ok(manifest) => Some((manifest, accepted_at(file))),
+            return match Manifest::load_saved_with_crc(&mut input) {
+                Ok((manifest, crc)) => Some((manifest, accepted_at(file), Some(crc))),
                 Err(err) => {
                     tracing::error!(file = %file.display(), error = %err, "the saved manifest cannot be read; waiting for a new one");
                     None
@@ -141,16 +207,22 @@ fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp)> {
     match manifest::parse(&bytes) {
         Ok(manifest) => {
             let at = accepted_at(legacy);
-            match crate::durable::write_atomically_with(file, |out| manifest.save(out)) {
+            let mut crc = None;
+            let saved = crate::durable::write_atomically_with(file, |out| {
+                crc = Some(manifest.save(out)?);
+                Ok(())
+            });
+            match saved {
                 Ok(()) => {
                     tracing::info!(from = %legacy.display(), to = %file.display(), "the saved manifest was converted to the binary form");
                     let _ = std::fs::remove_file(legacy);
                 }
                 Err(err) => {
+                    crc = None;
                     tracing::warn!(file = %file.display(), error = %err, "cannot save the manifest in the binary form; the JSON stays");
                 }
             }
-            Some((manifest, at))
+            Some((manifest, at, crc))
         }
         Err(err) => {
             tracing::error!(file = %legacy.display(), error = %err, "the saved manifest is invalid; waiting for a new one");
@@ -192,17 +264,12 @@ impl Fill {
         }
         let legacy = state_dir.join(LEGACY_MANIFEST);
         let upgraded_from_json = !manifest_file.exists() && legacy.exists();
-        let accepted = load_saved(&manifest_file, &legacy).map(|(manifest, accepted_at)| {
-            Arc::new(AcceptedManifest {
-                manifest,
-                accepted_at,
-                generation: 1,
-            })
+        let accepted = load_saved(&manifest_file, &legacy).map(|(manifest, accepted_at, crc)| {
+            let saved = crc.map(|crc| (manifest_file.clone(), crc));
+            Arc::new(AcceptedManifest::new(manifest, saved, accepted_at, 1))
         });
         let mut progress = Progress::default();
-        progress.manifest_id = accepted
-            .as_ref()
-            .map(|accepted| accepted.manifest.id.clone());
+        progress.manifest_id = accepted.as_ref().map(|accepted| accepted.id.clone());
         Fill {
             manifest_file,
             manifest: watch::Sender::new(accepted),
@@ -251,23 +318,47 @@ impl Fill {
         let roots = self.file_roots();
         let in_force = self.manifest();
         let saved = tokio::task::spawn_blocking(move || {
-            let base = in_force.as_ref().map(|accepted| &accepted.manifest);
-            let manifest = match received {
-                Received::Bytes(bytes) => manifest::read(&bytes[..], base, limit)?,
-                Received::File(path) => {
-                    let input = std::fs::File::open(&path).map_err(AcceptError::Save)?;
-                    manifest::read(input, base, limit)?
+            let read = |base: Option<&Manifest>| match &received {
+                Received::Bytes(bytes) => {
+                    Ok::<_, AcceptError>(manifest::read(&bytes[..], base, limit)?)
                 }
+                Received::File(path) => {
+                    let input = std::fs::File::open(path).map_err(AcceptError::Save)?;
+                    Ok(manifest::read(input, base, limit)?)
+                }
+            };
+            // A delta needs the objects of the manifest in force: read back only then.
+            let manifest = match read(None) {
+                Err(AcceptError::Invalid(ManifestError::WrongBase { base, .. })) => match &in_force
+                {
+                    Some(accepted) if accepted.id == base => {
+                        let base = accepted.contents().map_err(|err| {
+                            AcceptError::Save(std::io::Error::other(err.to_string()))
+                        })?;
+                        read(Some(&base))?
+                    }
+                    _ => {
+                        return Err(AcceptError::Invalid(ManifestError::WrongBase {
+                            base,
+                            in_force: in_force.as_ref().map(|accepted| accepted.id.clone()),
+                        }));
+                    }
+                },
+                other => other?,
             };
             roots
                 .check_manifest(&manifest)
                 .map_err(ManifestError::Invalid)?;
-            crate::durable::write_atomically_with(&file, |out| manifest.save(out))
-                .map_err(AcceptError::Save)?;
+            let mut crc = 0;
+            crate::durable::write_atomically_with(&file, |out| {
+                crc = manifest.save(out)?;
+                Ok(())
+            })
+            .map_err(AcceptError::Save)?;
             if let Some(dir) = file.parent() {
                 let _ = std::fs::remove_file(dir.join(LEGACY_MANIFEST));
             }
-            Ok::<_, AcceptError>(manifest)
+            Ok::<_, AcceptError>((manifest, (file, crc)))
         })
         .await
         .map_err(|err| AcceptError::Save(std::io::Error::other(err)))??;
@@ -277,11 +368,13 @@ impl Fill {
             .as_ref()
             .map_or(0, |in_force| in_force.generation)
             + 1;
-        let accepted = Arc::new(AcceptedManifest {
-            manifest: saved,
-            accepted_at: Timestamp::now(),
+        let (manifest, saved) = saved;
+        let accepted = Arc::new(AcceptedManifest::new(
+            manifest,
+            Some(saved),
+            Timestamp::now(),
             generation,
-        });
+        ));
         let summary = accepted.summary();
         tracing::info!(id = %summary.id, objects = summary.objects, bytes = summary.bytes, "manifest accepted");
         self.stocked.retry_save().await;
@@ -408,7 +501,7 @@ mod tests {
         let other = dir.path().join("override");
         std::fs::write(&other, b"auto").unwrap();
         let reloaded = Fill::load(dir.path());
-        assert_eq!(reloaded.manifest().unwrap().manifest.id, "one");
+        assert_eq!(reloaded.manifest().unwrap().id, "one");
         assert!(!spool.exists() && !cut.exists());
         assert!(
             other.exists(),
@@ -431,8 +524,41 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert_eq!(fill.manifest().unwrap().manifest.id, "one");
+        assert_eq!(fill.manifest().unwrap().id, "one");
         let reloaded = Fill::load(dir.path());
-        assert_eq!(reloaded.manifest().unwrap().manifest.id, "one");
+        assert_eq!(reloaded.manifest().unwrap().id, "one");
+    }
+
+    #[tokio::test]
+    async fn the_objects_in_force_are_read_back_when_needed_and_never_from_a_newer_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = Fill::load(dir.path());
+        let one = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": [{"path": "a.ts", "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}"#;
+        fill.accept(Received::Bytes(Bytes::from_static(one)), u64::MAX)
+            .await
+            .unwrap();
+        let in_force = fill.manifest().unwrap();
+        assert_eq!((in_force.objects, in_force.total_bytes), (1, 3));
+        let held = in_force.contents().unwrap();
+        assert_eq!(held.get(0).path, "a.ts");
+        assert!(
+            Arc::ptr_eq(&held, &in_force.contents().unwrap()),
+            "shared while held"
+        );
+        drop(held);
+        assert_eq!(in_force.contents().unwrap().get(0).path, "a.ts");
+
+        // Another process (or a later accept) saved a different manifest: the objects of the
+        // old one are not there any more, and nothing else stands in for them.
+        let other = Fill::load(dir.path());
+        let two = String::from_utf8_lossy(one).replace(r#""one""#, r#""two""#);
+        other
+            .accept(Received::Bytes(Bytes::from(two)), u64::MAX)
+            .await
+            .unwrap();
+        let err = in_force.contents().unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        std::fs::write(dir.path().join(SAVED_MANIFEST), b"TCMANIF1 damaged").unwrap();
+        assert!(other.manifest().unwrap().contents().is_err());
     }
 }

@@ -11,9 +11,21 @@
 //! Removed entries go on a free list and their path bytes become garbage; the arena is
 //! rewritten once garbage is more than half of it, so a nightly churn does not grow it.
 
-use super::ObjectMeta;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
+
+/// What the index knows about one stored object. Small and `Copy`, so lookups hold no lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Which store holds it (index into the configured stores).
+    pub store: usize,
+    /// Length in bytes.
+    pub size: u64,
+    /// SHA-256 of the content; the strong ETag derives from it.
+    pub sha256: [u8; 32],
+    /// When it was filled, Unix seconds; served as `Last-Modified`.
+    pub filled_at: i64,
+}
 
 /// Bits of an entry's packed path word for the store number.
 const STORE_BITS: u32 = 8;
@@ -197,7 +209,11 @@ impl Index {
 
     /// Room for `more` objects without regrowing (their paths at the current average).
     pub fn reserve(&mut self, more: usize) {
-        let average_path = self.paths.len().checked_div(self.entries.len()).unwrap_or(40);
+        let average_path = self
+            .paths
+            .len()
+            .checked_div(self.entries.len())
+            .unwrap_or(40);
         self.paths.reserve(more * average_path);
         self.entries.reserve(more);
         let (paths, entries, hasher) = (&self.paths, &self.entries, &self.hasher);
@@ -210,7 +226,11 @@ impl Index {
     /// becomes the box's).
     pub fn set_store(&mut self, store: usize) {
         debug_assert!((store as u64) < FREE);
-        for entry in self.entries.iter_mut().filter(|entry| entry.store() != FREE) {
+        for entry in self
+            .entries
+            .iter_mut()
+            .filter(|entry| entry.store() != FREE)
+        {
             entry.packed = (entry.packed & !FREE) | store as u64;
         }
     }
@@ -229,7 +249,11 @@ impl Index {
     /// Rewrites the arena without the paths of removed entries.
     fn compact_paths(&mut self) {
         let mut paths = Vec::with_capacity(self.paths.len() - self.garbage);
-        for entry in self.entries.iter_mut().filter(|entry| entry.store() != FREE) {
+        for entry in self
+            .entries
+            .iter_mut()
+            .filter(|entry| entry.store() != FREE)
+        {
             let range = entry.path_range();
             let start = paths.len();
             paths.extend_from_slice(&self.paths[range.clone()]);
@@ -278,8 +302,14 @@ mod tests {
         let mut model: HashMap<String, ObjectMeta> = HashMap::new();
         let mut state: u64 = 7;
         for round in 0..200_000u64 {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let path = format!("titles/t{:04}/seg_{:05}.m4s", (state >> 40) % 300, (state >> 20) % 90);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let path = format!(
+                "titles/t{:04}/seg_{:05}.m4s",
+                (state >> 40) % 300,
+                (state >> 20) % 90
+            );
             if (state >> 8) % 3 == 0 {
                 assert_eq!(index.remove(&path), model.remove(&path));
             } else {
@@ -291,7 +321,10 @@ mod tests {
         for (path, value) in &model {
             assert_eq!(index.get(path), Some(*value), "{path}");
         }
-        let mut listed: Vec<_> = index.iter().map(|(path, meta)| (path.to_owned(), meta)).collect();
+        let mut listed: Vec<_> = index
+            .iter()
+            .map(|(path, meta)| (path.to_owned(), meta))
+            .collect();
         listed.sort_by(|a, b| a.0.cmp(&b.0));
         let mut expected: Vec<_> = model.into_iter().collect();
         expected.sort_by(|a, b| a.0.cmp(&b.0));

@@ -19,8 +19,7 @@
 //! writes the live entries to `journal.tmp`, fsyncs it, renames it over `journal` and fsyncs
 //! the directory, so a crash leaves either the old journal or the new one.
 
-use super::ObjectMeta;
-use super::index::Index;
+use super::index::{Index, ObjectMeta};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};

@@ -40,8 +40,8 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::ClockMap;
 use crate::config::StoreConfig;
-pub use index::MAX_STORES;
 use index::Index;
+pub use index::{MAX_STORES, ObjectMeta};
 use journal::{JournalEntry, JournalWriter, Record};
 
 /// Share of a file system's size kept free when a store's capacity is not configured.
@@ -119,19 +119,6 @@ impl StoreError {
     pub fn is_storage_full(&self) -> bool {
         matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
     }
-}
-
-/// What the index knows about one stored object. Small and `Copy`, so lookups hold no lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectMeta {
-    /// Which store holds it (index into the configured stores).
-    pub store: usize,
-    /// Length in bytes.
-    pub size: u64,
-    /// SHA-256 of the content; the strong ETag derives from it.
-    pub sha256: [u8; 32],
-    /// When it was filled, Unix seconds; served as `Last-Modified`.
-    pub filled_at: i64,
 }
 
 impl ObjectMeta {
@@ -772,11 +759,7 @@ impl Stores {
                 weight: store.capacity as f64,
             })
             .collect();
-        let replaced = self
-            .index
-            .read()
-            .ok()
-            .and_then(|index| index.get(path));
+        let replaced = self.index.read().ok().and_then(|index| index.get(path));
         placement::rank_stores(path, &candidates)
             .into_iter()
             .find(|&number| {
@@ -910,12 +893,7 @@ impl Stores {
     /// Takes an object out of its store's journal (durably) and the index (its file is the
     /// caller's to remove, move or rename over); `None` when it was not stored.
     fn forget(&self, path: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        let Some(meta) = self
-            .index
-            .read()
-            .ok()
-            .and_then(|index| index.get(path))
-        else {
+        let Some(meta) = self.index.read().ok().and_then(|index| index.get(path)) else {
             return Ok(None);
         };
         self.retire(meta.store, &[(path, meta)])?;
