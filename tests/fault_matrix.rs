@@ -3,7 +3,7 @@
 //! For each scenario (first fill, refill with new bytes, delete, compaction, resume, resume
 //! of a whole partial), `examples/store_op` runs the store operations single-threaded under
 //! `strace -e inject=SYSCALL:...:when=N`, for every call N of every write, fsync, fdatasync,
-//! rename, unlink, ftruncate and mkdir the clean run makes, once failing it with EIO and once
+//! rename, unlink, ftruncate, mkdir and fcntl (a direct write's tail) the clean run makes, once failing it with EIO and once
 //! killing the process there with SIGKILL. After each run the store is opened again and
 //! must be usable; every object it indexes must hash to the sha256 its ETag is made from
 //! (or the object is a miss); and running the operations again without faults must complete
@@ -22,7 +22,7 @@ use tidecache::store::{StoreState, Stores};
 
 /// The system calls of the durable paths (what the write path, the journal and compaction
 /// make), each faulted at every occurrence.
-const SYSCALLS: [&str; 7] = [
+const SYSCALLS: [&str; 8] = [
     "write",
     "fsync",
     "fdatasync",
@@ -30,6 +30,7 @@ const SYSCALLS: [&str; 7] = [
     "unlink",
     "ftruncate",
     "mkdir",
+    "fcntl",
 ];
 
 /// One scenario: operations that set the store up (run without faults), the operations

@@ -356,6 +356,9 @@ pub struct FillConfig {
     /// Share of the manifest's bytes a box must hold before `/readyz` first says ready, when
     /// no fill pass has yet completed without a failure (0 < share <= 1).
     pub ready_share: f64,
+    /// Write fills with `O_DIRECT` (bypassing the page cache, so they do not evict what
+    /// viewers read); file systems that refuse it are written through the page cache.
+    pub direct_writes: bool,
 }
 
 impl Default for FillConfig {
@@ -371,6 +374,7 @@ impl Default for FillConfig {
             ca_file: None,
             file_roots: Vec::new(),
             ready_share: 0.95,
+            direct_writes: true,
         }
     }
 }

@@ -99,13 +99,23 @@ impl Daemon {
             .map_err(|err| StartError::config("fill.ca_file", err))?;
         let override_file = open_state_dir(config)?;
         let metrics = Metrics::new()?;
+        // The stores' journals and the saved manifest are read at the same time: at tens of
+        // millions of objects each takes seconds, and the box is dark until both are done.
+        let (stores, fill) = std::thread::scope(|scope| {
+            let fill = scope.spawn(|| Fill::load(&config.state_dir));
+            let stores = Stores::load(&config.stores);
+            let fill = fill
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (stores, fill)
+        });
         let stores = Arc::new(
-            Stores::load(&config.stores)
-                .with_open_file_cache(settings::open_file_cache_size(config.cache.open_files)),
+            stores.with_open_file_cache(settings::open_file_cache_size(config.cache.open_files)),
         );
-        let fill = Arc::new(Fill::load(&config.state_dir));
+        let fill = Arc::new(fill);
         fill.set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         fill.stocked().set_ready_share(config.fill.ready_share);
+        stores.set_direct_writes(config.fill.direct_writes);
         // Before anything answers /readyz: a box upgraded from a version without the latch
         // must not be withdrawn for lack of it.
         check_content(Arc::clone(&fill), Arc::clone(&stores)).await;
@@ -271,6 +281,7 @@ impl Daemon {
         self.fill
             .set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         self.fill.stocked().set_ready_share(config.fill.ready_share);
+        self.stores.set_direct_writes(config.fill.direct_writes);
         // A lowered share may be met already.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(check_content(

@@ -96,9 +96,9 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
     }
     let mut offset = MAGIC.len();
     replay.valid_len = offset as u64;
-    // A put record of a typical path is about 90 bytes (40 of them the path): size the
-    // index once.
-    replay.entries = Index::with_capacity(bytes.len() / 96, bytes.len() / 96 * 40);
+    // A put record is 59 bytes and its path (about 30 to 60 bytes here): size the index
+    // once, generously (capacity never written to costs address space, not memory).
+    replay.entries = Index::with_capacity(bytes.len() / 80, bytes.len() / 2);
     while offset < bytes.len() {
         let decoded = decode_record(&bytes[offset..]).or_else(|| {
             // Not a valid record here: a torn tail, or damage in the middle. Look for the

@@ -365,6 +365,8 @@ pub struct Stores {
     open_files: RwLock<ClockMap<CachedFile>>,
     /// The open-file cache's capacity; 0 skips it without taking its lock.
     open_file_capacity: u64,
+    /// Fill writes with `O_DIRECT` (`fill.direct_writes`).
+    direct_writes: AtomicBool,
 }
 
 /// An object file kept open by the open-file cache.
@@ -459,6 +461,7 @@ impl Stores {
             damaged_count: AtomicU64::new(0),
             open_files: RwLock::new(ClockMap::new(0)),
             open_file_capacity: 0,
+            direct_writes: AtomicBool::new(true),
         }
     }
 
@@ -966,6 +969,17 @@ impl Stores {
             }
         }
         first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Whether fill writes bypass the page cache (`fill.direct_writes`; set at start and on
+    /// reload).
+    pub fn set_direct_writes(&self, direct: bool) {
+        self.direct_writes.store(direct, Ordering::Relaxed);
+    }
+
+    /// Whether fill writes bypass the page cache with `O_DIRECT`.
+    pub fn direct_writes(&self) -> bool {
+        self.direct_writes.load(Ordering::Relaxed)
     }
 
     /// Number of objects in the index.

@@ -167,6 +167,22 @@ pub fn seed_all<P: AsRef<str>, D: AsRef<[u8]>>(config: &Config, objects: &[(P, D
 }
 
 /// Deterministic, non-repeating-looking bytes of a given length, so offsets are checkable.
+/// Whether files in `dir` can be opened with `O_DIRECT` (fills are written so where they can;
+/// tmpfs refuses it).
+pub fn takes_direct_writes(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("direct-probe");
+    let taken = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(probe);
+    taken
+}
+
 pub fn pattern(length: usize) -> Vec<u8> {
     (0..length)
         .map(|index| (index.wrapping_mul(31) ^ (index >> 8)) as u8)
