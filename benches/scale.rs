@@ -143,6 +143,13 @@ fn main() {
     }
     let ready = started.elapsed().as_secs_f64();
     let resident = daemon.resident_mb();
+    for line in std::fs::read_to_string(dir.join("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("stores opened") || line.contains("manifest in force read"))
+    {
+        println!("  daemon: {}", line.trim());
+    }
     verdict(
         format!("restart with {objects} objects stored: ready in {ready:.2} s (target <= 3 s)"),
         ready <= 3.0,
@@ -248,11 +255,13 @@ impl Daemon {
             ),
         )
         .expect("config");
+        // Its log, for where start-up spends its time ("stores opened", "manifest in force").
+        let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
         let child = Command::new(binary)
             .args(["serve", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start tidecache");
         let daemon = Daemon { child, admin };

@@ -681,9 +681,23 @@ fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
     }
 }
 
-/// The runtime of the long-running commands, or the exit code after a one-line error.
+/// How much less CPU priority (nice) the daemon's background runtime has than its viewer
+/// workers: the fill (downloads, hashing, writes), the admin API and the scheduler yield the
+/// CPU to viewers when both want it, as a fill that runs while serving must.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// The runtime of the long-running commands, or the exit code after a one-line error. Its
+/// threads (async workers and blocking pool) run at [`BACKGROUND_NICE`]; the viewer workers
+/// have runtimes of their own at the process's priority.
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    runtime(tokio::runtime::Builder::new_multi_thread())
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.on_thread_start(|| {
+        // On Linux the priority of PRIO_PROCESS 0 is the calling thread's. Where it cannot
+        // be lowered, everything runs at one priority, as before.
+        let current = rustix::process::getpriority_process(None).unwrap_or(0);
+        let _ = rustix::process::setpriority_process(None, (current + BACKGROUND_NICE).min(19));
+    });
+    runtime(builder)
 }
 
 /// Builds a runtime with I/O and time, or the exit code after a one-line error.

@@ -264,10 +264,14 @@ impl Fill {
         }
         let legacy = state_dir.join(LEGACY_MANIFEST);
         let upgraded_from_json = !manifest_file.exists() && legacy.exists();
+        let started = std::time::Instant::now();
         let accepted = load_saved(&manifest_file, &legacy).map(|(manifest, accepted_at, crc)| {
             let saved = crc.map(|crc| (manifest_file.clone(), crc));
             Arc::new(AcceptedManifest::new(manifest, saved, accepted_at, 1))
         });
+        if let Some(accepted) = &accepted {
+            tracing::info!(id = %accepted.id, objects = accepted.objects, elapsed_ms = started.elapsed().as_millis() as u64, "manifest in force read back and checked");
+        }
         let mut progress = Progress::default();
         progress.manifest_id = accepted.as_ref().map(|accepted| accepted.id.clone());
         Fill {

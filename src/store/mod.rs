@@ -389,6 +389,7 @@ impl Stores {
     /// A store that cannot be opened is kept, marked failed with the reason, so the box still
     /// serves from the others and status shows what is wrong.
     pub fn load(configs: &[StoreConfig]) -> Stores {
+        let started = std::time::Instant::now();
         let mut stores = Vec::with_capacity(configs.len());
         // Each store's journal is read and replayed on a thread of its own (an appliance
         // has a dozen drives); the merge below stays in configuration order.
@@ -435,6 +436,7 @@ impl Stores {
                 })
                 .collect()
         });
+        let replayed = started.elapsed();
         let (index, not_compact) = merge_indexes(
             opened
                 .into_iter()
@@ -449,6 +451,13 @@ impl Stores {
             store.objects.fetch_add(1, Ordering::Relaxed);
             store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
         }
+        tracing::info!(
+            stores = stores.len(),
+            objects = index.len(),
+            replay_ms = replayed.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "stores opened"
+        );
         for number in not_compact {
             if let Ok(mut journal) = stores[number].journal.lock() {
                 journal.compact = false;
