@@ -146,7 +146,7 @@ fn main() {
     for line in std::fs::read_to_string(dir.join("daemon.log"))
         .unwrap_or_default()
         .lines()
-        .filter(|line| line.contains("stores opened") || line.contains("manifest in force read"))
+        .filter(|line| line.contains("stores opened") || line.contains("manifest in force checked"))
     {
         println!("  daemon: {}", line.trim());
     }

@@ -98,6 +98,25 @@ impl AcceptedManifest {
         }
     }
 
+    /// A manifest in force known by its save's summary; its objects are read when needed.
+    fn saved(
+        summary: manifest::SavedSummary,
+        file: PathBuf,
+        accepted_at: Timestamp,
+        generation: u64,
+    ) -> AcceptedManifest {
+        AcceptedManifest {
+            id: summary.id,
+            objects: summary.objects,
+            total_bytes: summary.total_bytes,
+            accepted_at,
+            generation,
+            saved: Some((file, summary.crc)),
+            contents: Mutex::new(Weak::new()),
+            pinned: None,
+        }
+    }
+
     /// Its objects: shared with whoever holds them now, or read back from the saved file
     /// (blocking: call it off the async workers). A save that no longer reads whole, or was
     /// replaced by a newer manifest's, is an error, never another manifest's objects.
@@ -171,7 +190,7 @@ pub enum Received {
 
 /// The saved manifest in force and when it was accepted (the file's time), or the one an
 /// earlier version saved as JSON, converted to the binary form.
-fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp, Option<u32>)> {
+fn load_saved(file: &Path, legacy: &Path) -> Option<AcceptedManifest> {
     let accepted_at = |path: &Path| {
         std::fs::metadata(path)
             .and_then(|meta| meta.modified())
@@ -182,8 +201,15 @@ fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp, Option
     match std::fs::File::open(file) {
         Ok(opened) => {
             let mut input = std::io::BufReader::with_capacity(1 << 20, opened);
-            return match Manifest::load_saved_with_crc(&mut input) {
-                Ok((manifest, crc)) => Some((manifest, accepted_at(file), Some(crc))),
+            // Checked whole against its CRC, not built: its objects are read when a pass,
+            // a delta or the readiness check needs them.
+            return match Manifest::saved_summary(&mut input) {
+                Ok(summary) => Some(AcceptedManifest::saved(
+                    summary,
+                    file.to_path_buf(),
+                    accepted_at(file),
+                    1,
+                )),
                 Err(err) => {
                     tracing::error!(file = %file.display(), error = %err, "the saved manifest cannot be read; waiting for a new one");
                     None
@@ -222,7 +248,8 @@ fn load_saved(file: &Path, legacy: &Path) -> Option<(Manifest, Timestamp, Option
                     tracing::warn!(file = %file.display(), error = %err, "cannot save the manifest in the binary form; the JSON stays");
                 }
             }
-            Some((manifest, at, crc))
+            let saved = crc.map(|crc| (file.to_path_buf(), crc));
+            Some(AcceptedManifest::new(manifest, saved, at, 1))
         }
         Err(err) => {
             tracing::error!(file = %legacy.display(), error = %err, "the saved manifest is invalid; waiting for a new one");
@@ -265,12 +292,9 @@ impl Fill {
         let legacy = state_dir.join(LEGACY_MANIFEST);
         let upgraded_from_json = !manifest_file.exists() && legacy.exists();
         let started = std::time::Instant::now();
-        let accepted = load_saved(&manifest_file, &legacy).map(|(manifest, accepted_at, crc)| {
-            let saved = crc.map(|crc| (manifest_file.clone(), crc));
-            Arc::new(AcceptedManifest::new(manifest, saved, accepted_at, 1))
-        });
+        let accepted = load_saved(&manifest_file, &legacy).map(Arc::new);
         if let Some(accepted) = &accepted {
-            tracing::info!(id = %accepted.id, objects = accepted.objects, elapsed_ms = started.elapsed().as_millis() as u64, "manifest in force read back and checked");
+            tracing::info!(id = %accepted.id, objects = accepted.objects, elapsed_ms = started.elapsed().as_millis() as u64, "manifest in force checked");
         }
         let mut progress = Progress::default();
         progress.manifest_id = accepted.as_ref().map(|accepted| accepted.id.clone());

@@ -69,50 +69,146 @@ pub struct Replay {
 
 /// Reads a whole journal. A missing file is an empty index.
 pub fn replay(path: &Path) -> io::Result<Replay> {
-    let mut bytes = Vec::new();
-    match File::open(path) {
-        Ok(mut file) => {
-            file.read_to_end(&mut bytes)?;
-        }
+    let file = match File::open(path) {
+        Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Replay::default()),
         Err(err) => return Err(err),
-    }
-    replay_bytes(&bytes).map_err(|message| {
-        io::Error::new(
+    };
+    let size = file.metadata()?.len();
+    replay_from(file, size).map_err(|err| match err {
+        ReplayError::Io(err) => err,
+        ReplayError::Format(message) => io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: {message}", path.display()),
-        )
+        ),
     })
 }
 
 /// Replays journal bytes; pure, so it is tested without a disk.
 pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
+    replay_from(bytes, bytes.len() as u64).map_err(|err| match err {
+        ReplayError::Io(err) => err.to_string(),
+        ReplayError::Format(message) => message,
+    })
+}
+
+/// Why a replay failed: reading, or a file that is not a journal.
+enum ReplayError {
+    Io(io::Error),
+    Format(String),
+}
+
+/// The longest a framed record can be: a decode that fails with this much in hand failed
+/// for good, not for want of bytes.
+const MAX_FRAME: usize = 8 + MAX_PAYLOAD as usize;
+/// Bytes read from the journal at a time: replay holds this much of it (and a frame), never
+/// the whole (a few KiB in unit tests, so they cross many window boundaries).
+const READ_CHUNK: usize = if cfg!(test) { 4096 } else { 8 << 20 };
+
+/// A window on the journal being replayed: `buffer[start..end]` is read and not yet
+/// replayed, and `before + start` is its offset in the file.
+struct Window<R: Read> {
+    input: R,
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+    before: u64,
+    eof: bool,
+}
+
+impl<R: Read> Window<R> {
+    /// What is read and not yet replayed.
+    fn bytes(&self) -> &[u8] {
+        &self.buffer[..self.end]
+    }
+
+    /// Drops what is replayed and tops the window up to a chunk plus a whole frame.
+    fn refill(&mut self) -> io::Result<()> {
+        self.buffer.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.before += self.start as u64;
+        self.start = 0;
+        while !self.eof && self.end < self.buffer.len() {
+            match self.input.read(&mut self.buffer[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(read) => self.end += read,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether fewer than a whole frame's bytes are left from `at` though more may come.
+    fn short_at(&self, at: usize) -> bool {
+        !self.eof && self.end - at < MAX_FRAME
+    }
+}
+
+/// Replays a journal read a chunk at a time (`size` sizes the index).
+fn replay_from(input: impl Read, size: u64) -> Result<Replay, ReplayError> {
     let mut replay = Replay::default();
-    if bytes.is_empty() {
+    // A small journal needs no more than its size (plus a frame, so a decode never runs out).
+    let window_size = usize::try_from(size)
+        .unwrap_or(usize::MAX)
+        .min(READ_CHUNK)
+        .saturating_add(MAX_FRAME);
+    let mut window = Window {
+        input,
+        buffer: vec![0; window_size],
+        start: 0,
+        end: 0,
+        before: 0,
+        eof: false,
+    };
+    window.refill().map_err(ReplayError::Io)?;
+    if window.end == 0 {
         return Ok(replay);
     }
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err("not a tidecache index journal (bad header)".to_owned());
+    if window.end < MAGIC.len() || &window.bytes()[..MAGIC.len()] != MAGIC {
+        return Err(ReplayError::Format(
+            "not a tidecache index journal (bad header)".to_owned(),
+        ));
     }
-    let mut offset = MAGIC.len();
-    replay.valid_len = offset as u64;
+    window.start = MAGIC.len();
+    replay.valid_len = MAGIC.len() as u64;
     // A put record is 59 bytes and its path (about 30 to 60 bytes here): size the index
     // once, generously (capacity never written to costs address space, not memory).
-    replay.entries = Index::with_capacity(bytes.len() / 80, bytes.len() / 2);
-    while offset < bytes.len() {
-        let decoded = decode_record(&bytes[offset..]).or_else(|| {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    replay.entries = Index::with_capacity(size / 80, size / 2);
+    loop {
+        if window.short_at(window.start) {
+            window.refill().map_err(ReplayError::Io)?;
+        }
+        if window.start >= window.end {
+            break;
+        }
+        let mut at = window.start;
+        let mut skipped = false;
+        let found = loop {
+            if let Some((record, used)) = decode_record(&window.buffer[at..window.end]) {
+                break Some((record, at, used));
+            }
             // Not a valid record here: a torn tail, or damage in the middle. Look for the
             // next valid record; finding none means the rest is a tail.
-            let next = (offset + 1..bytes.len())
-                .find_map(|at| decode_record(&bytes[at..]).map(|found| (at, found)))?;
-            replay.corrupt_regions += 1;
-            offset = next.0;
-            Some(next.1)
-        });
-        let Some((record, used)) = decoded else {
+            at += 1;
+            skipped = true;
+            if window.short_at(at) {
+                window.start = at;
+                window.refill().map_err(ReplayError::Io)?;
+                at = window.start;
+            }
+            if at >= window.end {
+                break None;
+            }
+        };
+        let Some((record, at, used)) = found else {
             replay.torn_tail = true;
             break;
         };
+        if skipped {
+            replay.corrupt_regions += 1;
+        }
         match record {
             RecordRef::Put(path, entry) => {
                 replay.entries.insert(
@@ -130,8 +226,8 @@ pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
             }
         }
         replay.records += 1;
-        offset += used;
-        replay.valid_len = offset as u64;
+        window.start = at + used;
+        replay.valid_len = window.before + window.start as u64;
     }
     Ok(replay)
 }
@@ -523,6 +619,62 @@ mod tests {
             "nothing after it is cut"
         );
         assert!(!replay.torn_tail);
+    }
+
+    #[test]
+    fn replay_read_a_window_at_a_time_finds_every_record_across_damage_and_a_torn_tail() {
+        let records: Vec<Record> = (0..3000u64)
+            .map(|number| match number % 7 {
+                6 => Record::Remove(format!("t/{}.ts", number - 3)),
+                _ => Record::Put(format!("t/{number}.ts"), entry(number)),
+            })
+            .collect();
+        let mut bytes = MAGIC.to_vec();
+        let mut starts = Vec::new();
+        for record in &records {
+            starts.push(bytes.len());
+            encode_record(record, &mut bytes);
+        }
+        let whole = bytes.len();
+        // Damage two records, one of them the record where a window boundary falls.
+        let boundary = starts
+            .iter()
+            .position(|&start| start > READ_CHUNK * 3)
+            .unwrap()
+            - 1;
+        for damaged in [1000, boundary] {
+            bytes[starts[damaged] + 12] ^= 0x01;
+        }
+        let mut tail = Vec::new();
+        encode_record(&Record::Put("t/late.ts".into(), entry(1)), &mut tail);
+        bytes.extend_from_slice(&tail[..tail.len() - 5]);
+
+        let mut model: std::collections::BTreeMap<String, ObjectMeta> = Default::default();
+        for (number, record) in records.iter().enumerate() {
+            if number == 1000 || number == boundary {
+                continue;
+            }
+            match record {
+                Record::Put(path, entry) => {
+                    model.insert(path.clone(), meta(*entry));
+                }
+                Record::Remove(path) => {
+                    model.remove(path);
+                }
+            }
+        }
+        let replay = replay_bytes(&bytes).unwrap();
+        assert_eq!(
+            listed(&replay.entries),
+            model.into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(replay.corrupt_regions, 2);
+        assert!(replay.torn_tail);
+        assert_eq!(
+            replay.valid_len, whole as u64,
+            "the torn tail is cut, nothing else"
+        );
+        assert_eq!(replay.records, records.len() as u64 - 2);
     }
 
     #[test]
