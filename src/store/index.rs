@@ -92,6 +92,8 @@ pub struct Index {
     hasher: hashbrown::DefaultHashBuilder,
     free: Vec<u32>,
     garbage: usize,
+    /// Sum of the objects' sizes.
+    total_size: u64,
 }
 
 impl std::fmt::Debug for Index {
@@ -119,6 +121,11 @@ impl Index {
     /// Objects indexed.
     pub fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// The indexed objects' total size in bytes.
+    pub fn total_size(&self) -> u64 {
+        self.total_size
     }
 
     /// Whether nothing is indexed.
@@ -163,8 +170,10 @@ impl Index {
             let previous = entry.meta();
             let range = entry.path_range();
             *entry = Entry::new(range.start, range.len(), &meta);
+            self.total_size = self.total_size - previous.size + meta.size;
             return Some(previous);
         }
+        self.total_size += meta.size;
         let start = self.paths.len();
         self.paths.extend_from_slice(path.as_bytes());
         let entry = Entry::new(start, path.len(), &meta);
@@ -198,6 +207,7 @@ impl Index {
         let (slot, _) = found.remove();
         let entry = &mut self.entries[slot as usize];
         let previous = entry.meta();
+        self.total_size -= previous.size;
         self.garbage += path.len();
         entry.packed = FREE;
         self.free.push(slot);
@@ -318,6 +328,10 @@ mod tests {
             }
         }
         assert_eq!(index.len(), model.len());
+        assert_eq!(
+            index.total_size(),
+            model.values().map(|meta| meta.size).sum::<u64>()
+        );
         for (path, value) in &model {
             assert_eq!(index.get(path), Some(*value), "{path}");
         }

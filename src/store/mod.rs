@@ -437,20 +437,20 @@ impl Stores {
                 .collect()
         });
         let replayed = started.elapsed();
-        let (index, not_compact) = merge_indexes(
-            opened
-                .into_iter()
-                .map(|Opened { store, entries }| {
-                    stores.push(store);
-                    entries
-                })
-                .collect(),
-        );
-        for (_, meta) in index.iter() {
-            let store = &stores[meta.store];
-            store.objects.fetch_add(1, Ordering::Relaxed);
-            store.bytes_used.fetch_add(meta.size, Ordering::Relaxed);
-        }
+        let indexes = opened
+            .into_iter()
+            .map(|Opened { store, entries }| {
+                // Counted from its own journal; a copy another store's newer one shadows is
+                // taken off in the merge.
+                store.objects.store(entries.len() as u64, Ordering::Relaxed);
+                store
+                    .bytes_used
+                    .store(entries.total_size(), Ordering::Relaxed);
+                stores.push(store);
+                entries
+            })
+            .collect();
+        let (index, not_compact) = merge_indexes(indexes, &stores);
         tracing::info!(
             stores = stores.len(),
             objects = index.len(),
@@ -1049,7 +1049,7 @@ fn open_store(config: &StoreConfig) -> Opened {
                     && replay.corrupt_regions == 0
                     && replay.records == replay.entries.len() as u64;
             }
-            let used: u64 = replay.entries.iter().map(|(_, meta)| meta.size).sum();
+            let used = replay.entries.total_size();
             store.capacity = match config.capacity {
                 Some(capacity) => capacity.0,
                 None => default_capacity(&store.root, used).unwrap_or(0),
@@ -1068,12 +1068,15 @@ fn open_store(config: &StoreConfig) -> Opened {
 /// merges nothing; the others' objects are inserted into it. A path on two stores (a move
 /// cut short): the newer copy wins, the earlier store on a tie, and the journal that lists
 /// the other is returned as having something to compact.
-fn merge_indexes(mut indexes: Vec<Index>) -> (Index, Vec<usize>) {
+fn merge_indexes(mut indexes: Vec<Index>, stores: &[Store]) -> (Index, Vec<usize>) {
     let Some(largest) = (0..indexes.len()).max_by_key(|&number| indexes[number].len()) else {
         return (Index::default(), Vec::new());
     };
     let mut merged = std::mem::take(&mut indexes[largest]);
-    merged.set_store(largest);
+    // Replayed entries say store 0.
+    if largest != 0 {
+        merged.set_store(largest);
+    }
     merged.reserve(indexes.iter().map(Index::len).sum());
     let mut not_compact = Vec::new();
     for (number, index) in indexes.iter().enumerate() {
@@ -1088,9 +1091,11 @@ fn merge_indexes(mut indexes: Vec<Index>) -> (Index, Vec<usize>) {
                         >= (meta.filled_at, std::cmp::Reverse(number)) =>
                 {
                     not_compact.push(number);
+                    uncount(&stores[number], meta.size);
                 }
                 Some(existing) => {
                     not_compact.push(existing.store);
+                    uncount(&stores[existing.store], existing.size);
                     merged.insert(path, meta);
                 }
                 None => {
@@ -1100,6 +1105,12 @@ fn merge_indexes(mut indexes: Vec<Index>) -> (Index, Vec<usize>) {
         }
     }
     (merged, not_compact)
+}
+
+/// Takes one object of `size` bytes off a store's counters.
+fn uncount(store: &Store, size: u64) {
+    store.objects.fetch_sub(1, Ordering::Relaxed);
+    store.bytes_used.fetch_sub(size, Ordering::Relaxed);
 }
 
 /// A store that cannot be used: reported, failed, holding nothing.
@@ -1253,4 +1264,66 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, StoreConfig};
+
+    fn meta(size: u64, filled_at: i64) -> JournalEntry {
+        JournalEntry {
+            size,
+            sha256: [size as u8; 32],
+            filled_at,
+        }
+    }
+
+    /// A store directory whose journal lists `objects` (path, size, fill time).
+    fn store_with(dir: &Path, objects: &[(&str, u64, i64)]) -> StoreConfig {
+        std::fs::create_dir_all(dir.join("index")).unwrap();
+        let mut journal = JournalWriter::open(&dir.join("index/journal"), 0).unwrap();
+        let records: Vec<Record> = objects
+            .iter()
+            .map(|(path, size, at)| Record::Put((*path).to_owned(), meta(*size, *at)))
+            .collect();
+        journal.append(&records).unwrap();
+        StoreConfig {
+            path: dir.to_owned(),
+            capacity: Some(ByteSize(1 << 30)),
+        }
+    }
+
+    #[test]
+    fn a_path_on_two_stores_is_the_newer_copy_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let configs = [
+            store_with(
+                &dir.path().join("a"),
+                &[("x.ts", 10, 100), ("y.ts", 1, 100), ("tie.ts", 3, 50)],
+            ),
+            store_with(
+                &dir.path().join("b"),
+                &[("x.ts", 20, 200), ("z.ts", 2, 100), ("tie.ts", 4, 50)],
+            ),
+        ];
+        let stores = Stores::load(&configs);
+        let x = stores.lookup("x.ts").unwrap();
+        assert_eq!((x.store, x.size), (1, 20), "the newer copy");
+        let tie = stores.lookup("tie.ts").unwrap();
+        assert_eq!((tie.store, tie.size), (0, 3), "the earlier store on a tie");
+        assert_eq!(stores.object_count(), 4);
+        let status = stores.status();
+        assert_eq!(
+            (status[0].objects, status[0].bytes_used),
+            (2, 4),
+            "y and tie"
+        );
+        assert_eq!(
+            (status[1].objects, status[1].bytes_used),
+            (2, 22),
+            "x and z"
+        );
+        assert!(stores.lookup("y.ts").is_some() && stores.lookup("z.ts").is_some());
+    }
 }
