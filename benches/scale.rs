@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 use support::{
-    free_port, http_get, object_path, release_binary, sha_of, status_mb, stop, write_store,
+    free_port, http_get, object_path, release_binary, sha_of, status_mb, stop, write_store_range,
 };
 
 const TOKEN: &str = "scale-bench-token-0123456789abcdef";
@@ -43,7 +43,17 @@ fn main() {
     let binary = release_binary("scale");
     let work = tempfile::tempdir().expect("temporary directory");
     let dir = work.path();
-    let store = dir.join("store");
+    // SCALE_STORES=K splits the stored objects over K stores (an appliance has 12), each
+    // replayed on a thread of its own and then merged.
+    let store_count: usize = std::env::var("SCALE_STORES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let stores: Vec<PathBuf> = (0..store_count)
+        .map(|number| dir.join(format!("store{number}")))
+        .collect();
+    let store = &stores[..];
     let state = dir.join("state");
     std::fs::create_dir_all(&state).expect("state");
     std::fs::write(dir.join("token"), TOKEN).expect("token");
@@ -61,7 +71,7 @@ fn main() {
     let per_object = |bytes: f64| bytes / objects as f64;
 
     // 1. The push, into an empty box.
-    let daemon = Daemon::start(&binary, dir, &store, &state);
+    let daemon = Daemon::start(&binary, dir, store, &state);
     let before = daemon.resident_mb();
     let started = Instant::now();
     let mut push = Command::new("curl")
@@ -120,7 +130,7 @@ fn main() {
 
     // 2. A restart with that manifest in force (no content yet).
     let started = Instant::now();
-    let daemon = Daemon::start(&binary, dir, &store, &state);
+    let daemon = Daemon::start(&binary, dir, store, &state);
     let answering = started.elapsed().as_secs_f64();
     verdict(
         format!(
@@ -132,13 +142,23 @@ fn main() {
     drop(daemon);
 
     // 3. N objects stored, the manifest in force.
-    let journal_bytes = write_store(&store, objects);
+    let share = objects.div_ceil(store_count);
+    let journal_bytes: u64 = stores
+        .iter()
+        .enumerate()
+        .map(|(number, path)| {
+            write_store_range(path, number * share..((number + 1) * share).min(objects))
+        })
+        .sum();
     // Written just now: flushed before the clock starts, as on a box restarted long after.
     let _ = Command::new("sync").status();
     std::fs::write(state.join("stocked"), "scale bench\n").expect("latch");
-    println!("store: journal {:.0} MB", journal_bytes as f64 / 1e6);
+    println!(
+        "stores: {store_count}, journals {:.0} MB",
+        journal_bytes as f64 / 1e6
+    );
     let started = Instant::now();
-    let daemon = Daemon::start(&binary, dir, &store, &state);
+    let daemon = Daemon::start(&binary, dir, store, &state);
     while !http_get(daemon.admin, "/readyz").starts_with("HTTP/1.1 200") {
         assert!(started.elapsed() < Duration::from_secs(300), "never ready");
         std::thread::sleep(Duration::from_millis(5));
@@ -244,16 +264,20 @@ struct Daemon {
 
 impl Daemon {
     /// Starts it and waits until its admin listener answers.
-    fn start(binary: &Path, dir: &Path, store: &Path, state: &Path) -> Daemon {
+    fn start(binary: &Path, dir: &Path, stores: &[PathBuf], state: &Path) -> Daemon {
         let admin = free_port();
         let config: PathBuf = dir.join("tidecache.toml");
         std::fs::write(
             &config,
             format!(
                 "state_dir = {state:?}\n[http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"{admin}\"\ntoken_file = {:?}\n\
-                 [[store]]\npath = {store:?}\ncapacity = \"1PiB\"\n[schedule]\nfill_windows = []\ndrain = \"0s\"\n\
+                 {}[schedule]\nfill_windows = []\ndrain = \"0s\"\n\
                  [fill]\nmax_manifest_size = \"64GiB\"\n",
-                dir.join("token")
+                dir.join("token"),
+                stores
+                    .iter()
+                    .map(|store| format!("[[store]]\npath = {store:?}\ncapacity = \"1PiB\"\n"))
+                    .collect::<String>()
             ),
         )
         .expect("config");

@@ -43,7 +43,13 @@ pub fn sha_of(number: usize) -> [u8; 32] {
 
 /// Creates the store's layout with the library, then appends one `Put` per segment (2 MiB
 /// each; the files themselves are not needed to load the index). Returns the journal's size.
+#[allow(dead_code)] // benches/startup's; benches/scale writes shares of several stores
 pub fn write_store(store: &Path, objects: usize) -> u64 {
+    write_store_range(store, 0..objects)
+}
+
+/// [`write_store`] for objects numbered `numbers` (one share of a box of several stores).
+pub fn write_store_range(store: &Path, numbers: std::ops::Range<usize>) -> u64 {
     drop(Stores::load(&[StoreConfig {
         path: store.to_owned(),
         capacity: Some(ByteSize(1 << 50)),
@@ -51,7 +57,7 @@ pub fn write_store(store: &Path, objects: usize) -> u64 {
     let journal = store.join("index").join("journal");
     let mut writer = JournalWriter::open(&journal, 0).expect("journal");
     let mut batch = Vec::with_capacity(10_000);
-    for number in 0..objects {
+    for number in numbers {
         batch.push(Record::Put(
             object_path(number),
             JournalEntry {

@@ -83,17 +83,37 @@ fn pack(path_start: usize, path_len: usize, store: u64) -> u64 {
     ((path_start as u64) << (STORE_BITS + LEN_BITS)) | ((path_len as u64) << STORE_BITS) | store
 }
 
-/// Paths to object metadata, compact (see the module's documentation).
-#[derive(Default)]
+/// The hash every index of this process uses, so one path selects the same shard in the
+/// index of every store (their shards then merge independently, in parallel). Seeded at
+/// random once per process, so viewers cannot aim requests at one hash chain.
+type Hasher = hashbrown::DefaultHashBuilder;
+
+fn process_hasher() -> Hasher {
+    static HASHER: std::sync::OnceLock<Hasher> = std::sync::OnceLock::new();
+    HASHER.get_or_init(Hasher::default).clone()
+}
+
+/// Shards of an index: a power of two, so a store's index merges into the box's on as many
+/// threads as there are cores.
+pub const SHARDS: usize = 64;
+
+/// Which shard a hash selects: bits the table itself does not use (its buckets take the low
+/// bits, its tags the top seven).
+fn shard_of(hash: u64) -> usize {
+    ((hash >> 40) as usize) & (SHARDS - 1)
+}
+
+/// Paths to object metadata, compact (see the module's documentation), in [`SHARDS`]
+/// shards by hash.
 pub struct Index {
-    paths: Vec<u8>,
-    entries: Vec<Entry>,
-    table: HashTable<u32>,
-    hasher: hashbrown::DefaultHashBuilder,
-    free: Vec<u32>,
-    garbage: usize,
-    /// Sum of the objects' sizes.
-    total_size: u64,
+    shards: Vec<Shard>,
+    hasher: Hasher,
+}
+
+impl Default for Index {
+    fn default() -> Index {
+        Index::with_capacity(0, 0)
+    }
 }
 
 impl std::fmt::Debug for Index {
@@ -101,7 +121,6 @@ impl std::fmt::Debug for Index {
         formatter
             .debug_struct("Index")
             .field("objects", &self.len())
-            .field("path_bytes", &self.paths.len())
             .finish()
     }
 }
@@ -110,31 +129,175 @@ impl Index {
     /// An empty index sized for about `objects` objects of `path_bytes` path bytes in all,
     /// so a replay does not regrow it.
     pub fn with_capacity(objects: usize, path_bytes: usize) -> Index {
+        // A little over an even share each: hashes spread unevenly by a few percent.
+        let per_shard = |total: usize| total / SHARDS + total / SHARDS / 16;
         Index {
-            paths: Vec::with_capacity(path_bytes),
-            entries: Vec::with_capacity(objects),
-            table: HashTable::with_capacity(objects),
-            ..Index::default()
+            shards: (0..SHARDS)
+                .map(|_| Shard::with_capacity(per_shard(objects), per_shard(path_bytes)))
+                .collect(),
+            hasher: process_hasher(),
         }
+    }
+
+    fn hash(&self, path: &str) -> u64 {
+        self.hasher.hash_one(path.as_bytes())
     }
 
     /// Objects indexed.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.shards.iter().map(|shard| shard.table.len()).sum()
     }
 
     /// The indexed objects' total size in bytes.
     pub fn total_size(&self) -> u64 {
-        self.total_size
+        self.shards.iter().map(|shard| shard.total_size).sum()
     }
 
     /// Whether nothing is indexed.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.shards.iter().all(|shard| shard.table.is_empty())
     }
 
-    /// Heap bytes held (the arena, entries and table), for sizing notes and tests.
+    /// Heap bytes held (arenas, entries and tables), for sizing notes and tests.
     pub fn heap_bytes(&self) -> usize {
+        self.shards.iter().map(Shard::heap_bytes).sum()
+    }
+
+    /// The object at `path`.
+    pub fn get(&self, path: &str) -> Option<ObjectMeta> {
+        let hash = self.hash(path);
+        self.shards[shard_of(hash)].get(hash, path)
+    }
+
+    /// Records `meta` for `path` and returns what it replaces. `meta.store` must be below
+    /// [`MAX_STORES`] - 1 and `path` at most 4 KiB (object paths are at most 1 KiB).
+    pub fn insert(&mut self, path: &str, meta: ObjectMeta) -> Option<ObjectMeta> {
+        debug_assert!((meta.store as u64) < FREE && path.len() < (1 << LEN_BITS));
+        let hash = self.hash(path);
+        self.shards[shard_of(hash)].insert(&self.hasher, hash, path, meta)
+    }
+
+    /// Forgets `path`; returns what it held.
+    pub fn remove(&mut self, path: &str) -> Option<ObjectMeta> {
+        let hash = self.hash(path);
+        self.shards[shard_of(hash)].remove(hash, path)
+    }
+
+    /// Says every object is on store `store` (an index replayed from one store's journal
+    /// becomes the box's).
+    pub fn set_store(&mut self, store: usize) {
+        debug_assert!((store as u64) < FREE);
+        for shard in &mut self.shards {
+            shard.set_store(store);
+        }
+    }
+
+    /// Every indexed object, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, ObjectMeta)> {
+        self.shards.iter().flat_map(Shard::iter)
+    }
+
+    /// Merges `others` (their entries' store still 0, in configuration order, numbered
+    /// from `first`) into this index, whose entries are on store `this`, shard by shard on
+    /// up to `threads` threads. A path in two: the newer copy wins, the lower store number
+    /// on a tie. Returns each (store, size) whose copy lost, to uncount and compact.
+    pub fn merge(&mut self, others: Vec<(usize, Index)>, threads: usize) -> Vec<(usize, u64)> {
+        let mut others: Vec<(usize, Vec<Shard>)> = others
+            .into_iter()
+            .map(|(store, index)| (store, index.shards))
+            .collect();
+        // Shard p of every other index goes to shard p of this one.
+        let mut work: Vec<(&mut Shard, Vec<(usize, Shard)>)> = self
+            .shards
+            .iter_mut()
+            .enumerate()
+            .map(|(number, shard)| {
+                let incoming = others
+                    .iter_mut()
+                    .map(|(store, shards)| (*store, std::mem::take(&mut shards[number])))
+                    .collect();
+                (shard, incoming)
+            })
+            .collect();
+        let hasher = &self.hasher;
+        let threads = threads.clamp(1, SHARDS);
+        let per_thread = work.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks_mut(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut losers = Vec::new();
+                        for (shard, incoming) in chunk.iter_mut() {
+                            for (store, other) in incoming.iter() {
+                                merge_shard(shard, hasher, *store, other, &mut losers);
+                            }
+                        }
+                        losers
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| handle.join().unwrap_or_default())
+                .collect()
+        })
+    }
+}
+
+/// Merges `other` (entries of store `store`) into `shard`; see [`Index::merge`].
+fn merge_shard(
+    shard: &mut Shard,
+    hasher: &Hasher,
+    store: usize,
+    other: &Shard,
+    losers: &mut Vec<(usize, u64)>,
+) {
+    shard.reserve(hasher, other.table.len());
+    for (path, meta) in other.iter() {
+        let meta = ObjectMeta { store, ..meta };
+        let hash = hasher.hash_one(path.as_bytes());
+        match shard.get(hash, path) {
+            Some(existing)
+                if (existing.filled_at, std::cmp::Reverse(existing.store))
+                    >= (meta.filled_at, std::cmp::Reverse(store)) =>
+            {
+                losers.push((store, meta.size));
+            }
+            Some(existing) => {
+                losers.push((existing.store, existing.size));
+                shard.insert(hasher, hash, path, meta);
+            }
+            None => {
+                shard.insert(hasher, hash, path, meta);
+            }
+        }
+    }
+}
+
+/// One shard of an [`Index`]: the paths whose hash selects it.
+#[derive(Default)]
+struct Shard {
+    paths: Vec<u8>,
+    entries: Vec<Entry>,
+    table: HashTable<u32>,
+    free: Vec<u32>,
+    garbage: usize,
+    /// Sum of the objects' sizes.
+    total_size: u64,
+}
+
+impl Shard {
+    fn with_capacity(objects: usize, path_bytes: usize) -> Shard {
+        Shard {
+            paths: Vec::with_capacity(path_bytes),
+            entries: Vec::with_capacity(objects),
+            table: HashTable::with_capacity(objects),
+            ..Shard::default()
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
         self.paths.capacity()
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
@@ -153,18 +316,18 @@ impl Index {
             .copied()
     }
 
-    /// The object at `path`.
-    pub fn get(&self, path: &str) -> Option<ObjectMeta> {
-        let hash = self.hasher.hash_one(path.as_bytes());
+    fn get(&self, hash: u64, path: &str) -> Option<ObjectMeta> {
         self.find(hash, path.as_bytes())
             .map(|slot| self.entries[slot as usize].meta())
     }
 
-    /// Records `meta` for `path` and returns what it replaces. `meta.store` must be below
-    /// [`MAX_STORES`] - 1 and `path` at most 4 KiB (object paths are at most 1 KiB).
-    pub fn insert(&mut self, path: &str, meta: ObjectMeta) -> Option<ObjectMeta> {
-        debug_assert!((meta.store as u64) < FREE && path.len() < (1 << LEN_BITS));
-        let hash = self.hasher.hash_one(path.as_bytes());
+    fn insert(
+        &mut self,
+        hasher: &Hasher,
+        hash: u64,
+        path: &str,
+        meta: ObjectMeta,
+    ) -> Option<ObjectMeta> {
         if let Some(slot) = self.find(hash, path.as_bytes()) {
             let entry = &mut self.entries[slot as usize];
             let previous = entry.meta();
@@ -187,16 +350,14 @@ impl Index {
                 (self.entries.len() - 1) as u32
             }
         };
-        let (paths, entries, hasher) = (&self.paths, &self.entries, &self.hasher);
+        let (paths, entries) = (&self.paths, &self.entries);
         self.table.insert_unique(hash, slot, |&other| {
             hasher.hash_one(&paths[entries[other as usize].path_range()])
         });
         None
     }
 
-    /// Forgets `path`; returns what it held.
-    pub fn remove(&mut self, path: &str) -> Option<ObjectMeta> {
-        let hash = self.hasher.hash_one(path.as_bytes());
+    fn remove(&mut self, hash: u64, path: &str) -> Option<ObjectMeta> {
         let (paths, entries) = (&self.paths, &self.entries);
         let found = self
             .table
@@ -218,7 +379,7 @@ impl Index {
     }
 
     /// Room for `more` objects without regrowing (their paths at the current average).
-    pub fn reserve(&mut self, more: usize) {
+    fn reserve(&mut self, hasher: &Hasher, more: usize) {
         let average_path = self
             .paths
             .len()
@@ -226,16 +387,13 @@ impl Index {
             .unwrap_or(40);
         self.paths.reserve(more * average_path);
         self.entries.reserve(more);
-        let (paths, entries, hasher) = (&self.paths, &self.entries, &self.hasher);
+        let (paths, entries) = (&self.paths, &self.entries);
         self.table.reserve(more, |&slot| {
             hasher.hash_one(&paths[entries[slot as usize].path_range()])
         });
     }
 
-    /// Says every object is on store `store` (an index replayed from one store's journal
-    /// becomes the box's).
-    pub fn set_store(&mut self, store: usize) {
-        debug_assert!((store as u64) < FREE);
+    fn set_store(&mut self, store: usize) {
         for entry in self
             .entries
             .iter_mut()
@@ -245,8 +403,7 @@ impl Index {
         }
     }
 
-    /// Every indexed object, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, ObjectMeta)> {
+    fn iter(&self) -> impl Iterator<Item = (&str, ObjectMeta)> {
         self.entries
             .iter()
             .filter(|entry| entry.store() != FREE)
@@ -343,7 +500,56 @@ mod tests {
         let mut expected: Vec<_> = model.into_iter().collect();
         expected.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(listed, expected);
-        assert!(index.paths.len() < 300 * 90 * 40, "garbage was reclaimed");
+        let arena: usize = index.shards.iter().map(|shard| shard.paths.len()).sum();
+        let live: usize = listed.iter().map(|(path, _)| path.len()).sum();
+        assert!(
+            arena <= 2 * live + SHARDS * (4096 + 64),
+            "garbage was reclaimed: {arena} bytes of arena for {live} live"
+        );
+    }
+
+    #[test]
+    fn a_merge_on_several_threads_keeps_the_newer_copy_of_each_path() {
+        // Three stores' indexes (entries replayed as store 0) overlapping on some paths.
+        let mut indexes: Vec<Index> = (0..3).map(|_| Index::default()).collect();
+        let mut model: HashMap<String, ObjectMeta> = HashMap::new();
+        for number in 0..6000u64 {
+            let path = format!("titles/t{}/seg_{number:05}.m4s", number % 37);
+            let copies: &[usize] = match number % 5 {
+                0 => &[0, 1],
+                1 => &[1, 2],
+                2 => &[0, 1, 2],
+                _ => &[(number % 3) as usize],
+            };
+            for &store in copies {
+                // Newer on the later store, except every seventh path: a tie.
+                let filled_at = if number % 7 == 0 { 5 } else { store as i64 };
+                let stored = ObjectMeta {
+                    store,
+                    size: number + store as u64,
+                    sha256: [store as u8; 32],
+                    filled_at,
+                };
+                indexes[store].insert(&path, ObjectMeta { store: 0, ..stored });
+                let keep = model.get(&path).is_some_and(|kept| {
+                    (kept.filled_at, std::cmp::Reverse(kept.store))
+                        >= (stored.filled_at, std::cmp::Reverse(store))
+                });
+                if !keep {
+                    model.insert(path.clone(), stored);
+                }
+            }
+        }
+        let copies: usize = indexes.iter().map(Index::len).sum();
+        let mut merged = indexes.remove(1);
+        merged.set_store(1);
+        let others = vec![(0, indexes.remove(0)), (2, indexes.remove(0))];
+        let losers = merged.merge(others, 3);
+        assert_eq!(merged.len(), model.len());
+        assert_eq!(losers.len(), copies - model.len());
+        for (path, kept) in &model {
+            assert_eq!(merged.get(path), Some(*kept), "{path}");
+        }
     }
 
     #[test]

@@ -1065,9 +1065,10 @@ fn open_store(config: &StoreConfig) -> Opened {
 
 /// Merges the stores' indexes (in configuration order, their entries' store still 0) into
 /// one with the store numbers set. The largest is taken whole, so a box with one store
-/// merges nothing; the others' objects are inserted into it. A path on two stores (a move
-/// cut short): the newer copy wins, the earlier store on a tie, and the journal that lists
-/// the other is returned as having something to compact.
+/// merges nothing; the others' are merged into it shard by shard, on a thread per core. A
+/// path on two stores (a move cut short): the newer copy wins, the earlier store on a tie,
+/// the other is taken off its store's counters, and that store's journal is returned as
+/// having something to compact.
 fn merge_indexes(mut indexes: Vec<Index>, stores: &[Store]) -> (Index, Vec<usize>) {
     let Some(largest) = (0..indexes.len()).max_by_key(|&number| indexes[number].len()) else {
         return (Index::default(), Vec::new());
@@ -1077,32 +1078,20 @@ fn merge_indexes(mut indexes: Vec<Index>, stores: &[Store]) -> (Index, Vec<usize
     if largest != 0 {
         merged.set_store(largest);
     }
-    merged.reserve(indexes.iter().map(Index::len).sum());
+    let others: Vec<(usize, Index)> = indexes
+        .into_iter()
+        .enumerate()
+        .filter(|(number, index)| *number != largest && !index.is_empty())
+        .collect();
+    if others.is_empty() {
+        return (merged, Vec::new());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |cpus| cpus.get());
+    let losers = merged.merge(others, threads);
     let mut not_compact = Vec::new();
-    for (number, index) in indexes.iter().enumerate() {
-        for (path, meta) in index.iter() {
-            let meta = ObjectMeta {
-                store: number,
-                ..meta
-            };
-            match merged.get(path) {
-                Some(existing)
-                    if (existing.filled_at, std::cmp::Reverse(existing.store))
-                        >= (meta.filled_at, std::cmp::Reverse(number)) =>
-                {
-                    not_compact.push(number);
-                    uncount(&stores[number], meta.size);
-                }
-                Some(existing) => {
-                    not_compact.push(existing.store);
-                    uncount(&stores[existing.store], existing.size);
-                    merged.insert(path, meta);
-                }
-                None => {
-                    merged.insert(path, meta);
-                }
-            }
-        }
+    for (store, size) in losers {
+        uncount(&stores[store], size);
+        not_compact.push(store);
     }
     (merged, not_compact)
 }
