@@ -687,15 +687,19 @@ fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// The runtime of the long-running commands, or the exit code after a one-line error. Its
-/// threads (async workers and blocking pool) run at [`BACKGROUND_NICE`]; the viewer workers
-/// have runtimes of their own at the process's priority.
+/// threads (async workers and blocking pool) run [`BACKGROUND_NICE`] below the process's
+/// priority; the viewer workers have runtimes of their own at the process's priority.
 fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    // Taken once, here on the main thread: a thread inherits the nice of the thread that
+    // creates it, and tokio creates blocking threads from its (already lowered) workers, so
+    // lowering each thread from its own value would compound.
+    let background =
+        (rustix::process::getpriority_process(None).unwrap_or(0) + BACKGROUND_NICE).min(19);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.on_thread_start(|| {
+    builder.on_thread_start(move || {
         // On Linux the priority of PRIO_PROCESS 0 is the calling thread's. Where it cannot
-        // be lowered, everything runs at one priority, as before.
-        let current = rustix::process::getpriority_process(None).unwrap_or(0);
-        let _ = rustix::process::setpriority_process(None, (current + BACKGROUND_NICE).min(19));
+        // be set, everything runs at one priority, as before.
+        let _ = rustix::process::setpriority_process(None, background);
     });
     runtime(builder)
 }

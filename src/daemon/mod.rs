@@ -569,8 +569,9 @@ pub async fn run(config: &Config, config_file: Option<&std::path::Path>) -> Resu
     Ok(())
 }
 
-/// Under systemd with `WatchdogSec=`, pings at half the interval from the runtime that
-/// serves viewers: if that runtime wedges, the pings stop and systemd restarts the daemon.
+/// Under systemd with `WatchdogSec=`, pings at half the interval from the daemon's main
+/// runtime (fill, admin, scheduler): if that runtime wedges, the pings stop and systemd
+/// restarts the daemon.
 async fn watchdog_pings() {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {

@@ -117,7 +117,7 @@ struct Window<R: Read> {
 }
 
 impl<R: Read> Window<R> {
-    /// What is read and not yet replayed.
+    /// Everything in the window, replayed or not (the header check reads its start).
     fn bytes(&self) -> &[u8] {
         &self.buffer[..self.end]
     }

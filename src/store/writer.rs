@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 use super::{ObjectMeta, StoreError, Stores, hex, unix_now};
 use crate::durable::fsync_dir;
 
-/// What offsets, lengths and buffer addresses of `O_DIRECT` writes must be multiples of
-/// (the logical block size of every NVMe drive and file system we know is at most this).
+/// What offsets, lengths and buffer addresses of `O_DIRECT` writes are multiples of: the
+/// logical block of NVMe drives and of the file systems on them. A file system that wants
+/// more (a drive formatted with 8 KiB sectors) refuses a write with EINVAL, and that object
+/// goes on through the page cache.
 pub const DIRECT_ALIGN: usize = 4096;
 /// Bytes gathered before one direct write: large enough that a drive sees big sequential
 /// writes, small enough per transfer in flight.
@@ -21,90 +23,121 @@ const DIRECT_CHUNK: usize = 1 << 20;
 /// an aligned buffer and written with `O_DIRECT`, so a night's once-written objects do not
 /// evict the hot segments viewers read (nor stall them in dirty-page writeback).
 #[derive(Debug)]
-enum Sink {
-    Buffered(File),
-    Direct {
-        file: File,
-        /// Over-allocated by [`DIRECT_ALIGN`]; the chunk starts at `start`, aligned.
-        buffer: Vec<u8>,
-        start: usize,
-        /// Bytes of the chunk filled.
-        filled: usize,
-    },
+struct Sink {
+    file: File,
+    /// Present while the file is written with `O_DIRECT`.
+    direct: Option<DirectBuffer>,
 }
 
-impl Sink {
-    fn direct(file: File) -> Sink {
+/// The aligned buffer of a direct sink.
+#[derive(Debug)]
+struct DirectBuffer {
+    /// Over-allocated by [`DIRECT_ALIGN`]; the chunk starts at `start`, aligned.
+    buffer: Vec<u8>,
+    start: usize,
+    /// Bytes of the chunk filled.
+    filled: usize,
+    /// The file offset the chunk's first byte goes to.
+    position: u64,
+}
+
+impl DirectBuffer {
+    fn new(position: u64) -> DirectBuffer {
         let buffer = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
         let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
-        Sink::Direct {
-            file,
+        DirectBuffer {
             buffer,
             start,
             filled: 0,
+            position,
         }
     }
 
+    fn pending(&self) -> &[u8] {
+        &self.buffer[self.start..self.start + self.filled]
+    }
+}
+
+/// Whether an error says the file system will not take this direct write (alignment).
+fn refuses_direct(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+}
+
+impl Sink {
     fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
-        match self {
-            Sink::Buffered(file) => file.write_all(data),
-            Sink::Direct {
-                file,
-                buffer,
-                start,
-                filled,
-            } => {
-                while !data.is_empty() {
-                    let take = data.len().min(DIRECT_CHUNK - *filled);
-                    buffer[*start + *filled..*start + *filled + take]
-                        .copy_from_slice(&data[..take]);
-                    *filled += take;
-                    data = &data[take..];
-                    if *filled == DIRECT_CHUNK {
-                        file.write_all(&buffer[*start..*start + DIRECT_CHUNK])?;
-                        *filled = 0;
-                    }
+        while let Some(direct) = &mut self.direct {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let at = direct.start + direct.filled;
+            let take = data.len().min(DIRECT_CHUNK - direct.filled);
+            direct.buffer[at..at + take].copy_from_slice(&data[..take]);
+            direct.filled += take;
+            data = &data[take..];
+            if direct.filled < DIRECT_CHUNK {
+                continue;
+            }
+            match self.file.write_all(direct.pending()) {
+                Ok(()) => {
+                    direct.position += DIRECT_CHUNK as u64;
+                    direct.filled = 0;
                 }
-                Ok(())
+                Err(err) if refuses_direct(&err) => self.fall_back()?,
+                Err(err) => return Err(err),
             }
         }
+        self.file.write_all(data)
+    }
+
+    /// Goes on through the page cache: `O_DIRECT` off, what is gathered written at its
+    /// place (a refused write may have moved the file offset).
+    fn fall_back(&mut self) -> io::Result<()> {
+        let Some(direct) = self.direct.take() else {
+            return Ok(());
+        };
+        let flags = rustix::fs::fcntl_getfl(&self.file).map_err(io::Error::from)?;
+        rustix::fs::fcntl_setfl(&self.file, flags - rustix::fs::OFlags::DIRECT)
+            .map_err(io::Error::from)?;
+        self.file.seek(io::SeekFrom::Start(direct.position))?;
+        self.file.write_all(direct.pending())
     }
 
     /// Writes what is gathered: its aligned part directly, the tail (under one block)
     /// through the page cache, and returns the file, done with. No write may follow.
-    fn into_flushed(self) -> io::Result<File> {
-        match self {
-            Sink::Buffered(file) => Ok(file),
-            Sink::Direct {
-                mut file,
-                buffer,
-                start,
-                filled,
-            } => {
-                let aligned = filled / DIRECT_ALIGN * DIRECT_ALIGN;
-                file.write_all(&buffer[start..start + aligned])?;
-                if filled > aligned {
-                    let flags = rustix::fs::fcntl_getfl(&file).map_err(io::Error::from)?;
-                    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::DIRECT)
-                        .map_err(io::Error::from)?;
-                    file.write_all(&buffer[start + aligned..start + filled])?;
+    fn into_flushed(mut self) -> io::Result<File> {
+        if let Some(direct) = &mut self.direct {
+            let aligned = direct.filled / DIRECT_ALIGN * DIRECT_ALIGN;
+            let whole = &direct.buffer[direct.start..direct.start + aligned];
+            match self.file.write_all(whole) {
+                Ok(()) => {
+                    direct.start += aligned;
+                    direct.filled -= aligned;
+                    direct.position += aligned as u64;
                 }
-                Ok(file)
+                Err(err) if refuses_direct(&err) => {}
+                Err(err) => return Err(err),
             }
+            self.fall_back()?;
         }
+        Ok(self.file)
+    }
+
+    /// Puts the next write at `offset` (a resume).
+    fn seek_to(&mut self, offset: u64) -> io::Result<()> {
+        self.file.seek(io::SeekFrom::Start(offset))?;
+        if let Some(direct) = &mut self.direct {
+            direct.position = offset;
+        }
+        Ok(())
     }
 
     /// Empties the file and the buffer, back to offset 0.
     fn reset(&mut self) -> io::Result<()> {
-        let file = match self {
-            Sink::Buffered(file) => file,
-            Sink::Direct { file, filled, .. } => {
-                *filled = 0;
-                file
-            }
-        };
-        file.set_len(0)?;
-        file.seek(io::SeekFrom::Start(0)).map(|_| ())
+        if let Some(direct) = &mut self.direct {
+            direct.filled = 0;
+        }
+        self.file.set_len(0)?;
+        self.seek_to(0)
     }
 }
 
@@ -115,13 +148,18 @@ fn open_sink(options: &mut OpenOptions, temp: &std::path::Path, direct: bool) ->
     if direct {
         let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
         match options.clone().custom_flags(flags).open(temp) {
-            Ok(file) => return Ok(Sink::direct(file)),
+            Ok(file) => {
+                return Ok(Sink {
+                    file,
+                    direct: Some(DirectBuffer::new(0)),
+                });
+            }
             // tmpfs and some others refuse O_DIRECT: the page cache it is.
-            Err(err) if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+            Err(err) if refuses_direct(&err) => {}
             Err(err) => return Err(err),
         }
     }
-    options.open(temp).map(Sink::Buffered)
+    options.open(temp).map(|file| Sink { file, direct: None })
 }
 
 /// An object being written into a store's `tmp/`.
@@ -241,6 +279,10 @@ impl ObjectWriter {
         // more is written to it.
         let direct = stores.direct_writes();
         let kept = match file.metadata() {
+            Ok(meta) if meta.len() > expected_size => {
+                drop(file);
+                return ObjectWriter::create(stores, store, path, expected_size, expected_sha256);
+            }
             Ok(meta) if direct && meta.len() != expected_size => {
                 meta.len() / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64
             }
@@ -274,11 +316,7 @@ impl ObjectWriter {
             .and_then(|()| {
                 drop(file);
                 let mut sink = open_sink(OpenOptions::new().write(true), &temp, direct)?;
-                match &mut sink {
-                    Sink::Buffered(file) | Sink::Direct { file, .. } => {
-                        file.seek(io::SeekFrom::Start(written))?;
-                    }
-                }
+                sink.seek_to(written)?;
                 Ok(sink)
             });
         let sink = match sink {
@@ -330,7 +368,7 @@ impl ObjectWriter {
 
     /// Whether this writer bypasses the page cache (`O_DIRECT`).
     pub fn is_direct(&self) -> bool {
-        matches!(self.sink, Some(Sink::Direct { .. }))
+        self.sink.as_ref().is_some_and(|sink| sink.direct.is_some())
     }
 
     /// The object path being written.
@@ -544,6 +582,35 @@ mod tests {
         writer.write(&data).unwrap();
         writer.finish().unwrap();
         assert!(served(&stores, "t/b.ts") == data);
+    }
+
+    #[test]
+    fn a_direct_write_the_file_system_refuses_goes_on_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        if !takes_direct(dir.path()) {
+            return;
+        }
+        // A misaligned buffer gets EINVAL from the kernel, as a file system whose blocks are
+        // larger than DIRECT_ALIGN answers an aligned one: in a whole chunk, and in the last
+        // (partial) chunk a finish writes.
+        for len in [DIRECT_CHUNK * 2 + 5000, 3 * DIRECT_ALIGN + 100] {
+            let temp = dir.path().join(format!("refused-{len}"));
+            let mut sink = open_sink(
+                OpenOptions::new().write(true).create(true).truncate(true),
+                &temp,
+                true,
+            )
+            .unwrap();
+            let direct = sink.direct.as_mut().unwrap();
+            direct.start += 1;
+            let data = numbered(len);
+            for piece in data.chunks(70_001) {
+                sink.write_all(piece).unwrap();
+            }
+            assert_eq!(sink.direct.is_some(), len < DIRECT_CHUNK, "{len}");
+            sink.into_flushed().unwrap().sync_all().unwrap();
+            assert!(std::fs::read(&temp).unwrap() == data, "{len} bytes");
+        }
     }
 
     #[test]

@@ -166,7 +166,6 @@ pub fn seed_all<P: AsRef<str>, D: AsRef<[u8]>>(config: &Config, objects: &[(P, D
     }
 }
 
-/// Deterministic, non-repeating-looking bytes of a given length, so offsets are checkable.
 /// Whether files in `dir` can be opened with `O_DIRECT` (fills are written so where they can;
 /// tmpfs refuses it).
 pub fn takes_direct_writes(dir: &std::path::Path) -> bool {
@@ -183,6 +182,7 @@ pub fn takes_direct_writes(dir: &std::path::Path) -> bool {
     taken
 }
 
+/// Deterministic, non-repeating-looking bytes of a given length, so offsets are checkable.
 pub fn pattern(length: usize) -> Vec<u8> {
     (0..length)
         .map(|index| (index.wrapping_mul(31) ^ (index >> 8)) as u8)
