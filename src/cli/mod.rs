@@ -759,3 +759,44 @@ fn init_logging(format: LogFormat, default_level: &str) {
         eprintln!("tidecache: warning: logging not initialised: {err}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(None).unwrap_or(-100)
+    }
+
+    #[test]
+    fn every_background_thread_is_lowered_once_whoever_starts_it() {
+        let expected = (nice() + BACKGROUND_NICE).min(19);
+        let runtime = multi_thread_runtime().unwrap_or_else(|_| panic!("runtime"));
+        let seen = runtime.block_on(async {
+            let mut seen = vec![tokio::spawn(async { nice() }).await.unwrap()];
+            // Blocking threads are created by whichever thread asks: here the (lowered)
+            // async workers, several at once so the pool grows.
+            let asked = tokio::spawn(async {
+                let blocking: Vec<_> = (0..4)
+                    .map(|_| {
+                        tokio::task::spawn_blocking(|| {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            nice()
+                        })
+                    })
+                    .collect();
+                let mut nices = Vec::new();
+                for handle in blocking {
+                    nices.push(handle.await.unwrap());
+                }
+                nices
+            });
+            seen.extend(asked.await.unwrap());
+            seen
+        });
+        assert!(
+            seen.iter().all(|&seen| seen == expected),
+            "{seen:?}, expected {expected}"
+        );
+    }
+}
