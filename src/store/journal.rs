@@ -145,9 +145,80 @@ impl<R: Read> Window<R> {
     }
 }
 
-/// Replays a journal read a chunk at a time (`size` sizes the index).
-fn replay_from(input: impl Read, size: u64) -> Result<Replay, ReplayError> {
-    let mut replay = Replay::default();
+/// Records handed from the decoding thread to the inserting one at a time.
+const BATCH: usize = 16 * 1024;
+
+/// Decoded records, their paths copied out of the window (which is reused).
+struct Batch {
+    paths: String,
+    /// Path end in `paths`, and the entry (`None`: a removal).
+    records: Vec<(usize, Option<JournalEntry>)>,
+}
+
+/// What the decoding thread found besides the records.
+#[derive(Default)]
+struct Scan {
+    valid_len: u64,
+    torn_tail: bool,
+    corrupt_regions: u64,
+    records: u64,
+}
+
+/// Replays a journal read a chunk at a time (`size` sizes the index): one thread reads,
+/// checks and decodes records while this one puts them in the index, in journal order.
+fn replay_from(input: impl Read + Send, size: u64) -> Result<Replay, ReplayError> {
+    let (batches, received) = std::sync::mpsc::sync_channel::<Batch>(4);
+    std::thread::scope(|scope| {
+        let decoding = scope.spawn(move || decode_all(input, size, &batches));
+        // A put record is 59 bytes and its path (about 30 to 60 bytes here): size the index
+        // once, generously (capacity never written to costs address space, not memory).
+        let estimate = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut entries = None;
+        for batch in received {
+            let index =
+                entries.get_or_insert_with(|| Index::with_capacity(estimate / 80, estimate / 2));
+            let mut path_start = 0;
+            for (path_end, entry) in batch.records {
+                let path = &batch.paths[path_start..path_end];
+                path_start = path_end;
+                match entry {
+                    Some(entry) => {
+                        index.insert(
+                            path,
+                            ObjectMeta {
+                                store: 0,
+                                size: entry.size,
+                                sha256: entry.sha256,
+                                filled_at: entry.filled_at,
+                            },
+                        );
+                    }
+                    None => {
+                        index.remove(path);
+                    }
+                }
+            }
+        }
+        let scan = decoding
+            .join()
+            .map_err(|_| ReplayError::Io(io::Error::other("journal decoding panicked")))??;
+        Ok(Replay {
+            entries: entries.unwrap_or_default(),
+            valid_len: scan.valid_len,
+            torn_tail: scan.torn_tail,
+            corrupt_regions: scan.corrupt_regions,
+            records: scan.records,
+        })
+    })
+}
+
+/// Reads and decodes a whole journal, sending its valid records in batches.
+fn decode_all(
+    input: impl Read,
+    size: u64,
+    batches: &std::sync::mpsc::SyncSender<Batch>,
+) -> Result<Scan, ReplayError> {
+    let mut scan = Scan::default();
     // A small journal needs no more than its size (plus a frame, so a decode never runs out).
     let window_size = usize::try_from(size)
         .unwrap_or(usize::MAX)
@@ -163,7 +234,7 @@ fn replay_from(input: impl Read, size: u64) -> Result<Replay, ReplayError> {
     };
     window.refill().map_err(ReplayError::Io)?;
     if window.end == 0 {
-        return Ok(replay);
+        return Ok(scan);
     }
     if window.end < MAGIC.len() || &window.bytes()[..MAGIC.len()] != MAGIC {
         return Err(ReplayError::Format(
@@ -171,11 +242,16 @@ fn replay_from(input: impl Read, size: u64) -> Result<Replay, ReplayError> {
         ));
     }
     window.start = MAGIC.len();
-    replay.valid_len = MAGIC.len() as u64;
-    // A put record is 59 bytes and its path (about 30 to 60 bytes here): size the index
-    // once, generously (capacity never written to costs address space, not memory).
-    let size = usize::try_from(size).unwrap_or(usize::MAX);
-    replay.entries = Index::with_capacity(size / 80, size / 2);
+    scan.valid_len = MAGIC.len() as u64;
+    let fresh = || Batch {
+        paths: String::with_capacity(BATCH * 48),
+        records: Vec::with_capacity(BATCH),
+    };
+    let mut batch = fresh();
+    let send = |batch: &mut Batch| {
+        // The inserting side only stops early if it panicked; the join reports that.
+        let _ = batches.send(std::mem::replace(batch, fresh()));
+    };
     loop {
         if window.short_at(window.start) {
             window.refill().map_err(ReplayError::Io)?;
@@ -203,33 +279,29 @@ fn replay_from(input: impl Read, size: u64) -> Result<Replay, ReplayError> {
             }
         };
         let Some((record, at, used)) = found else {
-            replay.torn_tail = true;
+            scan.torn_tail = true;
             break;
         };
         if skipped {
-            replay.corrupt_regions += 1;
+            scan.corrupt_regions += 1;
         }
-        match record {
-            RecordRef::Put(path, entry) => {
-                replay.entries.insert(
-                    path,
-                    ObjectMeta {
-                        store: 0,
-                        size: entry.size,
-                        sha256: entry.sha256,
-                        filled_at: entry.filled_at,
-                    },
-                );
-            }
-            RecordRef::Remove(path) => {
-                replay.entries.remove(path);
-            }
+        let (path, entry) = match record {
+            RecordRef::Put(path, entry) => (path, Some(entry)),
+            RecordRef::Remove(path) => (path, None),
+        };
+        batch.paths.push_str(path);
+        batch.records.push((batch.paths.len(), entry));
+        if batch.records.len() == BATCH {
+            send(&mut batch);
         }
-        replay.records += 1;
+        scan.records += 1;
         window.start = at + used;
-        replay.valid_len = window.before + window.start as u64;
+        scan.valid_len = window.before + window.start as u64;
     }
-    Ok(replay)
+    if !batch.records.is_empty() {
+        send(&mut batch);
+    }
+    Ok(scan)
 }
 
 /// Every valid record of a whole journal, in order (for tests that check what was written
