@@ -211,6 +211,13 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pass = started.elapsed().as_secs_f64();
+    for line in std::fs::read_to_string(dir.join("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("fill plan surveyed") || line.contains("fill report"))
+    {
+        println!("  daemon: {}", line.trim());
+    }
     verdict(
         format!(
             "fill plan over {objects} objects: {pass:.2} s, {:.2} us/object (target <= 1)",

@@ -268,14 +268,23 @@ impl Engine {
         let surveyed = {
             let (stores, accepted) = (Arc::clone(&self.stores), Arc::clone(accepted));
             tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
                 // Held for the pass, read back from the saved file if nothing holds it.
                 let manifest = accepted.contents().map_err(|err| err.to_string())?;
+                let read = started.elapsed();
                 let damaged = stores.damaged();
                 let (survey, deletes) = stores.with_usable_index(|index| {
                     let survey = survey(&manifest, index, &damaged);
                     let deletes = dropped_beyond(&manifest, index, survey.listed);
                     (survey, deletes)
                 });
+                tracing::info!(
+                    present = survey.present,
+                    to_delete = deletes.len(),
+                    manifest_ms = read.as_millis() as u64,
+                    survey_ms = (started.elapsed() - read).as_millis() as u64,
+                    "fill plan surveyed"
+                );
                 Ok::<_, String>((manifest, survey, deletes))
             })
             .await

@@ -394,25 +394,35 @@ impl Manifest {
         let count = u64::from_le_bytes(read_array(&mut input)?);
         // Grown as records are read: a damaged count must not size an allocation.
         let mut records = Vec::with_capacity(usize::try_from(count.min(1 << 16)).unwrap_or(0));
-        for _ in 0..count {
-            let raw: [u8; 63] = read_array(&mut input)?;
-            let record = Record {
-                path_start: u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default()),
-                size: u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default()),
-                priority: i64::from_le_bytes(raw[16..24].try_into().unwrap_or_default()),
-                sha256: raw[24..56].try_into().unwrap_or_default(),
-                path_len: u16::from_le_bytes(raw[56..58].try_into().unwrap_or_default()),
-                copies: raw[58],
-                url: u32::from_le_bytes(raw[59..63].try_into().unwrap_or_default()),
-            };
-            let end = record.path_start.checked_add(u64::from(record.path_len));
-            let fits = end.is_some_and(|end| end <= paths.len() as u64)
-                && paths.is_char_boundary(record.path_start as usize)
-                && end.is_some_and(|end| paths.is_char_boundary(end as usize));
-            if !fits {
-                return Err(corrupt("a record points outside the paths"));
+        // Read (and checksummed) many records at a time, not 63 bytes per call.
+        const RECORDS_AT_ONCE: u64 = 16 * 1024;
+        let mut block = vec![0u8; 63 * RECORDS_AT_ONCE as usize];
+        let mut left = count;
+        while left > 0 {
+            let now = left.min(RECORDS_AT_ONCE) as usize;
+            left -= now as u64;
+            input
+                .read_exact(&mut block[..63 * now])
+                .map_err(read_error)?;
+            for raw in block[..63 * now].chunks_exact(63) {
+                let record = Record {
+                    path_start: u64::from_le_bytes(raw[0..8].try_into().unwrap_or_default()),
+                    size: u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default()),
+                    priority: i64::from_le_bytes(raw[16..24].try_into().unwrap_or_default()),
+                    sha256: raw[24..56].try_into().unwrap_or_default(),
+                    path_len: u16::from_le_bytes(raw[56..58].try_into().unwrap_or_default()),
+                    copies: raw[58],
+                    url: u32::from_le_bytes(raw[59..63].try_into().unwrap_or_default()),
+                };
+                let end = record.path_start.checked_add(u64::from(record.path_len));
+                let fits = end.is_some_and(|end| end <= paths.len() as u64)
+                    && paths.is_char_boundary(record.path_start as usize)
+                    && end.is_some_and(|end| paths.is_char_boundary(end as usize));
+                if !fits {
+                    return Err(corrupt("a record points outside the paths"));
+                }
+                records.push(record);
             }
-            records.push(record);
         }
         let url_count = u64::from_le_bytes(read_array(&mut input)?);
         let mut urls = Vec::new();

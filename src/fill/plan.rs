@@ -129,10 +129,64 @@ pub struct Survey {
     pub freed_by_replacing: u64,
 }
 
-/// Surveys `manifest` against `index`.
-pub fn survey(manifest: &Manifest, index: &impl IndexLookup, damaged: &HashSet<String>) -> Survey {
+/// Fewest objects worth a thread of their own in a survey (a handful in unit tests, so
+/// their small manifests are surveyed in several slices too).
+const MIN_SURVEY_SLICE: usize = if cfg!(test) { 2 } else { 1 << 16 };
+
+/// Surveys `manifest` against `index`, a slice of the manifest per core (tens of millions
+/// of lookups, each mostly a cache miss).
+pub fn survey(
+    manifest: &Manifest,
+    index: &(impl IndexLookup + Sync),
+    damaged: &HashSet<String>,
+) -> Survey {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |cpus| cpus.get())
+        .min(8);
+    let slice = manifest.len().div_ceil(threads).max(MIN_SURVEY_SLICE);
+    let parts: Vec<Survey> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..manifest.len())
+            .step_by(slice)
+            .map(|start| {
+                let range = start..(start + slice).min(manifest.len());
+                scope.spawn(move || survey_range(manifest, range, index, damaged))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    // In manifest order, slice after slice.
     let mut survey = Survey::default();
-    for object in manifest.iter() {
+    for part in parts {
+        survey.candidates.extend(part.candidates);
+        survey.present += part.present;
+        survey.present_bytes += part.present_bytes;
+        survey.listed += part.listed;
+        survey.freed_by_replacing += part.freed_by_replacing;
+    }
+    // Stable sort: equal priorities keep manifest order.
+    survey
+        .candidates
+        .sort_by_key(|&index| std::cmp::Reverse(manifest.get(index).priority));
+    survey
+}
+
+/// The survey of the manifest's objects at positions `range`, candidates in manifest order.
+fn survey_range(
+    manifest: &Manifest,
+    range: std::ops::Range<usize>,
+    index: &impl IndexLookup,
+    damaged: &HashSet<String>,
+) -> Survey {
+    let mut survey = Survey::default();
+    for position in range {
+        let object = manifest.get(position);
         match index.meta(object.path) {
             Some(meta) if is_present(&meta, object.size, &object.sha256, object.path, damaged) => {
                 survey.present += 1;
@@ -147,10 +201,6 @@ pub fn survey(manifest: &Manifest, index: &impl IndexLookup, damaged: &HashSet<S
             None => survey.candidates.push(object.index),
         }
     }
-    // Stable sort: equal priorities keep manifest order.
-    survey
-        .candidates
-        .sort_by_key(|&index| std::cmp::Reverse(manifest.get(index).priority));
     survey
 }
 
@@ -193,7 +243,7 @@ mod tests {
     /// A whole plan in one call: survey, then fit.
     fn plan(
         manifest: &Manifest,
-        index: &impl IndexLookup,
+        index: &(impl IndexLookup + Sync),
         damaged: &HashSet<String>,
         free_after_deletes: u64,
     ) -> FillPlan {
