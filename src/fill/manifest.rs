@@ -328,21 +328,14 @@ impl Manifest {
     /// against that CRC but without building it: a start needs only this, and reads tens of
     /// millions of records in a fraction of the time and memory a load takes.
     pub fn saved_summary(input: &mut impl Read) -> Result<SavedSummary, ManifestError> {
-        let corrupt = |what: &str| ManifestError::Read(format!("saved manifest: {what}"));
+        let corrupt = saved_corrupt;
         let mut input = CrcReader {
             inner: input,
             crc: crc32fast::Hasher::new(),
         };
-        let mut magic = [0u8; 8];
-        input.read_exact(&mut magic).map_err(read_error)?;
-        if &magic != SAVED_MAGIC {
-            return Err(corrupt("not a tidecache manifest file"));
-        }
-        let id = String::from_utf8(read_bytes(&mut input, 1 << 16)?)
-            .map_err(|_| corrupt("id is not UTF-8"))?;
-        read_bytes(&mut input, 1 << 20)?;
-        read_array::<1>(&mut input)?;
-        let total_bytes = u64::from_le_bytes(read_array(&mut input)?);
+        let SavedHead {
+            id, total_bytes, ..
+        } = read_saved_head(&mut input)?;
         let paths_len = u64::from_le_bytes(read_array(&mut input)?);
         skip(&mut input, paths_len)?;
         let objects = u64::from_le_bytes(read_array(&mut input)?);
@@ -357,12 +350,7 @@ impl Manifest {
             let len = u64::from_le_bytes(read_array(&mut input)?);
             skip(&mut input, len)?;
         }
-        let computed = input.crc.clone().finalize();
-        let mut stored = [0u8; 4];
-        input.inner.read_exact(&mut stored).map_err(read_error)?;
-        if u32::from_le_bytes(stored) != computed {
-            return Err(corrupt("checksum mismatch (torn or damaged file)"));
-        }
+        let computed = check_saved_crc(&mut input)?;
         Ok(SavedSummary {
             id,
             objects: usize::try_from(objects).map_err(|_| corrupt("a count is out of range"))?,
@@ -373,22 +361,16 @@ impl Manifest {
 
     /// [`Manifest::load_saved`], with the CRC the file ends with.
     pub fn load_saved_with_crc(input: &mut impl Read) -> Result<(Manifest, u32), ManifestError> {
-        let corrupt = |what: &str| ManifestError::Read(format!("saved manifest: {what}"));
+        let corrupt = saved_corrupt;
         let mut input = CrcReader {
             inner: input,
             crc: crc32fast::Hasher::new(),
         };
-        let mut magic = [0u8; 8];
-        input.read_exact(&mut magic).map_err(read_error)?;
-        if &magic != SAVED_MAGIC {
-            return Err(corrupt("not a tidecache manifest file"));
-        }
-        let id = String::from_utf8(read_bytes(&mut input, 1 << 16)?)
-            .map_err(|_| corrupt("id is not UTF-8"))?;
-        let base_url = String::from_utf8(read_bytes(&mut input, 1 << 20)?)
-            .map_err(|_| corrupt("base URL is not UTF-8"))?;
-        let has_base = read_array::<1>(&mut input)?[0] == 1;
-        let total_bytes = u64::from_le_bytes(read_array(&mut input)?);
+        let SavedHead {
+            id,
+            base_url,
+            total_bytes,
+        } = read_saved_head(&mut input)?;
         let paths = String::from_utf8(read_bytes(&mut input, u64::MAX)?)
             .map_err(|_| corrupt("paths are not UTF-8"))?;
         let count = u64::from_le_bytes(read_array(&mut input)?);
@@ -437,15 +419,10 @@ impl Manifest {
         {
             return Err(corrupt("a record names a URL that is not there"));
         }
-        let computed = input.crc.clone().finalize();
-        let mut stored = [0u8; 4];
-        input.inner.read_exact(&mut stored).map_err(read_error)?;
-        if u32::from_le_bytes(stored) != computed {
-            return Err(corrupt("checksum mismatch (torn or damaged file)"));
-        }
+        let computed = check_saved_crc(&mut input)?;
         let manifest = Manifest {
             id,
-            base_url: has_base.then_some(base_url),
+            base_url,
             total_bytes,
             paths,
             records,
@@ -1159,6 +1136,49 @@ impl<R: Read> Read for CrcReader<'_, R> {
 fn write_bytes(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(&(bytes.len() as u64).to_le_bytes())?;
     out.write_all(bytes)
+}
+
+/// A saved manifest found damaged or not ours.
+fn saved_corrupt(what: &str) -> ManifestError {
+    ManifestError::Read(format!("saved manifest: {what}"))
+}
+
+/// The start of a saved manifest, before its paths.
+struct SavedHead {
+    id: String,
+    base_url: Option<String>,
+    total_bytes: u64,
+}
+
+/// Reads the magic, id, base URL and total size of a saved manifest.
+fn read_saved_head<R: Read>(input: &mut CrcReader<'_, R>) -> Result<SavedHead, ManifestError> {
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(read_error)?;
+    if &magic != SAVED_MAGIC {
+        return Err(saved_corrupt("not a tidecache manifest file"));
+    }
+    let id = String::from_utf8(read_bytes(input, 1 << 16)?)
+        .map_err(|_| saved_corrupt("id is not UTF-8"))?;
+    let base_url = String::from_utf8(read_bytes(input, 1 << 20)?)
+        .map_err(|_| saved_corrupt("base URL is not UTF-8"))?;
+    let has_base = read_array::<1>(input)?[0] == 1;
+    let total_bytes = u64::from_le_bytes(read_array(input)?);
+    Ok(SavedHead {
+        id,
+        base_url: has_base.then_some(base_url),
+        total_bytes,
+    })
+}
+
+/// Compares the CRC of everything read with the one the file ends with; returns it.
+fn check_saved_crc<R: Read>(input: &mut CrcReader<'_, R>) -> Result<u32, ManifestError> {
+    let computed = input.crc.clone().finalize();
+    let mut stored = [0u8; 4];
+    input.inner.read_exact(&mut stored).map_err(read_error)?;
+    if u32::from_le_bytes(stored) != computed {
+        return Err(saved_corrupt("checksum mismatch (torn or damaged file)"));
+    }
+    Ok(computed)
 }
 
 /// Reads and drops `len` bytes (through the CRC), or says the file is truncated.
