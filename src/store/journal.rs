@@ -338,6 +338,11 @@ fn decode_record(bytes: &[u8]) -> Option<(RecordRef<'_>, usize)> {
     }
     let kind = *bytes.get(8)?;
     let path_len = u16::from_le_bytes(bytes.get(9..11)?.try_into().ok()?) as u32;
+    // No object path is longer (the index could not hold one that is): such a record is
+    // damage, whatever its checksum says.
+    if path_len as usize > crate::object_path::MAX_PATH_BYTES {
+        return None;
+    }
     let shaped = match kind {
         KIND_PUT => len == 3 + path_len + 48,
         KIND_REMOVE => len == 3 + path_len,
@@ -747,6 +752,19 @@ mod tests {
             "the torn tail is cut, nothing else"
         );
         assert_eq!(replay.records, records.len() as u64 - 2);
+    }
+
+    #[test]
+    fn a_record_with_a_path_longer_than_any_object_path_is_damage() {
+        let long = "a/".repeat(crate::object_path::MAX_PATH_BYTES);
+        let bytes = journal(&[
+            Record::Put("ok.ts".into(), entry(1)),
+            Record::Put(long, entry(2)),
+            Record::Put("after.ts".into(), entry(3)),
+        ]);
+        let replay = replay_bytes(&bytes).unwrap();
+        assert_eq!(paths(&replay.entries), ["after.ts", "ok.ts"]);
+        assert_eq!(replay.corrupt_regions, 1);
     }
 
     #[test]

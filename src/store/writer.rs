@@ -117,7 +117,10 @@ impl Sink {
                 Err(err) if refuses_direct(&err) => {}
                 Err(err) => return Err(err),
             }
-            self.fall_back()?;
+            // A tail under one block (or what was refused) goes through the page cache.
+            if direct.filled > 0 {
+                self.fall_back()?;
+            }
         }
         Ok(self.file)
     }
