@@ -421,7 +421,8 @@ impl Handler for Admin {
 /// Reads a request body of at most `limit` bytes: 413 beyond it, 400 when the client breaks
 /// off.
 /// Accepts a received manifest and answers: 202, or why not (400 invalid, 409 a delta on
-/// another base, 413 too large once decompressed, 500 not saved).
+/// another base or on a manifest in force that cannot be read back, 413 too large once
+/// decompressed, 500 not saved).
 async fn accept(fill: &Fill, received: Received, limit: u64) -> Response<ObjectBody> {
     match fill.accept(received, limit).await {
         Ok(summary) => json(StatusCode::ACCEPTED, &summary),
@@ -433,6 +434,10 @@ async fn accept(fill: &Fill, received: Received, limit: u64) -> Response<ObjectB
                 _ => StatusCode::BAD_REQUEST,
             };
             error(status, &err.to_string())
+        }
+        Err(err @ AcceptError::InForceUnreadable(_)) => {
+            tracing::error!(error = %err, "delta refused; the manifest in force stays");
+            error(StatusCode::CONFLICT, &err.to_string())
         }
         Err(err @ AcceptError::Save(_)) => {
             tracing::error!(error = %err, "manifest not saved; the one in force stays");

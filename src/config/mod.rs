@@ -47,6 +47,10 @@ pub use units::{ByteSize, HumanDuration, Rate, parse_duration, parse_rate, parse
 
 use crate::schedule::FillWindow;
 
+/// Stores a box may have (`[[store]]` entries): one per drive, and what the index can
+/// name (8 bits, one value kept for free entries).
+pub const MAX_STORES: usize = 255;
+
 /// Where `tidecache serve` looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tidecache/tidecache.toml";
 
@@ -491,6 +495,16 @@ impl Config {
                 "at least one [[store]] is needed",
             ));
         }
+        if self.stores.len() > MAX_STORES {
+            return Err(ConfigError::invalid(
+                "store",
+                format!(
+                    "{} stores configured; at most {} (one per drive)",
+                    self.stores.len(),
+                    MAX_STORES
+                ),
+            ));
+        }
         let mut seen = HashSet::new();
         for (index, store) in self.stores.iter().enumerate() {
             if store.path.as_os_str().is_empty() {
@@ -572,6 +586,19 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_stores_than_the_index_can_name_is_an_error_naming_the_key() {
+        let stores: String = (0..=MAX_STORES)
+            .map(|number| format!("[[store]]\npath = \"/s/{number}\"\n"))
+            .collect();
+        let err = Config::parse(&stores).unwrap_err();
+        assert!(err.to_string().starts_with("store:"), "{err}");
+        let fewer: String = (0..MAX_STORES)
+            .map(|number| format!("[[store]]\npath = \"/s/{number}\"\n"))
+            .collect();
+        assert_eq!(Config::parse(&fewer).unwrap().stores.len(), MAX_STORES);
+    }
 
     #[test]
     fn ready_share_is_a_share_above_zero() {

@@ -296,9 +296,11 @@ impl Engine {
         let (manifest, survey, deletes) = match surveyed {
             Ok(surveyed) => surveyed,
             Err(err) => {
-                tracing::error!(error = %err, "the fill plan failed; the pass is tried again in 10 s");
+                // A damaged manifest.bin is not mended by waiting: a minute between tries, not
+                // a re-read of the whole file every few seconds; a new manifest ends the wait.
+                tracing::error!(error = %err, "the fill plan failed; the pass is tried again in 60 s (a damaged saved manifest needs a whole manifest pushed)");
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => return PassEnd::Paused,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => return PassEnd::Paused,
                     _ = manifests.changed() => return PassEnd::Superseded,
                     _ = stop.raised() => return PassEnd::Stopped,
                 }
@@ -663,8 +665,11 @@ pub async fn check_content(fill: Arc<Fill>, stores: Arc<Stores>) {
         })
         .await
         .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
+        .and_then(Result::ok);
+        // Not measured is not "holds nothing": the reason stays what it was.
+        let Some(held) = held else {
+            return;
+        };
         let total = accepted.total_bytes;
         let id = &accepted.id;
         stocked.measure(Measured {

@@ -141,7 +141,7 @@ impl AcceptedManifest {
         let (manifest, found) = Manifest::load_saved_with_crc(&mut input)?;
         if found != *crc || manifest.id != self.id {
             return Err(ManifestError::Read(format!(
-                "saved manifest {}: replaced by a newer one",
+                "saved manifest {}: replaced by another save since this manifest was accepted",
                 file.display()
             )));
         }
@@ -170,6 +170,12 @@ pub enum AcceptError {
     /// It could not be saved; the manifest in force stays.
     #[error("cannot save the manifest: {0}")]
     Save(std::io::Error),
+    /// A delta against the manifest in force, whose saved objects cannot be read back
+    /// (`manifest.bin` damaged or gone): a whole manifest is needed.
+    #[error(
+        "the manifest in force cannot be read back to apply a delta to ({0}); push a whole manifest"
+    )]
+    InForceUnreadable(String),
 }
 
 /// The binary saved form of the manifest in force, in `state_dir`.
@@ -360,9 +366,9 @@ impl Fill {
                 Err(AcceptError::Invalid(ManifestError::WrongBase { base, .. })) => match &in_force
                 {
                     Some(accepted) if accepted.id == base => {
-                        let base = accepted.contents().map_err(|err| {
-                            AcceptError::Save(std::io::Error::other(err.to_string()))
-                        })?;
+                        let base = accepted
+                            .contents()
+                            .map_err(|err| AcceptError::InForceUnreadable(err.to_string()))?;
                         read(Some(&base))?
                     }
                     _ => {
@@ -588,5 +594,39 @@ mod tests {
         assert!(err.to_string().contains("replaced"), "{err}");
         std::fs::write(dir.path().join(SAVED_MANIFEST), b"TCMANIF1 damaged").unwrap();
         assert!(other.manifest().unwrap().contents().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_delta_on_a_manifest_in_force_that_cannot_be_read_back_asks_for_a_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = Fill::load(dir.path());
+        let one = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": [{"path": "a.ts", "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}"#;
+        fill.accept(Received::Bytes(Bytes::from_static(one)), u64::MAX)
+            .await
+            .unwrap();
+        let saved = dir.path().join(SAVED_MANIFEST);
+        let mut bytes = std::fs::read(&saved).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&saved, bytes).unwrap();
+        let delta =
+            "{\"version\": 1, \"id\": \"two\", \"base\": \"one\"}\n{\"remove\": \"a.ts\"}\n";
+        let err = fill
+            .accept(Received::Bytes(Bytes::from(delta)), u64::MAX)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AcceptError::InForceUnreadable(_)), "{err}");
+        assert!(err.to_string().contains("push a whole manifest"), "{err}");
+        assert_eq!(
+            fill.manifest().unwrap().id,
+            "one",
+            "the manifest in force stays"
+        );
+        // A whole manifest is accepted, and with it the saved form is whole again.
+        let two = String::from_utf8_lossy(one).replace(r#""one""#, r#""two""#);
+        fill.accept(Received::Bytes(Bytes::from(two)), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(fill.manifest().unwrap().contents().unwrap().id, "two");
     }
 }

@@ -33,6 +33,8 @@ const STORE_BITS: u32 = 8;
 const LEN_BITS: u32 = 12;
 /// Stores an index can tell apart.
 pub const MAX_STORES: usize = 1 << STORE_BITS;
+// The configuration allows no more stores than the index can name.
+const _: () = assert!(crate::config::MAX_STORES < MAX_STORES);
 /// The store number of a free entry (on the free list).
 const FREE: u64 = (1 << STORE_BITS) - 1;
 /// A shard's arena is compacted when its garbage is over half of it and more than this

@@ -1070,7 +1070,12 @@ fn open_store(config: &StoreConfig) -> Opened {
 /// the other is taken off its store's counters, and that store's journal is returned as
 /// having something to compact.
 fn merge_indexes(mut indexes: Vec<Index>, stores: &[Store]) -> (Index, Vec<usize>) {
-    let Some(largest) = (0..indexes.len()).max_by_key(|&number| indexes[number].len()) else {
+    // The first of the largest: with every store empty, store 0 (a store numbered past what
+    // the index can name has failed and holds nothing).
+    let Some(largest) = (0..indexes.len())
+        .rev()
+        .max_by_key(|&number| indexes[number].len())
+    else {
         return (Index::default(), Vec::new());
     };
     let mut merged = std::mem::take(&mut indexes[largest]);
