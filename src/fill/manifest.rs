@@ -272,13 +272,6 @@ impl Manifest {
         builder.finish(id.to_owned(), None)
     }
 
-    /// Memory the compact form takes (arena, records, URLs), for sizing and benches.
-    pub fn heap_bytes(&self) -> usize {
-        self.paths.capacity()
-            + self.records.capacity() * std::mem::size_of::<Record>()
-            + self.urls.iter().map(|url| url.len() + 16).sum::<usize>()
-    }
-
     /// Writes the binary saved form: magic, id, base URL, counts, the path arena, the
     /// records, the URLs, and a CRC-32 of everything before it, which it returns (what
     /// [`Manifest::load_saved_with_crc`] must find to be reading this very save).
@@ -318,12 +311,6 @@ impl Manifest {
         Ok(crc)
     }
 
-    /// Reads what [`Manifest::save`] wrote, checking its CRC and that every record points
-    /// inside the arena; anything else is an error, never a guess.
-    pub fn load_saved(input: &mut impl Read) -> Result<Manifest, ManifestError> {
-        Manifest::load_saved_with_crc(input).map(|(manifest, _)| manifest)
-    }
-
     /// What a saved manifest is (id, counts, the CRC its save ended with), checked whole
     /// against that CRC but without building it: a start needs only this, and reads tens of
     /// millions of records in a fraction of the time and memory a load takes.
@@ -359,7 +346,9 @@ impl Manifest {
         })
     }
 
-    /// [`Manifest::load_saved`], with the CRC the file ends with.
+    /// Reads what [`Manifest::save`] wrote, checking its CRC and that every record points
+    /// inside the arena (anything else is an error, never a guess); returns it with the CRC
+    /// the file ends with.
     pub fn load_saved_with_crc(input: &mut impl Read) -> Result<(Manifest, u32), ManifestError> {
         let corrupt = saved_corrupt;
         let mut input = CrcReader {
@@ -1481,7 +1470,10 @@ mod tests {
         let manifest = parse(text.as_bytes()).unwrap();
         let mut saved = Vec::new();
         let crc = manifest.save(&mut saved).unwrap();
-        assert_eq!(Manifest::load_saved(&mut &saved[..]).unwrap(), manifest);
+        assert_eq!(
+            Manifest::load_saved_with_crc(&mut &saved[..]).unwrap().0,
+            manifest
+        );
         assert_eq!(
             Manifest::saved_summary(&mut &saved[..]).unwrap(),
             SavedSummary {
@@ -1494,7 +1486,7 @@ mod tests {
         assert_eq!(manifest.get(1).copies, 2);
         for cut in [0, 5, saved.len() / 2, saved.len() - 1] {
             assert!(
-                Manifest::load_saved(&mut &saved[..cut]).is_err(),
+                Manifest::load_saved_with_crc(&mut &saved[..cut]).is_err(),
                 "cut at {cut}"
             );
             assert!(
@@ -1506,7 +1498,7 @@ mod tests {
             let mut damaged = saved.clone();
             damaged[flip] ^= 0x40;
             assert!(
-                Manifest::load_saved(&mut &damaged[..]).is_err(),
+                Manifest::load_saved_with_crc(&mut &damaged[..]).is_err(),
                 "flip at {flip}"
             );
             assert!(
@@ -1558,7 +1550,7 @@ mod tests {
             + manifest.paths.len();
         assert_eq!(saved[at..at + 8], 1u64.to_le_bytes());
         saved[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(Manifest::load_saved(&mut &saved[..]).is_err());
+        assert!(Manifest::load_saved_with_crc(&mut &saved[..]).is_err());
     }
 
     #[test]

@@ -563,14 +563,22 @@ mod tests {
         assert_eq!(reloaded.manifest().unwrap().id, "one");
     }
 
-    #[tokio::test]
-    async fn the_objects_in_force_are_read_back_when_needed_and_never_from_a_newer_save() {
+    /// Manifest "one" of one object: JSON.
+    const ONE: &[u8] = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": [{"path": "a.ts", "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}"#;
+
+    /// A fill in a fresh state directory with [`ONE`] accepted.
+    async fn with_manifest_one() -> (tempfile::TempDir, Fill) {
         let dir = tempfile::tempdir().unwrap();
         let fill = Fill::load(dir.path());
-        let one = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": [{"path": "a.ts", "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}"#;
-        fill.accept(Received::Bytes(Bytes::from_static(one)), u64::MAX)
+        fill.accept(Received::Bytes(Bytes::from_static(ONE)), u64::MAX)
             .await
             .unwrap();
+        (dir, fill)
+    }
+
+    #[tokio::test]
+    async fn the_objects_in_force_are_read_back_when_needed_and_never_from_a_newer_save() {
+        let (dir, fill) = with_manifest_one().await;
         let in_force = fill.manifest().unwrap();
         assert_eq!((in_force.objects, in_force.total_bytes), (1, 3));
         let held = in_force.contents().unwrap();
@@ -585,7 +593,7 @@ mod tests {
         // Another process (or a later accept) saved a different manifest: the objects of the
         // old one are not there any more, and nothing else stands in for them.
         let other = Fill::load(dir.path());
-        let two = String::from_utf8_lossy(one).replace(r#""one""#, r#""two""#);
+        let two = String::from_utf8_lossy(ONE).replace(r#""one""#, r#""two""#);
         other
             .accept(Received::Bytes(Bytes::from(two)), u64::MAX)
             .await
@@ -598,12 +606,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_delta_on_a_manifest_in_force_that_cannot_be_read_back_asks_for_a_whole_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let fill = Fill::load(dir.path());
-        let one = br#"{"version": 1, "id": "one", "base_url": "http://o/", "objects": [{"path": "a.ts", "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]}"#;
-        fill.accept(Received::Bytes(Bytes::from_static(one)), u64::MAX)
-            .await
-            .unwrap();
+        let (dir, fill) = with_manifest_one().await;
         let saved = dir.path().join(SAVED_MANIFEST);
         let mut bytes = std::fs::read(&saved).unwrap();
         let middle = bytes.len() / 2;
@@ -623,7 +626,7 @@ mod tests {
             "the manifest in force stays"
         );
         // A whole manifest is accepted, and with it the saved form is whole again.
-        let two = String::from_utf8_lossy(one).replace(r#""one""#, r#""two""#);
+        let two = String::from_utf8_lossy(ONE).replace(r#""one""#, r#""two""#);
         fill.accept(Received::Bytes(Bytes::from(two)), u64::MAX)
             .await
             .unwrap();

@@ -161,11 +161,6 @@ impl Index {
         self.shards.iter().all(|shard| shard.table.is_empty())
     }
 
-    /// Heap bytes held (arenas, entries and tables), for sizing notes and tests.
-    pub fn heap_bytes(&self) -> usize {
-        self.shards.iter().map(Shard::heap_bytes).sum()
-    }
-
     /// The object at `path`.
     pub fn get(&self, path: &str) -> Option<ObjectMeta> {
         let hash = self.hash(path);
@@ -303,13 +298,6 @@ impl Shard {
             table: HashTable::with_capacity(objects),
             ..Shard::default()
         }
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.paths.capacity()
-            + self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
-            + self.free.capacity() * std::mem::size_of::<u32>()
     }
 
     fn path_of(&self, entry: &Entry) -> &[u8] {

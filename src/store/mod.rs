@@ -737,11 +737,11 @@ impl Stores {
         })
     }
 
-    /// A copy of the index of the usable stores, for planning a fill against a manifest
-    /// (objects on failed stores are left out, so the plan fetches them again) and for scrubs.
-    pub fn snapshot(&self) -> HashMap<String, ObjectMeta> {
+    /// A list of the objects on usable stores, for scrubs (a fill plan reads the live index
+    /// instead: [`Stores::with_usable_index`]).
+    pub fn snapshot(&self) -> Vec<(String, ObjectMeta)> {
         self.index.read().map_or_else(
-            |_| HashMap::new(),
+            |_| Vec::new(),
             |index| {
                 index
                     .iter()

@@ -35,7 +35,7 @@ pub struct ScrubReport {
 /// Re-hashes every indexed object on `threads` threads, calling `progress` with the bytes
 /// of each object checked. Reads only.
 pub fn scrub(stores: &Stores, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> ScrubReport {
-    let mut objects: Vec<(String, ObjectMeta)> = stores.snapshot().into_iter().collect();
+    let mut objects = stores.snapshot();
     objects.sort_by(|a, b| (a.1.store, &a.0).cmp(&(b.1.store, &b.0)));
     let next = AtomicUsize::new(0);
     let report = Mutex::new(ScrubReport::default());
