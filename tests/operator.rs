@@ -15,10 +15,18 @@ async fn the_demo_fills_and_serves_a_playable_hls_title_and_stops_on_ctrl_c() {
     let mut child = Command::new(BINARY)
         .arg("demo")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn demo");
     let stdout = child.stdout.take().unwrap();
+    // Kept for the failure message: the demo's one error line says why it stopped.
+    let stderr = child.stderr.take().unwrap();
+    let stderr_lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -28,9 +36,14 @@ async fn the_demo_fills_and_serves_a_playable_hls_title_and_stops_on_ctrl_c() {
     let mut playlist_url = None;
     let mut admin_url = None;
     while playlist_url.is_none() {
-        let line = receiver
-            .recv_timeout(Duration::from_secs(60))
-            .expect("demo prints its URLs");
+        let line = match receiver.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(err) => {
+                let _ = child.kill();
+                let errors = stderr_lines.join().unwrap_or_default();
+                panic!("demo prints its URLs: {err}; its stderr: {errors:?}");
+            }
+        };
         if let Some(url) = line.strip_prefix("serving: ") {
             playlist_url = Some(url.to_owned());
         }

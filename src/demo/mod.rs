@@ -65,7 +65,16 @@ pub async fn run() -> Result<(), DemoError> {
     config.schedule.drain = crate::config::HumanDuration(Duration::ZERO);
     config.http.listen = vec![preferred_or_any(8080).await];
     config.admin.listen = preferred_or_any(8081).await;
-    let daemon = Daemon::start(&config).await?;
+    let daemon = match Daemon::start(&config).await {
+        // Another program took a preferred port between the probe and the bind: any free
+        // port serves a demo as well.
+        Err(crate::daemon::StartError::Bind(_)) => {
+            config.http.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+            config.admin.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            Daemon::start(&config).await?
+        }
+        started => started?,
+    };
     let viewer = daemon.viewer_addrs[0];
     let admin = daemon.admin_addr;
     println!(
