@@ -12,7 +12,8 @@
 //! - [`http`]: the viewer transport: listeners, the sendfile fast path, TLS, worker threads.
 //! - [`fill`]: manifests and the nightly fill engine; [`serve`]: what a viewer request gets.
 //! - [`metrics`]: the Prometheus registry and the metric names of the contract; it reads
-//!   the store and mode status types at scrape, and nothing below it imports it.
+//!   the store, site and mode status types at scrape, and nothing below it imports it.
+//! - [`site`]: a site of boxes: who owns an object, which peers are ready.
 //! - [`store`]: content stores on disk, placement and the persisted index.
 //! - [`config`]: the TOML configuration, parsed once into typed values.
 //! - [`schedule`]: the mode (serving, draining, filling), fill windows, the scheduler.
@@ -35,4 +36,5 @@ pub mod object_path;
 pub mod schedule;
 pub mod serve;
 pub mod signal;
+pub mod site;
 pub mod store;

@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["http"],
     &["fill", "serve"],
     &["metrics"],
+    &["site"],
     &["store"],
     &["config"],
     &["schedule"],

@@ -30,6 +30,7 @@ pub mod cipher_suites;
 mod header_text;
 pub mod key_file;
 mod manifest_url;
+pub mod site;
 mod time_zone;
 mod units;
 
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 pub use cipher_suites::CipherSuiteSetting;
 pub use header_text::HeaderText;
 pub use manifest_url::ManifestUrl;
+pub use site::{PeerConfig, SiteConfig};
 pub use time_zone::TimeZoneSetting;
 pub use units::{ByteSize, HumanDuration, Rate, parse_duration, parse_rate, parse_size};
 
@@ -118,6 +120,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The RAM cache of hot objects.
     pub cache: CacheConfig,
+    /// The site of boxes this box belongs to (CONTRACT section 7); none: a box alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<SiteConfig>,
 }
 
 /// `[cache]`: hot objects kept in RAM as verified bytes.
@@ -158,6 +163,7 @@ impl Default for Config {
             fill: FillConfig::default(),
             limits: LimitsConfig::default(),
             cache: CacheConfig::default(),
+            site: None,
         }
     }
 }
@@ -553,6 +559,9 @@ impl Config {
                 "fill.file_roots",
                 format!("{root:?} must be an absolute directory path"),
             ));
+        }
+        if let Some(site) = &self.site {
+            site.validate()?;
         }
         if self.limits.max_connections == 0 {
             return Err(ConfigError::invalid(

@@ -772,7 +772,7 @@ impl Stores {
             })
             .collect();
         let replaced = self.index.read().ok().and_then(|index| index.get(path));
-        placement::rank_stores(path, &candidates)
+        placement::rank(path, &candidates)
             .into_iter()
             .find(|&number| {
                 let store = &self.stores[number];

@@ -1,0 +1,218 @@
+//! `[site]`: the boxes of one site (CONTRACT section 7), checked once when the file is read.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, HumanDuration};
+
+/// Most copies of an object a site keeps: beyond a handful, a copy buys no availability.
+pub const MAX_COPIES: u32 = 16;
+
+/// `[site]`: this box's place in a site of boxes that act as one cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// This box's name, unique in the site; placement hashes it, so renaming a box moves
+    /// its share.
+    #[serde(rename = "box")]
+    pub box_name: String,
+    /// The bearer token the site's boxes share for peer fill (`/v1/site/...`); needed as
+    /// soon as the site has a peer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Copies of each object the site holds, unless its manifest entry says otherwise.
+    pub copies: u32,
+    /// This box's share, relative to the peers' weights (its capacity is a good choice).
+    pub weight: f64,
+    /// How often each peer's `/readyz` is asked; a peer that fails one check is out of
+    /// every redirect until one succeeds.
+    pub check_interval: HumanDuration,
+    /// How long a readiness check may take before the peer counts as not ready.
+    pub check_timeout: HumanDuration,
+    /// Every other box of the site (`[[site.peer]]`).
+    #[serde(rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        SiteConfig {
+            box_name: String::new(),
+            token_file: None,
+            copies: 1,
+            weight: 1.0,
+            check_interval: HumanDuration(std::time::Duration::from_secs(2)),
+            check_timeout: HumanDuration(std::time::Duration::from_secs(1)),
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// `[[site.peer]]`: another box of the site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its `site.box`.
+    pub name: String,
+    /// Its viewer base URL, where viewers are redirected (`http://10.0.0.2:8080`).
+    pub url: String,
+    /// Its admin base URL, for readiness checks and peer fill (`http://10.0.0.2:8081`).
+    pub admin: String,
+    /// Its `site.weight`.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+impl SiteConfig {
+    /// Checks what types alone cannot, naming the key at fault.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.box_name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "site.box",
+                "is empty: name this box, uniquely in its site",
+            ));
+        }
+        if !(1..=MAX_COPIES).contains(&self.copies) {
+            return Err(ConfigError::invalid(
+                "site.copies",
+                format!("must be between 1 and {MAX_COPIES}"),
+            ));
+        }
+        check_weight("site.weight", self.weight)?;
+        if self.check_interval.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "site.check_interval",
+                "must be above 0",
+            ));
+        }
+        if self.check_timeout.0.is_zero() {
+            return Err(ConfigError::invalid(
+                "site.check_timeout",
+                "must be above 0",
+            ));
+        }
+        if !self.peers.is_empty() && self.token_file.is_none() {
+            return Err(ConfigError::invalid(
+                "site.token_file",
+                "is needed when the site has peers: they fill from each other with it",
+            ));
+        }
+        let mut names = HashSet::from([self.box_name.as_str()]);
+        for (index, peer) in self.peers.iter().enumerate() {
+            let key = |field: &str| format!("site.peer[{index}].{field}");
+            if peer.name.trim().is_empty() {
+                return Err(ConfigError::invalid(key("name"), "is empty"));
+            }
+            if peer.name == self.box_name {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!(
+                        "{:?} is this box (site.box): list only the other boxes",
+                        peer.name
+                    ),
+                ));
+            }
+            if !names.insert(peer.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("{:?} is listed twice", peer.name),
+                ));
+            }
+            check_base_url(&peer.url, &["http", "https"])
+                .map_err(|why| ConfigError::invalid(key("url"), format!("{:?} {why}", peer.url)))?;
+            check_base_url(&peer.admin, &["http"]).map_err(|why| {
+                ConfigError::invalid(key("admin"), format!("{:?} {why}", peer.admin))
+            })?;
+            check_weight(&key("weight"), peer.weight)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_weight(key: &str, weight: f64) -> Result<(), ConfigError> {
+    if weight.is_finite() && weight > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, "must be a number above 0"))
+    }
+}
+
+/// Whether `text` is a base URL with one of `schemes`, a host, and nothing after the
+/// path (no query or fragment, which a path appended to it would land inside).
+fn check_base_url(text: &str, schemes: &[&str]) -> Result<(), String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|_| "is not a URL (e.g. http://10.0.0.2:8080)".to_owned())?;
+    let scheme = uri.scheme_str().unwrap_or("");
+    if !schemes.contains(&scheme) {
+        return Err(format!("must start with {}://", schemes.join(":// or ")));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".to_owned());
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err("must not have a query or fragment".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> SiteConfig {
+        SiteConfig {
+            box_name: "box-a".to_owned(),
+            token_file: Some(PathBuf::from("/etc/tidecache/site.token")),
+            peers: vec![PeerConfig {
+                name: "box-b".to_owned(),
+                url: "http://10.0.0.2:8080".to_owned(),
+                admin: "http://10.0.0.2:8081".to_owned(),
+                weight: 1.0,
+            }],
+            ..SiteConfig::default()
+        }
+    }
+
+    fn key_of_error(site: &SiteConfig) -> String {
+        match site.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_site_passes_and_each_mistake_names_its_key() {
+        assert!(site().validate().is_ok());
+        let mut itself = site();
+        itself.peers[0].name = "box-a".to_owned();
+        assert_eq!(key_of_error(&itself), "site.peer[0].name");
+        let mut twice = site();
+        twice.peers.push(twice.peers[0].clone());
+        assert_eq!(key_of_error(&twice), "site.peer[1].name");
+        let mut bad_url = site();
+        bad_url.peers[0].url = "10.0.0.2:8080".to_owned();
+        assert_eq!(key_of_error(&bad_url), "site.peer[0].url");
+        let mut tls_admin = site();
+        tls_admin.peers[0].admin = "https://10.0.0.2:8081".to_owned();
+        assert_eq!(key_of_error(&tls_admin), "site.peer[0].admin");
+        let mut no_token = site();
+        no_token.token_file = None;
+        assert_eq!(key_of_error(&no_token), "site.token_file");
+        let mut nameless = site();
+        nameless.box_name = String::new();
+        assert_eq!(key_of_error(&nameless), "site.box");
+        let mut zero = site();
+        zero.peers[0].weight = 0.0;
+        assert_eq!(key_of_error(&zero), "site.peer[0].weight");
+        let mut copies = site();
+        copies.copies = 0;
+        assert_eq!(key_of_error(&copies), "site.copies");
+    }
+}
