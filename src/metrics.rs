@@ -57,6 +57,13 @@ pub struct Metrics {
     pub ram_cache_hits: IntCounter,
     /// `tidecache_ram_cache_misses_total`: lookups of cacheable objects not in RAM (yet).
     pub ram_cache_misses: IntCounter,
+    /// `tidecache_fill_source_bytes_total{source}`: bytes the fill received, by where from
+    /// (`origin` or `peer`, a box of the site).
+    pub fill_source_bytes: IntCounterVec,
+    /// `tidecache_site_redirects_total`: viewers sent to another box of the site that
+    /// holds what this box does not.
+    pub site_redirects: IntCounter,
+    site_peer_ready: IntGaugeVec,
     open_files_cached: IntGauge,
     mode: IntGaugeVec,
     store_bytes_used: IntGaugeVec,
@@ -91,6 +98,8 @@ pub struct Snapshot<'a> {
     pub manifest_accepted_at: Option<i64>,
     /// How the last fill pass ended, if one did.
     pub last_pass: Option<LastPass>,
+    /// Each site peer's name and whether its last readiness check said ready.
+    pub site_peers: &'a [(String, bool)],
 }
 
 /// The end of the last fill pass, for the alert rules.
@@ -206,6 +215,24 @@ impl Metrics {
                 "tidecache_ram_cache_misses_total",
                 "Lookups of objects small enough for the RAM cache that it did not hold (yet).",
             )?,
+            fill_source_bytes: IntCounterVec::new(
+                Opts::new(
+                    "tidecache_fill_source_bytes_total",
+                    "Bytes the fill received, by source: the origin, or a peer box of the site.",
+                ),
+                &["source"],
+            )?,
+            site_redirects: IntCounter::new(
+                "tidecache_site_redirects_total",
+                "Viewer requests redirected to another box of the site that holds the object.",
+            )?,
+            site_peer_ready: IntGaugeVec::new(
+                Opts::new(
+                    "tidecache_site_peer_ready",
+                    "1 while a site peer's last /readyz check said ready, else 0.",
+                ),
+                &["peer"],
+            )?,
             open_files_cached: IntGauge::new(
                 "tidecache_open_files_cached",
                 "Object files the open-file cache keeps open.",
@@ -252,6 +279,9 @@ impl Metrics {
         for result in FILL_RESULTS {
             metrics.fill_objects.with_label_values(&[result]);
         }
+        for source in ["origin", "peer"] {
+            metrics.fill_source_bytes.with_label_values(&[source]);
+        }
         for state in LAST_PASS_STATES {
             metrics.last_pass.with_label_values(&[state]);
         }
@@ -274,6 +304,9 @@ impl Metrics {
             Box::new(metrics.ram_cache_bytes.clone()),
             Box::new(metrics.ram_cache_hits.clone()),
             Box::new(metrics.ram_cache_misses.clone()),
+            Box::new(metrics.fill_source_bytes.clone()),
+            Box::new(metrics.site_redirects.clone()),
+            Box::new(metrics.site_peer_ready.clone()),
             Box::new(metrics.open_files_cached.clone()),
             Box::new(metrics.store_state.clone()),
             Box::new(metrics.ready.clone()),
@@ -311,6 +344,13 @@ impl Metrics {
                 .set(i64::from(!pass.complete));
             self.last_pass_failed.set(clamp(pass.failed));
             self.last_pass_ended.set(pass.ended_at);
+        }
+        // Peers that left the site leave the exposition with them.
+        self.site_peer_ready.reset();
+        for (peer, ready) in snapshot.site_peers {
+            self.site_peer_ready
+                .with_label_values(&[peer.as_str()])
+                .set(i64::from(*ready));
         }
         for store in snapshot.stores {
             let label = store.path.display().to_string();

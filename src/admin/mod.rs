@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod site;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::metrics::{LastPass, Metrics, Snapshot};
 use crate::schedule::{Mode, ModeState, Override, OverrideControl};
 use crate::serve::body::ObjectBody;
 use crate::serve::handler::Handler;
+use crate::site::SiteStatus;
 use crate::store::{StoreStatus, Stores};
 use arc_swap::ArcSwap;
 use auth::{AdminToken, AuthError};
@@ -91,6 +93,9 @@ pub struct Status {
     pub objects: usize,
     /// Each store.
     pub stores: Vec<StoreStatus>,
+    /// The site, when this box is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<SiteStatus>,
 }
 
 impl Admin {
@@ -130,11 +135,15 @@ impl Admin {
             fill: self.fill.status(),
             objects: self.stores.object_count(),
             stores: self.stores.status(),
+            site: self.fill.site().map(|site| site.status()),
         }
     }
 
     async fn respond(&self, request: Request<Incoming>) -> Response<ObjectBody> {
         let path = request.uri().path().to_owned();
+        if path.starts_with("/v1/site/") {
+            return self.site_route(request).await;
+        }
         let allowed = match path.as_str() {
             "/healthz" | "/readyz" | "/metrics" | "/v1/status" => "GET, HEAD",
             "/v1/mode" => "POST",
@@ -184,15 +193,29 @@ impl Admin {
         }
     }
 
-    /// 200 when viewers are served; 503 with the reason otherwise.
+    /// 200 when viewers are served; 503 with the reason otherwise. In a site it also says
+    /// whether this box has settled into the site's current members (`Tidecache-Site:
+    /// settled` or `settling`), which its peers redirect by.
     fn readiness(&self) -> Response<ObjectBody> {
-        match self.not_ready() {
+        let mut response = match self.not_ready() {
             Some(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("not ready: {reason}\n"),
             ),
             None => text(StatusCode::OK, "ready\n"),
+        };
+        if let Some(site) = self.fill.site() {
+            let settled = if site.is_settled() {
+                "settled"
+            } else {
+                "settling"
+            };
+            response.headers_mut().insert(
+                crate::site::SETTLED_HEADER,
+                HeaderValue::from_static(settled),
+            );
         }
+        response
     }
 
     /// Why viewers should not be sent here now, if they should not: the mode (unless
@@ -246,6 +269,16 @@ impl Admin {
     /// and last fill pass read now.
     fn render_metrics(&self) -> String {
         let stores = self.stores.status();
+        let site_peers: Vec<(String, bool)> = self
+            .fill
+            .site()
+            .map(|site| {
+                site.peers()
+                    .iter()
+                    .map(|peer| (peer.name.clone(), peer.is_ready()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let last_pass = self.fill.status().last_fill.map(|report| LastPass {
             complete: report.state == FillState::Done,
             failed: report.failed,
@@ -267,6 +300,7 @@ impl Admin {
                 .manifest()
                 .map(|accepted| accepted.accepted_at.as_second()),
             last_pass,
+            site_peers: &site_peers,
         })
     }
 }

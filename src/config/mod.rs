@@ -561,7 +561,8 @@ impl Config {
             ));
         }
         if let Some(site) = &self.site {
-            site.validate()?;
+            site.validate()
+                .map_err(|err| ConfigError::invalid(err.key, err.message))?;
         }
         if self.limits.max_connections == 0 {
             return Err(ConfigError::invalid(

@@ -5,7 +5,25 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, HumanDuration};
+use super::units::HumanDuration;
+
+/// A `[site]` mistake: the key at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteError {
+    /// The dotted key, e.g. `site.peer[1].url`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SiteError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> SiteError {
+        SiteError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Most copies of an object a site keeps: beyond a handful, a copy buys no availability.
 pub const MAX_COPIES: u32 = 16;
@@ -71,34 +89,28 @@ fn default_weight() -> f64 {
 
 impl SiteConfig {
     /// Checks what types alone cannot, naming the key at fault.
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self) -> Result<(), SiteError> {
         if self.box_name.trim().is_empty() {
-            return Err(ConfigError::invalid(
+            return Err(SiteError::invalid(
                 "site.box",
                 "is empty: name this box, uniquely in its site",
             ));
         }
         if !(1..=MAX_COPIES).contains(&self.copies) {
-            return Err(ConfigError::invalid(
+            return Err(SiteError::invalid(
                 "site.copies",
                 format!("must be between 1 and {MAX_COPIES}"),
             ));
         }
         check_weight("site.weight", self.weight)?;
         if self.check_interval.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "site.check_interval",
-                "must be above 0",
-            ));
+            return Err(SiteError::invalid("site.check_interval", "must be above 0"));
         }
         if self.check_timeout.0.is_zero() {
-            return Err(ConfigError::invalid(
-                "site.check_timeout",
-                "must be above 0",
-            ));
+            return Err(SiteError::invalid("site.check_timeout", "must be above 0"));
         }
         if !self.peers.is_empty() && self.token_file.is_none() {
-            return Err(ConfigError::invalid(
+            return Err(SiteError::invalid(
                 "site.token_file",
                 "is needed when the site has peers: they fill from each other with it",
             ));
@@ -107,10 +119,10 @@ impl SiteConfig {
         for (index, peer) in self.peers.iter().enumerate() {
             let key = |field: &str| format!("site.peer[{index}].{field}");
             if peer.name.trim().is_empty() {
-                return Err(ConfigError::invalid(key("name"), "is empty"));
+                return Err(SiteError::invalid(key("name"), "is empty"));
             }
             if peer.name == self.box_name {
-                return Err(ConfigError::invalid(
+                return Err(SiteError::invalid(
                     key("name"),
                     format!(
                         "{:?} is this box (site.box): list only the other boxes",
@@ -119,15 +131,15 @@ impl SiteConfig {
                 ));
             }
             if !names.insert(peer.name.as_str()) {
-                return Err(ConfigError::invalid(
+                return Err(SiteError::invalid(
                     key("name"),
                     format!("{:?} is listed twice", peer.name),
                 ));
             }
             check_base_url(&peer.url, &["http", "https"])
-                .map_err(|why| ConfigError::invalid(key("url"), format!("{:?} {why}", peer.url)))?;
+                .map_err(|why| SiteError::invalid(key("url"), format!("{:?} {why}", peer.url)))?;
             check_base_url(&peer.admin, &["http"]).map_err(|why| {
-                ConfigError::invalid(key("admin"), format!("{:?} {why}", peer.admin))
+                SiteError::invalid(key("admin"), format!("{:?} {why}", peer.admin))
             })?;
             check_weight(&key("weight"), peer.weight)?;
         }
@@ -135,11 +147,11 @@ impl SiteConfig {
     }
 }
 
-fn check_weight(key: &str, weight: f64) -> Result<(), ConfigError> {
+fn check_weight(key: &str, weight: f64) -> Result<(), SiteError> {
     if weight.is_finite() && weight > 0.0 {
         Ok(())
     } else {
-        Err(ConfigError::invalid(key, "must be a number above 0"))
+        Err(SiteError::invalid(key, "must be a number above 0"))
     }
 }
 
@@ -182,7 +194,7 @@ mod tests {
 
     fn key_of_error(site: &SiteConfig) -> String {
         match site.validate() {
-            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(SiteError { key, .. }) => key,
             other => panic!("{other:?}"),
         }
     }

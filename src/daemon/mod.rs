@@ -40,6 +40,7 @@ use crate::serve::access_log::AccessLog;
 use crate::serve::cache::{CacheMetrics, RamCache};
 use crate::serve::{Viewer, ViewerSettings};
 use crate::signal::{self, Stop, Trigger};
+use crate::site::{Site, SiteToken};
 use crate::store::{StoreState, Stores};
 pub use error::StartError;
 use settings::{FilesRead, Https};
@@ -113,6 +114,14 @@ impl Daemon {
             stores.with_open_file_cache(settings::open_file_cache_size(config.cache.open_files)),
         );
         let fill = Arc::new(fill);
+        // Before the content check: a box of a site holds its share, not the manifest.
+        let site = config.site.as_ref().map(|site_config| {
+            let token = files.site_token.clone().unwrap_or_else(SiteToken::none);
+            Arc::new(Site::new(site_config, token, &config.state_dir))
+        });
+        if let Some(site) = &site {
+            fill.set_site(Arc::clone(site));
+        }
         fill.set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         fill.stocked().set_ready_share(config.fill.ready_share);
         stores.set_direct_writes(config.fill.direct_writes);
@@ -127,9 +136,12 @@ impl Daemon {
         );
         let mode = handles.mode.clone();
         let overrides = Arc::new(Scheduler::control(override_file, handles.overrides));
-        let viewer = Arc::new(
-            build_viewer(config, &stores, &mode, &metrics, files.signing_key)?.with_clock(clock),
-        );
+        let mut viewer =
+            build_viewer(config, &stores, &mode, &metrics, files.signing_key)?.with_clock(clock);
+        if let Some(site) = &site {
+            viewer = viewer.with_site(Arc::clone(site));
+        }
+        let viewer = Arc::new(viewer);
         let tls = files.tls.map(|tls| Arc::new(ArcSwap::from_pointee(tls)));
         let sockets = bind_sockets(config, tls.as_ref()).await?;
 
@@ -181,6 +193,9 @@ impl Daemon {
         let mut tasks = JoinSet::new();
         tasks.spawn(admin_listener.run(shutdown.clone()));
         tasks.spawn(scheduler.run(shutdown.clone()));
+        if let Some(site) = &site {
+            tasks.spawn(Arc::clone(site).run_checks(shutdown.clone()));
+        }
         tasks.spawn(engine.run(shutdown));
 
         let daemon = Daemon {
@@ -263,6 +278,16 @@ impl Daemon {
             .viewer
             .reload(ViewerSettings::from_config(config).with_signing_key(files.signing_key));
         self.live.admin.reload(files.admin);
+        // A box joins or leaves a site only at a restart ("site.box" below); its peers,
+        // weights, copies and token change here.
+        if let (Some(site), Some(site_config)) = (self.fill.site(), &config.site) {
+            if site_config.box_name == site.name() {
+                site.reload(
+                    site_config,
+                    files.site_token.unwrap_or_else(SiteToken::none),
+                );
+            }
+        }
         self.live
             .limits
             .store(Arc::new(settings::connection_limits(config)));

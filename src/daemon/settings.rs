@@ -11,6 +11,7 @@ use crate::fill::engine::EngineSettings;
 use crate::http::ConnectionLimits;
 use crate::http::tls::{Resumption, ViewerTls};
 use crate::schedule::Plan;
+use crate::site::SiteToken;
 
 /// What the configuration's key and certificate files hold, read and checked.
 pub(super) struct FilesRead {
@@ -20,6 +21,8 @@ pub(super) struct FilesRead {
     pub admin: AdminSettings,
     /// The signed-URL key, if configured.
     pub signing_key: Option<Vec<u8>>,
+    /// The site token, when `[site]` is configured.
+    pub site_token: Option<SiteToken>,
 }
 
 impl FilesRead {
@@ -38,6 +41,14 @@ impl FilesRead {
             tls,
             admin: admin_settings(config)?,
             signing_key: signing_key(config)?,
+            site_token: config
+                .site
+                .as_ref()
+                .map(|site| {
+                    SiteToken::load(site.token_file.as_deref())
+                        .map_err(|err| StartError::config("site.token_file", err))
+                })
+                .transpose()?,
         })
     }
 }
@@ -142,6 +153,11 @@ pub(super) fn needing_restart(running: &Config, wanted: &Config) -> Vec<&'static
         ("cache", running.cache != wanted.cache),
         ("fill.ca_file", running.fill.ca_file != wanted.fill.ca_file),
         ("http.access_log", access_log(running) != access_log(wanted)),
+        (
+            "site.box",
+            running.site.as_ref().map(|site| &site.box_name)
+                != wanted.site.as_ref().map(|site| &site.box_name),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

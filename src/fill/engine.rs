@@ -10,7 +10,7 @@
 //! transfer starts, in-flight ones get a grace period and are then checkpointed for the next
 //! window, and the index is flushed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use tokio::task::JoinSet;
 
 use super::fetch::{FetchError, Fetcher};
 use super::manifest::{Manifest, ManifestObject};
-use super::plan::{FillPlan, Survey, dropped_beyond, fit, held_bytes, survey};
+use super::peers::{Sources, hand_off, object_url, plan_sources};
+use super::plan::{FillPlan, Owns, Survey, dropped_beyond, fit, held_bytes, owns_all, survey};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
 use super::stocked::{Measured, holds_enough};
@@ -29,6 +30,7 @@ use crate::config::ManifestUrl;
 use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState};
 use crate::signal::{self, Cancel, Shutdown, Signal};
+use crate::site::Peer;
 use crate::store::writer::{ObjectWriter, partial_name};
 use crate::store::{StoreError, Stores};
 
@@ -39,6 +41,11 @@ const DELETE_BATCH: usize = 256;
 const WRITE_BATCH: usize = 1 << 20;
 /// Longest pause between retries of one object.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a later owner waits for an object's first owner (which says "not yet" while
+/// its pass may still store it) before fetching it from the origin itself.
+const MAX_PEER_WAIT: Duration = Duration::from_secs(600);
+/// Between two asks of a first owner that said "not yet".
+const PEER_WAIT_STEP: Duration = Duration::from_millis(500);
 
 /// How the engine behaves, from `[fill]`.
 #[derive(Debug, Clone)]
@@ -108,6 +115,10 @@ enum TransferOutcome {
         reason: String,
     },
     Paused,
+    /// Its first owner in the site may still store it: asked again later.
+    Deferred {
+        since: Instant,
+    },
 }
 
 impl TransferOutcome {
@@ -131,6 +142,20 @@ struct TransferContext {
     retries: u32,
     retry_base: Duration,
     cancel: Signal<Cancel>,
+    /// The site token's `Authorization` value, for peer fill.
+    bearer: Option<String>,
+    /// `tidecache_fill_source_bytes_total`, resolved once per source.
+    origin_bytes: prometheus::IntCounter,
+    peer_bytes: prometheus::IntCounter,
+}
+
+/// Where one attempt reads an object from.
+#[derive(Clone, Copy)]
+enum ReadFrom<'a> {
+    /// Its manifest source.
+    Origin,
+    /// A peer box of the site.
+    Peer(&'a Peer),
 }
 
 impl Engine {
@@ -265,16 +290,22 @@ impl Engine {
         // stores hold that it no longer lists.
         self.stores.clear_full();
         self.stores.probe();
+        self.fill.planning();
+        let members = self.fill.site().map(|site| site.fingerprint());
         let surveyed = {
             let (stores, accepted) = (Arc::clone(&self.stores), Arc::clone(accepted));
+            let fill_site = self.fill.site().cloned();
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 // Held for the pass, read back from the saved file if nothing holds it.
                 let manifest = accepted.contents().map_err(|err| err.to_string())?;
                 let read = started.elapsed();
                 let damaged = stores.damaged();
+                let site = fill_site.as_deref();
+                let owns_share =
+                    |path: &str, copies: u8| site.is_none_or(|site| site.is_mine(path, copies));
                 let (survey, deletes) = stores.with_usable_index(|index| {
-                    let survey = survey(&manifest, index, &damaged);
+                    let survey = survey(&manifest, index, &damaged, &owns_share);
                     let deletes = dropped_beyond(&manifest, index, survey.listed);
                     (survey, deletes)
                 });
@@ -293,9 +324,10 @@ impl Engine {
         };
         // A survey that did not finish is no survey: an empty one would read as "nothing to
         // fetch", a pass done, and a box that holds its content.
-        let (manifest, survey, deletes) = match surveyed {
+        let (manifest, mut survey, deletes) = match surveyed {
             Ok(surveyed) => surveyed,
             Err(err) => {
+                self.fill.pass_over();
                 // A damaged manifest.bin is not mended by waiting: a minute between tries, not
                 // a re-read of the whole file every few seconds; a new manifest ends the wait.
                 tracing::error!(error = %err, "the fill plan failed; the pass is tried again in 60 s (a damaged saved manifest needs a whole manifest pushed)");
@@ -306,7 +338,17 @@ impl Engine {
                 }
             }
         };
-        let (deleted, interrupted) = self.delete_dropped(deletes, manifests, stop).await;
+        let handoff = std::mem::take(&mut survey.handoff);
+        if let Some(site) = self.fill.site() {
+            site.set_share(crate::site::Share {
+                objects: survey.share_objects,
+                bytes: survey.share_bytes,
+            });
+        }
+        let (mut deleted, interrupted) = self.delete_dropped(deletes, manifests, stop).await;
+        if interrupted.is_none() {
+            deleted += self.hand_off(&manifest, &handoff).await;
+        }
         let mut counts = PassCounts {
             already_present: 0,
             skipped_no_room: 0,
@@ -321,10 +363,24 @@ impl Engine {
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
                 self.note_content(false).await;
-                self.transfer_all(&manifest, work.fetches, manifests, stop)
+                let sources = match self.fill.site() {
+                    Some(site) => plan_sources(&self.fetcher, site, &manifest, &work.fetches).await,
+                    None => HashMap::new(),
+                };
+                self.transfer_all(&manifest, work.fetches, sources, manifests, stop)
                     .await
             }
         };
+        if matches!(end, PassEnd::Done) {
+            // A whole pass under this member set: this box holds what it is meant to (but
+            // for failures), so its peers send viewers to it and give up what moved here.
+            if let (Some(site), Some(members)) = (self.fill.site(), &members) {
+                site.settle(members);
+            }
+            // What moved here during this pass may be given up now, not a night later.
+            counts.deleted += self.hand_off(&manifest, &handoff).await;
+        }
+        self.fill.pass_over();
         self.flush_index().await;
         let state = match end {
             PassEnd::Done => FillState::Done,
@@ -447,6 +503,7 @@ impl Engine {
     /// files nothing will resume, and starts the pass's progress (objects with no room are
     /// failed at once).
     async fn plan_fetches(&self, manifest: &Manifest, survey: Survey) -> FillPlan {
+        let (share_objects, share_bytes) = (survey.share_objects, survey.share_bytes);
         let work = fit(manifest, survey, self.stores.free_bytes());
         let keep: HashSet<String> = work
             .fetches
@@ -463,10 +520,10 @@ impl Engine {
         self.fill.with_progress(|progress| {
             progress.state = FillState::Running;
             progress.manifest_id = Some(manifest.id.clone());
-            progress.objects_total = manifest.len() as u64;
+            progress.objects_total = share_objects;
             progress.objects_done = work.present;
             progress.objects_failed = 0;
-            progress.bytes_total = manifest.total_bytes;
+            progress.bytes_total = share_bytes;
             progress.bytes_done = work.present_bytes;
             progress.bytes_verified = work.present_bytes;
             progress.bytes_fetched = 0;
@@ -484,7 +541,26 @@ impl Engine {
             .fill_objects
             .with_label_values(&["skipped"])
             .inc_by(work.no_room.len() as u64);
+        if self.fill.site().is_some() {
+            self.fill.fetching(
+                work.fetches
+                    .iter()
+                    .map(|&index| Box::from(manifest.get(index).path))
+                    .collect(),
+            );
+        }
         work
+    }
+
+    /// Gives up the stored objects of `handoff` that a box owning them now holds (a site
+    /// only).
+    async fn hand_off(&self, manifest: &Arc<Manifest>, handoff: &[usize]) -> u64 {
+        match self.fill.site() {
+            Some(site) if !handoff.is_empty() => {
+                hand_off(&self.fetcher, site, &self.stores, manifest, handoff).await
+            }
+            _ => 0,
+        }
     }
 
     /// Transfers `fetches`, `fill.concurrency` at a time, until all are done or the window
@@ -495,6 +571,7 @@ impl Engine {
         &mut self,
         manifest: &Manifest,
         fetches: Vec<usize>,
+        mut sources: HashMap<usize, Sources>,
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
         stop: &mut Shutdown,
     ) -> (PassEnd, u64) {
@@ -508,10 +585,25 @@ impl Engine {
             retries: self.settings.retries,
             retry_base: self.settings.retry_base,
             cancel: cancel_signal,
+            bearer: self.fill.site().and_then(|site| site.token().bearer()),
+            origin_bytes: self
+                .metrics
+                .fill_source_bytes
+                .with_label_values(&["origin"]),
+            peer_bytes: self.metrics.fill_source_bytes.with_label_values(&["peer"]),
         };
         // Positions in the manifest: an object is copied out of its compact form only when
-        // its transfer starts.
-        let mut queue: VecDeque<usize> = fetches.into();
+        // its transfer starts. Objects that wait for their first owner in the site come
+        // after every other (stable: priorities stay in order on each side), so a box
+        // fetches what it is first to fetch before it waits on others.
+        let (waits, own): (Vec<usize>, Vec<usize>) = fetches.into_iter().partition(|index| {
+            sources
+                .get(index)
+                .is_some_and(|sources| sources.wait_for.is_some())
+        });
+        let mut queue: VecDeque<usize> = own.into_iter().chain(waits).collect();
+        // Objects whose first owner said "not yet": when to ask again, and since when.
+        let mut waiting: VecDeque<(tokio::time::Instant, usize, Instant)> = VecDeque::new();
         let mut transfers = JoinSet::new();
         let mut stored = 0u64;
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
@@ -531,15 +623,32 @@ impl Engine {
                 }
             }
             while winding_down.is_none() && transfers.len() < self.settings.concurrency.max(1) {
-                let Some(index) = queue.pop_front() else {
-                    break;
+                let now = tokio::time::Instant::now();
+                let (index, since) = match queue.pop_front() {
+                    Some(index) => (index, Instant::now()),
+                    None => match waiting.front() {
+                        Some(&(due, index, since)) if due <= now => {
+                            waiting.pop_front();
+                            (index, since)
+                        }
+                        _ => break,
+                    },
                 };
                 let object = manifest.get(index).to_owned();
-                transfers.spawn(transfer(context.clone(), object));
+                let object_sources = sources.get(&index).cloned().unwrap_or_default();
+                transfers.spawn(transfer(
+                    context.clone(),
+                    index,
+                    object,
+                    object_sources,
+                    since,
+                ));
             }
-            if transfers.is_empty() {
+            if transfers.is_empty() && (waiting.is_empty() || winding_down.is_some()) {
                 break;
             }
+            let next_due = waiting.front().map(|&(due, _, _)| due);
+            let room = transfers.len() < self.settings.concurrency.max(1);
             let grace_over = async {
                 match &winding_down {
                     Some((deadline, _)) => tokio::time::sleep_until(*deadline).await,
@@ -547,15 +656,23 @@ impl Engine {
                 }
             };
             tokio::select! {
-                joined = transfers.join_next() => {
-                    if let Some(Ok((path, outcome))) = joined {
-                        if let TransferOutcome::Stored { .. } = outcome {
-                            stored += 1;
+                joined = transfers.join_next(), if !transfers.is_empty() => {
+                    match joined {
+                        Some(Ok((index, _, TransferOutcome::Deferred { since }))) => {
+                            waiting.push_back((tokio::time::Instant::now() + PEER_WAIT_STEP, index, since));
                         }
-                        self.record(&path, outcome);
-                        self.note_content(false).await;
+                        Some(Ok((index, path, outcome))) => {
+                            if let TransferOutcome::Stored { .. } = outcome {
+                                stored += 1;
+                            }
+                            sources.remove(&index);
+                            self.record(&path, outcome);
+                            self.note_content(false).await;
+                        }
+                        _ => {}
                     }
                 }
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() && room && winding_down.is_none() => {}
                 _ = self.mode.changed(), if winding_down.is_none() => {
                     if self.mode.borrow().mode != Mode::Filling {
                         tracing::info!(grace = ?self.settings.stop_grace, in_flight = transfers.len(), "fill window ended; finishing in-flight transfers");
@@ -577,7 +694,7 @@ impl Engine {
         }
         let end = match winding_down {
             Some((_, end)) => end,
-            None if queue.is_empty() => PassEnd::Done,
+            None if queue.is_empty() && waiting.is_empty() => PassEnd::Done,
             None => PassEnd::Paused,
         };
         (end, stored)
@@ -598,6 +715,9 @@ impl Engine {
 
     /// Counts a finished transfer.
     fn record(&self, path: &str, outcome: TransferOutcome) {
+        if !matches!(outcome, TransferOutcome::Paused) {
+            self.fill.fetched(path);
+        }
         match outcome {
             TransferOutcome::Stored { bytes } => {
                 self.metrics
@@ -628,7 +748,7 @@ impl Engine {
                 self.fill
                     .with_progress(|progress| progress.fail(path, reason));
             }
-            TransferOutcome::Paused => {}
+            TransferOutcome::Paused | TransferOutcome::Deferred { .. } => {}
         }
     }
 }
@@ -656,21 +776,25 @@ pub async fn check_content(fill: Arc<Fill>, stores: Arc<Stores>) {
         let share = stocked.ready_share();
         let in_force = Arc::clone(&accepted);
         let measuring = Arc::clone(&stores);
+        let fill_site = fill.site().cloned();
         let held = tokio::task::spawn_blocking(move || {
             let manifest = in_force.contents().map_err(|err| {
                 tracing::error!(error = %err, "cannot read the manifest in force to measure what the stores hold");
             })?;
             let damaged = measuring.damaged();
-            Ok::<_, ()>(measuring.with_usable_index(|index| held_bytes(&manifest, index, &damaged)))
+            let site = fill_site.as_deref();
+            let owns_share = |path: &str, copies: u8| site.is_none_or(|site| site.is_mine(path, copies));
+            let owns: Owns<'_> = if site.is_some() { &owns_share } else { &owns_all };
+            Ok::<_, ()>(measuring.with_usable_index(|index| held_bytes(&manifest, index, &damaged, owns)))
         })
         .await
         .ok()
         .and_then(Result::ok);
         // Not measured is not "holds nothing": the reason stays what it was.
-        let Some(held) = held else {
+        let Some((held, total)) = held else {
             return;
         };
-        let total = accepted.total_bytes;
+
         let id = &accepted.id;
         stocked.measure(Measured {
             manifest_id: id.clone(),
@@ -728,50 +852,144 @@ enum AttemptEnd {
     },
     StoreFull(usize),
     Cancelled,
+    /// A peer did not give the object: `not_yet` when its pass may still store it.
+    PeerSaid {
+        not_yet: bool,
+    },
 }
 
-/// Fetches one object, with retries. Returns its path and how it ended.
-async fn transfer(context: TransferContext, object: ManifestObject) -> (String, TransferOutcome) {
-    let outcome = transfer_object(&context, &object).await;
-    (object.path, outcome)
+/// Fetches one object: from the peers of `sources` first, then from its source with
+/// retries. Returns its manifest position, its path and how it ended.
+async fn transfer(
+    context: TransferContext,
+    index: usize,
+    object: ManifestObject,
+    sources: Sources,
+    since: Instant,
+) -> (usize, String, TransferOutcome) {
+    let outcome = transfer_object(&context, &object, &sources, since).await;
+    (index, object.path, outcome)
 }
 
-async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> TransferOutcome {
+/// Opens the object's writer: resuming what an earlier attempt left unless
+/// `from_scratch`. `Err` is how the transfer ends when no store can take it.
+async fn open_writer(
+    context: &TransferContext,
+    object: &ManifestObject,
+    from_scratch: bool,
+) -> Result<ObjectWriter, TransferOutcome> {
+    let stores = Arc::clone(&context.stores);
+    let (path, size, sha256) = (object.path.clone(), object.size, object.sha256);
+    let opened = tokio::task::spawn_blocking(move || {
+        if from_scratch {
+            ObjectWriter::begin(&stores, &path, size, sha256)
+        } else {
+            ObjectWriter::begin_or_resume(&stores, &path, size, sha256)
+        }
+    })
+    .await;
+    let writer = match opened {
+        Ok(Ok(writer)) => writer,
+        Ok(Err(StoreError::NoRoom { .. })) => {
+            return Err(TransferOutcome::Skipped {
+                reason: format!("no room: no store can take {} more bytes", object.size),
+            });
+        }
+        Ok(Err(err)) => return Err(TransferOutcome::failed(err.to_string())),
+        Err(err) => return Err(TransferOutcome::failed(err.to_string())),
+    };
+    let already = writer.written();
+    context
+        .fill
+        .with_progress(|progress| progress.bytes_done += already);
+    Ok(writer)
+}
+
+/// How asking one peer for an object went.
+enum PeerTry {
+    Stored(u64),
+    /// Not there (or not usable): the next source.
+    NotThere,
+    /// Its first owner may still store it.
+    NotYet,
+    Cancelled,
+}
+
+/// One attempt at `object` from `peer`, verified like any fill. A wrong answer (bytes
+/// that fail verification) makes the next attempt start from scratch.
+async fn from_peer(
+    context: &TransferContext,
+    object: &ManifestObject,
+    peer: &Peer,
+    from_scratch: &mut bool,
+) -> PeerTry {
+    if context.cancel.is_raised() {
+        return PeerTry::Cancelled;
+    }
+    let writer = match open_writer(context, object, *from_scratch).await {
+        Ok(writer) => writer,
+        Err(_) => return PeerTry::NotThere,
+    };
+    match attempt_object(context, object, writer, ReadFrom::Peer(peer)).await {
+        Ok(bytes) => PeerTry::Stored(bytes),
+        Err((end, counted)) => {
+            context
+                .fill
+                .with_progress(|progress| progress.take_back(counted));
+            match end {
+                AttemptEnd::Cancelled => PeerTry::Cancelled,
+                AttemptEnd::PeerSaid { not_yet: true } => PeerTry::NotYet,
+                AttemptEnd::Verify { mismatch, .. } => {
+                    tracing::warn!(path = %object.path, peer = %peer.name, reason = %mismatch.reason, "a site peer's copy failed verification; trying the next source");
+                    *from_scratch = true;
+                    PeerTry::NotThere
+                }
+                AttemptEnd::StoreFull(store) => {
+                    context.stores.mark_full(store);
+                    PeerTry::NotThere
+                }
+                _ => PeerTry::NotThere,
+            }
+        }
+    }
+}
+
+async fn transfer_object(
+    context: &TransferContext,
+    object: &ManifestObject,
+    sources: &Sources,
+    since: Instant,
+) -> TransferOutcome {
     let mut attempt = 0u32;
     let mut from_scratch = false;
+    for peer in &sources.holders {
+        match from_peer(context, object, peer, &mut from_scratch).await {
+            PeerTry::Stored(bytes) => return TransferOutcome::Stored { bytes },
+            PeerTry::Cancelled => return TransferOutcome::Paused,
+            PeerTry::NotThere | PeerTry::NotYet => {}
+        }
+    }
+    if let Some(first_owner) = &sources.wait_for {
+        if since.elapsed() < MAX_PEER_WAIT {
+            match from_peer(context, object, first_owner, &mut from_scratch).await {
+                PeerTry::Stored(bytes) => return TransferOutcome::Stored { bytes },
+                PeerTry::Cancelled => return TransferOutcome::Paused,
+                PeerTry::NotYet => return TransferOutcome::Deferred { since },
+                PeerTry::NotThere => {}
+            }
+        } else {
+            tracing::info!(path = %object.path, peer = %first_owner.name, "waited long enough for the first owner; fetching from the origin");
+        }
+    }
     loop {
         if context.cancel.is_raised() {
             return TransferOutcome::Paused;
         }
-        let stores = Arc::clone(&context.stores);
-        let (path, size, sha256) = (object.path.clone(), object.size, object.sha256);
-        let opened = tokio::task::spawn_blocking(move || {
-            if from_scratch {
-                ObjectWriter::begin(&stores, &path, size, sha256)
-            } else {
-                ObjectWriter::begin_or_resume(&stores, &path, size, sha256)
-            }
-        })
-        .await;
-        let writer = match opened {
-            Ok(Ok(writer)) => writer,
-            Ok(Err(StoreError::NoRoom { .. })) => {
-                return TransferOutcome::Skipped {
-                    reason: format!("no room: no store can take {} more bytes", object.size),
-                };
-            }
-            Ok(Err(err)) => {
-                return TransferOutcome::failed(err.to_string());
-            }
-            Err(err) => {
-                return TransferOutcome::failed(err.to_string());
-            }
+        let writer = match open_writer(context, object, from_scratch).await {
+            Ok(writer) => writer,
+            Err(outcome) => return outcome,
         };
-        let already = writer.written();
-        context
-            .fill
-            .with_progress(|progress| progress.bytes_done += already);
-        match attempt_object(context, object, writer).await {
+        match attempt_object(context, object, writer, ReadFrom::Origin).await {
             Ok(bytes) => return TransferOutcome::Stored { bytes },
             Err((end, counted)) => {
                 context
@@ -779,6 +997,11 @@ async fn transfer_object(context: &TransferContext, object: &ManifestObject) -> 
                     .with_progress(|progress| progress.take_back(counted));
                 match end {
                     AttemptEnd::Cancelled => return TransferOutcome::Paused,
+                    AttemptEnd::PeerSaid { .. } => {
+                        return TransferOutcome::failed(
+                            "a peer's answer ended an origin fetch".to_owned(),
+                        );
+                    }
                     AttemptEnd::Fail(reason) => {
                         return TransferOutcome::Failed {
                             reason,
@@ -843,6 +1066,7 @@ async fn attempt_object(
     context: &TransferContext,
     object: &ManifestObject,
     mut writer: ObjectWriter,
+    from: ReadFrom<'_>,
 ) -> Result<u64, (AttemptEnd, u64)> {
     let offset = writer.written();
     let mut counted = offset;
@@ -857,8 +1081,24 @@ async fn attempt_object(
     let mut cancel = context.cancel.clone();
     // An origin that never answers (or answers slowly) must not hold the window's end or a
     // shutdown: the wait for the response head is raced against cancellation.
+    let open = async {
+        match (from, &context.bearer) {
+            (ReadFrom::Origin, _) => context.fetcher.open(&object.source, offset, &roots).await,
+            (ReadFrom::Peer(peer), Some(bearer)) => {
+                let url = object_url(peer, &object.path);
+                context.fetcher.open_peer(&url, bearer, offset).await
+            }
+            (ReadFrom::Peer(_), None) => {
+                Err(FetchError::permanent("no site token to ask a peer with"))
+            }
+        }
+    };
+    let (source_bytes, paced) = match from {
+        ReadFrom::Origin => (&context.origin_bytes, true),
+        ReadFrom::Peer(_) => (&context.peer_bytes, false),
+    };
     let opened = tokio::select! {
-        opened = context.fetcher.open(&object.source, offset, &roots) => opened,
+        opened = open => opened,
         _ = cancel.raised() => {
             checkpoint(writer).await;
             return Err((AttemptEnd::Cancelled, counted));
@@ -866,6 +1106,12 @@ async fn attempt_object(
     };
     let mut download = match opened {
         Ok(download) => download,
+        Err(err) if matches!(from, ReadFrom::Peer(_)) => {
+            // What was written stays for the next source to resume.
+            checkpoint(writer).await;
+            let not_yet = err.status == Some(http::StatusCode::SERVICE_UNAVAILABLE);
+            return Err((AttemptEnd::PeerSaid { not_yet }, counted));
+        }
         Err(err) => {
             let retryable = err.retryable;
             let end = fetch_end(err);
@@ -910,10 +1156,12 @@ async fn attempt_object(
                 batch.extend_from_slice(&data);
                 // `fill.max_rate`'s pacing can be long at a low cap: it ends at cancellation
                 // too, keeping the bytes already received.
-                let paced = tokio::select! {
-                    _ = context.rate.acquire(data.len()) => true,
-                    _ = cancel.raised() => false,
-                };
+                // `fill.max_rate` caps what crosses the transit: peers are on the site's LAN.
+                let paced = !paced
+                    || tokio::select! {
+                        _ = context.rate.acquire(data.len()) => true,
+                        _ = cancel.raised() => false,
+                    };
                 if !paced {
                     return match flush(writer, batch).await {
                         Ok(writer) => {
@@ -925,6 +1173,7 @@ async fn attempt_object(
                 }
                 counted += data.len() as u64;
                 context.metrics.fill_bytes.inc_by(data.len() as u64);
+                source_bytes.inc_by(data.len() as u64);
                 context
                     .fill
                     .with_progress(|progress| progress.add_bytes(data.len() as u64));
@@ -937,8 +1186,11 @@ async fn attempt_object(
             }
             Ok(None) => break,
             Err(err) => {
-                let retryable = err.retryable;
-                let end = fetch_end(err);
+                let retryable = err.retryable || matches!(from, ReadFrom::Peer(_));
+                let end = match from {
+                    ReadFrom::Peer(_) => AttemptEnd::PeerSaid { not_yet: false },
+                    ReadFrom::Origin => fetch_end(err),
+                };
                 return match flush(writer, batch).await {
                     Ok(writer) if retryable => {
                         checkpoint(writer).await;

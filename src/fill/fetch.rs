@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -43,6 +43,9 @@ pub struct FetchError {
     /// How long the origin asked to be left alone (`Retry-After` on a 429 or 503), capped
     /// at [`MAX_RETRY_AFTER`].
     pub retry_after: Option<Duration>,
+    /// The HTTP status that ended the attempt, when one did (a peer's 404 and 503 mean
+    /// "not here" and "not yet").
+    pub status: Option<StatusCode>,
 }
 
 impl FetchError {
@@ -52,6 +55,7 @@ impl FetchError {
             message: message.into(),
             retryable: true,
             retry_after: None,
+            status: None,
         }
     }
 
@@ -61,6 +65,7 @@ impl FetchError {
             message: message.into(),
             retryable: false,
             retry_after: None,
+            status: None,
         }
     }
 }
@@ -87,7 +92,7 @@ pub struct ClientSetupError {
     reason: String,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Downloads objects. One per fill engine; connections are pooled per origin.
 #[derive(Clone)]
@@ -179,7 +184,7 @@ impl Fetcher {
             request = request.header(header::IF_NONE_MATCH, etag);
         }
         let request = request
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|err| FetchError::permanent(format!("{url}: {err}")))?;
         let response = tokio::time::timeout(STALL_TIMEOUT, self.client.request(request))
             .await
@@ -213,11 +218,69 @@ impl Fetcher {
     ) -> Result<Download, FetchError> {
         match source {
             Source::File(path) => open_file(path, offset, Arc::clone(roots)).await,
-            Source::Http(url) => self.open_http(url, offset).await,
+            Source::Http(url) => self.open_http(url, offset, None).await,
         }
     }
 
-    async fn open_http(&self, url: &str, offset: u64) -> Result<Download, FetchError> {
+    /// Starts downloading from a peer box of the site (`GET` with the site's bearer token),
+    /// from byte `offset`.
+    pub async fn open_peer(
+        &self,
+        url: &str,
+        bearer: &str,
+        offset: u64,
+    ) -> Result<Download, FetchError> {
+        self.open_http(url, offset, Some(bearer)).await
+    }
+
+    /// POSTs a JSON `body` to a peer box of the site and returns its 200 answer's body (at
+    /// most `limit` bytes), within `timeout`.
+    pub async fn post_peer(
+        &self,
+        url: &str,
+        bearer: &str,
+        body: Vec<u8>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, FetchError> {
+        let exchange = async {
+            let request = Request::post(url)
+                .header(
+                    header::USER_AGENT,
+                    concat!("tidecache/", env!("CARGO_PKG_VERSION")),
+                )
+                .header(header::AUTHORIZATION, bearer)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|err| FetchError::permanent(format!("{url}: {err}")))?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| FetchError::retry(format!("{url}: {}", error_chain(&err))))?;
+            let status = response.status();
+            if status != StatusCode::OK {
+                let mut error = FetchError::retry(format!("{url}: {status}"));
+                error.status = Some(status);
+                return Err(error);
+            }
+            http_body_util::Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .map_err(|err| FetchError::retry(format!("{url}: {err}")))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| FetchError::retry(format!("{url}: no answer in {timeout:?}")))?
+    }
+
+    async fn open_http(
+        &self,
+        url: &str,
+        offset: u64,
+        bearer: Option<&str>,
+    ) -> Result<Download, FetchError> {
         let mut target: Uri = url
             .parse()
             .map_err(|_| FetchError::permanent(format!("{url}: not a valid URL")))?;
@@ -231,8 +294,11 @@ impl Fetcher {
             if offset > 0 {
                 request = request.header(header::RANGE, format!("bytes={offset}-"));
             }
+            if let Some(bearer) = bearer {
+                request = request.header(header::AUTHORIZATION, bearer);
+            }
             let request = request
-                .body(Empty::new())
+                .body(Full::default())
                 .map_err(|err| FetchError::permanent(format!("{target}: {err}")))?;
             let response = tokio::time::timeout_at(deadline, self.client.request(request))
                 .await
@@ -278,6 +344,7 @@ impl Fetcher {
                 ))),
                 status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
                     let mut error = FetchError::retry(format!("{target}: {status}"));
+                    error.status = Some(status);
                     if matches!(
                         status,
                         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -292,7 +359,11 @@ impl Fetcher {
                     }
                     Err(error)
                 }
-                status => Err(FetchError::permanent(format!("{target}: {status}"))),
+                status => {
+                    let mut error = FetchError::permanent(format!("{target}: {status}"));
+                    error.status = Some(status);
+                    Err(error)
+                }
             };
         }
         Err(FetchError::permanent(format!(

@@ -19,13 +19,15 @@ pub mod engine;
 pub mod fetch;
 pub mod file_roots;
 pub mod manifest;
+pub mod peers;
 pub mod plan;
 pub mod progress;
 pub mod rate;
 pub mod stocked;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -37,6 +39,8 @@ use tokio::sync::watch;
 use manifest::{Manifest, ManifestError};
 use progress::{FillStatus, Progress};
 use stocked::Stocked;
+
+use crate::site::Site;
 
 /// A manifest that was accepted, with when. Its objects are held in memory only while
 /// something uses them (a fill pass, a delta, the readiness check): otherwise they are read
@@ -278,6 +282,23 @@ pub struct Fill {
     /// The manifest in force was found in the JSON form versions before the binary one
     /// saved (and before the latch existed): this start is an upgrade.
     upgraded_from_json: bool,
+    /// The site this box belongs to, if any (set once at start).
+    site: OnceLock<Arc<Site>>,
+    /// What the fill pass under way will still store, for peers that wait for this box.
+    underway: Mutex<Underway>,
+}
+
+/// What the fill pass under way will still store: a later owner of an object waits for
+/// its first owner instead of fetching it from the origin too (CONTRACT section 7).
+#[derive(Debug, Default)]
+enum Underway {
+    /// No pass is under way: what is not stored is not coming either.
+    #[default]
+    Idle,
+    /// A pass is surveying: anything may be coming.
+    Planning,
+    /// A pass is fetching these paths.
+    Fetching(HashSet<Box<str>>),
 }
 
 impl Fill {
@@ -312,7 +333,54 @@ impl Fill {
             file_roots: ArcSwap::from_pointee(FileRoots::default()),
             stocked: Stocked::load(state_dir),
             upgraded_from_json,
+            site: OnceLock::new(),
+            underway: Mutex::new(Underway::Idle),
         }
+    }
+
+    /// Makes this box a member of `site` (once, at start): passes fill only its share.
+    pub fn set_site(&self, site: Arc<Site>) {
+        let _ = self.site.set(site);
+    }
+
+    /// The site this box belongs to, if any.
+    pub fn site(&self) -> Option<&Arc<Site>> {
+        self.site.get()
+    }
+
+    /// Whether the pass under way may still store `path` (it is surveying, or `path` is
+    /// among its fetches): a peer asking for it should come back rather than go to the
+    /// origin.
+    pub fn is_coming(&self, path: &str) -> bool {
+        match &*self.underway.lock().unwrap_or_else(PoisonError::into_inner) {
+            Underway::Idle => false,
+            Underway::Planning => true,
+            Underway::Fetching(paths) => paths.contains(path),
+        }
+    }
+
+    /// A pass starts surveying.
+    pub(crate) fn planning(&self) {
+        *self.underway.lock().unwrap_or_else(PoisonError::into_inner) = Underway::Planning;
+    }
+
+    /// A pass fetches `paths`.
+    pub(crate) fn fetching(&self, paths: HashSet<Box<str>>) {
+        *self.underway.lock().unwrap_or_else(PoisonError::into_inner) = Underway::Fetching(paths);
+    }
+
+    /// The pass is done with `path` (stored, failed or skipped).
+    pub(crate) fn fetched(&self, path: &str) {
+        if let Underway::Fetching(paths) =
+            &mut *self.underway.lock().unwrap_or_else(PoisonError::into_inner)
+        {
+            paths.remove(path);
+        }
+    }
+
+    /// No pass is under way.
+    pub(crate) fn pass_over(&self) {
+        *self.underway.lock().unwrap_or_else(PoisonError::into_inner) = Underway::Idle;
     }
 
     /// Whether this start found the manifest in force saved by a version before the

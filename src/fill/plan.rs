@@ -78,18 +78,39 @@ fn is_present(
     meta.size == size && &meta.sha256 == sha256 && (damaged.is_empty() || !damaged.contains(path))
 }
 
-/// The bytes of `manifest` the stores hold with the right size and sha256, undamaged: what a
-/// restarted box already has of the manifest in force.
-pub fn held_bytes(manifest: &Manifest, index: &impl IndexLookup, damaged: &HashSet<String>) -> u64 {
-    manifest
-        .iter()
-        .filter(|object| {
-            index.meta(object.path).is_some_and(|meta| {
-                is_present(&meta, object.size, &object.sha256, object.path, damaged)
-            })
-        })
-        .map(|object| object.size)
-        .sum()
+/// Whether this box owns an object (its path and manifest `copies`): in a site, whether it
+/// is among the object's owners; alone, always.
+pub type Owns<'a> = &'a (dyn Fn(&str, u8) -> bool + Sync);
+
+/// Owns everything: a box alone.
+pub fn owns_all(_path: &str, _copies: u8) -> bool {
+    true
+}
+
+/// The bytes of this box's share of `manifest` (what it `owns`) that the stores hold with
+/// the right size and sha256, undamaged, and the bytes of the whole share: what a
+/// restarted box already has of the manifest in force, out of what it should.
+pub fn held_bytes(
+    manifest: &Manifest,
+    index: &impl IndexLookup,
+    damaged: &HashSet<String>,
+    owns: Owns<'_>,
+) -> (u64, u64) {
+    let mut held = 0;
+    let mut share = 0;
+    for object in manifest.iter() {
+        if !owns(object.path, object.copies) {
+            continue;
+        }
+        share += object.size;
+        let present = index.meta(object.path).is_some_and(|meta| {
+            is_present(&meta, object.size, &object.sha256, object.path, damaged)
+        });
+        if present {
+            held += object.size;
+        }
+    }
+    (held, share)
 }
 
 /// Stored paths that left the manifest (damaged or not), sorted: deleted first, to free
@@ -127,6 +148,14 @@ pub struct Survey {
     pub listed: usize,
     /// Bytes of stored objects the fetches will replace: room once they are.
     pub freed_by_replacing: u64,
+    /// Objects of this box's share (all of them for a box alone), and their bytes.
+    pub share_objects: u64,
+    /// The bytes of [`Survey::share_objects`].
+    pub share_bytes: u64,
+    /// Positions in the manifest of stored objects that are no longer this box's share (a
+    /// box joined the site, a weight changed): deleted once a box that owns them holds
+    /// them, so no object is ever out of the site meanwhile.
+    pub handoff: Vec<usize>,
 }
 
 /// Fewest objects worth a thread of their own in a survey (a handful in unit tests, so
@@ -139,6 +168,7 @@ pub fn survey(
     manifest: &Manifest,
     index: &(impl IndexLookup + Sync),
     damaged: &HashSet<String>,
+    owns: Owns<'_>,
 ) -> Survey {
     let threads = std::thread::available_parallelism()
         .map_or(1, |cpus| cpus.get())
@@ -149,7 +179,7 @@ pub fn survey(
             .step_by(slice)
             .map(|start| {
                 let range = start..(start + slice).min(manifest.len());
-                scope.spawn(move || survey_range(manifest, range, index, damaged))
+                scope.spawn(move || survey_range(manifest, range, index, damaged, owns))
             })
             .collect();
         handles
@@ -169,6 +199,9 @@ pub fn survey(
         survey.present_bytes += part.present_bytes;
         survey.listed += part.listed;
         survey.freed_by_replacing += part.freed_by_replacing;
+        survey.share_objects += part.share_objects;
+        survey.share_bytes += part.share_bytes;
+        survey.handoff.extend(part.handoff);
     }
     // Stable sort: equal priorities keep manifest order.
     survey
@@ -183,11 +216,23 @@ fn survey_range(
     range: std::ops::Range<usize>,
     index: &impl IndexLookup,
     damaged: &HashSet<String>,
+    owns: Owns<'_>,
 ) -> Survey {
     let mut survey = Survey::default();
     for position in range {
         let object = manifest.get(position);
+        let mine = owns(object.path, object.copies);
+        if mine {
+            survey.share_objects += 1;
+            survey.share_bytes += object.size;
+        }
         match index.meta(object.path) {
+            // Stored but another box's share now: kept (and counted listed, so it is not
+            // deleted as dropped) until a box that owns it holds it.
+            Some(_) if !mine => {
+                survey.listed += 1;
+                survey.handoff.push(object.index);
+            }
             Some(meta) if is_present(&meta, object.size, &object.sha256, object.path, damaged) => {
                 survey.present += 1;
                 survey.present_bytes += object.size;
@@ -198,7 +243,8 @@ fn survey_range(
                 survey.candidates.push(object.index);
                 survey.listed += 1;
             }
-            None => survey.candidates.push(object.index),
+            None if mine => survey.candidates.push(object.index),
+            None => {}
         }
     }
     survey
@@ -249,7 +295,7 @@ mod tests {
     ) -> FillPlan {
         fit(
             manifest,
-            survey(manifest, index, damaged),
+            survey(manifest, index, damaged, &owns_all),
             free_after_deletes,
         )
     }

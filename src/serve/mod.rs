@@ -40,6 +40,7 @@ use crate::config::{Config, DuringFill};
 use crate::metrics::Metrics;
 use crate::object_path;
 use crate::schedule::{Clock, Mode, ModeState, SystemClock};
+use crate::site::Site;
 use crate::store::{StoreError, Stores};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
@@ -128,6 +129,9 @@ pub struct Viewer {
     /// The scheduler's clock, so `Retry-After` counts to the window's end in the same time
     /// the scheduler keeps (a test's manual clock included).
     clock: Arc<dyn Clock>,
+    /// The site this box belongs to: a miss is redirected to a ready peer that owns the
+    /// object.
+    site: Option<Arc<Site>>,
     /// `tidecache_requests_total` series for the common answers to GET and HEAD, resolved
     /// once: a label lookup per request costs a lock and a hash.
     common_counters: Vec<(StatusCode, &'static str, prometheus::IntCounter)>,
@@ -230,6 +234,7 @@ impl Viewer {
             access_log: None,
             cache: Arc::new(cache::RamCache::new(0, 0)),
             clock: Arc::new(SystemClock),
+            site: None,
             common_counters: Vec::new(),
         }
         .with_common_counters()
@@ -334,6 +339,12 @@ impl Viewer {
     /// default).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Viewer {
         self.clock = clock;
+        self
+    }
+
+    /// Redirects misses to the best-ranked ready box of `site`.
+    pub fn with_site(mut self, site: Arc<Site>) -> Viewer {
+        self.site = Some(site);
         self
     }
 
@@ -669,8 +680,24 @@ impl Viewer {
         response
     }
 
-    /// A missing object: 302 to the fallback when configured, else 404.
+    /// A missing object: in a site, 302 to the best-ranked ready peer (unless a peer sent
+    /// the request here already); else 302 to the fallback when configured, else 404.
     fn miss<B>(&self, request: &Request<B>) -> Response<ObjectBody> {
+        let uri = request.uri();
+        if let Some(site) = &self.site {
+            if !crate::site::was_redirected(uri.query()) {
+                let target = object_path::from_request(uri.path())
+                    .ok()
+                    .and_then(|path| site.redirect_target(&path));
+                if let Some(peer) = target {
+                    self.metrics.site_redirects.inc();
+                    let location = crate::site::redirect_location(&peer, uri.path(), uri.query());
+                    let mut response = self.text(StatusCode::FOUND, "found elsewhere\n");
+                    insert(response.headers_mut(), header::LOCATION, &location);
+                    return response;
+                }
+            }
+        }
         match &self.settings.load().fallback_url {
             Some(fallback) => self.redirect(fallback, request),
             None => self.text(StatusCode::NOT_FOUND, "not found\n"),

@@ -35,6 +35,14 @@ pub use token::SiteToken;
 /// again: a request bounces between boxes at most once.
 pub const HOP_PARAM: &str = "tidecache-hop";
 
+/// The `/readyz` header in which a box of a site says whether it has settled into the
+/// site's current members (`settled`) or not yet (`settling`).
+pub const SETTLED_HEADER: http::HeaderName = http::HeaderName::from_static("tidecache-site");
+
+/// The file in `state_dir` that holds the fingerprint of the members this box last
+/// settled into.
+const SETTLED_FILE: &str = "site-settled";
+
 /// Another box of the site, as this box sees it.
 #[derive(Debug)]
 pub struct Peer {
@@ -47,6 +55,8 @@ pub struct Peer {
     weight: f64,
     key: u64,
     ready: AtomicBool,
+    /// Whether its last `/readyz` said it has settled into the current members.
+    settled: AtomicBool,
     /// When its readiness was last checked, Unix milliseconds; 0: never.
     checked_at_ms: AtomicI64,
 }
@@ -60,6 +70,7 @@ impl Peer {
             weight,
             key: key_of(name),
             ready: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
             checked_at_ms: AtomicI64::new(0),
         }
     }
@@ -67,6 +78,11 @@ impl Peer {
     /// Whether its last `/readyz` said 200 (false until the first check answers).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Whether its last `/readyz` said it has settled into the current members.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
     }
 
     /// Whether two peers are the same box at the same addresses (so a reload keeps what
@@ -137,6 +153,15 @@ pub struct SiteStatus {
 pub struct Site {
     name: String,
     members: ArcSwap<Members>,
+    /// The members before the last change, where a moved object still is until the box it
+    /// moved to settles.
+    previous: arc_swap::ArcSwapOption<Members>,
+    /// Whether this box holds its share under the current members (see
+    /// [`Site::is_settled`]), and where that is kept across restarts.
+    settled: AtomicBool,
+    /// Since when (Unix milliseconds) this box has been settled.
+    settled_since_ms: AtomicI64,
+    settled_file: std::path::PathBuf,
     token: ArcSwap<SiteToken>,
     share: Mutex<Share>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -149,17 +174,26 @@ impl std::fmt::Debug for Site {
 }
 
 impl Site {
-    /// The site `config` describes, guarded by `token`.
-    pub fn new(config: &SiteConfig, token: SiteToken) -> Site {
+    /// The site `config` describes, guarded by `token`; whether this box settled into its
+    /// members is kept in `state_dir`.
+    pub fn new(config: &SiteConfig, token: SiteToken, state_dir: &std::path::Path) -> Site {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.check_timeout.0));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        let members = members(config, &[]);
+        let settled_file = state_dir.join(SETTLED_FILE);
+        let settled = std::fs::read_to_string(&settled_file)
+            .is_ok_and(|saved| saved.trim() == fingerprint(&config.box_name, &members));
         Site {
             name: config.box_name.clone(),
-            members: ArcSwap::from_pointee(members(config, &[])),
+            members: ArcSwap::from_pointee(members),
+            previous: arc_swap::ArcSwapOption::empty(),
+            settled: AtomicBool::new(settled),
+            settled_since_ms: AtomicI64::new(jiff::Timestamp::now().as_millisecond()),
+            settled_file,
             token: ArcSwap::from_pointee(token),
             share: Mutex::new(Share::default()),
             client,
@@ -169,10 +203,84 @@ impl Site {
     /// Applies a changed member list, weights, copies or token (SIGHUP). Peers that did
     /// not change keep their readiness. The box's own name needs a restart.
     pub fn reload(&self, config: &SiteConfig, token: SiteToken) {
-        let running = self.members.load();
-        self.members
-            .store(Arc::new(members(config, &running.peers)));
+        let running = self.members.load_full();
+        let wanted = members(config, &running.peers);
+        let changed = fingerprint(&self.name, &running) != fingerprint(&self.name, &wanted);
+        let keeps_settled = only_shrinks(&running, &wanted);
+        let wanted = Arc::new(wanted);
+        self.members.store(Arc::clone(&wanted));
+        if changed {
+            self.previous.store(Some(running));
+        }
         self.token.store(Arc::new(token));
+        if changed && self.is_settled() {
+            if keeps_settled {
+                // Members joined or others grew: this box only loses objects, and it holds
+                // what it keeps.
+                self.save_settled(&fingerprint(&self.name, &wanted));
+            } else {
+                self.settled.store(false, Ordering::Relaxed);
+                tracing::info!(
+                    "the site's members changed: this box settles into them at its next whole fill pass"
+                );
+            }
+        }
+    }
+
+    /// Whether this box holds its share under the site's current members: it finished a
+    /// fill pass under them (failed objects aside), or they changed in a way that only took
+    /// objects away from it. Peers send viewers to a box that has not settled only when no
+    /// settled box ranks for the object (a box that joined ranks first for what moved to it
+    /// before it holds it; the box it moved from still does), and give up what moved to it
+    /// only once it has.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    /// How long this box has been settled (zero when it is not).
+    pub fn settled_for(&self) -> Duration {
+        if !self.is_settled() {
+            return Duration::ZERO;
+        }
+        let since = self.settled_since_ms.load(Ordering::Relaxed);
+        let now = jiff::Timestamp::now().as_millisecond();
+        Duration::from_millis(u64::try_from(now - since).unwrap_or(0))
+    }
+
+    /// How long a box must have been settled before another gives up an object that moved
+    /// to it: until every box's readiness checks have seen it settled (two checks and a
+    /// timeout), so none still sends viewers for the object to the box that gave it up.
+    pub fn hand_off_delay(&self) -> Duration {
+        let members = self.members.load();
+        members.check_interval * 2 + members.check_timeout
+    }
+
+    /// The current members, as a fingerprint a fill pass settles into.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.name, &self.members.load())
+    }
+
+    /// A fill pass that started under the members `fingerprint` finished: this box has
+    /// settled into them, unless they changed meanwhile.
+    pub fn settle(&self, members: &str) {
+        if self.fingerprint() == members && !self.is_settled() {
+            self.save_settled(members);
+            tracing::info!("this box has settled into the site's members");
+        }
+    }
+
+    /// Marks this box settled under `members` and keeps it across restarts (a failed save
+    /// is logged: the box stays settled until it restarts).
+    fn save_settled(&self, members: &str) {
+        if !self.settled.swap(true, Ordering::Relaxed) {
+            self.settled_since_ms
+                .store(jiff::Timestamp::now().as_millisecond(), Ordering::Relaxed);
+        }
+        if let Err(err) =
+            crate::durable::write_atomically(&self.settled_file, format!("{members}\n").as_bytes())
+        {
+            tracing::warn!(file = %self.settled_file.display(), error = %err, "cannot save that this box settled into the site; it settles again after a restart's first fill pass");
+        }
     }
 
     /// This box's name.
@@ -227,7 +335,11 @@ impl Site {
     /// Every box ranked for `path`, best first: its owners are the first
     /// [`Site::copies`], and the boxes after them are where a moved object came from.
     pub fn ranking(&self, path: &str) -> Vec<Member> {
-        let members = self.members.load();
+        self.ranking_among(&self.members.load(), path)
+    }
+
+    /// Every box of `members` ranked for `path`, best first.
+    fn ranking_among(&self, members: &Members, path: &str) -> Vec<Member> {
         let path_key = key_of(path);
         let mut scored: Vec<(f64, &str, Member)> = Vec::with_capacity(members.peers.len() + 1);
         scored.push((
@@ -260,14 +372,42 @@ impl Site {
     }
 
     /// Where a viewer asking this box for `path`, which it does not hold, is sent: the
-    /// best-ranked ready peer (its owners first, then the boxes a moved object came from).
+    /// best-ranked ready peer (its owners first). When that peer has not settled into the
+    /// current members (it joined, or its share grew, and its fill has not finished), the
+    /// object may still be only where it was: then the viewer goes to the best-ranked ready
+    /// peer under the members before the last change, which keeps the object until a
+    /// settled owner holds it.
     pub fn redirect_target(&self, path: &str) -> Option<Arc<Peer>> {
-        self.ranking(path)
-            .into_iter()
-            .find_map(|member| match member {
+        let first_ready = |ranking: Vec<Member>| {
+            ranking.into_iter().find_map(|member| match member {
                 Member::Peer(peer) if peer.is_ready() => Some(peer),
                 _ => None,
             })
+        };
+        let first = first_ready(self.ranking(path))?;
+        if first.is_settled() {
+            return Some(first);
+        }
+        let previous = self.previous.load_full();
+        let before = previous.and_then(|previous| {
+            // Readiness is the current members' view of each box.
+            let current = self.members.load();
+            let ranking = self
+                .ranking_among(&previous, path)
+                .into_iter()
+                .filter_map(|member| match member {
+                    Member::Peer(old) => current
+                        .peers
+                        .iter()
+                        .find(|peer| peer.name == old.name)
+                        .cloned()
+                        .map(Member::Peer),
+                    Member::Me => Some(Member::Me),
+                })
+                .collect();
+            first_ready(ranking)
+        });
+        Some(before.unwrap_or(first))
     }
 
     /// Records this box's share of the manifest in force (a fill pass surveys it).
@@ -324,13 +464,23 @@ impl Site {
 
     /// One readiness check of `peer`.
     async fn check(&self, peer: &Peer, timeout: Duration) {
-        let ready = match Request::get(format!("{}/readyz", peer.admin)).body(Empty::new()) {
-            Ok(request) => matches!(
-                tokio::time::timeout(timeout, self.client.request(request)).await,
-                Ok(Ok(response)) if response.status() == StatusCode::OK
-            ),
-            Err(_) => false,
+        let asked = Request::get(format!("{}/readyz", peer.admin)).body(Empty::new());
+        let (ready, settled) = match asked {
+            Ok(request) => {
+                match tokio::time::timeout(timeout, self.client.request(request)).await {
+                    Ok(Ok(response)) => (
+                        response.status() == StatusCode::OK,
+                        response
+                            .headers()
+                            .get(SETTLED_HEADER)
+                            .is_some_and(|value| value == "settled"),
+                    ),
+                    _ => (false, false),
+                }
+            }
+            Err(_) => (false, false),
         };
+        peer.settled.store(settled, Ordering::Relaxed);
         let was = peer.ready.swap(ready, Ordering::Relaxed);
         peer.checked_at_ms
             .store(jiff::Timestamp::now().as_millisecond(), Ordering::Relaxed);
@@ -338,6 +488,34 @@ impl Site {
             tracing::info!(peer = %peer.name, ready, "site peer readiness changed");
         }
     }
+}
+
+/// A fingerprint of the members as `me` sees them: every box's name and weight, and the
+/// default copies.
+fn fingerprint(me: &str, members: &Members) -> String {
+    let mut boxes: Vec<String> = members
+        .peers
+        .iter()
+        .map(|peer| format!("{}={}", peer.name, peer.weight))
+        .collect();
+    boxes.push(format!("{me}={}", members.weight));
+    boxes.sort();
+    let text = format!("{}\ncopies={}", boxes.join("\n"), members.copies);
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+    crate::store::hex(&digest[..16])
+}
+
+/// Whether going from `running` to `wanted` can only take objects away from this box: no box
+/// left, none's weight fell, its own did not grow, and copies did not grow.
+fn only_shrinks(running: &Members, wanted: &Members) -> bool {
+    wanted.weight <= running.weight
+        && wanted.copies <= running.copies
+        && running.peers.iter().all(|old| {
+            wanted
+                .peers
+                .iter()
+                .any(|new| new.name == old.name && new.weight >= old.weight)
+        })
 }
 
 fn effective_copies(members: &Members, copies: u8) -> usize {
@@ -416,7 +594,11 @@ mod tests {
             .collect();
         let mut config = config(name, &others);
         config.copies = copies;
-        Site::new(&config, SiteToken::none())
+        Site::new(
+            &config,
+            SiteToken::none(),
+            std::path::Path::new("/nonexistent"),
+        )
     }
 
     fn paths() -> Vec<String> {

@@ -44,6 +44,8 @@ pub enum Fault {
 struct State {
     objects: HashMap<String, (Bytes, Fault)>,
     requests: HashMap<String, Vec<Option<String>>>,
+    /// Body bytes of every answer so far (what crossed the "transit").
+    bytes_sent: u64,
 }
 
 /// The running origin.
@@ -131,6 +133,11 @@ impl Origin {
         format!("http://{}/", self.addr)
     }
 
+    /// Body bytes the origin has answered with so far, all paths together.
+    pub fn bytes_sent(&self) -> u64 {
+        self.state.lock().map(|state| state.bytes_sent).unwrap_or(0)
+    }
+
     /// The `Range` header of every request for `path` so far (None for whole requests).
     pub fn requests(&self, path: &str) -> Vec<Option<String>> {
         self.state
@@ -201,6 +208,9 @@ fn answer(state: &Mutex<State>, request: Request<Incoming>) -> Option<Response<C
     };
     let (sender, receiver) = mpsc::channel(4);
     let length = body_bytes.len();
+    if let Ok(mut state) = state.lock() {
+        state.bytes_sent += length as u64;
+    }
     let plan = match fault {
         Fault::CutFirst { n, bytes } if count <= n => Sending::Cut(bytes.min(length)),
         Fault::Drip { chunk, pause } => Sending::Drip(chunk, pause),
