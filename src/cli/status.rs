@@ -96,6 +96,43 @@ pub fn render(status: &Value, now: jiff::Timestamp) -> String {
             ));
         }
     }
+    if let Some(site) = status["site"].as_object() {
+        let share = &site["share"];
+        out.push_str(&format!(
+            "site:      box {}, {} cop{} by default, share {} objects ({}), {}\n",
+            site.get("box").map_or_else(|| "?".to_owned(), text),
+            site.get("copies").and_then(Value::as_u64).unwrap_or(1),
+            if site.get("copies").and_then(Value::as_u64) == Some(1) {
+                "y"
+            } else {
+                "ies"
+            },
+            share["objects"].as_u64().unwrap_or(0),
+            bytes(share["bytes"].as_u64().unwrap_or(0)),
+            if site.get("settled").and_then(Value::as_bool) == Some(true) {
+                "settled"
+            } else {
+                "settling into its members"
+            },
+        ));
+        for peer in site
+            .get("peers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let state = match (peer["ready"].as_bool(), peer["settled"].as_bool()) {
+                (Some(true), Some(true)) => "ready",
+                (Some(true), _) => "ready, settling",
+                _ => "NOT READY",
+            };
+            out.push_str(&format!(
+                "  peer {}  {state}  (checked {})\n",
+                text(&peer["name"]),
+                peer["checked_at"].as_str().unwrap_or("never"),
+            ));
+        }
+    }
     out.push_str("stores:\n");
     for store in status["stores"].as_array().into_iter().flatten() {
         let used = store["bytes_used"].as_u64().unwrap_or(0);
@@ -230,6 +267,33 @@ mod tests {
         assert!(text.contains("failed a.ts: 404"), "{text}");
         assert!(
             text.contains("failed  0 objects") && text.contains("error: permission denied"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_box_of_a_site_shows_its_share_and_each_peer() {
+        let status = serde_json::json!({
+            "mode": "serving", "override": "auto", "next_switch": null, "manifest": null,
+            "fill": {"state": "idle", "last_fill": null}, "stores": [],
+            "site": {"box": "box-a", "copies": 1, "settled": true,
+                     "share": {"objects": 1200, "bytes": 3_000_000_000u64},
+                     "peers": [{"name": "box-b", "ready": true, "settled": true, "checked_at": "2026-11-25T03:00:00Z"},
+                               {"name": "box-c", "ready": false, "settled": false, "checked_at": null}]}
+        });
+        let text = render(&status, "2026-11-25T03:00:00Z".parse().unwrap());
+        assert!(
+            text.contains(
+                "site:      box box-a, 1 copy by default, share 1200 objects (3.0 GB), settled"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  peer box-b  ready  (checked 2026-11-25T03:00:00Z)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  peer box-c  NOT READY  (checked never)"),
             "{text}"
         );
     }

@@ -637,6 +637,34 @@ mod tests {
     }
 
     #[test]
+    fn the_worked_site_examples_parse_and_agree_on_names_and_weights() {
+        let boxes: Vec<SiteConfig> = [
+            include_str!("../../config/site/box-a.toml"),
+            include_str!("../../config/site/box-b.toml"),
+            include_str!("../../config/site/box-c.toml"),
+        ]
+        .iter()
+        .map(|text| {
+            Config::parse(text)
+                .unwrap_or_else(|err| panic!("config/site: {err}"))
+                .site
+                .expect("[site]")
+        })
+        .collect();
+        for site in &boxes {
+            assert_eq!(site.peers.len(), boxes.len() - 1);
+            for peer in &site.peers {
+                let other = boxes
+                    .iter()
+                    .find(|other| other.box_name == peer.name)
+                    .unwrap_or_else(|| panic!("{} is no box of the example", peer.name));
+                assert_eq!(other.weight, peer.weight, "{}", peer.name);
+                assert_eq!(other.copies, site.copies);
+            }
+        }
+    }
+
+    #[test]
     fn shipped_example_parses_and_documents_the_defaults() {
         let example = Config::parse(include_str!("../../config/tidecache.toml"))
             .unwrap_or_else(|err| panic!("config/tidecache.toml: {err}"));

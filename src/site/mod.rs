@@ -133,6 +133,8 @@ pub struct PeerStatus {
     pub ready: bool,
     /// When that was, RFC 3339 UTC; none before the first check.
     pub checked_at: Option<String>,
+    /// Whether it said it has settled into the current members.
+    pub settled: bool,
 }
 
 /// The `site` section of `/v1/status`.
@@ -145,6 +147,8 @@ pub struct SiteStatus {
     pub copies: u8,
     /// This box's share of the manifest in force (as of the last fill pass's survey).
     pub share: Share,
+    /// Whether this box has settled into the current members (see [`Site::is_settled`]).
+    pub settled: bool,
     /// The other boxes.
     pub peers: Vec<PeerStatus>,
 }
@@ -422,6 +426,7 @@ impl Site {
             box_name: self.name.clone(),
             copies: members.copies,
             share: *self.share.lock().unwrap_or_else(PoisonError::into_inner),
+            settled: self.is_settled(),
             peers: members
                 .peers
                 .iter()
@@ -434,6 +439,7 @@ impl Site {
                             .then(|| jiff::Timestamp::from_millisecond(at).ok())
                             .flatten()
                             .map(|at| at.to_string()),
+                        settled: peer.is_settled(),
                     }
                 })
                 .collect(),
