@@ -47,6 +47,9 @@ pub enum DemoError {
     Fill(String),
 }
 
+/// Bytes the demo's store may hold: ample for its title (under 400 KB).
+const DEMO_STORE_CAPACITY: u64 = 64 << 20;
+
 /// Runs the demo until Ctrl-C (or SIGTERM).
 pub async fn run() -> Result<(), DemoError> {
     let dir = tempfile::Builder::new()
@@ -61,6 +64,9 @@ pub async fn run() -> Result<(), DemoError> {
         ..Config::default()
     };
     config.stores[0].path = dir.path().join("store");
+    // A fixed room for the small title: the default (the file system's free space less a
+    // 2 % reserve of its size) is nothing on a nearly full disk, and the demo must run there.
+    config.stores[0].capacity = Some(crate::config::ByteSize(DEMO_STORE_CAPACITY));
     config.schedule.fill_windows.clear();
     config.schedule.drain = crate::config::HumanDuration(Duration::ZERO);
     config.http.listen = vec![preferred_or_any(8080).await];
