@@ -296,3 +296,91 @@ async fn every_metric_the_grafana_dashboard_uses_is_exported() {
     assert!(checked >= 15, "{checked}");
     daemon.shutdown().await;
 }
+
+#[tokio::test]
+async fn popularity_lists_the_most_requested_hits_and_misses_and_feeds_manifest_build() {
+    let (test_box, daemon, _) = common::viewer::serving_box("").await;
+    let viewer = daemon.viewer_addrs[0];
+    for _ in 0..5 {
+        get(viewer, "/title123/seg.ts").await;
+    }
+    for _ in 0..2 {
+        get(viewer, "/title123/master.m3u8").await;
+    }
+    // HEAD counts as a request and sends no bytes.
+    client()
+        .head(url(viewer, "/title123/master.m3u8"))
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        get(viewer, "/title123/not-here.ts?cachebuster=1").await;
+    }
+    let answer = client()
+        .get(admin_url(&daemon, "/v1/popularity?limit=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let report: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(
+        report["hits"],
+        serde_json::json!([
+            {"path": "title123/seg.ts", "requests": 5, "bytes": 10},
+            {"path": "title123/master.m3u8", "requests": 3, "bytes": 16},
+        ])
+    );
+    assert_eq!(
+        report["misses"],
+        serde_json::json!([{"path": "title123/not-here.ts", "requests": 3}])
+    );
+    assert!(
+        report["since"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
+    for bad in ["limit=0", "limit=x", "limit=99999999"] {
+        let answer = client()
+            .get(admin_url(&daemon, &format!("/v1/popularity?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{bad}");
+    }
+
+    // The report sets tomorrow's priorities: the most requested object first.
+    let report_file = test_box.write_file("popularity.json", report.to_string().as_bytes());
+    let tree = test_box.dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("title123")).unwrap();
+    for name in ["seg.ts", "master.m3u8", "other.ts"] {
+        std::fs::write(tree.join("title123").join(name), name).unwrap();
+    }
+    let built = std::process::Command::new(common::process::BINARY)
+        .args(["manifest", "build"])
+        .arg(&tree)
+        .args(["--base-url", "http://origin.example/", "--popularity"])
+        .arg(&report_file)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&built.stdout).unwrap();
+    let priority = |path: &str| {
+        manifest["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|object| object["path"] == path)
+            .map(|object| object["priority"].as_i64().unwrap_or(0))
+            .unwrap()
+    };
+    assert_eq!(priority("title123/seg.ts"), 5);
+    assert_eq!(priority("title123/master.m3u8"), 3);
+    assert_eq!(priority("title123/other.ts"), 0);
+    assert!(String::from_utf8_lossy(&built.stderr).contains("1 of them not under"));
+}

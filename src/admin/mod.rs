@@ -30,10 +30,23 @@ use crate::metrics::{LastPass, Metrics, Snapshot};
 use crate::schedule::{Mode, ModeState, Override, OverrideControl};
 use crate::serve::body::ObjectBody;
 use crate::serve::handler::Handler;
+use crate::serve::popularity::Popularity;
 use crate::site::SiteStatus;
 use crate::store::{StoreStatus, Stores};
 use arc_swap::ArcSwap;
 use auth::{AdminToken, AuthError};
+
+/// Entries of each list `GET /v1/popularity` gives without `limit`.
+const DEFAULT_POPULARITY_LIMIT: usize = 100;
+
+/// The value of `name` in a query string (`a=1&limit=5`), undecoded.
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
 
 /// Largest `POST /v1/mode` body accepted.
 const MODE_BODY_LIMIT: usize = 4096;
@@ -48,6 +61,7 @@ pub struct Admin {
     overrides: Arc<OverrideControl>,
     fill: Arc<Fill>,
     settings: ArcSwap<AdminSettings>,
+    popularity: Option<Arc<Popularity>>,
 }
 
 /// Who may change the box, what a push may be, and what readiness depends on from the
@@ -116,7 +130,14 @@ impl Admin {
             overrides,
             fill,
             settings: ArcSwap::from_pointee(settings),
+            popularity: None,
         }
+    }
+
+    /// Answers `GET /v1/popularity` from `popularity` (without it: 404, counting is off).
+    pub fn with_popularity(mut self, popularity: Arc<Popularity>) -> Admin {
+        self.popularity = Some(popularity);
+        self
     }
 
     /// Applies a new token, signing key, manifest size limit and fill behaviour (SIGHUP).
@@ -145,7 +166,7 @@ impl Admin {
             return self.site_route(request).await;
         }
         let allowed = match path.as_str() {
-            "/healthz" | "/readyz" | "/metrics" | "/v1/status" => "GET, HEAD",
+            "/healthz" | "/readyz" | "/metrics" | "/v1/status" | "/v1/popularity" => "GET, HEAD",
             "/v1/mode" => "POST",
             "/v1/manifest" => "GET, HEAD, PUT",
             _ => return text(StatusCode::NOT_FOUND, "not found\n"),
@@ -173,6 +194,7 @@ impl Admin {
                 None => error(StatusCode::NOT_FOUND, "no manifest has been accepted yet"),
             },
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/v1/popularity" => self.popularity(request.uri().query()),
             "/readyz" => self.readiness(),
             "/metrics" => {
                 let body = self.render_metrics();
@@ -191,6 +213,30 @@ impl Admin {
                 json(StatusCode::OK, &status)
             }
         }
+    }
+
+    /// `GET /v1/popularity?limit=N`: the top N (default 100) hits and misses.
+    fn popularity(&self, query: Option<&str>) -> Response<ObjectBody> {
+        let Some(popularity) = &self.popularity else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "popularity is not counted on this box (http.popularity = false)",
+            );
+        };
+        let limit = match query_value(query, "limit").map(str::parse::<usize>) {
+            None => DEFAULT_POPULARITY_LIMIT,
+            Some(Ok(limit)) if (1..=crate::serve::popularity::MAX_LIMIT).contains(&limit) => limit,
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "limit must be a number from 1 to {}",
+                        crate::serve::popularity::MAX_LIMIT
+                    ),
+                );
+            }
+        };
+        json(StatusCode::OK, &popularity.report(limit))
     }
 
     /// 200 when viewers are served; 503 with the reason otherwise. In a site it also says

@@ -154,6 +154,11 @@ pub enum ManifestCommand {
         /// The manifest's id; default: the build's time (UTC, to the second).
         #[arg(long)]
         id: Option<String>,
+        /// A popularity report (`GET /v1/popularity` of a box, saved), repeatable: each
+        /// object's priority becomes the requests the reports counted for it (hits and
+        /// misses), so boxes fetch what viewers watch most first.
+        #[arg(long, value_name = "REPORT")]
+        popularity: Vec<PathBuf>,
     },
     /// Send a manifest to a box (`PUT /v1/manifest`), gzip-compressed.
     Push {
@@ -282,6 +287,7 @@ pub fn main() -> ExitCode {
             base,
             full,
             id,
+            popularity,
         }) => build_manifest(
             &dir,
             &base_url,
@@ -289,6 +295,7 @@ pub fn main() -> ExitCode {
             format,
             (base.as_deref(), full.as_deref()),
             id,
+            &popularity,
         ),
         Command::Manifest(ManifestCommand::Push {
             file,
@@ -327,6 +334,7 @@ fn build_manifest(
     format: LayoutArg,
     (base, full): (Option<&std::path::Path>, Option<&std::path::Path>),
     id: Option<String>,
+    popularity: &[PathBuf],
 ) -> ExitCode {
     use crate::fill::build::Layout;
     if !(base_url.starts_with("http://")
@@ -349,6 +357,25 @@ fn build_manifest(
         },
         None => None,
     };
+    let mut reports = Vec::new();
+    for path in popularity {
+        match std::fs::read(path) {
+            Ok(report) => reports.push(report),
+            Err(err) => {
+                return fail(
+                    EXIT_USAGE,
+                    &format!("--popularity {}: {err}", path.display()),
+                );
+            }
+        }
+    }
+    let requests = {
+        let reports: Vec<&[u8]> = reports.iter().map(Vec::as_slice).collect();
+        match crate::fill::build::read_popularity(&reports) {
+            Ok(requests) => requests,
+            Err(err) => return fail(EXIT_USAGE, &format!("--popularity: {err}")),
+        }
+    };
     let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut built = match crate::fill::build::build(dir, base_url, show_progress) {
         Ok(built) => built,
@@ -356,6 +383,15 @@ fn build_manifest(
     };
     if let Some(id) = id {
         built.set_id(id);
+    }
+    if !popularity.is_empty() {
+        let absent = built.set_priorities(&requests);
+        eprintln!(
+            "tidecache: priorities from {} popularity report(s): {} paths counted, {absent} of them not under {}",
+            popularity.len(),
+            requests.len(),
+            dir.display()
+        );
     }
     if earlier
         .as_ref()

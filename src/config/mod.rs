@@ -194,6 +194,8 @@ pub struct HttpConfig {
     /// Viewer event-loop threads, each accepting on every HTTP and HTTPS listener (like
     /// nginx's `worker_processes`); 0 means one per CPU.
     pub workers: u32,
+    /// Count what viewers ask for, for `GET /v1/popularity`.
+    pub popularity: bool,
 }
 
 /// Line format of the viewer access log.
@@ -218,6 +220,7 @@ impl Default for HttpConfig {
             access_log_format: AccessLogFormat::Combined,
             sendfile: true,
             workers: 0,
+            popularity: true,
         }
     }
 }

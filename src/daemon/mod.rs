@@ -38,6 +38,7 @@ use crate::schedule::{
 };
 use crate::serve::access_log::AccessLog;
 use crate::serve::cache::{CacheMetrics, RamCache};
+use crate::serve::popularity::Popularity;
 use crate::serve::{Viewer, ViewerSettings};
 use crate::signal::{self, Stop, Trigger};
 use crate::site::{Site, SiteToken};
@@ -141,6 +142,16 @@ impl Daemon {
         if let Some(site) = &site {
             viewer = viewer.with_site(Arc::clone(site));
         }
+        let popularity = config.http.popularity.then(|| {
+            let popularity = Arc::new(Popularity::new());
+            if let Some(accepted) = fill.manifest() {
+                popularity.reset(accepted.accepted_at.max(jiff::Timestamp::now()));
+            }
+            popularity
+        });
+        if let Some(popularity) = &popularity {
+            viewer = viewer.with_popularity(Arc::clone(popularity));
+        }
         let viewer = Arc::new(viewer);
         let tls = files.tls.map(|tls| Arc::new(ArcSwap::from_pointee(tls)));
         let sockets = bind_sockets(config, tls.as_ref()).await?;
@@ -169,14 +180,18 @@ impl Daemon {
         )
         .map_err(StartError::Workers)?;
 
-        let admin = Arc::new(Admin::new(
+        let mut admin = Admin::new(
             Arc::clone(&stores),
             mode.clone(),
             metrics.clone(),
             Arc::clone(&overrides),
             Arc::clone(&fill),
             files.admin,
-        ));
+        );
+        if let Some(popularity) = &popularity {
+            admin = admin.with_popularity(Arc::clone(popularity));
+        }
+        let admin = Arc::new(admin);
         let admin_listener = admin_listener(sockets.admin, &admin, &limits, finished)?;
         let rate = Arc::new(RateLimiter::new(config.fill.max_rate.bytes_per_sec));
         let (engine_settings, engine_settings_rx) =
@@ -195,6 +210,13 @@ impl Daemon {
         tasks.spawn(scheduler.run(shutdown.clone()));
         if let Some(site) = &site {
             tasks.spawn(Arc::clone(site).run_checks(shutdown.clone()));
+        }
+        if let Some(popularity) = popularity {
+            tasks.spawn(count_from_each_manifest(
+                popularity,
+                fill.watch_manifest(),
+                shutdown.clone(),
+            ));
         }
         tasks.spawn(engine.run(shutdown));
 
@@ -376,6 +398,27 @@ impl Daemon {
             tracing::warn!("the access log was not written out in time");
         }
         drained
+    }
+}
+
+/// Restarts the popularity counts whenever a new manifest is accepted, until `stop`.
+async fn count_from_each_manifest(
+    popularity: Arc<Popularity>,
+    mut manifests: watch::Receiver<Option<Arc<crate::fill::AcceptedManifest>>>,
+    mut stop: crate::signal::Shutdown,
+) {
+    loop {
+        tokio::select! {
+            changed = manifests.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Some(accepted) = manifests.borrow_and_update().clone() {
+                    popularity.reset(accepted.accepted_at);
+                }
+            }
+            _ = stop.raised() => return,
+        }
     }
 }
 

@@ -150,6 +150,10 @@ pub(super) fn needing_restart(running: &Config, wanted: &Config) -> Vec<&'static
             running.http.sendfile != wanted.http.sendfile,
         ),
         ("http.workers", running.http.workers != wanted.http.workers),
+        (
+            "http.popularity",
+            running.http.popularity != wanted.http.popularity,
+        ),
         ("cache", running.cache != wanted.cache),
         ("fill.ca_file", running.fill.ca_file != wanted.fill.ca_file),
         ("http.access_log", access_log(running) != access_log(wanted)),

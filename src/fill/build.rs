@@ -62,6 +62,45 @@ pub struct BuiltObject {
     path: String,
     size: u64,
     sha256: String,
+    /// Requests viewers made for it, from popularity reports: fetched first.
+    #[serde(skip_serializing_if = "is_zero")]
+    priority: i64,
+}
+
+fn is_zero(priority: &i64) -> bool {
+    *priority == 0
+}
+
+/// The parts of a `GET /v1/popularity` report a build reads.
+#[derive(Debug, serde::Deserialize)]
+struct PopularityReport {
+    #[serde(default)]
+    hits: Vec<Requested>,
+    #[serde(default)]
+    misses: Vec<Requested>,
+}
+
+/// One path of a popularity report.
+#[derive(Debug, serde::Deserialize)]
+struct Requested {
+    path: String,
+    requests: u64,
+}
+
+/// Requests per path, added up over popularity reports (`GET /v1/popularity` of one or
+/// several boxes; hits and misses alike: a miss is a title viewers wanted that the box did
+/// not hold).
+pub fn read_popularity(reports: &[&[u8]]) -> Result<HashMap<String, u64>, String> {
+    let mut requests: HashMap<String, u64> = HashMap::new();
+    for (number, report) in reports.iter().enumerate() {
+        let report: PopularityReport = serde_json::from_slice(report)
+            .map_err(|err| format!("report {}: not a popularity report: {err}", number + 1))?;
+        for requested in report.hits.into_iter().chain(report.misses) {
+            let total = requests.entry(requested.path).or_default();
+            *total = total.saturating_add(requested.requests);
+        }
+    }
+    Ok(requests)
 }
 
 /// The form `tidecache manifest build` writes.
@@ -130,6 +169,7 @@ impl Built {
             .filter(|object| {
                 !old.remove(object.path.as_str()).is_some_and(|before| {
                     before.size == object.size
+                        && before.priority == object.priority
                         && crate::store::hex(&before.sha256) == object.sha256
                         && before.source() == self.source_of(&object.path)
                 })
@@ -155,6 +195,20 @@ impl Built {
             out.write_all(b"\n")?;
         }
         Ok((changed.len(), gone.len()))
+    }
+
+    /// Sets each object's priority to the requests `popularity` counted for its path, so
+    /// boxes fetch what viewers watch most first. Returns how many counted paths are not in
+    /// the tree (wanted, but there is nothing to give them).
+    pub fn set_priorities(&mut self, popularity: &HashMap<String, u64>) -> usize {
+        let mut found = 0;
+        for object in &mut self.objects {
+            if let Some(&requests) = popularity.get(&object.path) {
+                object.priority = i64::try_from(requests).unwrap_or(i64::MAX);
+                found += 1;
+            }
+        }
+        popularity.len() - found
     }
 
     /// Names the manifest (by default the build's time, to the second).
@@ -211,7 +265,12 @@ pub fn build(dir: &Path, base_url: &str, show_progress: bool) -> Result<Built, B
                 source: std::io::Error::other("not hashed"),
             })
         })?;
-        objects.push(BuiltObject { path, size, sha256 });
+        objects.push(BuiltObject {
+            path,
+            size,
+            sha256,
+            priority: 0,
+        });
     }
     Ok(Built {
         id: jiff::Timestamp::now()

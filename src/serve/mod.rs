@@ -19,6 +19,7 @@ pub mod body;
 pub mod cache;
 pub mod conditional;
 pub mod handler;
+pub mod popularity;
 pub mod range;
 pub mod signed;
 mod validators;
@@ -45,6 +46,7 @@ use crate::store::{StoreError, Stores};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
 use handler::Handler;
+use popularity::Popularity;
 use range::{ByteRange, RangeRequest};
 pub use validators::{Validators, etag};
 
@@ -132,6 +134,8 @@ pub struct Viewer {
     /// The site this box belongs to: a miss is redirected to a ready peer that owns the
     /// object.
     site: Option<Arc<Site>>,
+    /// What viewers ask for (`http.popularity`).
+    popularity: Option<Arc<Popularity>>,
     /// `tidecache_requests_total` series for the common answers to GET and HEAD, resolved
     /// once: a label lookup per request costs a lock and a hash.
     common_counters: Vec<(StatusCode, &'static str, prometheus::IntCounter)>,
@@ -235,6 +239,7 @@ impl Viewer {
             cache: Arc::new(cache::RamCache::new(0, 0)),
             clock: Arc::new(SystemClock),
             site: None,
+            popularity: None,
             common_counters: Vec::new(),
         }
         .with_common_counters()
@@ -342,6 +347,12 @@ impl Viewer {
         self
     }
 
+    /// Counts what viewers ask for into `popularity`.
+    pub fn with_popularity(mut self, popularity: Arc<Popularity>) -> Viewer {
+        self.popularity = Some(popularity);
+        self
+    }
+
     /// Redirects misses to the best-ranked ready box of `site`.
     pub fn with_site(mut self, site: Arc<Site>) -> Viewer {
         self.site = Some(site);
@@ -425,6 +436,9 @@ impl Viewer {
         let mut replaced_meanwhile = 0;
         let (meta, source) = loop {
             let Some(meta) = self.stores.lookup(&path) else {
+                if let Some(popularity) = &self.popularity {
+                    popularity.miss(&path);
+                }
                 return self.miss(request);
             };
             match self.source(&path, meta, prefer_file, admission) {
@@ -435,11 +449,23 @@ impl Viewer {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
+                    if let Some(popularity) = &self.popularity {
+                        popularity.miss(&path);
+                    }
                     return self.miss(request);
                 }
             }
         };
-        self.object(request, &path, meta, source, sender)
+        let response = self.object(request, &path, meta, source, sender);
+        if let Some(popularity) = &self.popularity {
+            let bytes = if request.method() == Method::HEAD {
+                0
+            } else {
+                response.body().len()
+            };
+            popularity.hit(&path, bytes);
+        }
+        response
     }
 
     /// Where the bytes of the object `meta` describes come from: the RAM cache, or its

@@ -1,0 +1,437 @@
+//! What viewers ask for (`GET /v1/popularity`): the most requested objects this box served
+//! from its stores, and the most requested paths it did not, since the manifest in force was
+//! accepted. An origin builds tomorrow's manifest priorities from it.
+//!
+//! Counted on the hot path with the space-saving algorithm (Metwally, Agrawal, El Abbadi,
+//! 2005): a fixed number of counters per viewer thread; a path not counted yet takes over
+//! the smallest counter and inherits its count as its possible overcount. A path requested
+//! more than `requests / CAPACITY` times is always counted, and no count is more than
+//! `requests / CAPACITY` too high (0.025 % of a thread's requests at 4096 counters). Each
+//! viewer thread counts into a sketch of its own behind a lock that only a report ever
+//! contends: no lock is shared between requests.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hashbrown::HashTable;
+use serde::Serialize;
+
+/// Counters per thread and kind (hits, misses).
+pub const CAPACITY: usize = 4096;
+/// Most entries a report lists.
+pub const MAX_LIMIT: usize = CAPACITY;
+
+/// Gives each [`Popularity`] its slot in the threads' sketch lists (tests run several
+/// daemons in one process).
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's sketches, one per [`Popularity`] it counted for.
+    static LOCAL: RefCell<Vec<(usize, Arc<Mutex<ThreadSketch>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One counter.
+#[derive(Debug, Clone)]
+struct Counter {
+    path: Box<str>,
+    count: u64,
+    /// How much of `count` may belong to the paths it took over from.
+    error: u64,
+    bytes: u64,
+    /// Its place in the heap.
+    heap_at: usize,
+}
+
+/// A space-saving sketch: counters in a min-heap by count, found by path through a hash
+/// table.
+#[derive(Debug)]
+pub struct SpaceSaving {
+    capacity: usize,
+    counters: Vec<Counter>,
+    /// Counter indexes, a min-heap by count.
+    heap: Vec<usize>,
+    table: HashTable<usize>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl SpaceSaving {
+    /// A sketch of `capacity` counters.
+    pub fn new(capacity: usize) -> SpaceSaving {
+        SpaceSaving {
+            capacity: capacity.max(1),
+            counters: Vec::new(),
+            heap: Vec::new(),
+            table: HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Counts one request for `path` that sent `bytes`.
+    pub fn record(&mut self, path: &str, bytes: u64) {
+        let hash = self.hasher.hash_one(path);
+        let counters = &self.counters;
+        if let Some(&index) = self
+            .table
+            .find(hash, |&index| &*counters[index].path == path)
+        {
+            let counter = &mut self.counters[index];
+            counter.count += 1;
+            counter.bytes += bytes;
+            let at = counter.heap_at;
+            self.sift_down(at);
+            return;
+        }
+        if self.counters.len() < self.capacity {
+            let index = self.counters.len();
+            self.counters.push(Counter {
+                path: path.into(),
+                count: 1,
+                error: 0,
+                bytes,
+                heap_at: self.heap.len(),
+            });
+            self.heap.push(index);
+            let hasher = &self.hasher;
+            let counters = &self.counters;
+            self.table.insert_unique(hash, index, |&index| {
+                hasher.hash_one(&*counters[index].path)
+            });
+            self.sift_up(self.heap.len() - 1);
+            return;
+        }
+        // Full: the smallest counter is this path's now.
+        let index = self.heap[0];
+        let old_hash = self.hasher.hash_one(&*self.counters[index].path);
+        if let Ok(entry) = self.table.find_entry(old_hash, |&found| found == index) {
+            entry.remove();
+        }
+        let counter = &mut self.counters[index];
+        counter.path = path.into();
+        counter.error = counter.count;
+        counter.count += 1;
+        counter.bytes = bytes;
+        let hasher = &self.hasher;
+        let counters = &self.counters;
+        self.table.insert_unique(hash, index, |&index| {
+            hasher.hash_one(&*counters[index].path)
+        });
+        self.sift_down(0);
+    }
+
+    /// Every counter: path, count, possible overcount, bytes.
+    fn counters(&self) -> impl Iterator<Item = &Counter> {
+        self.counters.iter()
+    }
+
+    fn clear(&mut self) {
+        self.counters.clear();
+        self.heap.clear();
+        self.table.clear();
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.counters[self.heap[a]].heap_at = a;
+        self.counters[self.heap[b]].heap_at = b;
+    }
+
+    fn count_at(&self, at: usize) -> u64 {
+        self.counters[self.heap[at]].count
+    }
+
+    fn sift_up(&mut self, mut at: usize) {
+        while at > 0 {
+            let parent = (at - 1) / 2;
+            if self.count_at(parent) <= self.count_at(at) {
+                break;
+            }
+            self.swap(parent, at);
+            at = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut at: usize) {
+        loop {
+            let (left, right) = (2 * at + 1, 2 * at + 2);
+            let mut smallest = at;
+            if left < self.heap.len() && self.count_at(left) < self.count_at(smallest) {
+                smallest = left;
+            }
+            if right < self.heap.len() && self.count_at(right) < self.count_at(smallest) {
+                smallest = right;
+            }
+            if smallest == at {
+                return;
+            }
+            self.swap(at, smallest);
+            at = smallest;
+        }
+    }
+}
+
+/// One thread's sketches.
+#[derive(Debug)]
+struct ThreadSketch {
+    /// The [`Popularity`] generation they count for; older counts are dropped.
+    generation: u64,
+    hits: SpaceSaving,
+    misses: SpaceSaving,
+}
+
+/// A requested object in a report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Hit {
+    /// Its path, as in the manifest (no leading `/`).
+    pub path: String,
+    /// Requests served from the stores (at most this many; see the module's bound).
+    pub requests: u64,
+    /// Body bytes those requests sent.
+    pub bytes: u64,
+}
+
+/// A requested path this box did not serve from its stores.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Miss {
+    /// Its path, as in the manifest (no leading `/`).
+    pub path: String,
+    /// Requests for it.
+    pub requests: u64,
+}
+
+/// The body of `GET /v1/popularity`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Counted since, RFC 3339 UTC: when the manifest in force was accepted (or the daemon
+    /// started, if later or none was).
+    pub since: String,
+    /// The most requested objects served, most first.
+    pub hits: Vec<Hit>,
+    /// The most requested paths not served from the stores, most first.
+    pub misses: Vec<Miss>,
+}
+
+/// The box's popularity counts.
+#[derive(Debug)]
+pub struct Popularity {
+    id: usize,
+    sketches: Mutex<Vec<Arc<Mutex<ThreadSketch>>>>,
+    generation: AtomicU64,
+    since: Mutex<jiff::Timestamp>,
+}
+
+impl Default for Popularity {
+    fn default() -> Self {
+        Popularity::new()
+    }
+}
+
+impl Popularity {
+    /// Counting from now.
+    pub fn new() -> Popularity {
+        Popularity {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            sketches: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+            since: Mutex::new(jiff::Timestamp::now()),
+        }
+    }
+
+    /// Counts a request for `path` served from the stores, `bytes` of body.
+    pub fn hit(&self, path: &str, bytes: u64) {
+        self.with_sketch(|sketch| sketch.hits.record(path, bytes));
+    }
+
+    /// Counts a request for `path` this box did not serve from its stores.
+    pub fn miss(&self, path: &str) {
+        self.with_sketch(|sketch| sketch.misses.record(path, 0));
+    }
+
+    /// Starts counting again from `since` (a new manifest was accepted).
+    pub fn reset(&self, since: jiff::Timestamp) {
+        *self.since.lock().unwrap_or_else(PoisonError::into_inner) = since;
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn with_sketch(&self, count: impl FnOnce(&mut ThreadSketch)) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let sketch = LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            if let Some((_, sketch)) = local.iter().find(|(id, _)| *id == self.id) {
+                return Arc::clone(sketch);
+            }
+            let sketch = Arc::new(Mutex::new(ThreadSketch {
+                generation,
+                hits: SpaceSaving::new(CAPACITY),
+                misses: SpaceSaving::new(CAPACITY),
+            }));
+            self.sketches
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(&sketch));
+            local.push((self.id, Arc::clone(&sketch)));
+            sketch
+        });
+        let mut sketch = sketch.lock().unwrap_or_else(PoisonError::into_inner);
+        if sketch.generation != generation {
+            sketch.hits.clear();
+            sketch.misses.clear();
+            sketch.generation = generation;
+        }
+        count(&mut sketch);
+    }
+
+    /// The top `limit` hits and misses, every thread's counts added up.
+    pub fn report(&self, limit: usize) -> Report {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let sketches: Vec<Arc<Mutex<ThreadSketch>>> = self
+            .sketches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut hits: HashMap<Box<str>, (u64, u64)> = HashMap::new();
+        let mut misses: HashMap<Box<str>, u64> = HashMap::new();
+        for sketch in sketches {
+            let sketch = sketch.lock().unwrap_or_else(PoisonError::into_inner);
+            if sketch.generation != generation {
+                continue;
+            }
+            for counter in sketch.hits.counters() {
+                let total = hits.entry(counter.path.clone()).or_default();
+                total.0 += counter.count;
+                total.1 += counter.bytes;
+            }
+            for counter in sketch.misses.counters() {
+                *misses.entry(counter.path.clone()).or_default() += counter.count;
+            }
+        }
+        let limit = limit.min(MAX_LIMIT);
+        let mut hits: Vec<Hit> = hits
+            .into_iter()
+            .map(|(path, (requests, bytes))| Hit {
+                path: path.into(),
+                requests,
+                bytes,
+            })
+            .collect();
+        hits.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        hits.truncate(limit);
+        let mut misses: Vec<Miss> = misses
+            .into_iter()
+            .map(|(path, requests)| Miss {
+                path: path.into(),
+                requests,
+            })
+            .collect();
+        misses.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| a.path.cmp(&b.path))
+        });
+        misses.truncate(limit);
+        Report {
+            since: self
+                .since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .to_string(),
+            hits,
+            misses,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn space_saving_keeps_the_heavy_paths_with_bounded_overcounts() {
+        let mut sketch = SpaceSaving::new(64);
+        let mut exact: HashMap<String, u64> = HashMap::new();
+        let mut total = 0u64;
+        // A Zipf-like stream: path i asked 5000 / (i + 1) times (at least once), shuffled.
+        let mut stream: Vec<u64> = (0..2000u64)
+            .flat_map(|i| std::iter::repeat_n(i, (5000 / (i + 1)).max(1) as usize))
+            .collect();
+        fastrand::Rng::with_seed(7).shuffle(&mut stream);
+        for i in stream {
+            let path = format!("t/seg_{i}.ts");
+            sketch.record(&path, 10);
+            *exact.entry(path).or_default() += 1;
+            total += 1;
+        }
+        let bound = total / 64;
+        for counter in sketch.counters() {
+            let truth = exact[&*counter.path];
+            assert!(counter.count >= truth, "{}: never under", counter.path);
+            assert!(
+                counter.count - truth <= bound,
+                "{}: overcount within N/k",
+                counter.path
+            );
+            assert!(counter.count - counter.error <= truth);
+        }
+        // Every path asked more than N/k times is counted.
+        for (path, count) in &exact {
+            if *count > bound {
+                assert!(
+                    sketch.counters().any(|counter| &*counter.path == path),
+                    "{path}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reports_add_threads_up_and_a_reset_starts_over() {
+        let popularity = Arc::new(Popularity::new());
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                let popularity = Arc::clone(&popularity);
+                scope.spawn(move || {
+                    for _ in 0..10 {
+                        popularity.hit("a.ts", 100);
+                    }
+                    popularity.hit("b.ts", 5);
+                    popularity.miss("gone.ts");
+                });
+            }
+        });
+        let report = popularity.report(10);
+        assert_eq!(
+            report.hits,
+            [
+                Hit {
+                    path: "a.ts".into(),
+                    requests: 30,
+                    bytes: 3000
+                },
+                Hit {
+                    path: "b.ts".into(),
+                    requests: 3,
+                    bytes: 15
+                },
+            ]
+        );
+        assert_eq!(
+            report.misses,
+            [Miss {
+                path: "gone.ts".into(),
+                requests: 3
+            }]
+        );
+        assert_eq!(popularity.report(1).hits.len(), 1);
+        popularity.reset(jiff::Timestamp::UNIX_EPOCH);
+        popularity.hit("c.ts", 1);
+        let report = popularity.report(10);
+        assert_eq!(report.hits.len(), 1);
+        assert_eq!(report.since, "1970-01-01T00:00:00Z");
+    }
+}
