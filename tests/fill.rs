@@ -614,6 +614,64 @@ async fn a_manifest_url_is_pulled_when_a_fill_starts() {
 }
 
 #[tokio::test]
+async fn a_manifest_published_after_the_window_opened_arrives_the_same_night() {
+    let origin = Origin::start().await;
+    let (first, later) = (pattern(5_000), pattern(7_000));
+    origin.put("first.ts", &first, Fault::None);
+    origin.put("later.ts", &later, Fault::None);
+    let test_box = TestBox::new();
+    let manifest_path = test_box.write_file(
+        "pulled.json",
+        manifest("night-1", &origin.base_url(), &[("first.ts", &first)]).as_bytes(),
+    );
+    let mut config = test_box.config(1, "[schedule]\ndrain = \"0s\"\n");
+    config.fill.manifest_url = tidecache::config::ManifestUrl::File(manifest_path.clone());
+    config.fill.manifest_poll = tidecache::config::HumanDuration(Duration::from_secs(1));
+    let daemon = start(&config).await;
+    daemon
+        .set_override(tidecache::schedule::Override::Fill)
+        .await
+        .unwrap();
+    let admin = daemon.admin_addr;
+    eventually("the first manifest is filled", || async move {
+        let status = admin_status(admin).await;
+        status["fill"]["manifest_id"] == "night-1" && status["fill"]["state"] == "done"
+    })
+    .await;
+    // The origin publishes more while the window is still open.
+    std::fs::write(
+        &manifest_path,
+        manifest(
+            "night-2",
+            &origin.base_url(),
+            &[("first.ts", &first), ("later.ts", &later)],
+        ),
+    )
+    .unwrap();
+    eventually("the later manifest is pulled and filled", || async move {
+        let status = admin_status(admin).await;
+        status["mode"] == "filling"
+            && status["fill"]["manifest_id"] == "night-2"
+            && status["fill"]["state"] == "done"
+    })
+    .await;
+    assert_eq!(
+        origin.requests("first.ts").len(),
+        1,
+        "kept, not fetched again"
+    );
+    assert_eq!(origin.requests("later.ts").len(), 1);
+    // Polls of an unchanged manifest accept nothing: the pass is not restarted.
+    let accepted_at = admin_status(admin).await["manifest"]["accepted_at"].clone();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        admin_status(admin).await["manifest"]["accepted_at"],
+        accepted_at
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
 async fn https_origins_are_verified_against_the_system_roots_or_fill_ca_file() {
     let test_box = TestBox::new();
     let cert = make_cert(test_box.dir.path());

@@ -348,6 +348,9 @@ impl Default for ScheduleConfig {
 pub struct FillConfig {
     /// Optional URL pulled at window start; pushed manifests work regardless.
     pub manifest_url: ManifestUrl,
+    /// While a fill window is open, how often `manifest_url` is pulled again (a
+    /// conditional GET), so content published after the window opened arrives that night.
+    pub manifest_poll: HumanDuration,
     /// Transfers in flight at once.
     pub concurrency: u32,
     /// Cap on ingest bandwidth; 0 means unlimited.
@@ -378,6 +381,7 @@ impl Default for FillConfig {
     fn default() -> Self {
         FillConfig {
             manifest_url: ManifestUrl::None,
+            manifest_poll: HumanDuration(std::time::Duration::from_secs(600)),
             concurrency: 8,
             max_rate: Rate { bytes_per_sec: 0 },
             retries: 5,
@@ -541,6 +545,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "schedule.during_fill",
                 "\"redirect\" needs schedule.fallback_url",
+            ));
+        }
+        if self.fill.manifest_poll.0 < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "fill.manifest_poll",
+                "must be at least 1s (a conditional GET per poll)",
             ));
         }
         if !(1..=1024).contains(&self.fill.concurrency) {

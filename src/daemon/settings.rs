@@ -115,6 +115,7 @@ pub(super) fn engine_settings(config: &Config) -> EngineSettings {
         retry_base: config.fill.retry_delay.0,
         stop_grace: config.fill.stop_grace.0,
         manifest_url: config.fill.manifest_url.clone(),
+        manifest_poll: config.fill.manifest_poll.0,
         max_manifest_size: config.fill.max_manifest_size.0 as usize,
     }
 }

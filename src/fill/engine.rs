@@ -61,6 +61,8 @@ pub struct EngineSettings {
     pub stop_grace: Duration,
     /// Where the manifest is pulled from when a fill starts, if anywhere.
     pub manifest_url: ManifestUrl,
+    /// How often it is pulled again while the window is open.
+    pub manifest_poll: Duration,
     /// Largest manifest accepted.
     pub max_manifest_size: usize,
 }
@@ -75,7 +77,8 @@ pub struct Engine {
     settings: EngineSettings,
     reloads: watch::Receiver<EngineSettings>,
     metrics: Metrics,
-    pulled_etag: Option<String>,
+    /// What was last pulled and accepted, shared with the poller.
+    pulled_etag: Arc<std::sync::Mutex<Pulled>>,
 }
 
 /// The daemon is stopping: what was under way is left.
@@ -181,12 +184,20 @@ impl Engine {
             settings: current,
             reloads: settings,
             metrics,
-            pulled_etag: None,
+            pulled_etag: Arc::new(std::sync::Mutex::new(Pulled::default())),
         }
     }
 
     /// Runs until `stop` is raised.
     pub async fn run(mut self, mut stop: Shutdown) {
+        tokio::spawn(poll_during_windows(Puller {
+            fill: Arc::clone(&self.fill),
+            fetcher: self.fetcher.clone(),
+            mode: self.mode.clone(),
+            settings: self.reloads.clone(),
+            etag: Arc::clone(&self.pulled_etag),
+            stop: stop.clone(),
+        }));
         let mut manifests = self.fill.watch_manifest();
         let mut session = 0u64;
         let mut was_filling = false;
@@ -200,7 +211,15 @@ impl Engine {
                 was_filling = true;
                 // The pull has its own overall timeout, and its download ends at the stop
                 // or the window's end (see `pull_manifest`).
-                if self.pull_manifest(&mut stop).await.is_err() {
+                let puller = Puller {
+                    fill: Arc::clone(&self.fill),
+                    fetcher: self.fetcher.clone(),
+                    mode: self.mode.clone(),
+                    settings: self.reloads.clone(),
+                    etag: Arc::clone(&self.pulled_etag),
+                    stop: stop.clone(),
+                };
+                if puller.pull(&self.settings).await.is_err() {
                     return;
                 }
                 // The mode may have changed while pulling: look again before a pass.
@@ -225,54 +244,6 @@ impl Engine {
                 _ = stop.raised() => return,
             }
         }
-    }
-
-    /// Pulls `fill.manifest_url` with a conditional GET; an unchanged manifest costs nothing.
-    ///
-    /// Only the download is raced against the stop and the window's end: accepting what
-    /// arrived is local and short, and cut midway it could leave the saved manifest and the
-    /// one in force apart. `Err` when the daemon is stopping.
-    async fn pull_manifest(&mut self, stop: &mut Shutdown) -> Result<(), Stopping> {
-        let etag = self.pulled_etag.as_deref();
-        let limit = self.settings.max_manifest_size;
-        let download = async {
-            match &self.settings.manifest_url {
-                ManifestUrl::None => Ok(None),
-                ManifestUrl::File(path) => read_if_changed(path, etag, limit).await,
-                ManifestUrl::Http(url) => self.fetcher.get_if_changed(url, etag, limit).await,
-            }
-        };
-        let mut mode = self.mode.clone();
-        let fetched = tokio::select! {
-            fetched = download => fetched,
-            _ = mode.wait_for(|state| state.mode != Mode::Filling) => {
-                tracing::info!("the fill window ended during the manifest pull; the manifest in force stays");
-                return Ok(());
-            }
-            _ = stop.raised() => return Err(Stopping),
-        };
-        if self.settings.manifest_url == ManifestUrl::None {
-            return Ok(());
-        }
-        let url = self.settings.manifest_url.to_url();
-        match fetched {
-            Ok(None) => tracing::info!(url, "pulled manifest unchanged"),
-            Ok(Some((body, etag))) => {
-                match self.fill.accept(Received::Bytes(body), limit as u64).await {
-                    Ok(summary) => {
-                        tracing::info!(url, id = %summary.id, "pulled a new manifest");
-                        self.pulled_etag = etag;
-                    }
-                    Err(err) => {
-                        tracing::error!(url, error = %err, "pulled manifest refused; the one in force stays")
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(url, error = %err, "cannot pull the manifest; using the one in force")
-            }
-        }
-        Ok(())
     }
 
     /// One pass toward `accepted`: delete what left the manifest, plan what to fetch,
@@ -749,6 +720,124 @@ impl Engine {
                     .with_progress(|progress| progress.fail(path, reason));
             }
             TransferOutcome::Paused | TransferOutcome::Deferred { .. } => {}
+        }
+    }
+}
+
+/// What pulling `fill.manifest_url` needs: at each window's start (the engine) and every
+/// `fill.manifest_poll` during the window (the poller), sharing the last ETag.
+struct Puller {
+    fill: Arc<Fill>,
+    fetcher: Fetcher,
+    mode: watch::Receiver<ModeState>,
+    settings: watch::Receiver<EngineSettings>,
+    etag: Arc<std::sync::Mutex<Pulled>>,
+    stop: Shutdown,
+}
+
+/// The manifest last pulled and accepted: its ETag for the conditional GET, and its
+/// body's sha256 for origins that send no ETag (polled every few minutes, the same
+/// manifest is not accepted again, which would restart the pass).
+#[derive(Debug, Default)]
+struct Pulled {
+    etag: Option<String>,
+    body_sha256: Option<[u8; 32]>,
+}
+
+impl Puller {
+    /// Pulls `fill.manifest_url` with a conditional GET; an unchanged manifest costs
+    /// nothing.
+    ///
+    /// Only the download is raced against the stop and the window's end: accepting what
+    /// arrived is local and short, and cut midway it could leave the saved manifest and the
+    /// one in force apart. `Err` when the daemon is stopping.
+    async fn pull(&self, settings: &EngineSettings) -> Result<(), Stopping> {
+        let (etag, last_body) = {
+            let pulled = self
+                .etag
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (pulled.etag.clone(), pulled.body_sha256)
+        };
+        let etag = etag.as_deref();
+        let limit = settings.max_manifest_size;
+        let download = async {
+            match &settings.manifest_url {
+                ManifestUrl::None => Ok(None),
+                ManifestUrl::File(path) => read_if_changed(path, etag, limit).await,
+                ManifestUrl::Http(url) => self.fetcher.get_if_changed(url, etag, limit).await,
+            }
+        };
+        let mut mode = self.mode.clone();
+        let mut stop = self.stop.clone();
+        let fetched = tokio::select! {
+            fetched = download => fetched,
+            _ = mode.wait_for(|state| state.mode != Mode::Filling) => {
+                tracing::info!("the fill window ended during the manifest pull; the manifest in force stays");
+                return Ok(());
+            }
+            _ = stop.raised() => return Err(Stopping),
+        };
+        if settings.manifest_url == ManifestUrl::None {
+            return Ok(());
+        }
+        let url = settings.manifest_url.to_url();
+        match fetched {
+            Ok(None) => tracing::info!(url, "pulled manifest unchanged"),
+            Ok(Some((body, _)))
+                if last_body == Some(<sha2::Sha256 as sha2::Digest>::digest(&body).into()) =>
+            {
+                tracing::info!(url, "pulled manifest unchanged (same body)")
+            }
+            Ok(Some((body, etag))) => {
+                let body_sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+                match self.fill.accept(Received::Bytes(body), limit as u64).await {
+                    Ok(summary) => {
+                        tracing::info!(url, id = %summary.id, "pulled a new manifest");
+                        *self
+                            .etag
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Pulled {
+                            etag,
+                            body_sha256: Some(body_sha256),
+                        };
+                    }
+                    Err(err) => {
+                        tracing::error!(url, error = %err, "pulled manifest refused; the one in force stays")
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(url, error = %err, "cannot pull the manifest; using the one in force")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// While a fill window is open, pulls `fill.manifest_url` again every `fill.manifest_poll`
+/// (the engine pulls at the window's start), so what the origin publishes after the window
+/// opened still arrives that night: a pulled manifest that changed supersedes the pass under
+/// way, whose next pass keeps what is already stored.
+async fn poll_during_windows(puller: Puller) {
+    let mut mode = puller.mode.clone();
+    let mut stop = puller.stop.clone();
+    loop {
+        tokio::select! {
+            _ = mode.wait_for(|state| state.mode == Mode::Filling) => {}
+            _ = stop.raised() => return,
+        }
+        let settings = puller.settings.borrow().clone();
+        tokio::select! {
+            _ = tokio::time::sleep(settings.manifest_poll) => {}
+            _ = mode.wait_for(|state| state.mode != Mode::Filling) => continue,
+            _ = stop.raised() => return,
+        }
+        if mode.borrow().mode == Mode::Filling && settings.manifest_url != ManifestUrl::None {
+            let settings = puller.settings.borrow().clone();
+            if puller.pull(&settings).await.is_err() {
+                return;
+            }
         }
     }
 }
