@@ -36,7 +36,8 @@ thread_local! {
 /// One counter.
 #[derive(Debug, Clone)]
 struct Counter {
-    path: Box<str>,
+    /// A `String`, not a `Box<str>`: a counter taken over reuses its allocation.
+    path: String,
     count: u64,
     /// How much of `count` may belong to the paths it took over from.
     error: u64,
@@ -73,10 +74,7 @@ impl SpaceSaving {
     pub fn record(&mut self, path: &str, bytes: u64) {
         let hash = self.hasher.hash_one(path);
         let counters = &self.counters;
-        if let Some(&index) = self
-            .table
-            .find(hash, |&index| &*counters[index].path == path)
-        {
+        if let Some(&index) = self.table.find(hash, |&index| counters[index].path == path) {
             let counter = &mut self.counters[index];
             counter.count += 1;
             counter.bytes += bytes;
@@ -87,7 +85,7 @@ impl SpaceSaving {
         if self.counters.len() < self.capacity {
             let index = self.counters.len();
             self.counters.push(Counter {
-                path: path.into(),
+                path: path.to_owned(),
                 count: 1,
                 error: 0,
                 bytes,
@@ -104,19 +102,20 @@ impl SpaceSaving {
         }
         // Full: the smallest counter is this path's now.
         let index = self.heap[0];
-        let old_hash = self.hasher.hash_one(&*self.counters[index].path);
+        let old_hash = self.hasher.hash_one(self.counters[index].path.as_str());
         if let Ok(entry) = self.table.find_entry(old_hash, |&found| found == index) {
             entry.remove();
         }
         let counter = &mut self.counters[index];
-        counter.path = path.into();
+        counter.path.clear();
+        counter.path.push_str(path);
         counter.error = counter.count;
         counter.count += 1;
         counter.bytes = bytes;
         let hasher = &self.hasher;
         let counters = &self.counters;
         self.table.insert_unique(hash, index, |&index| {
-            hasher.hash_one(&*counters[index].path)
+            hasher.hash_one(counters[index].path.as_str())
         });
         self.sift_down(0);
     }
@@ -257,30 +256,36 @@ impl Popularity {
 
     fn with_sketch(&self, count: impl FnOnce(&mut ThreadSketch)) {
         let generation = self.generation.load(Ordering::Relaxed);
-        let sketch = LOCAL.with(|local| {
+        LOCAL.with(|local| {
             let mut local = local.borrow_mut();
-            if let Some((_, sketch)) = local.iter().find(|(id, _)| *id == self.id) {
-                return Arc::clone(sketch);
-            }
-            let sketch = Arc::new(Mutex::new(ThreadSketch {
-                generation,
-                hits: SpaceSaving::new(CAPACITY),
-                misses: SpaceSaving::new(CAPACITY),
-            }));
-            self.sketches
+            let position = match local.iter().position(|(id, _)| *id == self.id) {
+                Some(position) => position,
+                None => {
+                    let sketch = Arc::new(Mutex::new(ThreadSketch {
+                        generation,
+                        hits: SpaceSaving::new(CAPACITY),
+                        misses: SpaceSaving::new(CAPACITY),
+                    }));
+                    self.sketches
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(Arc::clone(&sketch));
+                    local.push((self.id, sketch));
+                    local.len() - 1
+                }
+            };
+            // The thread's own lock: only a report ever waits on it.
+            let mut sketch = local[position]
+                .1
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Arc::clone(&sketch));
-            local.push((self.id, Arc::clone(&sketch)));
-            sketch
+                .unwrap_or_else(PoisonError::into_inner);
+            if sketch.generation != generation {
+                sketch.hits.clear();
+                sketch.misses.clear();
+                sketch.generation = generation;
+            }
+            count(&mut sketch);
         });
-        let mut sketch = sketch.lock().unwrap_or_else(PoisonError::into_inner);
-        if sketch.generation != generation {
-            sketch.hits.clear();
-            sketch.misses.clear();
-            sketch.generation = generation;
-        }
-        count(&mut sketch);
     }
 
     /// The top `limit` hits and misses, every thread's counts added up.
@@ -291,8 +296,8 @@ impl Popularity {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let mut hits: HashMap<Box<str>, (u64, u64)> = HashMap::new();
-        let mut misses: HashMap<Box<str>, u64> = HashMap::new();
+        let mut hits: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut misses: HashMap<String, u64> = HashMap::new();
         for sketch in sketches {
             let sketch = sketch.lock().unwrap_or_else(PoisonError::into_inner);
             if sketch.generation != generation {
@@ -311,7 +316,7 @@ impl Popularity {
         let mut hits: Vec<Hit> = hits
             .into_iter()
             .map(|(path, (requests, bytes))| Hit {
-                path: path.into(),
+                path,
                 requests,
                 bytes,
             })
@@ -324,10 +329,7 @@ impl Popularity {
         hits.truncate(limit);
         let mut misses: Vec<Miss> = misses
             .into_iter()
-            .map(|(path, requests)| Miss {
-                path: path.into(),
-                requests,
-            })
+            .map(|(path, requests)| Miss { path, requests })
             .collect();
         misses.sort_by(|a, b| {
             b.requests
