@@ -260,6 +260,11 @@ impl Admin {
                 crate::site::SETTLED_HEADER,
                 HeaderValue::from_static(settled),
             );
+            if let Ok(members) = HeaderValue::from_str(&site.fingerprint()) {
+                response
+                    .headers_mut()
+                    .insert(crate::site::MEMBERS_HEADER, members);
+            }
         }
         response
     }

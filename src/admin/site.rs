@@ -58,8 +58,14 @@ pub struct HoldsAnswer {
     pub settled: bool,
     /// For how long it has been settled, in milliseconds.
     pub settled_for_ms: u64,
+    /// The fingerprint of the members as this box sees them: a box gives an object up
+    /// only to an owner that agrees with it on who owns what.
+    pub members: String,
     /// For each object asked about, in order: stored with that sha256 and undamaged.
     pub held: Vec<bool>,
+    /// For each object asked about, in order: not held, but this box's fill pass under way
+    /// may still store it (a later owner waiting for this one goes on waiting).
+    pub coming: Vec<bool>,
 }
 
 impl Admin {
@@ -198,7 +204,7 @@ impl Admin {
                 &format!("at most {MAX_HOLDS_QUERY} objects per request"),
             );
         }
-        let held = query
+        let held: Vec<bool> = query
             .objects
             .iter()
             .map(|object| {
@@ -208,13 +214,21 @@ impl Admin {
                     .is_some_and(|meta| sha256.as_deref() == Some(&meta.sha256[..]))
             })
             .collect();
+        let coming = query
+            .objects
+            .iter()
+            .zip(&held)
+            .map(|(object, held)| !held && self.fill.is_coming(&object.path))
+            .collect();
         super::json(
             StatusCode::OK,
             &HoldsAnswer {
                 stocked: self.fill.stocked().is_set(),
                 settled: site.is_settled(),
                 settled_for_ms: u64::try_from(site.settled_for().as_millis()).unwrap_or(u64::MAX),
+                members: site.fingerprint(),
                 held,
+                coming,
             },
         )
     }

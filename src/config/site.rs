@@ -96,6 +96,12 @@ impl SiteConfig {
                 "is empty: name this box, uniquely in its site",
             ));
         }
+        if self.box_name.trim() != self.box_name {
+            return Err(SiteError::invalid(
+                "site.box",
+                format!("{:?} has spaces around it", self.box_name),
+            ));
+        }
         if !(1..=MAX_COPIES).contains(&self.copies) {
             return Err(SiteError::invalid(
                 "site.copies",
@@ -121,6 +127,12 @@ impl SiteConfig {
             if peer.name.trim().is_empty() {
                 return Err(SiteError::invalid(key("name"), "is empty"));
             }
+            if peer.name.trim() != peer.name {
+                return Err(SiteError::invalid(
+                    key("name"),
+                    format!("{:?} has spaces around it", peer.name),
+                ));
+            }
             if peer.name == self.box_name {
                 return Err(SiteError::invalid(
                     key("name"),
@@ -142,6 +154,15 @@ impl SiteConfig {
                 SiteError::invalid(key("admin"), format!("{:?} {why}", peer.admin))
             })?;
             check_weight(&key("weight"), peer.weight)?;
+            if let Some(other) = self.peers[..index]
+                .iter()
+                .find(|other| other.admin.trim_end_matches('/') == peer.admin.trim_end_matches('/'))
+            {
+                return Err(SiteError::invalid(
+                    key("admin"),
+                    format!("{:?} is also {}'s admin URL", peer.admin, other.name),
+                ));
+            }
         }
         Ok(())
     }
@@ -167,6 +188,19 @@ fn check_base_url(text: &str, schemes: &[&str]) -> Result<(), String> {
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err("has no host".to_owned());
+    }
+    let authority = uri.authority().map_or("", |authority| authority.as_str());
+    if authority.contains('@') {
+        return Err("must not carry a user or password".to_owned());
+    }
+    // A port, when given, is a number from 1 to 65535 (the parser takes any text there).
+    if let Some((_, port)) = authority
+        .rsplit_once(':')
+        .filter(|(_, port)| !port.ends_with(']'))
+    {
+        if !port.parse::<u16>().is_ok_and(|port| port > 0) {
+            return Err(format!("has no valid port ({port:?})"));
+        }
     }
     if uri.query().is_some() || text.contains('#') {
         return Err("must not have a query or fragment".to_owned());
@@ -226,5 +260,29 @@ mod tests {
         let mut copies = site();
         copies.copies = 0;
         assert_eq!(key_of_error(&copies), "site.copies");
+        for bad_port in [
+            "http://10.0.0.2:notaport",
+            "http://10.0.0.2:99999",
+            "http://10.0.0.2:0",
+        ] {
+            let mut port = site();
+            port.peers[0].admin = bad_port.to_owned();
+            assert_eq!(key_of_error(&port), "site.peer[0].admin", "{bad_port}");
+        }
+        let mut userinfo = site();
+        userinfo.peers[0].url = "http://user:pw@10.0.0.2".to_owned();
+        assert_eq!(key_of_error(&userinfo), "site.peer[0].url");
+        let mut spaced = site();
+        spaced.peers[0].name = "box-b ".to_owned();
+        assert_eq!(key_of_error(&spaced), "site.peer[0].name");
+        let mut same_admin = site();
+        let mut other = same_admin.peers[0].clone();
+        other.name = "box-c".to_owned();
+        same_admin.peers.push(other);
+        assert_eq!(key_of_error(&same_admin), "site.peer[1].admin");
+        let mut ipv6 = site();
+        ipv6.peers[0].admin = "http://[2001:db8::2]:8081".to_owned();
+        ipv6.peers[0].url = "http://[2001:db8::2]".to_owned();
+        assert!(ipv6.validate().is_ok());
     }
 }

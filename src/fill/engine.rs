@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::fetch::{FetchError, Fetcher};
 use super::manifest::{Manifest, ManifestObject};
-use super::peers::{Sources, hand_off, object_url, plan_sources};
+use super::peers::{Holds, PeerPlan, ask_holds, hand_off, object_url, plan_sources};
 use super::plan::{FillPlan, Owns, Survey, dropped_beyond, fit, held_bytes, owns_all, survey};
 use super::progress::{FillReport, FillState};
 use super::rate::RateLimiter;
@@ -41,11 +41,9 @@ const DELETE_BATCH: usize = 256;
 const WRITE_BATCH: usize = 1 << 20;
 /// Longest pause between retries of one object.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a later owner waits for an object's first owner (which says "not yet" while
-/// its pass may still store it) before fetching it from the origin itself.
-const MAX_PEER_WAIT: Duration = Duration::from_secs(600);
-/// Between two asks of a first owner that said "not yet".
-const PEER_WAIT_STEP: Duration = Duration::from_millis(500);
+/// Between two asks of a first owner about the objects a later owner waits for (one holds
+/// request per first owner, whatever the number of objects).
+const WAIT_POLL: Duration = Duration::from_secs(2);
 
 /// How the engine behaves, from `[fill]`.
 #[derive(Debug, Clone)]
@@ -118,10 +116,6 @@ enum TransferOutcome {
         reason: String,
     },
     Paused,
-    /// Its first owner in the site may still store it: asked again later.
-    Deferred {
-        since: Instant,
-    },
 }
 
 impl TransferOutcome {
@@ -133,6 +127,9 @@ impl TransferOutcome {
         }
     }
 }
+
+/// A first owner asked about the objects waiting for it: what it said of them.
+type WaitPoll = (Arc<Peer>, Vec<usize>, Result<Holds, String>);
 
 /// Everything a transfer task needs, cheap to clone.
 #[derive(Clone)]
@@ -318,7 +315,7 @@ impl Engine {
         }
         let (mut deleted, interrupted) = self.delete_dropped(deletes, manifests, stop).await;
         if interrupted.is_none() {
-            deleted += self.hand_off(&manifest, &handoff).await;
+            deleted += self.hand_off(&manifest, &handoff, stop).await;
         }
         let mut counts = PassCounts {
             already_present: 0,
@@ -334,9 +331,17 @@ impl Engine {
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
                 self.note_content(false).await;
+                // Asking the peers is raced against the window's end and the stop: a peer
+                // that answers slowly holds neither (the transfers then wind down at once).
                 let sources = match self.fill.site() {
-                    Some(site) => plan_sources(&self.fetcher, site, &manifest, &work.fetches).await,
-                    None => HashMap::new(),
+                    Some(site) => self
+                        .unless_interrupted(
+                            plan_sources(&self.fetcher, site, &manifest, &work.fetches),
+                            stop,
+                        )
+                        .await
+                        .unwrap_or_default(),
+                    None => PeerPlan::default(),
                 };
                 self.transfer_all(&manifest, work.fetches, sources, manifests, stop)
                     .await
@@ -349,7 +354,7 @@ impl Engine {
                 site.settle(members);
             }
             // What moved here during this pass may be given up now, not a night later.
-            counts.deleted += self.hand_off(&manifest, &handoff).await;
+            counts.deleted += self.hand_off(&manifest, &handoff, stop).await;
         }
         self.fill.pass_over();
         self.flush_index().await;
@@ -524,13 +529,47 @@ impl Engine {
     }
 
     /// Gives up the stored objects of `handoff` that a box owning them now holds (a site
-    /// only).
-    async fn hand_off(&self, manifest: &Arc<Manifest>, handoff: &[usize]) -> u64 {
-        match self.fill.site() {
-            Some(site) if !handoff.is_empty() => {
-                hand_off(&self.fetcher, site, &self.stores, manifest, handoff).await
-            }
-            _ => 0,
+    /// only), while the window is open.
+    async fn hand_off(
+        &self,
+        manifest: &Arc<Manifest>,
+        handoff: &[usize],
+        stop: &mut Shutdown,
+    ) -> u64 {
+        let Some(site) = self.fill.site() else {
+            return 0;
+        };
+        if handoff.is_empty() {
+            return 0;
+        }
+        let mode = self.mode.clone();
+        let filling = move || mode.borrow().mode == Mode::Filling;
+        self.unless_interrupted(
+            hand_off(
+                &self.fetcher,
+                site,
+                &self.stores,
+                manifest,
+                handoff,
+                &filling,
+            ),
+            stop,
+        )
+        .await
+        .unwrap_or(0)
+    }
+
+    /// `work`'s result, or `None` when the window ends or the daemon stops first.
+    async fn unless_interrupted<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        stop: &mut Shutdown,
+    ) -> Option<T> {
+        let mut mode = self.mode.clone();
+        tokio::select! {
+            done = work => Some(done),
+            _ = mode.wait_for(|state| state.mode != Mode::Filling) => None,
+            _ = stop.raised() => None,
         }
     }
 
@@ -540,9 +579,9 @@ impl Engine {
     /// Returns how the pass ended and how many objects were stored.
     async fn transfer_all(
         &mut self,
-        manifest: &Manifest,
+        manifest: &Arc<Manifest>,
         fetches: Vec<usize>,
-        mut sources: HashMap<usize, Sources>,
+        plan: PeerPlan,
         manifests: &mut watch::Receiver<Option<Arc<AcceptedManifest>>>,
         stop: &mut Shutdown,
     ) -> (PassEnd, u64) {
@@ -564,17 +603,26 @@ impl Engine {
             peer_bytes: self.metrics.fill_source_bytes.with_label_values(&["peer"]),
         };
         // Positions in the manifest: an object is copied out of its compact form only when
-        // its transfer starts. Objects that wait for their first owner in the site come
-        // after every other (stable: priorities stay in order on each side), so a box
-        // fetches what it is first to fetch before it waits on others.
-        let (waits, own): (Vec<usize>, Vec<usize>) = fetches.into_iter().partition(|index| {
-            sources
-                .get(index)
-                .is_some_and(|sources| sources.wait_for.is_some())
-        });
-        let mut queue: VecDeque<usize> = own.into_iter().chain(waits).collect();
-        // Objects whose first owner said "not yet": when to ask again, and since when.
-        let mut waiting: VecDeque<(tokio::time::Instant, usize, Instant)> = VecDeque::new();
+        // its transfer starts. Objects that wait for their first owner in the site are set
+        // aside, by first owner, and asked about together every WAIT_POLL: held, they are
+        // fetched from it; still coming, they wait on; neither (it failed them, or cannot
+        // be asked), they are fetched from the origin. A wait holds no transfer slot.
+        let PeerPlan { mut holders, waits } = plan;
+        let mut waiting: HashMap<String, (Arc<Peer>, Vec<usize>)> = HashMap::new();
+        let mut queue: VecDeque<usize> = VecDeque::with_capacity(fetches.len());
+        for index in fetches {
+            match waits.get(&index) {
+                Some(owner) => waiting
+                    .entry(owner.name.clone())
+                    .or_insert_with(|| (Arc::clone(owner), Vec::new()))
+                    .1
+                    .push(index),
+                None => queue.push_back(index),
+            }
+        }
+        drop(waits);
+        let mut polls: JoinSet<WaitPoll> = JoinSet::new();
+        let mut next_poll = tokio::time::Instant::now() + WAIT_POLL;
         let mut transfers = JoinSet::new();
         let mut stored = 0u64;
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
@@ -594,32 +642,18 @@ impl Engine {
                 }
             }
             while winding_down.is_none() && transfers.len() < self.settings.concurrency.max(1) {
-                let now = tokio::time::Instant::now();
-                let (index, since) = match queue.pop_front() {
-                    Some(index) => (index, Instant::now()),
-                    None => match waiting.front() {
-                        Some(&(due, index, since)) if due <= now => {
-                            waiting.pop_front();
-                            (index, since)
-                        }
-                        _ => break,
-                    },
+                let Some(index) = queue.pop_front() else {
+                    break;
                 };
                 let object = manifest.get(index).to_owned();
-                let object_sources = sources.get(&index).cloned().unwrap_or_default();
-                transfers.spawn(transfer(
-                    context.clone(),
-                    index,
-                    object,
-                    object_sources,
-                    since,
-                ));
+                let peers = holders.remove(&index).unwrap_or_default();
+                transfers.spawn(transfer(context.clone(), object, peers));
             }
-            if transfers.is_empty() && (waiting.is_empty() || winding_down.is_some()) {
+            let waits_left = !waiting.is_empty() || !polls.is_empty();
+            if transfers.is_empty() && (!waits_left || winding_down.is_some()) {
                 break;
             }
-            let next_due = waiting.front().map(|&(due, _, _)| due);
-            let room = transfers.len() < self.settings.concurrency.max(1);
+            let may_poll = !waiting.is_empty() && polls.is_empty() && winding_down.is_none();
             let grace_over = async {
                 match &winding_down {
                     Some((deadline, _)) => tokio::time::sleep_until(*deadline).await,
@@ -628,22 +662,61 @@ impl Engine {
             };
             tokio::select! {
                 joined = transfers.join_next(), if !transfers.is_empty() => {
-                    match joined {
-                        Some(Ok((index, _, TransferOutcome::Deferred { since }))) => {
-                            waiting.push_back((tokio::time::Instant::now() + PEER_WAIT_STEP, index, since));
+                    if let Some(Ok((path, outcome))) = joined {
+                        if let TransferOutcome::Stored { .. } = outcome {
+                            stored += 1;
                         }
-                        Some(Ok((index, path, outcome))) => {
-                            if let TransferOutcome::Stored { .. } = outcome {
-                                stored += 1;
-                            }
-                            sources.remove(&index);
-                            self.record(&path, outcome);
-                            self.note_content(false).await;
-                        }
-                        _ => {}
+                        self.record(&path, outcome);
+                        self.note_content(false).await;
                     }
                 }
-                _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() && room && winding_down.is_none() => {}
+                _ = tokio::time::sleep_until(next_poll), if may_poll => {
+                    for (_, (owner, objects)) in waiting.drain() {
+                        let (fetcher, manifest) = (self.fetcher.clone(), Arc::clone(manifest));
+                        let site = self.fill.site().cloned();
+                        polls.spawn(async move {
+                            let asked = match &site {
+                                Some(site) => ask_holds(&fetcher, site, &owner, &manifest, &objects, Duration::ZERO).await,
+                                None => Err("not in a site".to_owned()),
+                            };
+                            (owner, objects, asked)
+                        });
+                    }
+                }
+                polled = polls.join_next(), if !polls.is_empty() => {
+                    if let Some(Ok((owner, objects, asked))) = polled {
+                        next_poll = tokio::time::Instant::now() + WAIT_POLL;
+                        match asked {
+                            Ok(holds) if !holds.agrees => {
+                                tracing::warn!(peer = %owner.name, waiting = objects.len(), "the first owner sees other members than this box; fetching what waited for it from the origin");
+                                queue.extend(objects);
+                            }
+                            Ok(holds) => {
+                                let coming: HashSet<usize> = holds.coming.into_iter().collect();
+                                let held: HashSet<usize> = holds.held.into_iter().collect();
+                                let mut still = Vec::new();
+                                for index in objects {
+                                    if held.contains(&index) {
+                                        holders.insert(index, vec![Arc::clone(&owner)]);
+                                        queue.push_back(index);
+                                    } else if coming.contains(&index) {
+                                        still.push(index);
+                                    } else {
+                                        // Failed or dropped by the first owner: the origin.
+                                        queue.push_back(index);
+                                    }
+                                }
+                                if !still.is_empty() {
+                                    waiting.insert(owner.name.clone(), (owner, still));
+                                }
+                            }
+                            Err(err) => {
+                                tracing::warn!(peer = %owner.name, error = %err, waiting = objects.len(), "cannot ask the first owner about the objects waiting for it; fetching them from the origin");
+                                queue.extend(objects);
+                            }
+                        }
+                    }
+                }
                 _ = self.mode.changed(), if winding_down.is_none() => {
                     if self.mode.borrow().mode != Mode::Filling {
                         tracing::info!(grace = ?self.settings.stop_grace, in_flight = transfers.len(), "fill window ended; finishing in-flight transfers");
@@ -663,6 +736,7 @@ impl Engine {
                 }
             }
         }
+        polls.abort_all();
         let end = match winding_down {
             Some((_, end)) => end,
             None if queue.is_empty() && waiting.is_empty() => PassEnd::Done,
@@ -719,7 +793,7 @@ impl Engine {
                 self.fill
                     .with_progress(|progress| progress.fail(path, reason));
             }
-            TransferOutcome::Paused | TransferOutcome::Deferred { .. } => {}
+            TransferOutcome::Paused => {}
         }
     }
 }
@@ -941,23 +1015,20 @@ enum AttemptEnd {
     },
     StoreFull(usize),
     Cancelled,
-    /// A peer did not give the object: `not_yet` when its pass may still store it.
-    PeerSaid {
-        not_yet: bool,
-    },
+    /// A peer did not give the object (not there, not answering, or a wrong answer): the
+    /// next source is tried.
+    PeerSaid,
 }
 
-/// Fetches one object: from the peers of `sources` first, then from its source with
-/// retries. Returns its manifest position, its path and how it ended.
+/// Fetches one object: from the `peers` that hold it first, then from its source with
+/// retries. Returns its path and how it ended.
 async fn transfer(
     context: TransferContext,
-    index: usize,
     object: ManifestObject,
-    sources: Sources,
-    since: Instant,
-) -> (usize, String, TransferOutcome) {
-    let outcome = transfer_object(&context, &object, &sources, since).await;
-    (index, object.path, outcome)
+    peers: Vec<Arc<Peer>>,
+) -> (String, TransferOutcome) {
+    let outcome = transfer_object(&context, &object, &peers).await;
+    (object.path, outcome)
 }
 
 /// Opens the object's writer: resuming what an earlier attempt left unless
@@ -999,8 +1070,6 @@ enum PeerTry {
     Stored(u64),
     /// Not there (or not usable): the next source.
     NotThere,
-    /// Its first owner may still store it.
-    NotYet,
     Cancelled,
 }
 
@@ -1027,7 +1096,6 @@ async fn from_peer(
                 .with_progress(|progress| progress.take_back(counted));
             match end {
                 AttemptEnd::Cancelled => PeerTry::Cancelled,
-                AttemptEnd::PeerSaid { not_yet: true } => PeerTry::NotYet,
                 AttemptEnd::Verify { mismatch, .. } => {
                     tracing::warn!(path = %object.path, peer = %peer.name, reason = %mismatch.reason, "a site peer's copy failed verification; trying the next source");
                     *from_scratch = true;
@@ -1046,28 +1114,15 @@ async fn from_peer(
 async fn transfer_object(
     context: &TransferContext,
     object: &ManifestObject,
-    sources: &Sources,
-    since: Instant,
+    peers: &[Arc<Peer>],
 ) -> TransferOutcome {
     let mut attempt = 0u32;
     let mut from_scratch = false;
-    for peer in &sources.holders {
+    for peer in peers {
         match from_peer(context, object, peer, &mut from_scratch).await {
             PeerTry::Stored(bytes) => return TransferOutcome::Stored { bytes },
             PeerTry::Cancelled => return TransferOutcome::Paused,
-            PeerTry::NotThere | PeerTry::NotYet => {}
-        }
-    }
-    if let Some(first_owner) = &sources.wait_for {
-        if since.elapsed() < MAX_PEER_WAIT {
-            match from_peer(context, object, first_owner, &mut from_scratch).await {
-                PeerTry::Stored(bytes) => return TransferOutcome::Stored { bytes },
-                PeerTry::Cancelled => return TransferOutcome::Paused,
-                PeerTry::NotYet => return TransferOutcome::Deferred { since },
-                PeerTry::NotThere => {}
-            }
-        } else {
-            tracing::info!(path = %object.path, peer = %first_owner.name, "waited long enough for the first owner; fetching from the origin");
+            PeerTry::NotThere => {}
         }
     }
     loop {
@@ -1086,7 +1141,7 @@ async fn transfer_object(
                     .with_progress(|progress| progress.take_back(counted));
                 match end {
                     AttemptEnd::Cancelled => return TransferOutcome::Paused,
-                    AttemptEnd::PeerSaid { .. } => {
+                    AttemptEnd::PeerSaid => {
                         return TransferOutcome::failed(
                             "a peer's answer ended an origin fetch".to_owned(),
                         );
@@ -1198,8 +1253,8 @@ async fn attempt_object(
         Err(err) if matches!(from, ReadFrom::Peer(_)) => {
             // What was written stays for the next source to resume.
             checkpoint(writer).await;
-            let not_yet = err.status == Some(http::StatusCode::SERVICE_UNAVAILABLE);
-            return Err((AttemptEnd::PeerSaid { not_yet }, counted));
+            tracing::debug!(path = %object.path, error = %err, "a site peer did not give the object");
+            return Err((AttemptEnd::PeerSaid, counted));
         }
         Err(err) => {
             let retryable = err.retryable;
@@ -1277,7 +1332,7 @@ async fn attempt_object(
             Err(err) => {
                 let retryable = err.retryable || matches!(from, ReadFrom::Peer(_));
                 let end = match from {
-                    ReadFrom::Peer(_) => AttemptEnd::PeerSaid { not_yet: false },
+                    ReadFrom::Peer(_) => AttemptEnd::PeerSaid,
                     ReadFrom::Origin => fetch_end(err),
                 };
                 return match flush(writer, batch).await {

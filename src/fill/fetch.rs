@@ -26,6 +26,9 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a pull of `fill.manifest_url` may take, head and body together: an origin that
 /// drips its manifest cannot hold the fill (or a shutdown) hostage.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a peer box's response head: a box of the site answers from its own
+/// disk, and one that does not is passed over for the next source.
+const PEER_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause a `Retry-After` is obeyed for; beyond it the origin's wish is capped (the
 /// window's end or a shutdown cut any pause short anyway).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
@@ -285,7 +288,12 @@ impl Fetcher {
             .parse()
             .map_err(|_| FetchError::permanent(format!("{url}: not a valid URL")))?;
         // One deadline for the head, whatever the redirects: a chain of slow hops is one stall.
-        let deadline = tokio::time::Instant::now() + STALL_TIMEOUT;
+        let head_timeout = if bearer.is_some() {
+            PEER_HEAD_TIMEOUT
+        } else {
+            STALL_TIMEOUT
+        };
+        let deadline = tokio::time::Instant::now() + head_timeout;
         for _ in 0..=MAX_REDIRECTS {
             let mut request = Request::get(target.clone()).header(
                 header::USER_AGENT,
@@ -303,10 +311,19 @@ impl Fetcher {
             let response = tokio::time::timeout_at(deadline, self.client.request(request))
                 .await
                 .map_err(|_| {
-                    FetchError::retry(format!("{target}: no response in {STALL_TIMEOUT:?}"))
+                    FetchError::retry(format!("{target}: no response in {head_timeout:?}"))
                 })?
                 .map_err(|err| FetchError::retry(format!("{target}: {}", error_chain(&err))))?;
             let status = response.status();
+            if status.is_redirection() && bearer.is_some() {
+                // The site token goes to the configured admin address only, never where a
+                // peer (or whatever answers at its address) points.
+                let mut error = FetchError::permanent(format!(
+                    "{target}: {status}: a peer's redirect is not followed with the site token"
+                ));
+                error.status = Some(status);
+                return Err(error);
+            }
             if status.is_redirection() {
                 let location = response
                     .headers()

@@ -19,19 +19,20 @@ const HOLDS_BATCH: usize = 16_384;
 /// Largest answer to one holds request.
 const HOLDS_ANSWER_LIMIT: usize = 1 << 20;
 /// How long one holds request may take.
-const HOLDS_TIMEOUT: Duration = Duration::from_secs(30);
+const HOLDS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deletes per journal fsync when giving objects up.
 const DELETE_BATCH: usize = 256;
 
-/// Where one object is fetched from before the origin.
-#[derive(Debug, Clone, Default)]
-pub struct Sources {
-    /// Peers that hold it (with the manifest's sha256), best-ranked first.
-    pub holders: Vec<Arc<Peer>>,
-    /// Its first owner, when this box is a later one and no peer holds it yet: the first
-    /// owner fetches it from the origin and this box from it, so it crosses the transit
-    /// once.
-    pub wait_for: Option<Arc<Peer>>,
+/// Where the objects of a pass are fetched from before the origin.
+#[derive(Debug, Default)]
+pub struct PeerPlan {
+    /// For objects some peers hold (with the manifest's sha256): those peers,
+    /// best-ranked first.
+    pub holders: HashMap<usize, Vec<Arc<Peer>>>,
+    /// Objects this box is a later owner of that no peer holds yet: the first owner to wait
+    /// for (it fetches them from the origin, and this box from it, so they cross the
+    /// transit once).
+    pub waits: HashMap<usize, Arc<Peer>>,
 }
 
 /// One object in a holds request, as the admin route reads it.
@@ -54,23 +55,48 @@ struct HoldsAnswer {
     settled: bool,
     #[serde(default)]
     settled_for_ms: u64,
+    #[serde(default)]
+    members: String,
     held: Vec<bool>,
+    #[serde(default)]
+    coming: Vec<bool>,
 }
 
-/// Asks `peer` which of `objects` (manifest positions) it holds. Returns whether it holds
-/// its content and has settled into the site's current members (both), and the positions
-/// it holds; a peer that cannot be asked holds nothing.
-async fn ask_holds(
+/// What a peer said of a list of objects.
+#[derive(Debug, Default)]
+pub struct Holds {
+    /// It holds its content, has settled into the members (for at least the time asked)
+    /// and agrees with this box on them: an object it owns and holds can be given up.
+    pub takes_over: bool,
+    /// It sees the same members as this box.
+    pub agrees: bool,
+    /// The positions it holds.
+    pub held: Vec<usize>,
+    /// The positions it does not hold but its pass under way may still store.
+    pub coming: Vec<usize>,
+}
+
+/// Asks `peer` which of `objects` (manifest positions) it holds; `Err` with why when it
+/// cannot be asked or answers something else than a holds answer for them.
+pub async fn ask_holds(
     fetcher: &Fetcher,
-    bearer: &str,
+    site: &Site,
     peer: &Peer,
     manifest: &Manifest,
     objects: &[usize],
     settled_for: Duration,
-) -> (bool, Vec<usize>) {
+) -> Result<Holds, String> {
+    let token = site.token();
+    let bearer = token
+        .bearer()
+        .ok_or_else(|| "no site token to ask with".to_owned())?;
+    let members = site.fingerprint();
     let url = format!("{}/v1/site/holds", peer.admin);
-    let mut stocked = false;
-    let mut held = Vec::new();
+    let mut holds = Holds {
+        takes_over: true,
+        agrees: true,
+        ..Holds::default()
+    };
     for batch in objects.chunks(HOLDS_BATCH) {
         let asked: Vec<Asked<'_>> = batch
             .iter()
@@ -82,129 +108,134 @@ async fn ask_holds(
                 }
             })
             .collect();
-        let Ok(body) = serde_json::to_vec(&HoldsQuery { objects: &asked }) else {
-            return (false, Vec::new());
-        };
-        let answer = fetcher
-            .post_peer(&url, bearer, body, HOLDS_ANSWER_LIMIT, HOLDS_TIMEOUT)
+        let body =
+            serde_json::to_vec(&HoldsQuery { objects: &asked }).map_err(|err| err.to_string())?;
+        let bytes = fetcher
+            .post_peer(&url, &bearer, body, HOLDS_ANSWER_LIMIT, HOLDS_TIMEOUT)
             .await
-            .map_err(|err| err.to_string())
-            .and_then(|bytes| {
-                serde_json::from_slice::<HoldsAnswer>(&bytes).map_err(|err| err.to_string())
-            });
-        match answer {
-            Ok(answer) if answer.held.len() == batch.len() => {
-                stocked = answer.stocked
-                    && answer.settled
-                    && Duration::from_millis(answer.settled_for_ms) >= settled_for;
-                held.extend(
-                    batch
-                        .iter()
-                        .zip(answer.held)
-                        .filter(|(_, held)| *held)
-                        .map(|(&index, _)| index),
-                );
-            }
-            Ok(_) => {
-                tracing::warn!(peer = %peer.name, "a site peer's holds answer does not match the question; taken as holding nothing");
-                return (false, Vec::new());
-            }
-            Err(err) => {
-                tracing::warn!(peer = %peer.name, error = %err, "cannot ask a site peer what it holds; taken as holding nothing");
-                return (false, Vec::new());
+            .map_err(|err| err.to_string())?;
+        let answer: HoldsAnswer =
+            serde_json::from_slice(&bytes).map_err(|err| format!("not a holds answer: {err}"))?;
+        if answer.held.len() != batch.len()
+            || (!answer.coming.is_empty() && answer.coming.len() != batch.len())
+        {
+            return Err("a holds answer that does not match the question".to_owned());
+        }
+        holds.takes_over &= answer.stocked
+            && answer.settled
+            && Duration::from_millis(answer.settled_for_ms) >= settled_for
+            && answer.members == members;
+        holds.agrees &= answer.members == members;
+        for (position, &index) in batch.iter().enumerate() {
+            if answer.held[position] {
+                holds.held.push(index);
+            } else if answer.coming.get(position).copied().unwrap_or(false) {
+                holds.coming.push(index);
             }
         }
     }
-    (stocked, held)
+    Ok(holds)
 }
 
-/// The peers to try for each of `fetches` before the origin (objects with none are left
-/// out): peers that hold it, and otherwise the first owner to wait for.
+/// The peers to try for each of `fetches` before the origin, and the first owners to wait
+/// for. The reachable peers are asked at once, each within [`HOLDS_TIMEOUT`]; one that does
+/// not answer, or sees other members, is passed over (not waited for).
 pub async fn plan_sources(
     fetcher: &Fetcher,
     site: &Arc<Site>,
     manifest: &Arc<Manifest>,
     fetches: &[usize],
-) -> HashMap<usize, Sources> {
-    let token = site.token();
-    let Some(bearer) = token.bearer() else {
-        return HashMap::new();
-    };
-    let peers = site.peers();
+) -> PeerPlan {
+    if fetches.is_empty() || site.token().bearer().is_none() {
+        return PeerPlan::default();
+    }
     let fetches: Arc<Vec<usize>> = Arc::new(fetches.to_vec());
     let mut asks = tokio::task::JoinSet::new();
-    for peer in peers {
-        let (fetcher, bearer) = (fetcher.clone(), bearer.clone());
+    // A peer is asked unless several readiness checks in a row got no answer (a box busy
+    // filling may miss one check's timeout and still answer this); a silent one that was
+    // not yet found out costs HOLDS_TIMEOUT once.
+    for peer in site.peers().into_iter().filter(|peer| peer.is_reachable()) {
+        let (fetcher, site) = (fetcher.clone(), Arc::clone(site));
         let (manifest, fetches) = (Arc::clone(manifest), Arc::clone(&fetches));
         asks.spawn(async move {
-            let (_, held) = ask_holds(
-                &fetcher,
-                &bearer,
-                &peer,
-                &manifest,
-                &fetches,
-                Duration::ZERO,
-            )
-            .await;
-            (peer.name.clone(), held)
+            let asked = ask_holds(&fetcher, &site, &peer, &manifest, &fetches, Duration::ZERO).await;
+            if let Err(err) = &asked {
+                tracing::warn!(peer = %peer.name, error = %err, "cannot ask a site peer what it holds; taken as holding nothing");
+            }
+            (peer.name.clone(), asked)
         });
     }
     let mut held_by: HashMap<usize, HashSet<String>> = HashMap::new();
+    // Peers that answered and agree on the members, as of now (their readiness checks may
+    // lag a reload): a later owner waits only for such a first owner.
+    let mut agreeing: HashSet<String> = HashSet::new();
     while let Some(joined) = asks.join_next().await {
-        if let Ok((name, held)) = joined {
-            for index in held {
-                held_by.entry(index).or_default().insert(name.clone());
-            }
+        let Ok((name, Ok(holds))) = joined else {
+            continue;
+        };
+        if holds.agrees {
+            agreeing.insert(name.clone());
+        }
+        for index in holds.held {
+            held_by.entry(index).or_default().insert(name.clone());
         }
     }
-    let mut sources = HashMap::new();
+    let mut plan = PeerPlan::default();
     for &index in fetches.iter() {
         let object = manifest.get(index);
         let ranking = site.ranking(object.path);
-        let holders: Vec<Arc<Peer>> = match held_by.get(&index) {
-            Some(names) => ranking
+        if let Some(names) = held_by.get(&index) {
+            let holders: Vec<Arc<Peer>> = ranking
                 .iter()
                 .filter_map(|member| match member {
                     Member::Peer(peer) if names.contains(&peer.name) => Some(Arc::clone(peer)),
                     _ => None,
                 })
-                .collect(),
-            None => Vec::new(),
-        };
-        let wait_for = match ranking.first() {
-            Some(Member::Peer(first)) if holders.is_empty() => Some(Arc::clone(first)),
-            _ => None,
-        };
-        if !holders.is_empty() || wait_for.is_some() {
-            sources.insert(index, Sources { holders, wait_for });
+                .collect();
+            plan.holders.insert(index, holders);
+            continue;
+        }
+        // A later owner waits for the first owner, when that box answered and agrees on
+        // who owns what; otherwise it goes to the origin itself.
+        if let Some(Member::Peer(first)) = ranking.first() {
+            if agreeing.contains(&first.name) {
+                plan.waits.insert(index, Arc::clone(first));
+            }
         }
     }
-    sources
+    tracing::info!(
+        fetches = fetches.len(),
+        from_peers = plan.holders.len(),
+        waiting_for_first_owners = plan.waits.len(),
+        "peers asked what they hold"
+    );
+    plan
 }
 
 /// Deletes the objects of `handoff` (manifest positions of stored objects that are now
-/// other boxes' share) that an owner already holds, once that owner holds its content and
-/// has settled into the site's current members (viewers are sent to it for its share only
-/// then); returns how many went. The rest stay for a later pass: an object leaves this box only once the site has
-/// it elsewhere.
+/// other boxes' share) that an owner holds, once that owner holds its content, has been
+/// settled into the members for [`Site::hand_off_delay`] and agrees with this box on them
+/// (viewers are sent to it for its share only then); returns how many went. Deletes stop
+/// as soon as `filling` says the window ended: a serving box writes nothing. The rest stay
+/// for a later pass: an object leaves this box only once the site has it elsewhere.
 pub async fn hand_off(
     fetcher: &Fetcher,
     site: &Arc<Site>,
     stores: &Arc<Stores>,
     manifest: &Arc<Manifest>,
     handoff: &[usize],
+    filling: &(dyn Fn() -> bool + Sync),
 ) -> u64 {
-    let token = site.token();
-    let Some(bearer) = token.bearer() else {
-        return 0;
-    };
-    if handoff.is_empty() {
+    if handoff.is_empty() || site.token().bearer().is_none() {
         return 0;
     }
     let mut by_owner: HashMap<String, (Arc<Peer>, Vec<usize>)> = HashMap::new();
     for &index in handoff {
         let object = manifest.get(index);
         for owner in site.peer_owners(object.path, object.copies) {
+            if !owner.is_reachable() {
+                continue;
+            }
             by_owner
                 .entry(owner.name.clone())
                 .or_insert_with(|| (Arc::clone(&owner), Vec::new()))
@@ -215,11 +246,16 @@ pub async fn hand_off(
     let mut asks = tokio::task::JoinSet::new();
     let delay = site.hand_off_delay();
     for (_, (owner, objects)) in by_owner {
-        let (fetcher, bearer, manifest) = (fetcher.clone(), bearer.clone(), Arc::clone(manifest));
+        let (fetcher, site, manifest) = (fetcher.clone(), Arc::clone(site), Arc::clone(manifest));
         asks.spawn(async move {
-            let (stocked, held) =
-                ask_holds(&fetcher, &bearer, &owner, &manifest, &objects, delay).await;
-            if stocked { held } else { Vec::new() }
+            match ask_holds(&fetcher, &site, &owner, &manifest, &objects, delay).await {
+                Ok(holds) if holds.takes_over => holds.held,
+                Ok(_) => Vec::new(),
+                Err(err) => {
+                    tracing::warn!(peer = %owner.name, error = %err, "cannot ask a site peer what it holds; nothing is given up to it");
+                    Vec::new()
+                }
+            }
         });
     }
     let mut given_up: HashSet<usize> = HashSet::new();
@@ -234,6 +270,10 @@ pub async fn hand_off(
         .collect();
     let mut deleted = 0;
     for batch in paths.chunks(DELETE_BATCH) {
+        if !filling() {
+            tracing::info!("the fill window ended: giving up moved objects waits for the next");
+            break;
+        }
         let (stores, batch) = (Arc::clone(stores), batch.to_vec());
         let (removed, error) = tokio::task::spawn_blocking(move || stores.remove_many(&batch))
             .await

@@ -39,6 +39,15 @@ pub const HOP_PARAM: &str = "tidecache-hop";
 /// site's current members (`settled`) or not yet (`settling`).
 pub const SETTLED_HEADER: http::HeaderName = http::HeaderName::from_static("tidecache-site");
 
+/// The header in which a box of a site gives the fingerprint of the members as it sees
+/// them (`/readyz`, and both ways of `/v1/site/holds`): boxes whose fingerprints differ do
+/// not agree on who owns what, and give nothing up to each other.
+pub const MEMBERS_HEADER: http::HeaderName =
+    http::HeaderName::from_static("tidecache-site-members");
+
+/// Checks in a row a peer may miss before a fill stops asking it for objects.
+pub const MISSED_CHECKS: u32 = 3;
+
 /// The file in `state_dir` that holds the fingerprint of the members this box last
 /// settled into.
 const SETTLED_FILE: &str = "site-settled";
@@ -57,6 +66,11 @@ pub struct Peer {
     ready: AtomicBool,
     /// Whether its last `/readyz` said it has settled into the current members.
     settled: AtomicBool,
+    /// Checks in a row that got no answer at all (any status is an answer: a box filling
+    /// with `during_fill = "refuse"` is not ready but still fills its peers).
+    missed: std::sync::atomic::AtomicU32,
+    /// Whether its last `/readyz` gave the same members fingerprint as this box's.
+    agrees: AtomicBool,
     /// When its readiness was last checked, Unix milliseconds; 0: never.
     checked_at_ms: AtomicI64,
 }
@@ -71,6 +85,8 @@ impl Peer {
             key: key_of(name),
             ready: AtomicBool::new(false),
             settled: AtomicBool::new(false),
+            missed: std::sync::atomic::AtomicU32::new(0),
+            agrees: AtomicBool::new(false),
             checked_at_ms: AtomicI64::new(0),
         }
     }
@@ -83,6 +99,25 @@ impl Peer {
     /// Whether its last `/readyz` said it has settled into the current members.
     pub fn is_settled(&self) -> bool {
         self.settled.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is worth asking for objects: one of its last [`MISSED_CHECKS`] checks
+    /// got an answer, or it has not been checked yet. A box too busy to answer one check in
+    /// time is still asked; one that has not answered for several is passed over rather
+    /// than waited on for a timeout at every pass.
+    pub fn is_reachable(&self) -> bool {
+        self.missed.load(Ordering::Relaxed) < MISSED_CHECKS
+    }
+
+    /// Whether it has not been checked yet (just started or added).
+    pub fn is_unchecked(&self) -> bool {
+        self.checked_at_ms.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether it sees the same members as this box (names, weights, copies): only then do
+    /// the two agree on who owns what.
+    pub fn agrees(&self) -> bool {
+        self.agrees.load(Ordering::Relaxed)
     }
 
     /// Whether two peers are the same box at the same addresses (so a reload keeps what
@@ -135,6 +170,10 @@ pub struct PeerStatus {
     pub checked_at: Option<String>,
     /// Whether it said it has settled into the current members.
     pub settled: bool,
+    /// Whether it sees the same members as this box (see [`MEMBERS_HEADER`]).
+    pub agrees: bool,
+    /// Whether a fill asks it for objects (it answered one of its last few checks).
+    pub reachable: bool,
 }
 
 /// The `site` section of `/v1/status`.
@@ -376,21 +415,30 @@ impl Site {
     }
 
     /// Where a viewer asking this box for `path`, which it does not hold, is sent: the
-    /// best-ranked ready peer (its owners first). When that peer has not settled into the
-    /// current members (it joined, or its share grew, and its fill has not finished), the
-    /// object may still be only where it was: then the viewer goes to the best-ranked ready
-    /// peer under the members before the last change, which keeps the object until a
+    /// best-ranked ready owner. When that owner has not settled into the current members
+    /// (it joined, or its share grew, and its fill has not finished), or none is ready yet,
+    /// the object may still be only where it was: then the viewer goes to the best-ranked
+    /// ready owner under the members before the last change, which keeps the object until a
     /// settled owner holds it.
+    ///
+    /// Only owners are candidates (the first `site.copies` of the ranking, this box
+    /// included: when this box owns the object and does not hold it, its fill failed, and
+    /// no other box but another owner would hold it), and only peers that agree on the
+    /// members; with none, the plain miss answer.
     pub fn redirect_target(&self, path: &str) -> Option<Arc<Peer>> {
+        let owners = self.copies(0);
         let first_ready = |ranking: Vec<Member>| {
-            ranking.into_iter().find_map(|member| match member {
-                Member::Peer(peer) if peer.is_ready() => Some(peer),
-                _ => None,
-            })
+            ranking
+                .into_iter()
+                .take(owners)
+                .find_map(|member| match member {
+                    Member::Peer(peer) if peer.is_ready() && peer.agrees() => Some(peer),
+                    _ => None,
+                })
         };
-        let first = first_ready(self.ranking(path))?;
-        if first.is_settled() {
-            return Some(first);
+        let first = first_ready(self.ranking(path));
+        if let Some(first) = first.as_ref().filter(|first| first.is_settled()) {
+            return Some(Arc::clone(first));
         }
         let previous = self.previous.load_full();
         let before = previous.and_then(|previous| {
@@ -411,7 +459,7 @@ impl Site {
                 .collect();
             first_ready(ranking)
         });
-        Some(before.unwrap_or(first))
+        before.or(first)
     }
 
     /// Records this box's share of the manifest in force (a fill pass surveys it).
@@ -440,6 +488,8 @@ impl Site {
                             .flatten()
                             .map(|at| at.to_string()),
                         settled: peer.is_settled(),
+                        agrees: peer.agrees(),
+                        reachable: peer.is_reachable(),
                     }
                 })
                 .collect(),
@@ -471,22 +521,39 @@ impl Site {
     /// One readiness check of `peer`.
     async fn check(&self, peer: &Peer, timeout: Duration) {
         let asked = Request::get(format!("{}/readyz", peer.admin)).body(Empty::new());
-        let (ready, settled) = match asked {
+        let answer = match asked {
             Ok(request) => {
                 match tokio::time::timeout(timeout, self.client.request(request)).await {
-                    Ok(Ok(response)) => (
-                        response.status() == StatusCode::OK,
-                        response
-                            .headers()
-                            .get(SETTLED_HEADER)
-                            .is_some_and(|value| value == "settled"),
-                    ),
-                    _ => (false, false),
+                    Ok(Ok(response)) => Some(response),
+                    _ => None,
                 }
             }
-            Err(_) => (false, false),
+            Err(_) => None,
         };
+        let header = |name: &http::HeaderName, value: &str| {
+            answer.as_ref().is_some_and(|response| {
+                response.headers().get(name).is_some_and(|got| got == value)
+            })
+        };
+        let ready = answer
+            .as_ref()
+            .is_some_and(|response| response.status() == StatusCode::OK);
+        let settled = header(&SETTLED_HEADER, "settled");
+        let agrees = header(&MEMBERS_HEADER, &self.fingerprint());
         peer.settled.store(settled, Ordering::Relaxed);
+        if answer.is_some() {
+            peer.missed.store(0, Ordering::Relaxed);
+        } else {
+            peer.missed.fetch_add(1, Ordering::Relaxed);
+        }
+        let agreed = peer.agrees.swap(agrees, Ordering::Relaxed);
+        if answer.is_some() && agreed != agrees {
+            if agrees {
+                tracing::info!(peer = %peer.name, "site peer sees the same members as this box");
+            } else {
+                tracing::warn!(peer = %peer.name, "site peer sees other members than this box (a box name, weight or copies differs between their [site] sections): nothing is given up to it and no viewer is sent to it until they agree");
+            }
+        }
         let was = peer.ready.swap(ready, Ordering::Relaxed);
         peer.checked_at_ms
             .store(jiff::Timestamp::now().as_millisecond(), Ordering::Relaxed);
@@ -664,13 +731,34 @@ mod tests {
     #[tokio::test]
     async fn redirects_go_to_a_ready_peer_and_carry_the_hop_mark() {
         let site = site("box-a", &["box-a", "box-b", "box-c"], 1);
+        let first_is = |name: &str| {
+            paths()
+                .into_iter()
+                .find(|path| match &site.ranking(path)[0] {
+                    Member::Peer(peer) => peer.name == name,
+                    Member::Me => name == "box-a",
+                })
+                .unwrap()
+        };
+        let theirs = first_is("box-c");
         assert!(
-            site.redirect_target("x.ts").is_none(),
+            site.redirect_target(&theirs).is_none(),
             "no peer checked yet"
         );
-        site.peers()[1].ready.store(true, Ordering::Relaxed);
-        let target = site.redirect_target("x.ts").unwrap();
+        let box_c = site.peer("box-c").unwrap();
+        box_c.ready.store(true, Ordering::Relaxed);
+        assert!(
+            site.redirect_target(&theirs).is_none(),
+            "box-c does not agree on the members yet"
+        );
+        box_c.agrees.store(true, Ordering::Relaxed);
+        let target = site.redirect_target(&theirs).unwrap();
         assert_eq!(target.name, "box-c");
+        // Only owners are candidates: what box-a owns and lacks goes to no other box.
+        let box_b = site.peer("box-b").unwrap();
+        box_b.ready.store(true, Ordering::Relaxed);
+        box_b.agrees.store(true, Ordering::Relaxed);
+        assert!(site.redirect_target(&first_is("box-a")).is_none());
         assert_eq!(
             redirect_location(&target, "/x.ts", Some("exp=1&sig=ab")),
             "http://box-c:8080/x.ts?exp=1&sig=ab&tidecache-hop=1"
