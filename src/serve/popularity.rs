@@ -11,6 +11,8 @@
 //! contends: no lock is shared between requests.
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,18 +44,19 @@ struct Counter {
     /// How much of `count` may belong to the paths it took over from.
     error: u64,
     bytes: u64,
-    /// Its place in the heap.
-    heap_at: usize,
 }
 
-/// A space-saving sketch: counters in a min-heap by count, found by path through a hash
-/// table.
+/// A space-saving sketch: counters found by path through a hash table, and a min-heap of
+/// (count, counter) entries that is brought up to date only when a counter must be taken
+/// over. A request for a counted path costs a hash, a probe and two additions; the heap
+/// work (re-pushing entries whose counts grew since they were pushed) is paid by the
+/// new paths, at most once per increment.
 #[derive(Debug)]
 pub struct SpaceSaving {
     capacity: usize,
     counters: Vec<Counter>,
-    /// Counter indexes, a min-heap by count.
-    heap: Vec<usize>,
+    /// One entry per counter, holding its count when pushed (it may have grown since).
+    heap: BinaryHeap<Reverse<(u64, usize)>>,
     table: HashTable<usize>,
     hasher: hashbrown::DefaultHashBuilder,
 }
@@ -64,7 +67,7 @@ impl SpaceSaving {
         SpaceSaving {
             capacity: capacity.max(1),
             counters: Vec::new(),
-            heap: Vec::new(),
+            heap: BinaryHeap::new(),
             table: HashTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
         }
@@ -78,8 +81,6 @@ impl SpaceSaving {
             let counter = &mut self.counters[index];
             counter.count += 1;
             counter.bytes += bytes;
-            let at = counter.heap_at;
-            self.sift_down(at);
             return;
         }
         if self.counters.len() < self.capacity {
@@ -89,19 +90,27 @@ impl SpaceSaving {
                 count: 1,
                 error: 0,
                 bytes,
-                heap_at: self.heap.len(),
             });
-            self.heap.push(index);
+            self.heap.push(Reverse((1, index)));
             let hasher = &self.hasher;
             let counters = &self.counters;
             self.table.insert_unique(hash, index, |&index| {
-                hasher.hash_one(&*counters[index].path)
+                hasher.hash_one(counters[index].path.as_str())
             });
-            self.sift_up(self.heap.len() - 1);
             return;
         }
-        // Full: the smallest counter is this path's now.
-        let index = self.heap[0];
+        // Full: the smallest counter is this path's now. Entries whose counter grew since
+        // they were pushed go back with their count until the least one is current.
+        let index = loop {
+            let Some(Reverse((pushed, index))) = self.heap.pop() else {
+                return;
+            };
+            let count = self.counters[index].count;
+            if count == pushed {
+                break index;
+            }
+            self.heap.push(Reverse((count, index)));
+        };
         let old_hash = self.hasher.hash_one(self.counters[index].path.as_str());
         if let Ok(entry) = self.table.find_entry(old_hash, |&found| found == index) {
             entry.remove();
@@ -112,12 +121,13 @@ impl SpaceSaving {
         counter.error = counter.count;
         counter.count += 1;
         counter.bytes = bytes;
+        let count = counter.count;
+        self.heap.push(Reverse((count, index)));
         let hasher = &self.hasher;
         let counters = &self.counters;
         self.table.insert_unique(hash, index, |&index| {
             hasher.hash_one(counters[index].path.as_str())
         });
-        self.sift_down(0);
     }
 
     /// Every counter: path, count, possible overcount, bytes.
@@ -129,45 +139,6 @@ impl SpaceSaving {
         self.counters.clear();
         self.heap.clear();
         self.table.clear();
-    }
-
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.counters[self.heap[a]].heap_at = a;
-        self.counters[self.heap[b]].heap_at = b;
-    }
-
-    fn count_at(&self, at: usize) -> u64 {
-        self.counters[self.heap[at]].count
-    }
-
-    fn sift_up(&mut self, mut at: usize) {
-        while at > 0 {
-            let parent = (at - 1) / 2;
-            if self.count_at(parent) <= self.count_at(at) {
-                break;
-            }
-            self.swap(parent, at);
-            at = parent;
-        }
-    }
-
-    fn sift_down(&mut self, mut at: usize) {
-        loop {
-            let (left, right) = (2 * at + 1, 2 * at + 2);
-            let mut smallest = at;
-            if left < self.heap.len() && self.count_at(left) < self.count_at(smallest) {
-                smallest = left;
-            }
-            if right < self.heap.len() && self.count_at(right) < self.count_at(smallest) {
-                smallest = right;
-            }
-            if smallest == at {
-                return;
-            }
-            self.swap(at, smallest);
-            at = smallest;
-        }
     }
 }
 
