@@ -60,5 +60,32 @@ fn index_and_head(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_paths, request_paths, ranges, index_and_head);
+/// What counting popularity adds to a request: a path counted already (the common case),
+/// and a stream of 100,000 distinct paths through a full sketch (every request takes a
+/// counter over).
+fn popularity(c: &mut Criterion) {
+    use tidecache::serve::popularity::Popularity;
+    let popularity = Popularity::new();
+    let hot: Vec<String> = (0..200)
+        .map(|i| format!("title{i}/1080p/seg_00042.m4s"))
+        .collect();
+    let mut next = 0usize;
+    c.bench_function("popularity hit, 200 paths", |b| {
+        b.iter(|| {
+            next = (next + 1) % hot.len();
+            popularity.hit(black_box(&hot[next]), 65_536);
+        })
+    });
+    let tail: Vec<String> = (0..100_000)
+        .map(|i| format!("title{i}/1080p/seg_00042.m4s"))
+        .collect();
+    c.bench_function("popularity hit, 100000 paths", |b| {
+        b.iter(|| {
+            next = (next + 7919) % tail.len();
+            popularity.hit(black_box(&tail[next]), 65_536);
+        })
+    });
+}
+
+criterion_group!(hot_paths, request_paths, ranges, index_and_head, popularity);
 criterion_main!(hot_paths);
