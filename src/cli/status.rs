@@ -121,9 +121,16 @@ pub fn render(status: &Value, now: jiff::Timestamp) -> String {
             .into_iter()
             .flatten()
         {
-            let state = match (peer["ready"].as_bool(), peer["settled"].as_bool()) {
-                (Some(true), Some(true)) => "ready",
-                (Some(true), _) => "ready, settling",
+            let state = match (
+                peer["ready"].as_bool(),
+                peer["settled"].as_bool(),
+                peer["agrees"].as_bool(),
+            ) {
+                (_, _, Some(false)) if peer["checked_at"].is_string() => {
+                    "SEES OTHER MEMBERS (compare the [site] sections)"
+                }
+                (Some(true), Some(true), _) => "ready",
+                (Some(true), _, _) => "ready, settling",
                 _ => "NOT READY",
             };
             out.push_str(&format!(
@@ -278,8 +285,9 @@ mod tests {
             "fill": {"state": "idle", "last_fill": null}, "stores": [],
             "site": {"box": "box-a", "copies": 1, "settled": true,
                      "share": {"objects": 1200, "bytes": 3_000_000_000u64},
-                     "peers": [{"name": "box-b", "ready": true, "settled": true, "checked_at": "2026-11-25T03:00:00Z"},
-                               {"name": "box-c", "ready": false, "settled": false, "checked_at": null}]}
+                     "peers": [{"name": "box-b", "ready": true, "settled": true, "agrees": true, "checked_at": "2026-11-25T03:00:00Z"},
+                               {"name": "box-c", "ready": false, "settled": false, "agrees": false, "checked_at": null},
+                               {"name": "box-d", "ready": true, "settled": true, "agrees": false, "checked_at": "2026-11-25T03:00:00Z"}]}
         });
         let text = render(&status, "2026-11-25T03:00:00Z".parse().unwrap());
         assert!(
@@ -296,5 +304,6 @@ mod tests {
             text.contains("  peer box-c  NOT READY  (checked never)"),
             "{text}"
         );
+        assert!(text.contains("  peer box-d  SEES OTHER MEMBERS"), "{text}");
     }
 }
