@@ -332,7 +332,7 @@ async fn popularity_lists_the_most_requested_hits_and_misses_and_feeds_manifest_
     );
     assert_eq!(
         report["misses"],
-        serde_json::json!([{"path": "title123/not-here.ts", "requests": 3}])
+        serde_json::json!([{"path": "title123/not-here.ts", "requests": 3, "redirected": 0}])
     );
     assert!(
         report["since"]

@@ -66,6 +66,9 @@ pub struct HoldsAnswer {
     /// For each object asked about, in order: not held, but this box's fill pass under way
     /// may still store it (a later owner waiting for this one goes on waiting).
     pub coming: Vec<bool>,
+    /// The id of the manifest in force here: a later owner that has a newer one keeps
+    /// waiting for this box to get it too.
+    pub manifest_id: Option<String>,
 }
 
 impl Admin {
@@ -229,6 +232,7 @@ impl Admin {
                 members: site.fingerprint(),
                 held,
                 coming,
+                manifest_id: self.fill.manifest().map(|accepted| accepted.id.clone()),
             },
         )
     }

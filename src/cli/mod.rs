@@ -326,6 +326,10 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The largest popularity report `manifest build --popularity` reads (4096 hits and misses
+/// of 1 KiB paths are under 10 MiB).
+const MAX_POPULARITY_REPORT: u64 = 256 << 20;
+
 /// `tidecache manifest build`.
 fn build_manifest(
     dir: &std::path::Path,
@@ -359,7 +363,20 @@ fn build_manifest(
     };
     let mut reports = Vec::new();
     for path in popularity {
-        match std::fs::read(path) {
+        // A regular file of a sane size: a FIFO would block the build, a device never end.
+        let read = std::fs::metadata(path).and_then(|meta| {
+            if !meta.is_file() {
+                Err(std::io::Error::other("not a regular file"))
+            } else if meta.len() > MAX_POPULARITY_REPORT {
+                Err(std::io::Error::other(format!(
+                    "larger than {} MiB",
+                    MAX_POPULARITY_REPORT >> 20
+                )))
+            } else {
+                std::fs::read(path)
+            }
+        });
+        match read {
             Ok(report) => reports.push(report),
             Err(err) => {
                 return fail(

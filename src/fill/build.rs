@@ -71,12 +71,11 @@ fn is_zero(priority: &i64) -> bool {
     *priority == 0
 }
 
-/// The parts of a `GET /v1/popularity` report a build reads.
+/// The parts of a `GET /v1/popularity` report a build reads: both lists are required, so
+/// an error answer or another document is refused rather than read as nothing.
 #[derive(Debug, serde::Deserialize)]
 struct PopularityReport {
-    #[serde(default)]
     hits: Vec<Requested>,
-    #[serde(default)]
     misses: Vec<Requested>,
 }
 
@@ -85,11 +84,14 @@ struct PopularityReport {
 struct Requested {
     path: String,
     requests: u64,
+    /// Of a miss: requests sent to a sibling, which counts them again as hits.
+    #[serde(default)]
+    redirected: u64,
 }
 
 /// Requests per path, added up over popularity reports (`GET /v1/popularity` of one or
 /// several boxes; hits and misses alike: a miss is a title viewers wanted that the box did
-/// not hold).
+/// not hold, less the requests it sent to a sibling, which that sibling counted).
 pub fn read_popularity(reports: &[&[u8]]) -> Result<HashMap<String, u64>, String> {
     let mut requests: HashMap<String, u64> = HashMap::new();
     for (number, report) in reports.iter().enumerate() {
@@ -97,7 +99,7 @@ pub fn read_popularity(reports: &[&[u8]]) -> Result<HashMap<String, u64>, String
             .map_err(|err| format!("report {}: not a popularity report: {err}", number + 1))?;
         for requested in report.hits.into_iter().chain(report.misses) {
             let total = requests.entry(requested.path).or_default();
-            *total = total.saturating_add(requested.requests);
+            *total = total.saturating_add(requested.requests.saturating_sub(requested.redirected));
         }
     }
     Ok(requests)

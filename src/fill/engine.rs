@@ -44,6 +44,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Between two asks of a first owner about the objects a later owner waits for (one holds
 /// request per first owner, whatever the number of objects).
 const WAIT_POLL: Duration = Duration::from_secs(2);
+/// Asks of a first owner in a row that may fail (a slow answer on a busy box) before what
+/// waits for it is fetched from the origin.
+const WAIT_POLL_FAILURES: u32 = 3;
+/// How long a later owner waits for a first owner that has another manifest in force
+/// (pushed to the boxes one after the other, or pulled at another poll) to get this one.
+const OTHER_MANIFEST_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// How the engine behaves, from `[fill]`.
 #[derive(Debug, Clone)]
@@ -312,6 +318,7 @@ impl Engine {
                 objects: survey.share_objects,
                 bytes: survey.share_bytes,
             });
+            site.set_manifest_copies(survey.max_copies);
         }
         let (mut deleted, interrupted) = self.delete_dropped(deletes, manifests, stop).await;
         if interrupted.is_none() {
@@ -348,6 +355,7 @@ impl Engine {
             }
         };
         if matches!(end, PassEnd::Done) {
+            self.fill.pass_done(&manifest.id);
             // A whole pass under this member set: this box holds what it is meant to (but
             // for failures), so its peers send viewers to it and give up what moved here.
             if let (Some(site), Some(members)) = (self.fill.site(), &members) {
@@ -623,6 +631,9 @@ impl Engine {
         drop(waits);
         let mut polls: JoinSet<WaitPoll> = JoinSet::new();
         let mut next_poll = tokio::time::Instant::now() + WAIT_POLL;
+        // Per first owner: asks failed in a row, and since when it has had another manifest.
+        let mut poll_failures: HashMap<String, u32> = HashMap::new();
+        let mut other_manifest_since: HashMap<String, Instant> = HashMap::new();
         let mut transfers = JoinSet::new();
         let mut stored = 0u64;
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
@@ -686,13 +697,32 @@ impl Engine {
                 polled = polls.join_next(), if !polls.is_empty() => {
                     if let Some(Ok((owner, objects, asked))) = polled {
                         next_poll = tokio::time::Instant::now() + WAIT_POLL;
+                        if asked.is_ok() {
+                            poll_failures.remove(&owner.name);
+                        }
                         match asked {
                             Ok(holds) if !holds.agrees => {
                                 tracing::warn!(peer = %owner.name, waiting = objects.len(), "the first owner sees other members than this box; fetching what waited for it from the origin");
                                 queue.extend(objects);
                             }
                             Ok(holds) => {
-                                let coming: HashSet<usize> = holds.coming.into_iter().collect();
+                                // A first owner with another manifest in force has not
+                                // started on this one: all it does not hold may come.
+                                let other_manifest = holds.manifest_id.as_deref() != Some(manifest.id.as_str());
+                                let waited_long = other_manifest
+                                    && other_manifest_since
+                                        .entry(owner.name.clone())
+                                        .or_insert_with(Instant::now)
+                                        .elapsed()
+                                        >= OTHER_MANIFEST_WAIT;
+                                if !other_manifest {
+                                    other_manifest_since.remove(&owner.name);
+                                }
+                                let coming: HashSet<usize> = if other_manifest && !waited_long {
+                                    objects.iter().copied().collect()
+                                } else {
+                                    holds.coming.into_iter().collect()
+                                };
                                 let held: HashSet<usize> = holds.held.into_iter().collect();
                                 let mut still = Vec::new();
                                 for index in objects {
@@ -711,8 +741,15 @@ impl Engine {
                                 }
                             }
                             Err(err) => {
-                                tracing::warn!(peer = %owner.name, error = %err, waiting = objects.len(), "cannot ask the first owner about the objects waiting for it; fetching them from the origin");
-                                queue.extend(objects);
+                                let failures = poll_failures.entry(owner.name.clone()).or_default();
+                                *failures += 1;
+                                if *failures < WAIT_POLL_FAILURES {
+                                    tracing::info!(peer = %owner.name, error = %err, failures = *failures, "cannot ask the first owner about the objects waiting for it; asking again");
+                                    waiting.insert(owner.name.clone(), (owner, objects));
+                                } else {
+                                    tracing::warn!(peer = %owner.name, error = %err, waiting = objects.len(), "cannot ask the first owner about the objects waiting for it; fetching them from the origin");
+                                    queue.extend(objects);
+                                }
                             }
                         }
                     }
@@ -865,7 +902,11 @@ impl Puller {
             }
             Ok(Some((body, etag))) => {
                 let body_sha256: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
-                match self.fill.accept(Received::Bytes(body), limit as u64).await {
+                match self
+                    .fill
+                    .accept_pulled(Received::Bytes(body), limit as u64)
+                    .await
+                {
                     Ok(summary) => {
                         tracing::info!(url, id = %summary.id, "pulled a new manifest");
                         *self

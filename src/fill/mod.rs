@@ -286,6 +286,8 @@ pub struct Fill {
     site: OnceLock<Arc<Site>>,
     /// What the fill pass under way will still store, for peers that wait for this box.
     underway: Mutex<Underway>,
+    /// The manifest id the last fill pass that finished worked toward.
+    last_done: Mutex<Option<String>>,
 }
 
 /// What the fill pass under way will still store: a later owner of an object waits for
@@ -335,6 +337,7 @@ impl Fill {
             upgraded_from_json,
             site: OnceLock::new(),
             underway: Mutex::new(Underway::Idle),
+            last_done: Mutex::new(None),
         }
     }
 
@@ -353,7 +356,17 @@ impl Fill {
     /// origin.
     pub fn is_coming(&self, path: &str) -> bool {
         match &*self.underway.lock().unwrap_or_else(PoisonError::into_inner) {
-            Underway::Idle => false,
+            // No pass under way: one toward the manifest in force is still to come unless
+            // one finished already (what it did not store, it failed).
+            Underway::Idle => {
+                let in_force = self.manifest().map(|accepted| accepted.id.clone());
+                in_force.is_some()
+                    && *self
+                        .last_done
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        != in_force
+            }
             Underway::Planning => true,
             Underway::Fetching(paths) => paths.contains(path),
         }
@@ -376,6 +389,14 @@ impl Fill {
         {
             paths.remove(path);
         }
+    }
+
+    /// A pass toward manifest `id` finished.
+    pub(crate) fn pass_done(&self, id: &str) {
+        *self
+            .last_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(id.to_owned());
     }
 
     /// No pass is under way.
@@ -415,10 +436,31 @@ impl Fill {
         received: Received,
         limit: u64,
     ) -> Result<ManifestSummary, AcceptError> {
+        self.accept_unless_in_force(received, limit, false).await
+    }
+
+    /// [`Fill::accept`] for a pulled manifest: one identical to the manifest in force (same
+    /// id, objects, bytes and saved form) changes nothing, so a poll that finds what was
+    /// pushed, or what an earlier start pulled, does not restart the pass under way.
+    pub async fn accept_pulled(
+        &self,
+        received: Received,
+        limit: u64,
+    ) -> Result<ManifestSummary, AcceptError> {
+        self.accept_unless_in_force(received, limit, true).await
+    }
+
+    async fn accept_unless_in_force(
+        &self,
+        received: Received,
+        limit: u64,
+        keep_identical: bool,
+    ) -> Result<ManifestSummary, AcceptError> {
         let _one_at_a_time = self.accepting.lock().await;
         let file = self.manifest_file.clone();
         let roots = self.file_roots();
         let in_force = self.manifest();
+        let kept = in_force.clone();
         let saved = tokio::task::spawn_blocking(move || {
             let read = |base: Option<&Manifest>| match &received {
                 Received::Bytes(bytes) => {
@@ -451,6 +493,18 @@ impl Fill {
             roots
                 .check_manifest(&manifest)
                 .map_err(ManifestError::Invalid)?;
+            if let Some(accepted) = in_force.as_ref().filter(|_| keep_identical) {
+                let same_summary = accepted.id == manifest.id
+                    && accepted.objects == manifest.len()
+                    && accepted.total_bytes == manifest.total_bytes;
+                let same_save = || {
+                    let crc = manifest.save(&mut std::io::sink()).ok();
+                    accepted.saved.as_ref().map(|(_, saved)| *saved) == crc
+                };
+                if same_summary && same_save() {
+                    return Ok(None);
+                }
+            }
             let mut crc = 0;
             crate::durable::write_atomically_with(&file, |out| {
                 crc = manifest.save(out)?;
@@ -460,10 +514,16 @@ impl Fill {
             if let Some(dir) = file.parent() {
                 let _ = std::fs::remove_file(dir.join(LEGACY_MANIFEST));
             }
-            Ok::<_, AcceptError>((manifest, (file, crc)))
+            Ok::<_, AcceptError>(Some((manifest, (file, crc))))
         })
         .await
         .map_err(|err| AcceptError::Save(std::io::Error::other(err)))??;
+        let Some(saved) = saved else {
+            // Identical to the manifest in force: nothing changes.
+            return kept
+                .map(|accepted| accepted.summary())
+                .ok_or_else(|| AcceptError::Save(std::io::Error::other("no manifest in force")));
+        };
         let generation = self
             .manifest
             .borrow()

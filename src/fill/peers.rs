@@ -60,6 +60,8 @@ struct HoldsAnswer {
     held: Vec<bool>,
     #[serde(default)]
     coming: Vec<bool>,
+    #[serde(default)]
+    manifest_id: Option<String>,
 }
 
 /// What a peer said of a list of objects.
@@ -74,6 +76,8 @@ pub struct Holds {
     pub held: Vec<usize>,
     /// The positions it does not hold but its pass under way may still store.
     pub coming: Vec<usize>,
+    /// The id of the manifest in force there.
+    pub manifest_id: Option<String>,
 }
 
 /// Asks `peer` which of `objects` (manifest positions) it holds; `Err` with why when it
@@ -126,6 +130,7 @@ pub async fn ask_holds(
             && Duration::from_millis(answer.settled_for_ms) >= settled_for
             && answer.members == members;
         holds.agrees &= answer.members == members;
+        holds.manifest_id = answer.manifest_id;
         for (position, &index) in batch.iter().enumerate() {
             if answer.held[position] {
                 holds.held.push(index);

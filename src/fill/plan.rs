@@ -152,6 +152,8 @@ pub struct Survey {
     pub share_objects: u64,
     /// The bytes of [`Survey::share_objects`].
     pub share_bytes: u64,
+    /// The most copies any object asks for (0: the site's default for all).
+    pub max_copies: u8,
     /// Positions in the manifest of stored objects that are no longer this box's share (a
     /// box joined the site, a weight changed): deleted once a box that owns them holds
     /// them, so no object is ever out of the site meanwhile.
@@ -201,6 +203,7 @@ pub fn survey(
         survey.freed_by_replacing += part.freed_by_replacing;
         survey.share_objects += part.share_objects;
         survey.share_bytes += part.share_bytes;
+        survey.max_copies = survey.max_copies.max(part.max_copies);
         survey.handoff.extend(part.handoff);
     }
     // Stable sort: equal priorities keep manifest order.
@@ -222,6 +225,7 @@ fn survey_range(
     for position in range {
         let object = manifest.get(position);
         let mine = owns(object.path, object.copies);
+        survey.max_copies = survey.max_copies.max(object.copies);
         if mine {
             survey.share_objects += 1;
             survey.share_bytes += object.size;

@@ -436,10 +436,7 @@ impl Viewer {
         let mut replaced_meanwhile = 0;
         let (meta, source) = loop {
             let Some(meta) = self.stores.lookup(&path) else {
-                if let Some(popularity) = &self.popularity {
-                    popularity.miss(&path);
-                }
-                return self.miss(request);
+                return self.counted_miss(request, &path);
             };
             match self.source(&path, meta, prefer_file, admission) {
                 Ok(source) => break (meta, source),
@@ -449,10 +446,7 @@ impl Viewer {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "stored object unreadable; answering as a miss");
-                    if let Some(popularity) = &self.popularity {
-                        popularity.miss(&path);
-                    }
-                    return self.miss(request);
+                    return self.counted_miss(request, &path);
                 }
             }
         };
@@ -706,9 +700,20 @@ impl Viewer {
         response
     }
 
+    /// [`Viewer::miss_to`], counted for popularity: a request sent to a sibling is marked so,
+    /// since the sibling counts it again as a hit.
+    fn counted_miss<B>(&self, request: &Request<B>, path: &str) -> Response<ObjectBody> {
+        let (response, to_peer) = self.miss_to(request);
+        if let Some(popularity) = &self.popularity {
+            popularity.miss(path, to_peer);
+        }
+        response
+    }
+
     /// A missing object: in a site, 302 to the best-ranked ready peer (unless a peer sent
-    /// the request here already); else 302 to the fallback when configured, else 404.
-    fn miss<B>(&self, request: &Request<B>) -> Response<ObjectBody> {
+    /// the request here already); else 302 to the fallback when configured, else 404. Also
+    /// says whether the answer sends the viewer to a peer of the site.
+    fn miss_to<B>(&self, request: &Request<B>) -> (Response<ObjectBody>, bool) {
         let uri = request.uri();
         if let Some(site) = &self.site {
             if !crate::site::was_redirected(uri.query()) {
@@ -720,14 +725,15 @@ impl Viewer {
                     let location = crate::site::redirect_location(&peer, uri.path(), uri.query());
                     let mut response = self.text(StatusCode::FOUND, "found elsewhere\n");
                     insert(response.headers_mut(), header::LOCATION, &location);
-                    return response;
+                    return (response, true);
                 }
             }
         }
-        match &self.settings.load().fallback_url {
+        let response = match &self.settings.load().fallback_url {
             Some(fallback) => self.redirect(fallback, request),
             None => self.text(StatusCode::NOT_FOUND, "not found\n"),
-        }
+        };
+        (response, false)
     }
 
     /// The `during_fill` answer when the box is not serving, or `None` when it serves.

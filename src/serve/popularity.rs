@@ -156,7 +156,8 @@ struct ThreadSketch {
 pub struct Hit {
     /// Its path, as in the manifest (no leading `/`).
     pub path: String,
-    /// Requests served from the stores (at most this many; see the module's bound).
+    /// Requests served from the stores (at least this many, and at most `requests /
+    /// CAPACITY` of each viewer thread's requests fewer; see the module's bound).
     pub requests: u64,
     /// Body bytes those requests sent.
     pub bytes: u64,
@@ -169,6 +170,10 @@ pub struct Miss {
     pub path: String,
     /// Requests for it.
     pub requests: u64,
+    /// How many of them were sent to another box of the site, which counts them again as
+    /// hits when it holds the object: adding up a site's reports, count `requests -
+    /// redirected` of a miss (as `manifest build --popularity` does).
+    pub redirected: u64,
 }
 
 /// The body of `GET /v1/popularity`.
@@ -214,9 +219,11 @@ impl Popularity {
         self.with_sketch(|sketch| sketch.hits.record(path, bytes));
     }
 
-    /// Counts a request for `path` this box did not serve from its stores.
-    pub fn miss(&self, path: &str) {
-        self.with_sketch(|sketch| sketch.misses.record(path, 0));
+    /// Counts a request for `path` this box did not serve from its stores; `to_peer` when
+    /// it was sent to a box of the site that owns it (which counts it again, as a hit, if
+    /// it holds it).
+    pub fn miss(&self, path: &str, to_peer: bool) {
+        self.with_sketch(|sketch| sketch.misses.record(path, u64::from(to_peer)));
     }
 
     /// Starts counting again from `since` (a new manifest was accepted).
@@ -268,19 +275,24 @@ impl Popularity {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut hits: HashMap<String, (u64, u64)> = HashMap::new();
-        let mut misses: HashMap<String, u64> = HashMap::new();
+        let mut misses: HashMap<String, (u64, u64)> = HashMap::new();
         for sketch in sketches {
             let sketch = sketch.lock().unwrap_or_else(PoisonError::into_inner);
             if sketch.generation != generation {
                 continue;
             }
+            // The count a counter guarantees, not the most it may be: a path that took a
+            // counter over inherits its count as a possible overcount, and a scan of junk
+            // paths must not list a path asked once as asked a hundred times.
             for counter in sketch.hits.counters() {
                 let total = hits.entry(counter.path.clone()).or_default();
-                total.0 += counter.count;
+                total.0 += counter.count - counter.error;
                 total.1 += counter.bytes;
             }
             for counter in sketch.misses.counters() {
-                *misses.entry(counter.path.clone()).or_default() += counter.count;
+                let total = misses.entry(counter.path.clone()).or_default();
+                total.0 += counter.count - counter.error;
+                total.1 += counter.bytes;
             }
         }
         let limit = limit.min(MAX_LIMIT);
@@ -300,7 +312,11 @@ impl Popularity {
         hits.truncate(limit);
         let mut misses: Vec<Miss> = misses
             .into_iter()
-            .map(|(path, requests)| Miss { path, requests })
+            .map(|(path, (requests, redirected))| Miss {
+                path,
+                requests,
+                redirected: redirected.min(requests),
+            })
             .collect();
         misses.sort_by(|a, b| {
             b.requests
@@ -363,6 +379,25 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_of_junk_paths_does_not_lift_a_path_asked_once() {
+        let popularity = Popularity::new();
+        for _ in 0..50 {
+            popularity.miss("wanted.ts", false);
+        }
+        popularity.miss("asked-once.ts", false);
+        for junk in 0..(CAPACITY * 20) {
+            popularity.miss(&format!("junk/{junk}"), false);
+        }
+        let report = popularity.report(MAX_LIMIT);
+        for miss in &report.misses {
+            assert!(miss.requests <= 50, "{miss:?}");
+            if miss.path == "asked-once.ts" {
+                assert_eq!(miss.requests, 1);
+            }
+        }
+    }
+
+    #[test]
     fn reports_add_threads_up_and_a_reset_starts_over() {
         let popularity = Arc::new(Popularity::new());
         std::thread::scope(|scope| {
@@ -373,7 +408,7 @@ mod tests {
                         popularity.hit("a.ts", 100);
                     }
                     popularity.hit("b.ts", 5);
-                    popularity.miss("gone.ts");
+                    popularity.miss("gone.ts", true);
                 });
             }
         });
@@ -397,7 +432,8 @@ mod tests {
             report.misses,
             [Miss {
                 path: "gone.ts".into(),
-                requests: 3
+                requests: 3,
+                redirected: 3,
             }]
         );
         assert_eq!(popularity.report(1).hits.len(), 1);

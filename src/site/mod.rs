@@ -45,6 +45,49 @@ pub const SETTLED_HEADER: http::HeaderName = http::HeaderName::from_static("tide
 pub const MEMBERS_HEADER: http::HeaderName =
     http::HeaderName::from_static("tidecache-site-members");
 
+/// The file in `state_dir` that holds the members objects were last placed by, while the
+/// site settles into new ones.
+const PREVIOUS_FILE: &str = "site-previous";
+
+/// [`Members`] as `state_dir/site-previous` keeps them: what placement needs.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct SavedMembers {
+    weight: f64,
+    copies: u8,
+    peers: Vec<(String, f64)>,
+}
+
+impl SavedMembers {
+    fn of(members: &Members) -> SavedMembers {
+        SavedMembers {
+            weight: members.weight,
+            copies: members.copies,
+            peers: members
+                .peers
+                .iter()
+                .map(|peer| (peer.name.clone(), peer.weight))
+                .collect(),
+        }
+    }
+
+    /// Members to rank by (the peers' addresses are not kept: readiness is looked up by
+    /// name among the current peers).
+    fn members(self, me: &str) -> Members {
+        Members {
+            weight: self.weight,
+            key: key_of(me),
+            copies: self.copies,
+            peers: self
+                .peers
+                .into_iter()
+                .map(|(name, weight)| Arc::new(Peer::new(&name, "", "", weight)))
+                .collect(),
+            check_interval: Duration::from_secs(2),
+            check_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Checks in a row a peer may miss before a fill stops asking it for objects.
 pub const MISSED_CHECKS: u32 = 3;
 
@@ -196,9 +239,15 @@ pub struct SiteStatus {
 pub struct Site {
     name: String,
     members: ArcSwap<Members>,
-    /// The members before the last change, where a moved object still is until the box it
-    /// moved to settles.
+    /// The members objects were last placed by: set at a change of members when none is
+    /// kept already (two changes before a fill leave objects where the first found them),
+    /// cleared once every box has settled into the current members and agrees on them;
+    /// kept in `state_dir/site-previous` across restarts.
     previous: arc_swap::ArcSwapOption<Members>,
+    previous_file: std::path::PathBuf,
+    /// The most copies any object of the manifest in force asks for (a pass surveys it):
+    /// how far down an object's ranking redirects look for a box that holds it.
+    manifest_copies: std::sync::atomic::AtomicU8,
     /// Whether this box holds its share under the current members (see
     /// [`Site::is_settled`]), and where that is kept across restarts.
     settled: AtomicBool,
@@ -227,13 +276,20 @@ impl Site {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let members = members(config, &[]);
+        let previous_file = state_dir.join(PREVIOUS_FILE);
+        let previous = std::fs::read(&previous_file)
+            .ok()
+            .and_then(|saved| serde_json::from_slice::<SavedMembers>(&saved).ok())
+            .map(|saved| Arc::new(saved.members(&config.box_name)));
         let settled_file = state_dir.join(SETTLED_FILE);
         let settled = std::fs::read_to_string(&settled_file)
             .is_ok_and(|saved| saved.trim() == fingerprint(&config.box_name, &members));
         Site {
             name: config.box_name.clone(),
             members: ArcSwap::from_pointee(members),
-            previous: arc_swap::ArcSwapOption::empty(),
+            previous: arc_swap::ArcSwapOption::new(previous),
+            previous_file,
+            manifest_copies: std::sync::atomic::AtomicU8::new(0),
             settled: AtomicBool::new(settled),
             settled_since_ms: AtomicI64::new(jiff::Timestamp::now().as_millisecond()),
             settled_file,
@@ -252,8 +308,8 @@ impl Site {
         let keeps_settled = only_shrinks(&running, &wanted);
         let wanted = Arc::new(wanted);
         self.members.store(Arc::clone(&wanted));
-        if changed {
-            self.previous.store(Some(running));
+        if changed && self.previous.load().is_none() {
+            self.save_previous(&running);
         }
         self.token.store(Arc::new(token));
         if changed && self.is_settled() {
@@ -421,23 +477,29 @@ impl Site {
     /// ready owner under the members before the last change, which keeps the object until a
     /// settled owner holds it.
     ///
-    /// Only owners are candidates (the first `site.copies` of the ranking, this box
-    /// included: when this box owns the object and does not hold it, its fill failed, and
-    /// no other box but another owner would hold it), and only peers that agree on the
-    /// members; with none, the plain miss answer.
+    /// Only owners are candidates: the first `site.copies` of the ranking, or more when
+    /// the manifest asks more copies of some objects, this box included (when this box owns
+    /// the object and does not hold it, its fill failed, and no box but another owner would
+    /// hold it); with none ready, the plain miss answer. A peer that sees other members
+    /// (a rolling reload half done) counts as not settled.
     pub fn redirect_target(&self, path: &str) -> Option<Arc<Peer>> {
-        let owners = self.copies(0);
+        let owners = self
+            .copies(0)
+            .max(self.copies(self.manifest_copies.load(Ordering::Relaxed)));
         let first_ready = |ranking: Vec<Member>| {
             ranking
                 .into_iter()
                 .take(owners)
                 .find_map(|member| match member {
-                    Member::Peer(peer) if peer.is_ready() && peer.agrees() => Some(peer),
+                    Member::Peer(peer) if peer.is_ready() => Some(peer),
                     _ => None,
                 })
         };
         let first = first_ready(self.ranking(path));
-        if let Some(first) = first.as_ref().filter(|first| first.is_settled()) {
+        if let Some(first) = first
+            .as_ref()
+            .filter(|first| first.is_settled() && first.agrees())
+        {
             return Some(Arc::clone(first));
         }
         let previous = self.previous.load_full();
@@ -460,6 +522,42 @@ impl Site {
             first_ready(ranking)
         });
         before.or(first)
+    }
+
+    /// Keeps `members` as where objects were, across restarts (a failed save is logged:
+    /// the box then forgets it at a restart).
+    fn save_previous(&self, members: &Arc<Members>) {
+        self.previous.store(Some(Arc::clone(members)));
+        let saved = SavedMembers::of(members);
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::durable::write_atomically(&self.previous_file, &bytes));
+        if let Err(err) = written {
+            tracing::warn!(file = %self.previous_file.display(), error = %err, "cannot save where objects were before the site's members changed");
+        }
+    }
+
+    /// Forgets where objects were once every box has settled into the current members and
+    /// agrees on them: they are all where the current members put them.
+    fn forget_previous_when_settled(&self) {
+        if self.previous.load().is_none() || !self.is_settled() {
+            return;
+        }
+        let members = self.members.load();
+        if members
+            .peers
+            .iter()
+            .all(|peer| peer.is_settled() && peer.agrees())
+        {
+            self.previous.store(None);
+            let _ = std::fs::remove_file(&self.previous_file);
+            tracing::info!("every box of the site has settled into its members");
+        }
+    }
+
+    /// Records the most copies any object of the manifest in force asks for.
+    pub fn set_manifest_copies(&self, copies: u8) {
+        self.manifest_copies.store(copies, Ordering::Relaxed);
     }
 
     /// Records this box's share of the manifest in force (a fill pass surveys it).
@@ -511,6 +609,7 @@ impl Site {
                 _ = async { while checks.join_next().await.is_some() {} } => {}
                 _ = stop.raised() => return,
             }
+            self.forget_previous_when_settled();
             tokio::select! {
                 _ = tokio::time::sleep(members.check_interval) => {}
                 _ = stop.raised() => return,
