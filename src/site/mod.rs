@@ -620,42 +620,54 @@ impl Site {
     /// One readiness check of `peer`.
     async fn check(&self, peer: &Peer, timeout: Duration) {
         let asked = Request::get(format!("{}/readyz", peer.admin)).body(Empty::new());
-        let answer = match asked {
+        // An answer; or no answer in time (a box busy filling may be slow to answer); or a
+        // refused connection (the box is down).
+        let (answer, timed_out) = match asked {
             Ok(request) => {
                 match tokio::time::timeout(timeout, self.client.request(request)).await {
-                    Ok(Ok(response)) => Some(response),
-                    _ => None,
+                    Ok(Ok(response)) => (Some(response), false),
+                    Ok(Err(_)) => (None, false),
+                    Err(_) => (None, true),
                 }
             }
-            Err(_) => None,
+            Err(_) => (None, false),
         };
-        let header = |name: &http::HeaderName, value: &str| {
-            answer.as_ref().is_some_and(|response| {
-                response.headers().get(name).is_some_and(|got| got == value)
-            })
-        };
-        let ready = answer
-            .as_ref()
-            .is_some_and(|response| response.status() == StatusCode::OK);
-        let settled = header(&SETTLED_HEADER, "settled");
-        let agrees = header(&MEMBERS_HEADER, &self.fingerprint());
-        peer.settled.store(settled, Ordering::Relaxed);
         if answer.is_some() {
             peer.missed.store(0, Ordering::Relaxed);
         } else {
             peer.missed.fetch_add(1, Ordering::Relaxed);
         }
+        let missed = peer.missed.load(Ordering::Relaxed);
+        peer.checked_at_ms
+            .store(jiff::Timestamp::now().as_millisecond(), Ordering::Relaxed);
+        let Some(answer) = answer else {
+            // A slow answer keeps what the last answer said, for a few checks: a busy box
+            // is not taken out of every redirect for one late answer. A refused connection,
+            // or too many late answers, and it is out.
+            if !timed_out || missed >= MISSED_CHECKS {
+                peer.settled.store(false, Ordering::Relaxed);
+                if peer.ready.swap(false, Ordering::Relaxed) {
+                    tracing::info!(peer = %peer.name, ready = false, "site peer readiness changed");
+                }
+            }
+            return;
+        };
+        let header = |name: &http::HeaderName, value: &str| {
+            answer.headers().get(name).is_some_and(|got| got == value)
+        };
+        let ready = answer.status() == StatusCode::OK;
+        let settled = header(&SETTLED_HEADER, "settled");
+        let agrees = header(&MEMBERS_HEADER, &self.fingerprint());
+        peer.settled.store(settled, Ordering::Relaxed);
         let agreed = peer.agrees.swap(agrees, Ordering::Relaxed);
-        if answer.is_some() && agreed != agrees {
+        if agreed != agrees {
             if agrees {
                 tracing::info!(peer = %peer.name, "site peer sees the same members as this box");
             } else {
-                tracing::warn!(peer = %peer.name, "site peer sees other members than this box (a box name, weight or copies differs between their [site] sections): nothing is given up to it and no viewer is sent to it until they agree");
+                tracing::warn!(peer = %peer.name, "site peer sees other members than this box (a box name, weight or copies differs between their [site] sections): nothing is given up to it until they agree");
             }
         }
         let was = peer.ready.swap(ready, Ordering::Relaxed);
-        peer.checked_at_ms
-            .store(jiff::Timestamp::now().as_millisecond(), Ordering::Relaxed);
         if was != ready {
             tracing::info!(peer = %peer.name, ready, "site peer readiness changed");
         }
@@ -702,10 +714,29 @@ fn members(config: &SiteConfig, running: &[Arc<Peer>]) -> Members {
         .iter()
         .map(|peer| {
             let fresh = Peer::new(&peer.name, &peer.url, &peer.admin, peer.weight);
-            running
-                .iter()
-                .find(|known| known.same_as(&fresh))
-                .map_or_else(|| Arc::new(fresh), Arc::clone)
+            if let Some(known) = running.iter().find(|known| known.same_as(&fresh)) {
+                return Arc::clone(known);
+            }
+            // The same box at the same addresses with another weight: what its checks
+            // learnt still holds (it does not stop being ready for a reload here).
+            if let Some(known) = running.iter().find(|known| {
+                known.name == fresh.name && known.url == fresh.url && known.admin == fresh.admin
+            }) {
+                for (from, to) in [
+                    (&known.ready, &fresh.ready),
+                    (&known.settled, &fresh.settled),
+                ] {
+                    to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                fresh
+                    .missed
+                    .store(known.missed.load(Ordering::Relaxed), Ordering::Relaxed);
+                fresh.checked_at_ms.store(
+                    known.checked_at_ms.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+            }
+            Arc::new(fresh)
         })
         .collect();
     Members {
@@ -846,11 +877,8 @@ mod tests {
         );
         let box_c = site.peer("box-c").unwrap();
         box_c.ready.store(true, Ordering::Relaxed);
-        assert!(
-            site.redirect_target(&theirs).is_none(),
-            "box-c does not agree on the members yet"
-        );
-        box_c.agrees.store(true, Ordering::Relaxed);
+        // Ready: the owner gets the viewer, settled or not, agreeing or not (with no members
+        // before a change to say where the object was, the owner is the best guess).
         let target = site.redirect_target(&theirs).unwrap();
         assert_eq!(target.name, "box-c");
         // Only owners are candidates: what box-a owns and lacks goes to no other box.

@@ -1,0 +1,964 @@
+//! A site through changes of its members, restarts and rolling reloads, and popularity and
+//! manifest polling under hostile patterns. Each test began as a second hostile review's
+//! reproduction of a failure (the `Was:` lines) and now shows it mended.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::origin::{Fault, Origin};
+use common::*;
+use tidecache::config::{Config, PeerConfig};
+use tidecache::daemon::Daemon;
+use tidecache::fill::Received;
+use tidecache::schedule::Override;
+
+const SITE_TOKEN: &str = "site-token-0123456789abcdef";
+
+fn objects(n: usize, prefix: &str, size: usize) -> Vec<(String, Vec<u8>, u8)> {
+    (0..n)
+        .map(|i| {
+            let mut data = pattern(size + (i * 37) % 512);
+            data[0] = i as u8;
+            data[1] = (i >> 8) as u8;
+            (format!("{prefix}/seg_{i:05}.ts"), data, 0)
+        })
+        .collect()
+}
+
+fn manifest(id: &str, base_url: &str, objects: &[(String, Vec<u8>, u8)]) -> String {
+    let listed: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|(path, data, copies)| {
+            let mut entry = serde_json::json!({
+                "path": path, "size": data.len(), "sha256": sha256_hex(data),
+            });
+            if *copies > 0 {
+                entry["copies"] = (*copies).into();
+            }
+            entry
+        })
+        .collect();
+    serde_json::json!({"version": 1, "id": id, "base_url": base_url, "objects": listed}).to_string()
+}
+
+struct SiteBox {
+    name: &'static str,
+    /// Kept for its directory, removed when the box is dropped.
+    _test_box: TestBox,
+    config: Config,
+    daemon: Option<Daemon>,
+}
+
+impl SiteBox {
+    async fn start(name: &'static str, extra: &str) -> SiteBox {
+        let test_box = TestBox::new();
+        let token = test_box.write_file("site.token", SITE_TOKEN.as_bytes());
+        let config = test_box.config(
+            1,
+            &format!(
+                "[schedule]\nduring_fill = \"serve\"\ndrain = \"0s\"\n[fill]\nconcurrency = 8\nretry_delay = \"10ms\"\n{extra}[site]\nbox = {name:?}\ntoken_file = {token:?}\ncheck_interval = \"200ms\"\ncheck_timeout = \"500ms\"\n"
+            ),
+        );
+        let daemon = start(&config).await;
+        SiteBox {
+            name,
+            _test_box: test_box,
+            config,
+            daemon: Some(daemon),
+        }
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("running")
+    }
+
+    fn viewer(&self) -> SocketAddr {
+        self.daemon().viewer_addrs[0]
+    }
+
+    /// Peers and weights as `site` says (name, viewer, admin, weight); this box's own
+    /// weight from it too; a reload as SIGHUP does.
+    fn peer_with(&mut self, site: &[(&'static str, SocketAddr, SocketAddr, f64)], copies: u32) {
+        let name = self.name;
+        let config = self.config.site.as_mut().expect("[site]");
+        config.copies = copies;
+        config.peers = site
+            .iter()
+            .filter(|(other, _, _, _)| *other != name)
+            .map(|(other, viewer, admin, weight)| PeerConfig {
+                name: (*other).to_owned(),
+                url: format!("http://{viewer}"),
+                admin: format!("http://{admin}"),
+                weight: *weight,
+            })
+            .collect();
+        config.weight = site
+            .iter()
+            .find(|(other, _, _, _)| *other == name)
+            .map(|(_, _, _, weight)| *weight)
+            .unwrap();
+        self.daemon()
+            .reload(&self.config)
+            .expect("the site reloads");
+    }
+
+    fn holds(&self, path: &str) -> bool {
+        self.daemon().stores.lookup(path).is_some()
+    }
+
+    async fn restart(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown().await;
+        }
+        self.daemon = Some(start(&self.config).await);
+    }
+}
+
+fn addresses(
+    boxes: &[SiteBox],
+    weights: &[f64],
+) -> Vec<(&'static str, SocketAddr, SocketAddr, f64)> {
+    boxes
+        .iter()
+        .zip(weights)
+        .map(|(b, w)| (b.name, b.viewer(), b.daemon().admin_addr, *w))
+        .collect()
+}
+
+async fn fill_all(boxes: &[&SiteBox], id: &str) {
+    let mut last_pass = Vec::new();
+    for site_box in boxes {
+        let status = admin_status(site_box.daemon().admin_addr).await;
+        last_pass.push(status["fill"]["last_fill"]["started_at"].clone());
+    }
+    for site_box in boxes {
+        site_box
+            .daemon()
+            .set_override(Override::Fill)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (site_box, before) in boxes.iter().zip(&last_pass) {
+        loop {
+            let status = admin_status(site_box.daemon().admin_addr).await;
+            if status["mode"] == "filling"
+                && status["fill"]["state"] == "done"
+                && status["fill"]["manifest_id"] == id
+                && status["fill"]["last_fill"]["started_at"] != *before
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {status:#}", site_box.name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn serve_all(boxes: &[SiteBox]) {
+    for site_box in boxes {
+        site_box
+            .daemon()
+            .set_override(Override::Auto)
+            .await
+            .unwrap();
+    }
+}
+
+/// Every box sees every peer ready and agreeing.
+async fn all_ready(boxes: &[SiteBox]) {
+    for site_box in boxes {
+        let admin = site_box.daemon().admin_addr;
+        eventually(
+            &format!("{} sees its peers ready", site_box.name),
+            || async move {
+                let status = admin_status(admin).await;
+                status["site"]["peers"].as_array().is_some_and(|peers| {
+                    peers
+                        .iter()
+                        .all(|peer| peer["ready"] == true && peer["agrees"] == true)
+                })
+            },
+        )
+        .await;
+    }
+    // Two more checks, so settled flags are current.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+}
+
+fn following() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .timeout(IO_TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+/// Reads every object from `viewer`, following redirects; the failures with what came back.
+async fn unavailable_from(viewer: SocketAddr, objects: &[(String, Vec<u8>, u8)]) -> Vec<String> {
+    let client = following();
+    let mut failed = Vec::new();
+    for (path, data, _) in objects {
+        let response = client
+            .get(url(viewer, &format!("/{path}")))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let at = response.url().to_string();
+        let body = response.bytes().await.unwrap();
+        if status != 200 || body[..] != data[..] {
+            failed.push(format!("{path}: {status} from {at}"));
+        }
+    }
+    failed
+}
+
+fn holders(boxes: &[SiteBox], path: &str) -> Vec<&'static str> {
+    boxes
+        .iter()
+        .filter(|b| b.holds(path))
+        .map(|b| b.name)
+        .collect()
+}
+
+async fn three_filled_boxes(objects: &[(String, Vec<u8>, u8)]) -> (Origin, Vec<SiteBox>) {
+    let origin = Origin::start().await;
+    for (path, data, _) in objects {
+        origin.put(path, data, Fault::None);
+    }
+    let body = Bytes::from(manifest("m1", &origin.base_url(), objects));
+    let mut boxes = Vec::new();
+    for name in ["box-a", "box-b", "box-c"] {
+        boxes.push(SiteBox::start(name, "").await);
+    }
+    let site = addresses(&boxes, &[1.0, 1.0, 1.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+        b.daemon()
+            .fill()
+            .accept(Received::Bytes(body.clone()), 1 << 30)
+            .await
+            .unwrap();
+    }
+    let refs: Vec<&SiteBox> = boxes.iter().collect();
+    fill_all(&refs, "m1").await;
+    serve_all(&boxes).await;
+    all_ready(&boxes).await;
+    (origin, boxes)
+}
+
+/// Was: after box-c's weight is doubled on every box, a box that restarts before the
+/// next fill forgets where moved objects still are (`previous` is in memory only) and
+/// sends viewers to box-c, which has not fetched them yet: 404 while box-a/box-b hold them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_after_a_weight_change_keeps_moved_objects_reachable() {
+    let objects = objects(300, "w", 600);
+    let (_origin, mut boxes) = three_filled_boxes(&objects).await;
+    for b in &boxes {
+        assert!(unavailable_from(b.viewer(), &objects).await.is_empty());
+    }
+    // box-c's weight doubled on every box (reload), no fill window yet.
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let moved: Vec<_> = objects
+        .iter()
+        .filter(|(path, _, _)| {
+            !boxes[2].holds(path) && boxes[2].daemon().fill().site().unwrap().is_mine(path, 0)
+        })
+        .cloned()
+        .collect();
+    println!(
+        "{} of {} objects moved to box-c",
+        moved.len(),
+        objects.len()
+    );
+    for b in &boxes {
+        let failed = unavailable_from(b.viewer(), &moved).await;
+        println!(
+            "before any restart, from {}: {} unavailable",
+            b.name,
+            failed.len()
+        );
+        assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(3)]);
+    }
+    // box-a restarts (an upgrade, a crash): same configuration, same state directory.
+    boxes[0].restart().await;
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1); // box-a's new ports; the members are unchanged
+    }
+    all_ready(&boxes).await;
+    let status = admin_status(boxes[0].daemon().admin_addr).await;
+    println!("box-a after restart: settled {}", status["site"]["settled"]);
+    let mut total = 0;
+    for b in boxes.iter() {
+        let failed = unavailable_from(b.viewer(), &moved).await;
+        println!(
+            "after box-a restarted, from {}: {} of {} moved objects unavailable, e.g. {:?} (held by {:?})",
+            b.name,
+            failed.len(),
+            moved.len(),
+            failed.first(),
+            failed
+                .first()
+                .map(|f| holders(&boxes, f.split(':').next().unwrap()))
+        );
+        total += failed.len();
+    }
+    // box-c restarts as well: its own misses for what moved to it go nowhere.
+    boxes[2].restart().await;
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let failed = unavailable_from(boxes[2].viewer(), &moved).await;
+    println!(
+        "after box-c restarted, from box-c: {} of {} moved objects unavailable, e.g. {:?}",
+        failed.len(),
+        moved.len(),
+        failed.first()
+    );
+    total += failed.len();
+    for b in boxes.iter_mut() {
+        if let Some(d) = b.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+    assert_eq!(
+        total, 0,
+        "objects held by a ready box answered 404 with redirects followed"
+    );
+}
+
+/// Was: two membership changes before a fill (box-c's weight 1 -> 2, then box-b's
+/// 1 -> 0.5): `previous` is the intermediate member set, where moved objects never were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_changes_before_a_fill_keep_moved_objects_reachable() {
+    let objects = objects(300, "t", 600);
+    let (_origin, mut boxes) = three_filled_boxes(&objects).await;
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let mut before = 0;
+    for b in &boxes {
+        before += unavailable_from(b.viewer(), &objects).await.len();
+    }
+    println!("after the first change: {before} unavailable");
+    let site = addresses(&boxes, &[1.0, 0.5, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let mut total = 0;
+    for b in &boxes {
+        let failed = unavailable_from(b.viewer(), &objects).await;
+        println!(
+            "after the second change, from {}: {} of {} unavailable, e.g. {:?} (held by {:?})",
+            b.name,
+            failed.len(),
+            objects.len(),
+            failed.first(),
+            failed
+                .first()
+                .map(|f| holders(&boxes, f.split(':').next().unwrap()))
+        );
+        total += failed.len();
+    }
+    for b in boxes.iter_mut() {
+        if let Some(d) = b.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+    assert_eq!(before, 0);
+    assert_eq!(
+        total, 0,
+        "objects held by a ready box answered 404 with redirects followed"
+    );
+}
+
+/// Was: an object the manifest gives two copies (site.copies = 1) is not redirected
+/// to its second owner when its first owner is down: 404 although a ready box holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redirects_look_as_far_as_the_manifests_copies() {
+    let mut objects = objects(120, "c", 600);
+    for o in objects.iter_mut() {
+        o.2 = 2;
+    }
+    let (_origin, mut boxes) = three_filled_boxes(&objects).await;
+    for (path, _, _) in &objects {
+        assert_eq!(holders(&boxes, path).len(), 2, "{path}");
+    }
+    // box-c stops; every object it held still has a copy on box-a or box-b.
+    let stopped = boxes.remove(2);
+    stopped.daemon.unwrap().shutdown().await;
+    let admin = boxes[0].daemon().admin_addr;
+    eventually("box-c out", || async move {
+        admin_status(admin).await["site"]["peers"][1]["ready"] == false
+    })
+    .await;
+    let admin = boxes[1].daemon().admin_addr;
+    eventually("box-c out", || async move {
+        admin_status(admin).await["site"]["peers"][1]["ready"] == false
+    })
+    .await;
+    let mut total = 0;
+    for b in &boxes {
+        let failed = unavailable_from(b.viewer(), &objects).await;
+        println!(
+            "box-c down, from {}: {} of {} unavailable, e.g. {:?} (held by {:?})",
+            b.name,
+            failed.len(),
+            objects.len(),
+            failed.first(),
+            failed
+                .first()
+                .map(|f| holders(&boxes, f.split(':').next().unwrap()))
+        );
+        total += failed.len();
+    }
+    for b in boxes.iter_mut() {
+        if let Some(d) = b.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+    assert_eq!(total, 0);
+}
+
+/// Was: with copies = 2, a later owner that picks a new manifest up before its first
+/// owner does (mid-window polls tick at different moments on each box, or pushes go box
+/// by box) fetches everything from the origin after one 2 s poll, and the first owner then
+/// fetches from the origin what the later one has not finished: up to 2x origin bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_manifest_seen_a_few_seconds_apart_crosses_the_transit_once() {
+    let make_old = || objects(1, "old", 100);
+    let objects = objects(48, "n", 64 * 1024);
+    let origin = Origin::start().await;
+    for (path, data, _) in &objects {
+        // A slow transit: about 1.6 s per object.
+        origin.put(
+            path,
+            data,
+            Fault::Drip {
+                chunk: 4096,
+                pause: Duration::from_millis(100),
+            },
+        );
+    }
+    let mut a = SiteBox::start("box-a", "").await;
+    let mut b = SiteBox::start("box-b", "").await;
+    let site = vec![
+        ("box-a", a.viewer(), a.daemon().admin_addr, 1.0),
+        ("box-b", b.viewer(), b.daemon().admin_addr, 1.0),
+    ];
+    a.peer_with(&site, 2);
+    b.peer_with(&site, 2);
+    // An earlier night: both hold an old manifest's one object and are done, filling.
+    let old = make_old();
+    origin.put(&old[0].0, &old[0].1, Fault::None);
+    let m0 = Bytes::from(manifest("m0", &origin.base_url(), &old));
+    for x in [&a, &b] {
+        x.daemon()
+            .fill()
+            .accept(Received::Bytes(m0.clone()), 1 << 30)
+            .await
+            .unwrap();
+    }
+    fill_all(&[&a, &b], "m0").await;
+    let admin = a.daemon().admin_addr;
+    eventually("agree", || async move {
+        admin_status(admin).await["site"]["peers"][0]["agrees"] == true
+    })
+    .await;
+    // The origin publishes m1 in the window; box-b sees it 4 s before box-a.
+    let m1 = Bytes::from(manifest("m1", &origin.base_url(), &objects));
+    b.daemon()
+        .fill()
+        .accept(Received::Bytes(m1.clone()), 1 << 30)
+        .await
+        .unwrap();
+    let gap: u64 = std::env::var("GAP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    tokio::time::sleep(Duration::from_millis(gap)).await;
+    a.daemon()
+        .fill()
+        .accept(Received::Bytes(m1.clone()), 1 << 30)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for x in [&a, &b] {
+        loop {
+            let s = admin_status(x.daemon().admin_addr).await;
+            if s["fill"]["state"] == "done" && s["fill"]["manifest_id"] == "m1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut twice = 0;
+    let mut per_path = HashMap::new();
+    for (path, _, _) in &objects {
+        let n = origin.requests(path).len();
+        per_path.insert(path.clone(), n);
+        if n > 1 {
+            twice += 1;
+        }
+    }
+    let bytes: u64 = objects.iter().map(|(_, d, _)| d.len() as u64).sum();
+    println!(
+        "origin: {} of {} objects fetched more than once; origin bytes {:.2}x the manifest's",
+        twice,
+        objects.len(),
+        origin.bytes_sent() as f64 / bytes as f64
+    );
+    for x in [a, b] {
+        x.daemon.unwrap().shutdown().await;
+    }
+    assert_eq!(
+        twice, 0,
+        "objects crossed the transit more than once per site"
+    );
+}
+
+// ---------------------------------------------------------------- popularity
+
+/// Was: the space-saving overcount is reported as requests. After a scan of distinct
+/// junk paths, paths asked for once are listed with hundreds of requests.
+#[test]
+fn popularity_reports_guaranteed_counts() {
+    use tidecache::serve::popularity::Popularity;
+    let popularity = Popularity::new();
+    for _ in 0..50 {
+        popularity.miss("wanted/title.m3u8", false);
+    }
+    for i in 0..400_000u32 {
+        popularity.miss(&format!("junk/{i:08}"), false);
+    }
+    popularity.miss("asked-once.ts", false);
+    let report = popularity.report(5);
+    for miss in &report.misses {
+        println!("{:>24} {:>5} requests", miss.path, miss.requests);
+    }
+    let junk = report
+        .misses
+        .iter()
+        .filter(|m| m.path.starts_with("junk/") || m.path == "asked-once.ts")
+        .count();
+    assert!(
+        report
+            .misses
+            .iter()
+            .all(|m| m.requests <= 50 || m.path == "wanted/title.m3u8"),
+        "{junk} paths asked for once are reported with ~100 requests, above a path asked 50 times"
+    );
+}
+
+/// Probe: memory of one thread's sketches under distinct 1 KiB paths, and the worst single
+/// request (every counter bumped, then a new path).
+#[test]
+fn popularity_memory_and_worst_request() {
+    use tidecache::serve::popularity::SpaceSaving;
+    fn rss_kib() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+    let before = rss_kib();
+    let mut hits = SpaceSaving::new(4096);
+    let mut misses = SpaceSaving::new(4096);
+    let long = "x".repeat(1000);
+    for i in 0..200_000u32 {
+        hits.record(&format!("{long}/{i:08}"), 1);
+        misses.record(&format!("{long}/{i:08}"), 0);
+    }
+    let grown = rss_kib() - before;
+    println!("two sketches after 200k distinct 1 KiB paths: {grown} KiB");
+    let mut worst = Duration::ZERO;
+    for round in 0..20u32 {
+        for i in 0..4096u32 {
+            let started = Instant::now();
+            hits.record(&format!("{long}/{:08}", 200_000 - 1 - i), 1);
+            worst = worst.max(started.elapsed());
+        }
+        let started = Instant::now();
+        hits.record(&format!("new/{round}"), 1);
+        worst = worst.max(started.elapsed());
+    }
+    println!("worst single record: {worst:?}");
+}
+
+/// Was: in a site, a redirected request is a miss on the box that redirected and a
+/// hit on the box that served; `manifest build --popularity` of the boxes' reports (as
+/// the README suggests) adds both, so redirected objects count double.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redirected_request_counts_once_in_a_sites_popularity() {
+    let objects = objects(40, "p", 600);
+    let origin = Origin::start().await;
+    for (path, data, _) in &objects {
+        origin.put(path, data, Fault::None);
+    }
+    let mut a = SiteBox::start("box-a", "").await;
+    let mut b = SiteBox::start("box-b", "").await;
+    let site = vec![
+        ("box-a", a.viewer(), a.daemon().admin_addr, 1.0),
+        ("box-b", b.viewer(), b.daemon().admin_addr, 1.0),
+    ];
+    a.peer_with(&site, 1);
+    b.peer_with(&site, 1);
+    let body = Bytes::from(manifest("m1", &origin.base_url(), &objects));
+    for x in [&a, &b] {
+        x.daemon()
+            .fill()
+            .accept(Received::Bytes(body.clone()), 1 << 30)
+            .await
+            .unwrap();
+    }
+    fill_all(&[&a, &b], "m1").await;
+    for x in [&a, &b] {
+        x.daemon().set_override(Override::Auto).await.unwrap();
+    }
+    let admin = a.daemon().admin_addr;
+    eventually("ready", || async move {
+        let s = admin_status(admin).await;
+        s["site"]["peers"][0]["ready"] == true && s["site"]["peers"][0]["agrees"] == true
+    })
+    .await;
+    let on_a = &objects.iter().find(|(p, _, _)| a.holds(p)).unwrap().0;
+    let on_b = &objects.iter().find(|(p, _, _)| b.holds(p)).unwrap().0;
+    let client = following();
+    // Viewers land on box-a (anycast, DNS): ten ask for each object.
+    for _ in 0..10 {
+        for path in [on_a, on_b] {
+            let r = client
+                .get(url(a.viewer(), &format!("/{path}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    }
+    let mut reports = Vec::new();
+    for x in [&a, &b] {
+        let text = client
+            .get(format!("http://{}/v1/popularity", x.daemon().admin_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        println!("{}: {text}", x.name);
+        reports.push(text.into_bytes());
+    }
+    let slices: Vec<&[u8]> = reports.iter().map(Vec::as_slice).collect();
+    let counted = tidecache::fill::build::read_popularity(&slices).unwrap();
+    println!(
+        "manifest build --popularity: {on_a} (served where asked) {}, {on_b} (redirected once) {}",
+        counted[on_a], counted[on_b]
+    );
+    for x in [a, b] {
+        x.daemon.unwrap().shutdown().await;
+    }
+    assert_eq!(counted[on_a], counted[on_b], "the same ten requests each");
+}
+
+/// Probe: odd limits answer 400, never 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn popularity_limits() {
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    let daemon = start(&config).await;
+    let admin = daemon.admin_addr;
+    for _ in 0..3 {
+        let _ = get(daemon.viewer_addrs[0], "/x%ff%fe.ts").await;
+        let _ = get(daemon.viewer_addrs[0], "/caf%C3%A9/%E2%80%AE.ts").await;
+    }
+    let mut lines = Vec::new();
+    for query in [
+        "",
+        "?limit=",
+        "?limit=0",
+        "?limit=-1",
+        "?limit=1",
+        "?limit=4096",
+        "?limit=4097",
+        "?limit=99999999999999999999999999",
+        "?limit=%31",
+        "?limit=1e3",
+        "?limit=+2",
+        "?limit=1&limit=0",
+        "?limit",
+        "?LIMIT=0",
+        "?limit=%00",
+        "?limit=1%20",
+    ] {
+        let r = client()
+            .get(format!("http://{admin}/v1/popularity{query}"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        lines.push(format!("{query:>35} -> {status} {:.120}", text));
+        assert!(status != 500);
+    }
+    for l in lines {
+        println!("{l}");
+    }
+    daemon.shutdown().await;
+}
+
+// ---------------------------------------------------------------- fill.manifest_poll
+
+/// Was: when the window-start pull fails once (origin briefly down), the first poll
+/// that succeeds accepts again the very manifest in force: the pass under way is
+/// superseded (in-flight transfers cut after stop_grace) and popularity counts reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poll_of_the_manifest_in_force_changes_nothing() {
+    let objects = objects(16, "q", 32 * 1024);
+    let origin = Origin::start().await;
+    for (path, data, _) in &objects {
+        origin.put(
+            path,
+            data,
+            Fault::Drip {
+                chunk: 4096,
+                pause: Duration::from_millis(250),
+            },
+        );
+    }
+    let body = manifest("night-1", &origin.base_url(), &objects);
+    origin.put("manifest.json", body.as_bytes(), Fault::FailFirst(1));
+    let test_box = TestBox::new();
+    let mut config = test_box.config(
+        1,
+        "[schedule]\ndrain = \"0s\"\nduring_fill = \"serve\"\n[fill]\nconcurrency = 4\nstop_grace = \"200ms\"\n",
+    );
+    config.fill.manifest_url =
+        tidecache::config::ManifestUrl::Http(format!("{}manifest.json", origin.base_url()));
+    config.fill.manifest_poll = tidecache::config::HumanDuration(Duration::from_secs(1));
+    let daemon = start(&config).await;
+    // The same manifest was pushed earlier (or pulled before a restart).
+    daemon
+        .fill()
+        .accept(Received::Bytes(Bytes::from(body.clone())), 1 << 30)
+        .await
+        .unwrap();
+    let generation = daemon.fill().manifest().unwrap().generation;
+    let _ = get(daemon.viewer_addrs[0], "/counted-before.ts").await;
+    let admin = daemon.admin_addr;
+    let since = |daemon_admin| async move {
+        client()
+            .get(format!("http://{daemon_admin}/v1/popularity"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let before = since(admin).await;
+    daemon.set_override(Override::Fill).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = admin_status(admin).await;
+        if s["fill"]["state"] == "done" && s["fill"]["manifest_id"] == "night-1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = since(admin).await;
+    let accepted_again = daemon.fill().manifest().unwrap().generation - generation;
+    let resumed: usize = objects
+        .iter()
+        .map(|(p, _, _)| origin.requests(p).len().saturating_sub(1))
+        .sum();
+    println!(
+        "manifest.json requests {}; the same manifest accepted {accepted_again} more time(s); origin requests beyond one per object: {resumed}",
+        origin.requests("manifest.json").len()
+    );
+    println!("popularity before: {before}\npopularity after: {after}");
+    daemon.shutdown().await;
+    assert_eq!(
+        accepted_again, 0,
+        "the manifest in force was accepted again"
+    );
+}
+
+/// Probe: weight doubled, copies 1 -> 2 -> 1, each followed by fills (all boxes at once,
+/// then again so hand-offs happen), with viewers reading all the while from every box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_with_fills_keep_every_object_available() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let objects = objects(240, "m", 600);
+    let (origin, mut boxes) = three_filled_boxes(&objects).await;
+    let origin_start = origin.bytes_sent();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (asked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reader = {
+        let viewers: Vec<SocketAddr> = boxes.iter().map(SiteBox::viewer).collect();
+        let (objects, stop, asked, failed) = (
+            objects.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&asked),
+            Arc::clone(&failed),
+        );
+        tokio::spawn(async move {
+            let client = following();
+            let mut turn = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let (path, data, _) = &objects[(turn * 7919) % objects.len()];
+                let viewer = viewers[turn % viewers.len()];
+                turn += 1;
+                let ok = match client.get(url(viewer, &format!("/{path}"))).send().await {
+                    Ok(r) if r.status() == 200 => r.bytes().await.is_ok_and(|b| b[..] == data[..]),
+                    Ok(r) => {
+                        eprintln!(
+                            "UNAVAILABLE {path} via {viewer}: {} at {}",
+                            r.status(),
+                            r.url()
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        eprintln!("UNAVAILABLE {path} via {viewer}: {e}");
+                        false
+                    }
+                };
+                asked.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let steps: [(&str, [f64; 3], u32); 3] = [
+        ("box-c weight doubled", [1.0, 1.0, 2.0], 1),
+        ("copies 2", [1.0, 1.0, 2.0], 2),
+        ("copies back to 1", [1.0, 1.0, 2.0], 1),
+    ];
+    for (what, weights, copies) in steps {
+        let site = addresses(&boxes, &weights);
+        for b in &mut boxes {
+            b.peer_with(&site, copies);
+        }
+        all_ready(&boxes).await;
+        let refs: Vec<&SiteBox> = boxes.iter().collect();
+        fill_all(&refs, "m1").await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        for b in &boxes {
+            b.daemon().set_override(Override::Serve).await.unwrap();
+        }
+        fill_all(&refs, "m1").await;
+        serve_all(&boxes).await;
+        all_ready(&boxes).await;
+        let mut wrong = 0;
+        let mut nowhere = 0;
+        for (path, _, _) in &objects {
+            let held = holders(&boxes, path);
+            let owners: Vec<&str> = boxes
+                .iter()
+                .filter(|b| b.daemon().fill().site().unwrap().is_mine(path, 0))
+                .map(|b| b.name)
+                .collect();
+            if held.is_empty() {
+                nowhere += 1;
+            }
+            if held != owners {
+                wrong += 1;
+            }
+        }
+        println!(
+            "{what}: on no box {nowhere}, not exactly on its owners {wrong}; viewers so far {} asked {} failed; origin bytes since start {}",
+            asked.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+            origin.bytes_sent() - origin_start
+        );
+        assert_eq!(nowhere, 0);
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    for b in boxes.iter_mut() {
+        if let Some(d) = b.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+}
+
+/// Was: during a rolling reload (box-c's weight doubled, box-a reloaded first, the
+/// others seconds later), box-a and the others disagree on the members and stop
+/// redirecting to each other altogether: every object not held where the viewer landed
+/// answers 404, including the ~5/6 whose owner did not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_reload_keeps_redirects_between_reloaded_and_other_boxes() {
+    let objects = objects(300, "r", 600);
+    let (_origin, mut boxes) = three_filled_boxes(&objects).await;
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
+    boxes[0].peer_with(&site, 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut total = 0;
+    for b in &boxes {
+        let failed = unavailable_from(b.viewer(), &objects).await;
+        let unmoved = failed
+            .iter()
+            .filter(|f| {
+                let path = f.split(':').next().unwrap();
+                // Owner under the new members (box-a's view) is the box holding it now.
+                holders(&boxes, path).iter().any(|h| {
+                    boxes[0].daemon().fill().site().unwrap().ranking(path)[0]
+                        .clone()
+                        .name_is(h, "box-a")
+                })
+            })
+            .count();
+        println!(
+            "box-a reloaded, the others not yet; from {}: {} of {} unavailable ({unmoved} of them still on their owner), e.g. {:?}",
+            b.name,
+            failed.len(),
+            objects.len(),
+            failed.first()
+        );
+        total += failed.len();
+    }
+    for b in boxes.iter_mut() {
+        if let Some(d) = b.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+    assert_eq!(total, 0);
+}
+
+trait NameIs {
+    fn name_is(self, name: &str, me: &str) -> bool;
+}
+impl NameIs for tidecache::site::Member {
+    fn name_is(self, name: &str, me: &str) -> bool {
+        match self {
+            tidecache::site::Member::Me => name == me,
+            tidecache::site::Member::Peer(p) => p.name == name,
+        }
+    }
+}
