@@ -122,6 +122,8 @@ impl Daemon {
         });
         if let Some(site) = &site {
             fill.set_site(Arc::clone(site));
+            let fill = Arc::clone(&fill);
+            tokio::task::spawn_blocking(move || fill.build_listed());
         }
         fill.set_file_roots(FileRoots::resolve(&config.fill.file_roots));
         fill.stocked().set_ready_share(config.fill.ready_share);

@@ -268,6 +268,15 @@ fn load_saved(file: &Path, legacy: &Path) -> Option<AcceptedManifest> {
     }
 }
 
+/// The filter of the paths `manifest` lists.
+fn listed_paths(manifest: &Manifest) -> crate::site::listed::Listed {
+    crate::site::listed::Listed::build(
+        &manifest.id,
+        manifest.len(),
+        manifest.iter().map(|object| object.path),
+    )
+}
+
 /// The fill's shared state: the manifest in force and the progress of the fill.
 #[derive(Debug)]
 pub struct Fill {
@@ -338,6 +347,24 @@ impl Fill {
             site: OnceLock::new(),
             underway: Mutex::new(Underway::Idle),
             last_done: Mutex::new(None),
+        }
+    }
+
+    /// In a site, builds the filter of the paths the manifest in force lists (redirects go
+    /// only to listed paths), reading the saved manifest back: at start, on a blocking
+    /// thread, while the box already serves (it redirects every miss until it is built).
+    pub fn build_listed(&self) {
+        let (Some(site), Some(accepted)) = (self.site(), self.manifest()) else {
+            return;
+        };
+        if site.listed_manifest().as_deref() == Some(accepted.id.as_str()) {
+            return;
+        }
+        match accepted.contents() {
+            Ok(manifest) => site.set_listed(listed_paths(&manifest)),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the manifest in force to know which paths it lists; every miss may be redirected")
+            }
         }
     }
 
@@ -461,6 +488,7 @@ impl Fill {
         let roots = self.file_roots();
         let in_force = self.manifest();
         let kept = in_force.clone();
+        let site = self.site().cloned();
         let saved = tokio::task::spawn_blocking(move || {
             let read = |base: Option<&Manifest>| match &received {
                 Received::Bytes(bytes) => {
@@ -513,6 +541,9 @@ impl Fill {
             .map_err(AcceptError::Save)?;
             if let Some(dir) = file.parent() {
                 let _ = std::fs::remove_file(dir.join(LEGACY_MANIFEST));
+            }
+            if let Some(site) = &site {
+                site.set_listed(listed_paths(&manifest));
             }
             Ok::<_, AcceptError>(Some((manifest, (file, crc))))
         })

@@ -717,8 +717,10 @@ impl Viewer {
         let uri = request.uri();
         if let Some(site) = &self.site {
             if !crate::site::was_redirected(uri.query()) {
+                // Only a path the manifest lists: a scanner's guesses are plain misses.
                 let target = object_path::from_request(uri.path())
                     .ok()
+                    .filter(|path| site.may_list(path))
                     .and_then(|path| site.redirect_target(&path));
                 if let Some(peer) = target {
                     self.metrics.site_redirects.inc();

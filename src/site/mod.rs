@@ -11,6 +11,7 @@
 //! - this file: [`Site`] (members, ownership, redirect targets, readiness of peers, the
 //!   status section) and the readiness checks.
 
+pub mod listed;
 pub mod token;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -248,6 +249,8 @@ pub struct Site {
     /// The most copies any object of the manifest in force asks for (a pass surveys it):
     /// how far down an object's ranking redirects look for a box that holds it.
     manifest_copies: std::sync::atomic::AtomicU8,
+    /// The paths the manifest in force lists, once built: only they are redirected.
+    listed: arc_swap::ArcSwapOption<listed::Listed>,
     /// Whether this box holds its share under the current members (see
     /// [`Site::is_settled`]), and where that is kept across restarts.
     settled: AtomicBool,
@@ -290,6 +293,7 @@ impl Site {
             previous: arc_swap::ArcSwapOption::new(previous),
             previous_file,
             manifest_copies: std::sync::atomic::AtomicU8::new(0),
+            listed: arc_swap::ArcSwapOption::empty(),
             settled: AtomicBool::new(settled),
             settled_since_ms: AtomicI64::new(jiff::Timestamp::now().as_millisecond()),
             settled_file,
@@ -553,6 +557,28 @@ impl Site {
             let _ = std::fs::remove_file(&self.previous_file);
             tracing::info!("every box of the site has settled into its members");
         }
+    }
+
+    /// Records which paths the manifest in force lists.
+    pub fn set_listed(&self, listed: listed::Listed) {
+        self.listed.store(Some(Arc::new(listed)));
+    }
+
+    /// Whether the manifest in force may list `path` (true until its filter is built, and
+    /// for about 1 % of unlisted paths).
+    pub fn may_list(&self, path: &str) -> bool {
+        self.listed
+            .load()
+            .as_ref()
+            .is_none_or(|listed| listed.may_list(path))
+    }
+
+    /// The manifest whose paths the filter holds, if one was built.
+    pub fn listed_manifest(&self) -> Option<String> {
+        self.listed
+            .load()
+            .as_ref()
+            .map(|listed| listed.manifest_id.clone())
     }
 
     /// Records the most copies any object of the manifest in force asks for.
