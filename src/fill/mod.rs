@@ -297,6 +297,9 @@ pub struct Fill {
     underway: Mutex<Underway>,
     /// The manifest id the last fill pass that finished worked toward.
     last_done: Mutex<Option<String>>,
+    /// Held while the site's filter of listed paths is set, so a filter built from an
+    /// older manifest never replaces the one of the manifest in force.
+    listing: Mutex<()>,
 }
 
 /// What the fill pass under way will still store: a later owner of an object waits for
@@ -347,6 +350,7 @@ impl Fill {
             site: OnceLock::new(),
             underway: Mutex::new(Underway::Idle),
             last_done: Mutex::new(None),
+            listing: Mutex::new(()),
         }
     }
 
@@ -361,7 +365,17 @@ impl Fill {
             return;
         }
         match accepted.contents() {
-            Ok(manifest) => site.set_listed(listed_paths(&manifest)),
+            Ok(manifest) => {
+                let listed = listed_paths(&manifest);
+                // A manifest accepted meanwhile has set its own filter: this one is stale.
+                let _in_force = self.listing.lock().unwrap_or_else(PoisonError::into_inner);
+                if self
+                    .manifest()
+                    .is_some_and(|now| now.id == listed.manifest_id)
+                {
+                    site.set_listed(listed);
+                }
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the manifest in force to know which paths it lists; every miss may be redirected")
             }
@@ -542,10 +556,8 @@ impl Fill {
             if let Some(dir) = file.parent() {
                 let _ = std::fs::remove_file(dir.join(LEGACY_MANIFEST));
             }
-            if let Some(site) = &site {
-                site.set_listed(listed_paths(&manifest));
-            }
-            Ok::<_, AcceptError>(Some((manifest, (file, crc))))
+            let listed = site.as_ref().map(|_| listed_paths(&manifest));
+            Ok::<_, AcceptError>(Some((manifest, (file, crc), listed)))
         })
         .await
         .map_err(|err| AcceptError::Save(std::io::Error::other(err)))??;
@@ -561,7 +573,7 @@ impl Fill {
             .as_ref()
             .map_or(0, |in_force| in_force.generation)
             + 1;
-        let (manifest, saved) = saved;
+        let (manifest, saved, listed) = saved;
         let accepted = Arc::new(AcceptedManifest::new(
             manifest,
             Some(saved),
@@ -572,6 +584,10 @@ impl Fill {
         tracing::info!(id = %summary.id, objects = summary.objects, bytes = summary.bytes, "manifest accepted");
         self.stocked.retry_save().await;
         self.manifest.send_replace(Some(accepted));
+        if let (Some(site), Some(listed)) = (self.site(), listed) {
+            let _in_force = self.listing.lock().unwrap_or_else(PoisonError::into_inner);
+            site.set_listed(listed);
+        }
         Ok(summary)
     }
 
