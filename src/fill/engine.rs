@@ -191,16 +191,21 @@ impl Engine {
         }
     }
 
-    /// Runs until `stop` is raised.
-    pub async fn run(mut self, mut stop: Shutdown) {
-        tokio::spawn(poll_during_windows(Puller {
+    /// A puller of `fill.manifest_url` sharing this engine's last pull.
+    fn puller(&self, stop: &Shutdown) -> Puller {
+        Puller {
             fill: Arc::clone(&self.fill),
             fetcher: self.fetcher.clone(),
             mode: self.mode.clone(),
             settings: self.reloads.clone(),
             etag: Arc::clone(&self.pulled_etag),
             stop: stop.clone(),
-        }));
+        }
+    }
+
+    /// Runs until `stop` is raised.
+    pub async fn run(mut self, mut stop: Shutdown) {
+        tokio::spawn(poll_during_windows(self.puller(&stop)));
         let mut manifests = self.fill.watch_manifest();
         let mut session = 0u64;
         let mut was_filling = false;
@@ -213,16 +218,8 @@ impl Engine {
                 session += 1;
                 was_filling = true;
                 // The pull has its own overall timeout, and its download ends at the stop
-                // or the window's end (see `pull_manifest`).
-                let puller = Puller {
-                    fill: Arc::clone(&self.fill),
-                    fetcher: self.fetcher.clone(),
-                    mode: self.mode.clone(),
-                    settings: self.reloads.clone(),
-                    etag: Arc::clone(&self.pulled_etag),
-                    stop: stop.clone(),
-                };
-                if puller.pull(&self.settings).await.is_err() {
+                // or the window's end (see `Puller::pull`).
+                if self.puller(&stop).pull(&self.settings).await.is_err() {
                     return;
                 }
                 // The mode may have changed while pulling: look again before a pass.
