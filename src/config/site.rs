@@ -236,50 +236,52 @@ mod tests {
     #[test]
     fn a_valid_site_passes_and_each_mistake_names_its_key() {
         assert!(site().validate().is_ok());
-        let mut itself = site();
-        itself.peers[0].name = "box-a".to_owned();
-        assert_eq!(key_of_error(&itself), "site.peer[0].name");
-        let mut twice = site();
-        twice.peers.push(twice.peers[0].clone());
-        assert_eq!(key_of_error(&twice), "site.peer[1].name");
-        let mut bad_url = site();
-        bad_url.peers[0].url = "10.0.0.2:8080".to_owned();
-        assert_eq!(key_of_error(&bad_url), "site.peer[0].url");
-        let mut tls_admin = site();
-        tls_admin.peers[0].admin = "https://10.0.0.2:8081".to_owned();
-        assert_eq!(key_of_error(&tls_admin), "site.peer[0].admin");
-        let mut no_token = site();
-        no_token.token_file = None;
-        assert_eq!(key_of_error(&no_token), "site.token_file");
-        let mut nameless = site();
-        nameless.box_name = String::new();
-        assert_eq!(key_of_error(&nameless), "site.box");
-        let mut zero = site();
-        zero.peers[0].weight = 0.0;
-        assert_eq!(key_of_error(&zero), "site.peer[0].weight");
-        let mut copies = site();
-        copies.copies = 0;
-        assert_eq!(key_of_error(&copies), "site.copies");
-        for bad_port in [
-            "http://10.0.0.2:notaport",
-            "http://10.0.0.2:99999",
-            "http://10.0.0.2:0",
-        ] {
-            let mut port = site();
-            port.peers[0].admin = bad_port.to_owned();
-            assert_eq!(key_of_error(&port), "site.peer[0].admin", "{bad_port}");
+        let second_peer = |site: &mut SiteConfig| {
+            let mut other = site.peers[0].clone();
+            other.name = "box-c".to_owned();
+            site.peers.push(other);
+        };
+        type Mistake<'a> = &'a dyn Fn(&mut SiteConfig);
+        let mistakes: [(&str, Mistake<'_>); 15] = [
+            ("site.peer[0].name", &|site| {
+                site.peers[0].name = "box-a".to_owned()
+            }),
+            ("site.peer[1].name", &|site| {
+                site.peers.push(site.peers[0].clone())
+            }),
+            ("site.peer[0].url", &|site| {
+                site.peers[0].url = "10.0.0.2:8080".to_owned()
+            }),
+            ("site.peer[0].admin", &|site| {
+                site.peers[0].admin = "https://10.0.0.2:8081".to_owned()
+            }),
+            ("site.token_file", &|site| site.token_file = None),
+            ("site.box", &|site| site.box_name = String::new()),
+            ("site.peer[0].weight", &|site| site.peers[0].weight = 0.0),
+            ("site.copies", &|site| site.copies = 0),
+            ("site.peer[0].admin", &|site| {
+                site.peers[0].admin = "http://10.0.0.2:notaport".to_owned()
+            }),
+            ("site.peer[0].admin", &|site| {
+                site.peers[0].admin = "http://10.0.0.2:99999".to_owned()
+            }),
+            ("site.peer[0].admin", &|site| {
+                site.peers[0].admin = "http://10.0.0.2:0".to_owned()
+            }),
+            ("site.peer[0].url", &|site| {
+                site.peers[0].url = "http://user:pw@10.0.0.2".to_owned()
+            }),
+            ("site.peer[0].name", &|site| {
+                site.peers[0].name = "box-b ".to_owned()
+            }),
+            ("site.peer[1].admin", &second_peer),
+            ("site.box", &|site| site.box_name = " box-a".to_owned()),
+        ];
+        for (key, mistake) in mistakes {
+            let mut wrong = site();
+            mistake(&mut wrong);
+            assert_eq!(key_of_error(&wrong), key, "{wrong:?}");
         }
-        let mut userinfo = site();
-        userinfo.peers[0].url = "http://user:pw@10.0.0.2".to_owned();
-        assert_eq!(key_of_error(&userinfo), "site.peer[0].url");
-        let mut spaced = site();
-        spaced.peers[0].name = "box-b ".to_owned();
-        assert_eq!(key_of_error(&spaced), "site.peer[0].name");
-        let mut same_admin = site();
-        let mut other = same_admin.peers[0].clone();
-        other.name = "box-c".to_owned();
-        same_admin.peers.push(other);
-        assert_eq!(key_of_error(&same_admin), "site.peer[1].admin");
         let mut ipv6 = site();
         ipv6.peers[0].admin = "http://[2001:db8::2]:8081".to_owned();
         ipv6.peers[0].url = "http://[2001:db8::2]".to_owned();

@@ -703,7 +703,7 @@ impl Viewer {
     /// [`Viewer::miss_to`], counted for popularity: a request sent to a sibling is marked so,
     /// since the sibling counts it again as a hit.
     fn counted_miss<B>(&self, request: &Request<B>, path: &str) -> Response<ObjectBody> {
-        let (response, to_peer) = self.miss_to(request);
+        let (response, to_peer) = self.miss_to(request, path);
         if let Some(popularity) = &self.popularity {
             popularity.miss(path, to_peer);
         }
@@ -712,16 +712,16 @@ impl Viewer {
 
     /// A missing object: in a site, 302 to the best-ranked ready peer (unless a peer sent
     /// the request here already); else 302 to the fallback when configured, else 404. Also
-    /// says whether the answer sends the viewer to a peer of the site.
-    fn miss_to<B>(&self, request: &Request<B>) -> (Response<ObjectBody>, bool) {
+    /// says whether the answer sends the viewer to a peer of the site. `path` is the
+    /// request's object path, already decoded and checked.
+    fn miss_to<B>(&self, request: &Request<B>, path: &str) -> (Response<ObjectBody>, bool) {
         let uri = request.uri();
         if let Some(site) = &self.site {
             if !crate::site::was_redirected(uri.query()) {
                 // Only a path the manifest lists: a scanner's guesses are plain misses.
-                let target = object_path::from_request(uri.path())
-                    .ok()
+                let target = Some(path)
                     .filter(|path| site.may_list(path))
-                    .and_then(|path| site.redirect_target(&path));
+                    .and_then(|path| site.redirect_target(path));
                 if let Some(peer) = target {
                     self.metrics.site_redirects.inc();
                     let location = crate::site::redirect_location(&peer, uri.path(), uri.query());

@@ -153,11 +153,6 @@ impl Peer {
         self.missed.load(Ordering::Relaxed) < MISSED_CHECKS
     }
 
-    /// Whether it has not been checked yet (just started or added).
-    pub fn is_unchecked(&self) -> bool {
-        self.checked_at_ms.load(Ordering::Relaxed) == 0
-    }
-
     /// Whether it sees the same members as this box (names, weights, copies): only then do
     /// the two agree on who owns what.
     pub fn agrees(&self) -> bool {
