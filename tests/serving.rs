@@ -261,6 +261,19 @@ async fn hot_objects_are_served_from_ram_byte_identical_with_ranges() {
         let whole = get(addr, &format!("/{SEGMENT_PATH}")).await;
         assert_eq!(&whole.bytes().await.unwrap()[..], &segment[..]);
     }
+    // Plain HTTP/1.1 answers go by sendfile and never load the RAM cache (a copy and a
+    // SHA-256 of the object for bytes that writer does not send); a writer that copies does.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        metric_value(&metrics_text(&daemon).await, "tidecache_ram_cache_bytes"),
+        Some(0.0)
+    );
+    let whole = h2c_client()
+        .get(format!("http://{addr}/{SEGMENT_PATH}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&whole.bytes().await.unwrap()[..], &segment[..]);
     eventually("the segment is loaded into RAM", || async {
         metric_value(&metrics_text(&daemon).await, "tidecache_ram_cache_bytes")
             .is_some_and(|bytes| bytes >= SEGMENT_LEN as f64)
@@ -329,7 +342,12 @@ async fn a_flipped_bit_found_when_loading_into_ram_takes_the_object_out_of_servi
     std::fs::write(&file, bytes).unwrap();
     let daemon = start(&config).await;
     let addr = daemon.viewer_addrs[0];
-    let _first = get(addr, "/flip.ts").await;
+    // A writer that copies (HTTP/2 here) loads the RAM cache; the load checks the sha256.
+    let _first = h2c_client()
+        .get(format!("http://{addr}/flip.ts"))
+        .send()
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
     while get(addr, "/flip.ts").await.status() != StatusCode::NOT_FOUND {
         assert!(

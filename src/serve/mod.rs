@@ -428,7 +428,9 @@ impl Viewer {
         // from the page cache (benches/compare, 2 MiB and ranges against nginx). The RAM cache
         // serves the writers that copy anyway (TLS, HTTP/2, hyper).
         let prefer_file = sender == Sender::Sendfile;
-        let admission = if request.method() == Method::HEAD {
+        // Nor does a request the sendfile path answers load the RAM cache: it would pay a
+        // copy and a SHA-256 of the whole object for bytes this writer never sends.
+        let admission = if request.method() == Method::HEAD || prefer_file {
             cache::Admission::Peek
         } else {
             cache::Admission::Load

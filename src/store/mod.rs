@@ -22,6 +22,7 @@
 //! fsyncs the directory and only then records the object in the journal and the index.
 //! Dropped without `finish`, it removes its temp file.
 
+mod folios;
 mod index;
 pub mod journal;
 pub mod placement;
@@ -378,6 +379,14 @@ struct CachedFile {
     opened: std::time::Instant,
 }
 
+/// Objects up to this size are read into the page cache whole, in large folios, when they
+/// are opened for serving (see `folios`): segments are sent whole, and a hot object is then
+/// sent with a sixteenth of the page-cache work. A larger object is left to read-ahead, so a
+/// range of a long file never costs a read of all of it. The read happens on the opening
+/// thread, once per open (an open file is kept for `OPEN_FILE_VALID`); its pages would be
+/// read by the sendfile that follows anyway.
+const READ_IN_LARGE_FOLIOS_MAX: u64 = 16 << 20;
+
 /// How long a cached open file is trusted before it is opened again, so a file changed
 /// behind tidecache's back (by hand, or a disk swapped) is noticed (nginx's
 /// `open_file_cache_valid`).
@@ -614,6 +623,9 @@ impl Stores {
                 path: path.to_owned(),
                 detail: format!("index says {} bytes, file has {len}", meta.size),
             });
+        }
+        if len <= READ_IN_LARGE_FOLIOS_MAX {
+            folios::read_in_large_folios(&file, len);
         }
         Ok(OpenObject { file, meta })
     }
