@@ -80,16 +80,15 @@ pub async fn serve(
             }
         };
         awaiting = Awaiting::NextRequest;
-        let Some((request, keep_alive)) = parse(&buffer[..head_len], peer, viewer.logs_access())
-        else {
-            return FastPathEnd::HandOver {
-                buffered: buffer,
-                stream,
-            };
+        // The request's URI and header values are slices of this head, not copies of it.
+        let request_head = buffer.split_to(head_len).freeze();
+        let Some((request, keep_alive)) = parse(&request_head, peer, viewer.logs_access()) else {
+            let mut buffered = BytesMut::from(&request_head[..]);
+            buffered.extend_from_slice(&buffer);
+            return FastPathEnd::HandOver { buffered, stream };
         };
         let keep_alive = keep_alive && !shutdown.is_raised();
         let response = viewer.answer(&request, Sender::Sendfile);
-        buffer.advance(head_len);
         let (parts, end_report) = encode_head(response, keep_alive, &mut head);
         // Reports what the socket took of the body when the answer is over: sent whole, cut
         // by an error, or dropped with this task at the shutdown timeout.
@@ -298,7 +297,11 @@ fn scan_head(buffer: &[u8]) -> HeadScan {
 /// The request of a plain GET or HEAD head, and whether the connection stays open; `None`
 /// for anything the fast path leaves to hyper. The client's address goes into the request's extensions only `with_peer` (the access log
 /// reads it there; the first insert allocates the extension map).
-fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Request<()>, bool)> {
+fn parse(
+    head: &bytes::Bytes,
+    peer: std::net::SocketAddr,
+    with_peer: bool,
+) -> Option<(Request<()>, bool)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -316,7 +319,8 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
     let version = Version::HTTP_11;
     let mut request = Request::new(());
     *request.method_mut() = method;
-    *request.uri_mut() = http::Uri::try_from(parsed.path?).ok()?;
+    *request.uri_mut() =
+        http::Uri::from_maybe_shared(head.slice_ref(parsed.path?.as_bytes())).ok()?;
     *request.version_mut() = version;
     let headers = request.headers_mut();
     headers.reserve(parsed.headers.len());
@@ -339,7 +343,7 @@ fn parse(head: &[u8], peer: std::net::SocketAddr, with_peer: bool) -> Option<(Re
         }
         headers.append(
             http::HeaderName::from_bytes(name.as_bytes()).ok()?,
-            http::HeaderValue::from_bytes(header.value).ok()?,
+            http::HeaderValue::from_maybe_shared(head.slice_ref(header.value)).ok()?,
         );
     }
     if with_peer {

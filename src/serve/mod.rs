@@ -544,7 +544,7 @@ impl Viewer {
         let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
         let validators = match &source {
             Source::Memory(_, validators) | Source::File(_, Some(validators)) => validators.clone(),
-            Source::File(_, None) => Validators::of(&meta),
+            Source::File(_, None) => Validators::memoized(&meta),
         };
         let etag = validators.etag.to_str().unwrap_or("");
         let preconditions = Preconditions {
