@@ -132,17 +132,23 @@ pub fn parse(header: &str, length: u64) -> RangeRequest {
     if requested > u128::from(length) {
         return RangeRequest::Whole;
     }
+    // Sorted, then coalesced in place (no second allocation on every range request).
     ranges.sort_by_key(|range| range.start);
-    let mut merged: Vec<ByteRange> = Vec::with_capacity(ranges.len());
-    for range in ranges {
-        match merged.last_mut() {
+    let mut kept: usize = 0;
+    for index in 0..ranges.len() {
+        let range = ranges[index];
+        match kept.checked_sub(1).map(|last| &mut ranges[last]) {
             Some(last) if range.start <= last.end.saturating_add(1) => {
                 last.end = last.end.max(range.end);
             }
-            _ => merged.push(range),
+            _ => {
+                ranges[kept] = range;
+                kept += 1;
+            }
         }
     }
-    RangeRequest::Partial(merged)
+    ranges.truncate(kept);
+    RangeRequest::Partial(ranges)
 }
 
 #[cfg(test)]
