@@ -188,6 +188,9 @@ pub fn load_verified(file: &std::fs::File, meta: &ObjectMeta) -> Result<Bytes, L
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
     let length = usize::try_from(meta.size).map_err(|_| LoadError::Read)?;
+    // The pages this read brings in also serve sendfile answers: large folios, as a
+    // viewer's own first GET would read them.
+    crate::store::read_in_large_folios(file, 0, meta.size);
     let mut buffer = vec![0u8; length];
     file.read_exact_at(&mut buffer, 0)
         .map_err(|_| LoadError::Read)?;

@@ -428,20 +428,20 @@ impl Viewer {
         // from the page cache (benches/compare, 2 MiB and ranges against nginx). The RAM cache
         // serves the writers that copy anyway (TLS, HTTP/2, hyper).
         let prefer_file = sender == Sender::Sendfile;
-        // Nor does a request the sendfile path answers load the RAM cache: it would pay a
-        // copy and a SHA-256 of the whole object for bytes this writer never sends.
-        let admission = if request.method() == Method::HEAD || prefer_file {
+        // A GET loads the RAM cache even on the sendfile path, which never sends from it: the
+        // load's SHA-256 is what takes a flipped bit out of service while serving.
+        let admission = if request.method() == Method::HEAD {
             cache::Admission::Peek
         } else {
             cache::Admission::Load
         };
         let mut replaced_meanwhile = 0;
-        let (meta, source) = loop {
+        let (meta, source, fresh) = loop {
             let Some(meta) = self.stores.lookup(&path) else {
                 return self.counted_miss(request, &path);
             };
             match self.source(&path, meta, prefer_file, admission) {
-                Ok(source) => break (meta, source),
+                Ok((source, fresh)) => break (meta, source, fresh),
                 // A fill replaced it between the lookup and the open: look again.
                 Err(StoreError::Changed { .. }) if replaced_meanwhile < 3 => {
                     replaced_meanwhile += 1;
@@ -452,7 +452,7 @@ impl Viewer {
                 }
             }
         };
-        let response = self.object(request, &path, meta, source, sender);
+        let response = self.object(request, &path, meta, source, sender, fresh);
         if let Some(popularity) = &self.popularity {
             let bytes = if request.method() == Method::HEAD {
                 0
@@ -465,7 +465,8 @@ impl Viewer {
     }
 
     /// Where the bytes of the object `meta` describes come from: the RAM cache, or its
-    /// file (opened, and a RAM-cache load started when the cache wants it). `prefer_file`:
+    /// file (opened, and a RAM-cache load started when the cache wants it), and whether the
+    /// file was opened just now rather than found in the open-file cache. `prefer_file`:
     /// cached objects are sent from their file too (sendfile beats a copy).
     fn source(
         &self,
@@ -473,16 +474,16 @@ impl Viewer {
         meta: crate::store::ObjectMeta,
         prefer_file: bool,
         admission: cache::Admission,
-    ) -> Result<Source, StoreError> {
+    ) -> Result<(Source, bool), StoreError> {
         match self.cache.lookup(path, &meta, admission) {
             cache::Lookup::Hit(bytes, validators) if !prefer_file => {
-                Ok(Source::Memory(bytes, validators))
+                Ok((Source::Memory(bytes, validators), false))
             }
             // A verified, cached object the caller will sendfile: the file, whose bytes the
             // cache checked when it loaded them.
             cache::Lookup::Hit(_, validators) => {
                 let object = self.stores.open(path, meta)?;
-                Ok(Source::File(object.file, Some(validators)))
+                Ok((Source::File(object.file, Some(validators)), object.fresh))
             }
             cache::Lookup::Miss { load } => {
                 let object = match self.stores.open(path, meta) {
@@ -499,7 +500,7 @@ impl Viewer {
                 if load {
                     self.load_into_cache(path, meta, &object.file);
                 }
-                Ok(Source::File(object.file, None))
+                Ok((Source::File(object.file, None), object.fresh))
             }
         }
     }
@@ -539,6 +540,7 @@ impl Viewer {
         meta: crate::store::ObjectMeta,
         source: Source,
         sender: Sender,
+        fresh: bool,
     ) -> Response<ObjectBody> {
         let headers = request.headers();
         let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
@@ -572,14 +574,35 @@ impl Viewer {
             _ => RangeRequest::Whole,
         };
         let mime = content_type(path);
+        // A file opened just now for a GET the sendfile path answers is read into the page
+        // cache in large folios first (see `store::read_in_large_folios`): the bytes this
+        // answer sends, widened to the 2 MiB around them, for objects up to 16 MiB and
+        // answers of at least 64 KiB. A HEAD, 304, 412, 416 or small range reads nothing
+        // more than it sends, and an open-file cache hit nothing more.
+        let read_ahead = |start: u64, end: u64| {
+            if let Source::File(file, _) = &source {
+                if fresh
+                    && !is_head
+                    && sender == Sender::Sendfile
+                    && meta.size <= LARGE_FOLIO_OBJECT_MAX
+                    && end - start >= LARGE_FOLIO_ANSWER_MIN - 1
+                {
+                    let from = start & !(LARGE_FOLIO - 1);
+                    let to = end.saturating_add(LARGE_FOLIO) & !(LARGE_FOLIO - 1);
+                    crate::store::read_in_large_folios(file, from, to.min(meta.size) - from);
+                }
+            }
+        };
         let (status, mut body, content_range, multipart_type) = match range {
             RangeRequest::Whole => {
+                read_ahead(0, meta.size.saturating_sub(1));
                 let mut body = ObjectBody::empty();
                 source.push(&mut body, 0, meta.size);
                 (StatusCode::OK, body, None, None)
             }
             RangeRequest::Partial(ranges) if ranges.len() == 1 => {
                 let ByteRange { start, end } = ranges[0];
+                read_ahead(start, end);
                 let mut body = ObjectBody::empty();
                 source.push(&mut body, start, end - start + 1);
                 (
@@ -864,6 +887,17 @@ fn multipart(
 }
 
 /// Inserts a header whose value we built; values come from validated or formatted text.
+/// Objects up to this size are read into the page cache in large folios when a GET opens
+/// them for the sendfile path; a larger one is left to the kernel's read-ahead.
+const LARGE_FOLIO_OBJECT_MAX: u64 = 16 << 20;
+
+/// Smaller answers are left to the kernel's read-ahead: a player's probe of a few bytes does
+/// not read megabytes.
+const LARGE_FOLIO_ANSWER_MIN: u64 = 64 << 10;
+
+/// The largest folio the page cache makes (a PMD, 2 MiB): the span read ahead is aligned to it.
+const LARGE_FOLIO: u64 = 2 << 20;
+
 /// `Content-Range: bytes start-end/size` of a single-range answer, written without the
 /// formatting machinery (one allocation, on every range request).
 fn single_content_range(start: u64, end: u64, size: u64) -> HeaderValue {

@@ -8,18 +8,21 @@
 //! the same files cached in large folios, the state a buffered writer (nginx's usual
 //! `proxy_store` or rsync) leaves. Faulting a file mapping advised `MADV_HUGEPAGE` in with
 //! `MADV_POPULATE_READ` makes the kernel read ahead in folios as large as the file allows
-//! (up to 2 MiB), so that is what [`read_in_large_folios`] does, once, when an object is
-//! opened for serving.
+//! (up to 2 MiB), so that is what [`read_in_large_folios`] does: once, when a GET opens an
+//! object for the sendfile path, and before the RAM cache reads one whole.
 
 use std::fs::File;
 
 use rustix::mm::{Advice, MapFlags, ProtFlags};
 
-/// Reads the first `len` bytes of `file` into the page cache, in large folios where the
-/// kernel can (pages already cached stay as they are). Best effort: whatever fails (no
-/// memory for the mapping, an old kernel without `MADV_POPULATE_READ`, a file cut
-/// meanwhile) leaves the page cache to ordinary read-ahead, which is correct, only dearer.
-pub fn read_in_large_folios(file: &File, len: u64) {
+/// Reads `len` bytes of `file` from `offset` (a multiple of the page size) into the page
+/// cache, in large folios where the kernel can (pages already cached stay as they are; the
+/// kernel may read up to one more 2 MiB folio beyond the span, as its read-ahead does). It
+/// waits for the disk, so it belongs where the caller would read those bytes anyway. Best
+/// effort: whatever fails (no memory for the mapping, an old kernel without
+/// `MADV_POPULATE_READ`, a file cut meanwhile, an unaligned offset) leaves the page cache to
+/// ordinary read-ahead, which is correct, only dearer.
+pub fn read_in_large_folios(file: &File, offset: u64, len: u64) {
     let Ok(len) = usize::try_from(len) else {
         return;
     };
@@ -38,7 +41,7 @@ pub fn read_in_large_folios(file: &File, len: u64) {
             ProtFlags::READ,
             MapFlags::SHARED,
             file,
-            0,
+            offset,
         ) else {
             return;
         };
@@ -59,7 +62,8 @@ mod tests {
             let mut file = tempfile::tempfile().expect("temp file");
             let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             file.write_all(&bytes).expect("write");
-            read_in_large_folios(&file, size as u64);
+            read_in_large_folios(&file, 0, size as u64);
+            read_in_large_folios(&file, 4096, size as u64);
             let mut back = Vec::new();
             file.rewind().expect("rewind");
             file.read_to_end(&mut back).expect("read");
@@ -72,7 +76,8 @@ mod tests {
         let mut file = tempfile::tempfile().expect("temp file");
         file.write_all(&[7u8; 8192]).expect("write");
         file.set_len(100).expect("cut");
-        read_in_large_folios(&file, 1 << 20);
+        read_in_large_folios(&file, 0, 1 << 20);
+        read_in_large_folios(&file, 17, 1 << 20);
         assert_eq!(file.metadata().expect("stat").len(), 100);
     }
 }

@@ -41,6 +41,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::ClockMap;
 use crate::config::StoreConfig;
+pub use folios::read_in_large_folios;
 use index::Index;
 pub use index::{MAX_STORES, ObjectMeta};
 use journal::{JournalEntry, JournalWriter, Record};
@@ -140,6 +141,9 @@ pub struct OpenObject {
     pub file: Arc<File>,
     /// What the index says about it (size already checked against the file).
     pub meta: ObjectMeta,
+    /// Opened just now, not found in the open-file cache: the first answer from this open
+    /// may read it into the page cache ([`read_in_large_folios`]).
+    pub fresh: bool,
 }
 
 /// Whether a store takes part, as `/v1/status` spells it (`ok`, `full`, `failed`).
@@ -379,14 +383,6 @@ struct CachedFile {
     opened: std::time::Instant,
 }
 
-/// Objects up to this size are read into the page cache whole, in large folios, when they
-/// are opened for serving (see `folios`): segments are sent whole, and a hot object is then
-/// sent with a sixteenth of the page-cache work. A larger object is left to read-ahead, so a
-/// range of a long file never costs a read of all of it. The read happens on the opening
-/// thread, once per open (an open file is kept for `OPEN_FILE_VALID`); its pages would be
-/// read by the sendfile that follows anyway.
-const READ_IN_LARGE_FOLIOS_MAX: u64 = 16 << 20;
-
 /// How long a cached open file is trusted before it is opened again, so a file changed
 /// behind tidecache's back (by hand, or a disk swapped) is noticed (nginx's
 /// `open_file_cache_valid`).
@@ -580,7 +576,11 @@ impl Stores {
     /// or replaced behind the daemon's back is never served as if it were whole.
     pub fn open(&self, path: &str, meta: ObjectMeta) -> Result<OpenObject, StoreError> {
         if let Some(file) = self.cached_file(path, &meta) {
-            return Ok(OpenObject { file, meta });
+            return Ok(OpenObject {
+                file,
+                meta,
+                fresh: false,
+            });
         }
         let store = &self.stores[meta.store];
         let changed = || StoreError::Changed {
@@ -624,10 +624,11 @@ impl Stores {
                 detail: format!("index says {} bytes, file has {len}", meta.size),
             });
         }
-        if len <= READ_IN_LARGE_FOLIOS_MAX {
-            folios::read_in_large_folios(&file, len);
-        }
-        Ok(OpenObject { file, meta })
+        Ok(OpenObject {
+            file,
+            meta,
+            fresh: true,
+        })
     }
 
     /// After an object could not be opened: a store whose directory vanished or that
