@@ -108,6 +108,8 @@ pub struct Facts {
     pub clock_synchronised: Option<bool>,
     /// Whether an io_uring instance could be created, and why not.
     pub io_uring: Result<(), String>,
+    /// The transparent huge page mode (`always`, `madvise` or `never`), when it can be read.
+    pub transparent_hugepages: Option<String>,
 }
 
 /// One line of the report.
@@ -175,6 +177,7 @@ pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
     checks.push(check_open_files(facts, spec));
     checks.push(check_clock(facts, spec));
     checks.push(check_io_uring(facts, spec));
+    checks.push(check_huge_pages(facts));
     checks
 }
 
@@ -370,6 +373,41 @@ fn check_io_uring(facts: &Facts, spec: &Spec) -> Check {
     }
 }
 
+/// Whether the page cache can hold served objects in large folios: tidecache asks for them
+/// with `MADV_HUGEPAGE` when it first reads an object to serve it, which the `never` mode
+/// refuses; objects are then cached in 4 KiB folios and each `sendfile` costs more CPU per GB
+/// (README "Performance").
+fn check_huge_pages(facts: &Facts) -> Check {
+    match facts.transparent_hugepages.as_deref() {
+        Some(mode @ ("always" | "madvise")) => Check::new(
+            Verdict::Pass,
+            "huge pages",
+            format!("transparent huge pages: {mode}"),
+        ),
+        Some(mode) => Check::new(
+            Verdict::Warn,
+            "huge pages",
+            format!(
+                "transparent huge pages: {mode}; served objects are cached in 4 KiB folios, which costs more CPU per GB (set madvise)"
+            ),
+        ),
+        None => Check::new(
+            Verdict::Warn,
+            "huge pages",
+            "transparent huge pages: unknown (no /sys/kernel/mm/transparent_hugepage/enabled)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The selected mode in `/sys/kernel/mm/transparent_hugepage/enabled` (`always [madvise]
+/// never`: the one in brackets).
+fn transparent_hugepages(text: &str) -> Option<String> {
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_owned())
+}
+
 impl Facts {
     /// Reads the host.
     pub fn gather(store_paths: &[PathBuf]) -> Facts {
@@ -387,6 +425,11 @@ impl Facts {
             io_uring: io_uring::IoUring::new(2)
                 .map(drop)
                 .map_err(|err| err.to_string()),
+            transparent_hugepages: std::fs::read_to_string(
+                "/sys/kernel/mm/transparent_hugepage/enabled",
+            )
+            .ok()
+            .and_then(|text| transparent_hugepages(&text)),
         }
     }
 }
@@ -502,6 +545,7 @@ mod tests {
             open_files: Some(1 << 20),
             clock_synchronised: Some(true),
             io_uring: Ok(()),
+            transparent_hugepages: Some("madvise".into()),
         }
     }
 
@@ -525,6 +569,7 @@ mod tests {
             open_files: Some(20_000),
             clock_synchronised: Some(false),
             io_uring: Err("Operation not permitted".into()),
+            transparent_hugepages: Some("never".into()),
         };
         let checks = evaluate(&facts, &spec());
         let verdict = |name: &str| {
@@ -542,6 +587,21 @@ mod tests {
         assert_eq!(verdict("open files"), Verdict::Fail);
         assert_eq!(verdict("clock"), Verdict::Fail);
         assert_eq!(verdict("io_uring"), Verdict::Warn);
+        assert_eq!(verdict("huge pages"), Verdict::Warn);
+    }
+
+    #[test]
+    fn the_huge_page_mode_is_the_bracketed_word() {
+        assert_eq!(
+            transparent_hugepages("always [madvise] never\n").as_deref(),
+            Some("madvise")
+        );
+        assert_eq!(
+            transparent_hugepages("[always] madvise never").as_deref(),
+            Some("always")
+        );
+        assert_eq!(transparent_hugepages("always madvise never"), None);
+        assert_eq!(transparent_hugepages("[never"), None);
     }
 
     #[test]
@@ -550,8 +610,8 @@ mod tests {
         assert!(facts.cores >= 1);
         assert_eq!(
             evaluate(&facts, &spec()).len(),
-            8,
-            "seven checks and one per store"
+            9,
+            "eight checks and one per store"
         );
     }
 }
