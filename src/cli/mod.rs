@@ -736,9 +736,8 @@ fn set_mode(mode: ModeArg, admin: &AdminArgs) -> ExitCode {
 
 /// How much less CPU priority (nice) the daemon's background runtime has than its viewer
 /// workers: the fill (downloads, hashing, writes), the admin API and the scheduler yield the
-/// CPU to viewers when both want it, as a fill that runs while serving must. Its threads
-/// also run under `SCHED_IDLE` ([`run_when_idle`]); the nice is what is left where that is
-/// refused.
+/// CPU to viewers when both want it, as a fill that runs while serving must. The fill's
+/// writes and hashing go further, on threads under `SCHED_IDLE` (`fill::idle`).
 pub const BACKGROUND_NICE: i32 = 10;
 
 /// The runtime of the long-running commands, or the exit code after a one-line error. Its
@@ -755,24 +754,8 @@ fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         // On Linux the priority of PRIO_PROCESS 0 is the calling thread's. Where it cannot
         // be set, everything runs at one priority, as before.
         let _ = rustix::process::setpriority_process(None, background);
-        run_when_idle();
     });
     runtime(builder)
-}
-
-/// Puts the calling thread under `SCHED_IDLE`: it runs only on CPU time no other thread
-/// wants, and a viewer worker that wakes takes the CPU from it at once. A lower nice alone
-/// does not do that: the kernel lets a running thread finish its slice (up to a few
-/// milliseconds) before a waking one of higher priority, which a fill's hashing and writes
-/// added to viewers' p99 (benches/fill-while-serving). What the background runtime runs
-/// still gets the CPU whenever viewers leave some, and a saturated box yields it enough
-/// for the admin API, health checks and the watchdog's pings. Best effort: where it is
-/// refused, the nice set before stands.
-pub fn run_when_idle() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `sched_setscheduler` reads the `sched_param` behind the pointer, which is a
-    // valid, initialised local for the length of the call; pid 0 is the calling thread.
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
 /// Builds a runtime with I/O and time, or the exit code after a one-line error.
@@ -835,19 +818,13 @@ fn init_logging(format: LogFormat, default_level: &str) {
 mod tests {
     use super::*;
 
-    /// The calling thread's nice and scheduling policy.
-    fn nice() -> (i32, i32) {
-        // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is the calling thread.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        (
-            rustix::process::getpriority_process(None).unwrap_or(-100),
-            policy,
-        )
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(None).unwrap_or(-100)
     }
 
     #[test]
     fn every_background_thread_is_lowered_once_whoever_starts_it() {
-        let expected = (nice().0 + BACKGROUND_NICE).min(19);
+        let expected = (nice() + BACKGROUND_NICE).min(19);
         let runtime = multi_thread_runtime().unwrap_or_else(|_| panic!("runtime"));
         let seen = runtime.block_on(async {
             let mut seen = vec![tokio::spawn(async { nice() }).await.unwrap()];
@@ -872,12 +849,8 @@ mod tests {
             seen
         });
         assert!(
-            seen.iter().all(|&(seen, _)| seen == expected),
+            seen.iter().all(|&seen| seen == expected),
             "{seen:?}, expected {expected}"
-        );
-        assert!(
-            seen.iter().all(|&(_, policy)| policy == libc::SCHED_IDLE),
-            "{seen:?}: every background thread runs under SCHED_IDLE"
         );
     }
 }

@@ -1455,13 +1455,13 @@ impl From<&StoreError> for Mismatch {
     }
 }
 
-/// Writes a batch on a blocking thread and hands the writer back.
+/// Writes (and hashes) a batch on a thread of the fill's idle pool and hands the writer back.
 async fn flush(writer: ObjectWriter, batch: Vec<u8>) -> Result<ObjectWriter, AttemptEnd> {
     if batch.is_empty() {
         return Ok(writer);
     }
     let mut writer = writer;
-    let written = tokio::task::spawn_blocking(move || {
+    let written = super::idle::run(move || {
         let result = writer.write(&batch);
         (writer, result)
     })

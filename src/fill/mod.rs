@@ -18,6 +18,7 @@ pub mod build;
 pub mod engine;
 pub mod fetch;
 pub mod file_roots;
+mod idle;
 pub mod manifest;
 pub mod peers;
 pub mod plan;
