@@ -79,7 +79,7 @@ impl std::fmt::Debug for Message {
 }
 
 impl AccessLog {
-    /// Opens `path` for appending and starts the writer task.
+    /// Opens `path` for appending and starts the writer thread.
     pub fn start(
         path: PathBuf,
         format: AccessLogFormat,
@@ -96,7 +96,16 @@ impl AccessLog {
             failing: false,
             dropped: dropped.clone(),
         };
-        tokio::spawn(writer.run(receiver));
+        // A thread of its own, at the priority of the thread that starts the daemon (the
+        // viewers'), not a task of the background runtime at nice +10: at that priority a
+        // box whose viewers used every core dropped 13 % of its lines (wrk -t2 -c64 against
+        // two workers).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        std::thread::Builder::new()
+            .name("tidecache-access-log".into())
+            .spawn(move || runtime.block_on(writer.run(receiver)))?;
         Ok(AccessLog { sender, dropped })
     }
 
