@@ -18,16 +18,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::origin::Origin;
+use common::site::*;
 use common::*;
-use tidecache::config::{Config, PeerConfig};
-use tidecache::daemon::Daemon;
 use tidecache::fill::Received;
 use tidecache::schedule::Override;
 
 const NAMES: [&str; 4] = ["box-a", "box-b", "box-c", "box-d"];
 const OBJECTS: usize = 6000;
-const SITE_TOKEN: &str = "site-token-0123456789abcdef";
-
+/// `[fill]` keys of every box: 6000 small objects go faster with more at once.
+const FILL: &str = "concurrency = 16\n";
 /// The site's objects: sizes from 256 B to 2.3 KiB, every sixth with two copies.
 fn objects() -> Vec<(String, Vec<u8>, u8)> {
     (0..OBJECTS)
@@ -41,175 +40,16 @@ fn objects() -> Vec<(String, Vec<u8>, u8)> {
         .collect()
 }
 
-fn manifest(base_url: &str, objects: &[(String, Vec<u8>, u8)]) -> String {
-    let listed: Vec<serde_json::Value> = objects
-        .iter()
-        .map(|(path, data, copies)| {
-            serde_json::json!({
-                "path": path, "size": data.len(), "sha256": sha256_hex(data), "copies": copies,
-            })
-        })
-        .collect();
-    serde_json::json!({"version": 1, "id": "site-1", "base_url": base_url, "objects": listed})
-        .to_string()
-}
-
-/// One box of the site: its directory, configuration and daemon.
-struct SiteBox {
-    name: &'static str,
-    test_box: TestBox,
-    config: Config,
-    daemon: Option<Daemon>,
-}
-
-impl SiteBox {
-    async fn start(name: &'static str) -> SiteBox {
-        let test_box = TestBox::new();
-        let token = test_box.write_file("site.token", SITE_TOKEN.as_bytes());
-        let config = test_box.config(
-            1,
-            &format!(
-                "[schedule]\nduring_fill = \"serve\"\ndrain = \"0s\"\n[fill]\nconcurrency = 16\n[site]\nbox = {name:?}\ntoken_file = {token:?}\ncheck_interval = \"200ms\"\ncheck_timeout = \"500ms\"\n"
-            ),
-        );
-        let daemon = start(&config).await;
-        SiteBox {
-            name,
-            test_box,
-            config,
-            daemon: Some(daemon),
-        }
-    }
-
-    fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().expect("running")
-    }
-
-    fn viewer(&self) -> SocketAddr {
-        self.daemon().viewer_addrs[0]
-    }
-
-    /// Makes `others` its peers (a reload, as SIGHUP does).
-    fn peer_with(&mut self, others: &[(&'static str, SocketAddr, SocketAddr)]) {
-        let site = self.config.site.as_mut().expect("[site]");
-        site.peers = others
-            .iter()
-            .filter(|(name, _, _)| *name != self.name)
-            .map(|(name, viewer, admin)| PeerConfig {
-                name: (*name).to_owned(),
-                url: format!("http://{viewer}"),
-                admin: format!("http://{admin}"),
-                weight: 1.0,
-            })
-            .collect();
-        self.daemon()
-            .reload(&self.config)
-            .expect("the site reloads");
-    }
-
-    fn holds(&self, path: &str) -> bool {
-        self.daemon().stores.lookup(path).is_some()
-    }
-}
-
-fn addresses(boxes: &[SiteBox]) -> Vec<(&'static str, SocketAddr, SocketAddr)> {
-    boxes
-        .iter()
-        .map(|site_box| {
-            (
-                site_box.name,
-                site_box.viewer(),
-                site_box.daemon().admin_addr,
-            )
-        })
-        .collect()
-}
-
-/// Fills every box at once (later owners wait for first owners, so they must fill
-/// together) until each has finished a pass toward the manifest.
-async fn fill_all(boxes: &[SiteBox]) {
-    let mut last_pass = Vec::new();
-    for site_box in boxes {
-        let status = admin_status(site_box.daemon().admin_addr).await;
-        last_pass.push(status["fill"]["last_fill"]["started_at"].clone());
-    }
-    for site_box in boxes {
-        site_box
-            .daemon()
-            .set_override(Override::Fill)
-            .await
-            .expect("override fill");
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (site_box, before) in boxes.iter().zip(&last_pass) {
-        loop {
-            let status = admin_status(site_box.daemon().admin_addr).await;
-            if status["mode"] == "filling"
-                && status["fill"]["state"] == "done"
-                && status["fill"]["manifest_id"] == "site-1"
-                && status["fill"]["last_fill"]["started_at"] != *before
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}: {status:#}", site_box.name);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn serve_all(boxes: &[SiteBox]) {
-    for site_box in boxes {
-        site_box
-            .daemon()
-            .set_override(Override::Auto)
-            .await
-            .expect("override auto");
-    }
-}
-
-/// Waits until every box sees every peer ready.
-async fn all_ready(boxes: &[SiteBox]) {
-    for site_box in boxes {
-        let admin = site_box.daemon().admin_addr;
-        eventually(
-            &format!("{} sees its peers ready", site_box.name),
-            || async move {
-                let status = admin_status(admin).await;
-                status["site"]["peers"]
-                    .as_array()
-                    .is_some_and(|peers| peers.iter().all(|peer| peer["ready"] == true))
-            },
-        )
-        .await;
-    }
-}
-
 /// The boxes holding each object.
-fn holders(boxes: &[SiteBox], objects: &[(String, Vec<u8>, u8)]) -> Vec<Vec<&'static str>> {
+fn holders_of_each(boxes: &[SiteBox], objects: &[(String, Vec<u8>, u8)]) -> Vec<Vec<&'static str>> {
     objects
         .iter()
-        .map(|(path, _, _)| {
-            boxes
-                .iter()
-                .filter(|site_box| site_box.holds(path))
-                .map(|site_box| site_box.name)
-                .collect()
-        })
+        .map(|(path, _, _)| holders(boxes, path))
         .collect()
-}
-
-/// A viewer's client: follows redirects, at most a few.
-fn following() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .timeout(IO_TIMEOUT)
-        .build()
-        .expect("client")
 }
 
 fn assert_copies_and_shares(boxes: &[SiteBox], objects: &[(String, Vec<u8>, u8)]) {
-    let held = holders(boxes, objects);
+    let held = holders_of_each(boxes, objects);
     let mut per_box: HashMap<&str, usize> = HashMap::new();
     for ((path, _, copies), holders) in objects.iter().zip(&held) {
         assert_eq!(holders.len(), usize::from(*copies), "{path}: {holders:?}");
@@ -273,16 +113,16 @@ async fn a_site_holds_each_object_copies_times_fills_from_siblings_and_redirects
         origin.put(path, data, common::origin::Fault::None);
     }
     let manifest_bytes: u64 = objects.iter().map(|(_, data, _)| data.len() as u64).sum();
-    let manifest = Bytes::from(manifest(&origin.base_url(), &objects));
+    let manifest = Bytes::from(manifest("site-1", &origin.base_url(), &objects));
 
     // Three boxes, each told of the other two.
     let mut boxes = Vec::new();
     for name in &NAMES[..3] {
-        boxes.push(SiteBox::start(name).await);
+        boxes.push(SiteBox::start(name, FILL).await);
     }
-    let site = addresses(&boxes);
+    let site = addresses(&boxes, &vec![1.0; boxes.len()]);
     for site_box in &mut boxes {
-        site_box.peer_with(&site);
+        site_box.peer_with(&site, 1);
         site_box
             .daemon()
             .fill()
@@ -291,7 +131,7 @@ async fn a_site_holds_each_object_copies_times_fills_from_siblings_and_redirects
             .expect("manifest accepted");
     }
     let started = Instant::now();
-    fill_all(&boxes).await;
+    fill_all(&boxes.iter().collect::<Vec<_>>(), "site-1").await;
     println!("three boxes filled in {:?}", started.elapsed());
     serve_all(&boxes).await;
     all_ready(&boxes).await;
@@ -356,11 +196,11 @@ async fn a_site_holds_each_object_copies_times_fills_from_siblings_and_redirects
 
     // A fourth box joins: every box is told, all fill (the first three keep serving), and
     // viewers ask all the while.
-    let before = holders(&boxes, &objects);
-    boxes.push(SiteBox::start(NAMES[3]).await);
-    let site = addresses(&boxes);
+    let before = holders_of_each(&boxes, &objects);
+    boxes.push(SiteBox::start(NAMES[3], FILL).await);
+    let site = addresses(&boxes, &vec![1.0; boxes.len()]);
     for site_box in &mut boxes {
-        site_box.peer_with(&site);
+        site_box.peer_with(&site, 1);
     }
     boxes[3]
         .daemon()
@@ -407,7 +247,7 @@ async fn a_site_holds_each_object_copies_times_fills_from_siblings_and_redirects
         })
     };
     let started = Instant::now();
-    fill_all(&boxes).await;
+    fill_all(&boxes.iter().collect::<Vec<_>>(), "site-1").await;
     println!("four boxes filled in {:?}", started.elapsed());
     // The fourth box holds its share now; a second pass on the others gives up what moved,
     // once every box has seen it settled (two readiness checks and a timeout: 0.9 s).
@@ -420,7 +260,7 @@ async fn a_site_holds_each_object_copies_times_fills_from_siblings_and_redirects
             .expect("override serve");
     }
     let started = Instant::now();
-    fill_all(&boxes[..3]).await;
+    fill_all(&boxes[..3].iter().collect::<Vec<_>>(), "site-1").await;
     println!("second pass in {:?}", started.elapsed());
     serve_all(&boxes).await;
     all_ready(&boxes).await;
@@ -435,7 +275,7 @@ async fn a_site_holds_each_object_copies_times_fills_from_siblings_and_redirects
     assert_eq!(failed.load(Ordering::Relaxed), 0);
 
     assert_copies_and_shares(&boxes, &objects);
-    let after = holders(&boxes, &objects);
+    let after = holders_of_each(&boxes, &objects);
     let moved = before
         .iter()
         .zip(&after)

@@ -11,13 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::origin::{Fault, Origin};
+use common::site::*;
 use common::*;
-use tidecache::config::{Config, PeerConfig};
-use tidecache::daemon::Daemon;
 use tidecache::fill::Received;
 use tidecache::schedule::Override;
-
-const SITE_TOKEN: &str = "site-token-0123456789abcdef";
 
 fn objects(n: usize, prefix: &str, size: usize) -> Vec<(String, Vec<u8>, u8)> {
     (0..n)
@@ -28,176 +25,6 @@ fn objects(n: usize, prefix: &str, size: usize) -> Vec<(String, Vec<u8>, u8)> {
             (format!("{prefix}/seg_{i:05}.ts"), data, 0)
         })
         .collect()
-}
-
-fn manifest(id: &str, base_url: &str, objects: &[(String, Vec<u8>, u8)]) -> String {
-    let listed: Vec<serde_json::Value> = objects
-        .iter()
-        .map(|(path, data, copies)| {
-            let mut entry = serde_json::json!({
-                "path": path, "size": data.len(), "sha256": sha256_hex(data),
-            });
-            if *copies > 0 {
-                entry["copies"] = (*copies).into();
-            }
-            entry
-        })
-        .collect();
-    serde_json::json!({"version": 1, "id": id, "base_url": base_url, "objects": listed}).to_string()
-}
-
-struct SiteBox {
-    name: &'static str,
-    /// Kept for its directory, removed when the box is dropped.
-    _test_box: TestBox,
-    config: Config,
-    daemon: Option<Daemon>,
-}
-
-impl SiteBox {
-    async fn start(name: &'static str, extra: &str) -> SiteBox {
-        let test_box = TestBox::new();
-        let token = test_box.write_file("site.token", SITE_TOKEN.as_bytes());
-        let config = test_box.config(
-            1,
-            &format!(
-                "[schedule]\nduring_fill = \"serve\"\ndrain = \"0s\"\n[fill]\nconcurrency = 8\nretry_delay = \"10ms\"\n{extra}[site]\nbox = {name:?}\ntoken_file = {token:?}\ncheck_interval = \"200ms\"\ncheck_timeout = \"500ms\"\n"
-            ),
-        );
-        let daemon = start(&config).await;
-        SiteBox {
-            name,
-            _test_box: test_box,
-            config,
-            daemon: Some(daemon),
-        }
-    }
-
-    fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().expect("running")
-    }
-
-    fn viewer(&self) -> SocketAddr {
-        self.daemon().viewer_addrs[0]
-    }
-
-    /// Peers and weights as `site` says (name, viewer, admin, weight); this box's own
-    /// weight from it too; a reload as SIGHUP does.
-    fn peer_with(&mut self, site: &[(&'static str, SocketAddr, SocketAddr, f64)], copies: u32) {
-        let name = self.name;
-        let config = self.config.site.as_mut().expect("[site]");
-        config.copies = copies;
-        config.peers = site
-            .iter()
-            .filter(|(other, _, _, _)| *other != name)
-            .map(|(other, viewer, admin, weight)| PeerConfig {
-                name: (*other).to_owned(),
-                url: format!("http://{viewer}"),
-                admin: format!("http://{admin}"),
-                weight: *weight,
-            })
-            .collect();
-        config.weight = site
-            .iter()
-            .find(|(other, _, _, _)| *other == name)
-            .map(|(_, _, _, weight)| *weight)
-            .unwrap();
-        self.daemon()
-            .reload(&self.config)
-            .expect("the site reloads");
-    }
-
-    fn holds(&self, path: &str) -> bool {
-        self.daemon().stores.lookup(path).is_some()
-    }
-
-    async fn restart(&mut self) {
-        if let Some(daemon) = self.daemon.take() {
-            daemon.shutdown().await;
-        }
-        self.daemon = Some(start(&self.config).await);
-    }
-}
-
-fn addresses(
-    boxes: &[SiteBox],
-    weights: &[f64],
-) -> Vec<(&'static str, SocketAddr, SocketAddr, f64)> {
-    boxes
-        .iter()
-        .zip(weights)
-        .map(|(b, w)| (b.name, b.viewer(), b.daemon().admin_addr, *w))
-        .collect()
-}
-
-async fn fill_all(boxes: &[&SiteBox], id: &str) {
-    let mut last_pass = Vec::new();
-    for site_box in boxes {
-        let status = admin_status(site_box.daemon().admin_addr).await;
-        last_pass.push(status["fill"]["last_fill"]["started_at"].clone());
-    }
-    for site_box in boxes {
-        site_box
-            .daemon()
-            .set_override(Override::Fill)
-            .await
-            .unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (site_box, before) in boxes.iter().zip(&last_pass) {
-        loop {
-            let status = admin_status(site_box.daemon().admin_addr).await;
-            if status["mode"] == "filling"
-                && status["fill"]["state"] == "done"
-                && status["fill"]["manifest_id"] == id
-                && status["fill"]["last_fill"]["started_at"] != *before
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{}: {status:#}", site_box.name);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn serve_all(boxes: &[SiteBox]) {
-    for site_box in boxes {
-        site_box
-            .daemon()
-            .set_override(Override::Auto)
-            .await
-            .unwrap();
-    }
-}
-
-/// Every box sees every peer ready and agreeing.
-async fn all_ready(boxes: &[SiteBox]) {
-    for site_box in boxes {
-        let admin = site_box.daemon().admin_addr;
-        eventually(
-            &format!("{} sees its peers ready", site_box.name),
-            || async move {
-                let status = admin_status(admin).await;
-                status["site"]["peers"].as_array().is_some_and(|peers| {
-                    peers
-                        .iter()
-                        .all(|peer| peer["ready"] == true && peer["agrees"] == true)
-                })
-            },
-        )
-        .await;
-    }
-    // Two more checks, so settled flags are current.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-}
-
-fn following() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .timeout(IO_TIMEOUT)
-        .build()
-        .unwrap()
 }
 
 /// Reads every object from `viewer`, following redirects; the failures with what came back.
@@ -220,12 +47,38 @@ async fn unavailable_from(viewer: SocketAddr, objects: &[(String, Vec<u8>, u8)])
     failed
 }
 
-fn holders(boxes: &[SiteBox], path: &str) -> Vec<&'static str> {
-    boxes
-        .iter()
-        .filter(|b| b.holds(path))
-        .map(|b| b.name)
-        .collect()
+/// Reads every object from every box (redirects followed), prints what failed from each
+/// (and who holds the first failure), and returns how many failed in all.
+async fn unavailable_everywhere(
+    boxes: &[SiteBox],
+    objects: &[(String, Vec<u8>, u8)],
+    when: &str,
+) -> usize {
+    let mut total = 0;
+    for b in boxes {
+        let failed = unavailable_from(b.viewer(), objects).await;
+        println!(
+            "{when}, from {}: {} of {} unavailable, e.g. {:?} (held by {:?})",
+            b.name,
+            failed.len(),
+            objects.len(),
+            failed.first(),
+            failed
+                .first()
+                .map(|f| holders(boxes, f.split(':').next().unwrap()))
+        );
+        total += failed.len();
+    }
+    total
+}
+
+/// Stops every box still running.
+async fn stop_all(boxes: &mut [SiteBox]) {
+    for b in boxes.iter_mut() {
+        if let Some(d) = b.daemon.take() {
+            d.shutdown().await;
+        }
+    }
 }
 
 async fn three_filled_boxes(objects: &[(String, Vec<u8>, u8)]) -> (Origin, Vec<SiteBox>) {
@@ -300,21 +153,8 @@ async fn a_restart_after_a_weight_change_keeps_moved_objects_reachable() {
     all_ready(&boxes).await;
     let status = admin_status(boxes[0].daemon().admin_addr).await;
     println!("box-a after restart: settled {}", status["site"]["settled"]);
-    let mut total = 0;
-    for b in boxes.iter() {
-        let failed = unavailable_from(b.viewer(), &moved).await;
-        println!(
-            "after box-a restarted, from {}: {} of {} moved objects unavailable, e.g. {:?} (held by {:?})",
-            b.name,
-            failed.len(),
-            moved.len(),
-            failed.first(),
-            failed
-                .first()
-                .map(|f| holders(&boxes, f.split(':').next().unwrap()))
-        );
-        total += failed.len();
-    }
+    let mut total =
+        unavailable_everywhere(&boxes, &moved, "after box-a restarted (moved objects)").await;
     // box-c restarts as well: its own misses for what moved to it go nowhere.
     boxes[2].restart().await;
     let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
@@ -330,11 +170,7 @@ async fn a_restart_after_a_weight_change_keeps_moved_objects_reachable() {
         failed.first()
     );
     total += failed.len();
-    for b in boxes.iter_mut() {
-        if let Some(d) = b.daemon.take() {
-            d.shutdown().await;
-        }
-    }
+    stop_all(&mut boxes).await;
     assert_eq!(
         total, 0,
         "objects held by a ready box answered 404 with redirects followed"
@@ -362,26 +198,8 @@ async fn two_changes_before_a_fill_keep_moved_objects_reachable() {
         b.peer_with(&site, 1);
     }
     all_ready(&boxes).await;
-    let mut total = 0;
-    for b in &boxes {
-        let failed = unavailable_from(b.viewer(), &objects).await;
-        println!(
-            "after the second change, from {}: {} of {} unavailable, e.g. {:?} (held by {:?})",
-            b.name,
-            failed.len(),
-            objects.len(),
-            failed.first(),
-            failed
-                .first()
-                .map(|f| holders(&boxes, f.split(':').next().unwrap()))
-        );
-        total += failed.len();
-    }
-    for b in boxes.iter_mut() {
-        if let Some(d) = b.daemon.take() {
-            d.shutdown().await;
-        }
-    }
+    let total = unavailable_everywhere(&boxes, &objects, "after the second change").await;
+    stop_all(&mut boxes).await;
     assert_eq!(before, 0);
     assert_eq!(
         total, 0,
@@ -414,26 +232,8 @@ async fn redirects_look_as_far_as_the_manifests_copies() {
         admin_status(admin).await["site"]["peers"][1]["ready"] == false
     })
     .await;
-    let mut total = 0;
-    for b in &boxes {
-        let failed = unavailable_from(b.viewer(), &objects).await;
-        println!(
-            "box-c down, from {}: {} of {} unavailable, e.g. {:?} (held by {:?})",
-            b.name,
-            failed.len(),
-            objects.len(),
-            failed.first(),
-            failed
-                .first()
-                .map(|f| holders(&boxes, f.split(':').next().unwrap()))
-        );
-        total += failed.len();
-    }
-    for b in boxes.iter_mut() {
-        if let Some(d) = b.daemon.take() {
-            d.shutdown().await;
-        }
-    }
+    let total = unavailable_everywhere(&boxes, &objects, "box-c down").await;
+    stop_all(&mut boxes).await;
     assert_eq!(total, 0);
 }
 
@@ -916,11 +716,7 @@ async fn membership_changes_with_fills_keep_every_object_available() {
     }
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
-    for b in boxes.iter_mut() {
-        if let Some(d) = b.daemon.take() {
-            d.shutdown().await;
-        }
-    }
+    stop_all(&mut boxes).await;
     assert_eq!(failed.load(Ordering::Relaxed), 0);
 }
 
@@ -959,11 +755,7 @@ async fn a_rolling_reload_keeps_redirects_between_reloaded_and_other_boxes() {
         );
         total += failed.len();
     }
-    for b in boxes.iter_mut() {
-        if let Some(d) = b.daemon.take() {
-            d.shutdown().await;
-        }
-    }
+    stop_all(&mut boxes).await;
     assert_eq!(total, 0);
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::origin::Origin;
+use common::site::SITE_TOKEN;
 use common::*;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -26,8 +27,6 @@ use tidecache::fill::Received;
 use tidecache::schedule::Override;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-const SITE_TOKEN: &str = "site-token-0123456789abcdef";
 
 /// The members fingerprint a fake peer claims (the box under test's, once it started), so
 /// the box takes the fake for a peer that agrees with it.
@@ -170,6 +169,16 @@ fn holds_all(req: &Req) -> Answer {
     Answer::new(200, body.to_string().into_bytes())
 }
 
+/// What a peer that holds everything answers to readiness checks and holds questions;
+/// `None` for object requests, which each fake answers its own way.
+fn willing_peer(req: &Req) -> Option<Answer> {
+    match req.path.as_str() {
+        "/readyz" => Some(readyz()),
+        "/v1/site/holds" => Some(holds_all(req)),
+        _ => None,
+    }
+}
+
 fn readyz() -> Answer {
     Answer::new(200, b"ready\n".to_vec())
         .header("tidecache-site", "settled")
@@ -256,13 +265,12 @@ async fn peers_ready(daemon: &Daemon) {
 async fn peer_fill_never_follows_a_redirect_with_the_site_token() {
     let (elsewhere, elsewhere_seen) = fake(Arc::new(|_| Some(Answer::new(404, Vec::new())))).await;
     let (peer, _) = fake(Arc::new(move |req: Req| {
-        Some(if req.path == "/readyz" {
-            readyz()
-        } else if req.path == "/v1/site/holds" {
-            holds_all(&req)
-        } else {
+        willing_peer(&req).or_else(|| {
             // An admin URL that is really a proxy, a viewer port with a fallback, ...
-            Answer::new(302, Vec::new()).header("location", format!("http://{elsewhere}/collect"))
+            Some(
+                Answer::new(302, Vec::new())
+                    .header("location", format!("http://{elsewhere}/collect")),
+            )
         })
     }))
     .await;
@@ -321,11 +329,8 @@ async fn lying_peers_never_get_wrong_bytes_stored() {
     let lookup_b = by_path.clone();
     // First holder: every answer is wrong one way or another.
     let (peer_b, _) = fake(Arc::new(move |req: Req| {
-        if req.path == "/readyz" {
-            return Some(readyz());
-        }
-        if req.path == "/v1/site/holds" {
-            return Some(holds_all(&req));
+        if let Some(answer) = willing_peer(&req) {
+            return Some(answer);
         }
         let (i, data) = lookup_b(&req.path)?;
         let half = data.len() / 2;
@@ -354,11 +359,8 @@ async fn lying_peers_never_get_wrong_bytes_stored() {
     let lookup_c = by_path.clone();
     // Second holder: answers resumes wrongly.
     let (peer_c, _) = fake(Arc::new(move |req: Req| {
-        if req.path == "/readyz" {
-            return Some(readyz());
-        }
-        if req.path == "/v1/site/holds" {
-            return Some(holds_all(&req));
+        if let Some(answer) = willing_peer(&req) {
+            return Some(answer);
         }
         let (i, data) = lookup_c(&req.path)?;
         let from = range_of(&req);

@@ -62,7 +62,7 @@ mod tests {
     #[tokio::test]
     async fn the_work_runs_under_sched_idle_and_the_caller_does_not() {
         let before = policy();
-        let seen = futures_join(8).await;
+        let seen = policies_of_idle_work(8).await;
         assert!(
             seen.iter().all(|&seen| seen == libc::SCHED_IDLE),
             "{seen:?}"
@@ -71,7 +71,7 @@ mod tests {
         assert_ne!(before, libc::SCHED_IDLE);
     }
 
-    async fn futures_join(count: usize) -> Vec<i32> {
+    async fn policies_of_idle_work(count: usize) -> Vec<i32> {
         let handles: Vec<_> = (0..count)
             .map(|_| {
                 tokio::spawn(run(|| {

@@ -6,6 +6,7 @@
 pub mod h2;
 pub mod origin;
 pub mod process;
+pub mod site;
 pub mod viewer;
 
 use std::net::SocketAddr;
