@@ -190,7 +190,7 @@ pub fn load_verified(file: &std::fs::File, meta: &ObjectMeta) -> Result<Bytes, L
     let length = usize::try_from(meta.size).map_err(|_| LoadError::Read)?;
     // The pages this read brings in also serve sendfile answers: large folios, as a
     // viewer's own first GET would read them.
-    crate::store::read_in_large_folios(file, 0, meta.size);
+    crate::store::read_in_large_folios(file, meta.size, 0..=meta.size.saturating_sub(1));
     let mut buffer = vec![0u8; length];
     file.read_exact_at(&mut buffer, 0)
         .map_err(|_| LoadError::Read)?;

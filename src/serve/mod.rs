@@ -576,9 +576,9 @@ impl Viewer {
         let mime = content_type(path);
         // A file opened just now for a GET the sendfile path answers is read into the page
         // cache in large folios first (see `store::read_in_large_folios`): the bytes this
-        // answer sends, widened to the 2 MiB around them, for objects up to 16 MiB and
-        // answers of at least 64 KiB. A HEAD, 304, 412, 416 or small range reads nothing
-        // more than it sends, and an open-file cache hit nothing more.
+        // answer sends, for objects up to 16 MiB and answers of at least 64 KiB. A HEAD, 304,
+        // 412, 416 or small range reads nothing more than it sends, and an open-file cache
+        // hit nothing more.
         let read_ahead = |start: u64, end: u64| {
             if let Source::File(file, _) = &source {
                 if fresh
@@ -587,9 +587,7 @@ impl Viewer {
                     && meta.size <= LARGE_FOLIO_OBJECT_MAX
                     && end - start >= LARGE_FOLIO_ANSWER_MIN - 1
                 {
-                    let from = start & !(LARGE_FOLIO - 1);
-                    let to = end.saturating_add(LARGE_FOLIO) & !(LARGE_FOLIO - 1);
-                    crate::store::read_in_large_folios(file, from, to.min(meta.size) - from);
+                    crate::store::read_in_large_folios(file, meta.size, start..=end);
                 }
             }
         };
@@ -886,7 +884,6 @@ fn multipart(
     body
 }
 
-/// Inserts a header whose value we built; values come from validated or formatted text.
 /// Objects up to this size are read into the page cache in large folios when a GET opens
 /// them for the sendfile path; a larger one is left to the kernel's read-ahead.
 const LARGE_FOLIO_OBJECT_MAX: u64 = 16 << 20;
@@ -895,37 +892,22 @@ const LARGE_FOLIO_OBJECT_MAX: u64 = 16 << 20;
 /// not read megabytes.
 const LARGE_FOLIO_ANSWER_MIN: u64 = 64 << 10;
 
-/// The largest folio the page cache makes (a PMD, 2 MiB): the span read ahead is aligned to it.
-const LARGE_FOLIO: u64 = 2 << 20;
-
 /// `Content-Range: bytes start-end/size` of a single-range answer, written without the
 /// formatting machinery (one allocation, on every range request).
 fn single_content_range(start: u64, end: u64, size: u64) -> HeaderValue {
-    fn decimal(out: &mut Vec<u8>, number: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = number;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&digits[at..]);
-    }
+    let mut digits = itoa::Buffer::new();
     let mut value = Vec::with_capacity(6 + 3 * 20 + 2);
     value.extend_from_slice(b"bytes ");
-    decimal(&mut value, start);
+    value.extend_from_slice(digits.format(start).as_bytes());
     value.push(b'-');
-    decimal(&mut value, end);
+    value.extend_from_slice(digits.format(end).as_bytes());
     value.push(b'/');
-    decimal(&mut value, size);
+    value.extend_from_slice(digits.format(size).as_bytes());
     HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
         .unwrap_or_else(|_| HeaderValue::from_static("bytes */0"))
 }
 
+/// Inserts a header whose value we built; values come from validated or formatted text.
 fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
