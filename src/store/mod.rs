@@ -372,6 +372,13 @@ pub struct Stores {
     open_file_capacity: u64,
     /// Fill writes with `O_DIRECT` (`fill.direct_writes`).
     direct_writes: AtomicBool,
+    /// Old versions still served while a fill publishes their replacement. Between the old
+    /// version's retirement and the new one's journal record the index holds neither (the
+    /// order crash safety needs); a viewer asking then gets the old version's bytes from a
+    /// file opened before the rename, never a 404 and never the new bytes under the old ETag.
+    replacing: RwLock<HashMap<String, (ObjectMeta, Arc<File>)>>,
+    /// How many objects are in `replacing`, so a miss only takes its lock when it matters.
+    replacing_count: AtomicU64,
 }
 
 /// An object file kept open by the open-file cache.
@@ -381,6 +388,19 @@ struct CachedFile {
     store: usize,
     sha256: [u8; 32],
     opened: std::time::Instant,
+}
+
+/// Lets go of an old version kept servable during its replacement, whatever way the
+/// publish ends.
+struct ReplacingGuard<'a> {
+    stores: &'a Stores,
+    path: String,
+}
+
+impl Drop for ReplacingGuard<'_> {
+    fn drop(&mut self) {
+        self.stores.stop_serving_old_version(&self.path);
+    }
 }
 
 /// How long a cached open file is trusted before it is opened again, so a file changed
@@ -476,6 +496,8 @@ impl Stores {
             open_files: RwLock::new(ClockMap::new(0)),
             open_file_capacity: 0,
             direct_writes: AtomicBool::new(true),
+            replacing: RwLock::new(HashMap::new()),
+            replacing_count: AtomicU64::new(0),
         }
     }
 
@@ -533,7 +555,15 @@ impl Stores {
     /// The index entry for an object path, if stored on a store that has not failed and not
     /// found damaged.
     pub fn lookup(&self, path: &str) -> Option<ObjectMeta> {
-        let meta = self.index.read().ok()?.get(path)?;
+        let meta = {
+            let index = self.index.read().ok()?;
+            // Checked under the index's lock: a publish puts the new entry in and lets the
+            // old version go under its write lock, so a lookup sees one or the other.
+            match index.get(path) {
+                Some(meta) => meta,
+                None => self.being_replaced(path).map(|(meta, _)| meta)?,
+            }
+        };
         if self.stores[meta.store].failed.load(Ordering::Relaxed) {
             return None;
         }
@@ -575,6 +605,16 @@ impl Stores {
     /// Opens a looked-up object and checks its size against the index, so a file truncated
     /// or replaced behind the daemon's back is never served as if it were whole.
     pub fn open(&self, path: &str, meta: ObjectMeta) -> Result<OpenObject, StoreError> {
+        if let Some((_, file)) = self
+            .being_replaced(path)
+            .filter(|(replaced, _)| *replaced == meta)
+        {
+            return Ok(OpenObject {
+                file,
+                meta,
+                fresh: false,
+            });
+        }
         if let Some(file) = self.cached_file(path, &meta) {
             return Ok(OpenObject {
                 file,
@@ -815,7 +855,9 @@ impl Stores {
     ///    under its name; in another store (a move) no journal may keep two live versions.
     ///    A crash from here on leaves the object a miss, never the new bytes under the old
     ///    entry; a request that looked it up earlier notices the change after its open
-    ///    ([`Stores::open`]) and looks again.
+    ///    ([`Stores::open`]) and looks again. Until step 3, viewers get the old version
+    ///    from its file, opened before this step (`replacing`): after a crash it is a
+    ///    miss, but while the daemon runs a replaced object never answers 404.
     /// 2. The temp file is renamed to `objects/<path>` and the directory fsynced.
     /// 3. The journal records the new version (durable), then the index serves it.
     /// 4. A moved version's old file is deleted.
@@ -827,6 +869,7 @@ impl Stores {
     /// fill replaces with the same rename.
     fn publish(&self, path: &str, temp: &Path, meta: ObjectMeta) -> Result<(), StoreError> {
         let store = &self.stores[meta.store];
+        let _old_served_meanwhile = self.serve_old_version_while_replaced(path);
         let previous = self.forget(path)?;
         let final_path = store.object_file(path);
         std::fs::rename(temp, &final_path)
@@ -840,6 +883,7 @@ impl Stores {
         store.append_journal(&[Record::Put(path.to_owned(), meta.journal_entry())])?;
         if let Ok(mut index) = self.index.write() {
             index.insert(path, meta);
+            self.stop_serving_old_version(path);
         }
         // After the index changed: a request that opened the path under the old entry either
         // cached its file before this (dropped here) or sees the new entry when it checks
@@ -852,6 +896,54 @@ impl Stores {
         }
         self.clear_damaged(path);
         Ok(())
+    }
+
+    /// Keeps the indexed version of `path` open and servable (see `replacing`) until the
+    /// returned guard drops or the new version enters the index. `None` when there is no
+    /// version to keep or its file will not open (the replacement then has the gap it always
+    /// had: a miss until it is published). Best effort, with no side effect: a file that
+    /// will not open here is judged by the viewer who asks for it, not by the fill.
+    fn serve_old_version_while_replaced(&self, path: &str) -> Option<ReplacingGuard<'_>> {
+        let meta = self.lookup(path)?;
+        let file = File::open(self.stores[meta.store].object_file(path)).ok()?;
+        let whole = file
+            .metadata()
+            .is_ok_and(|metadata| metadata.len() == meta.size);
+        // Opened while the index still says `meta`: that version's file (see `open`).
+        if !whole || !self.still_indexed(path, &meta) {
+            return None;
+        }
+        let mut replacing = self.replacing.write().ok()?;
+        replacing.insert(path.to_owned(), (meta, Arc::new(file)));
+        self.replacing_count
+            .store(replacing.len() as u64, Ordering::Relaxed);
+        Some(ReplacingGuard {
+            stores: self,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Lets go of the old version `serve_old_version_while_replaced` kept (published, or
+    /// the replacement failed and the object is a miss).
+    fn stop_serving_old_version(&self, path: &str) {
+        if self.replacing_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(mut replacing) = self.replacing.write() {
+            replacing.remove(path);
+            self.replacing_count
+                .store(replacing.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The old version of `path` being replaced right now, and its open file.
+    fn being_replaced(&self, path: &str) -> Option<(ObjectMeta, Arc<File>)> {
+        if self.replacing_count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let replacing = self.replacing.read().ok()?;
+        let (meta, file) = replacing.get(path)?;
+        Some((*meta, Arc::clone(file)))
     }
 
     /// Deletes the file of a version that lived on another store once the new one is

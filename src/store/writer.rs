@@ -878,6 +878,60 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_object_is_served_throughout_its_replacement_old_bytes_or_new() {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let versions: Vec<Vec<u8>> = (0..150)
+            .map(|version| {
+                format!("version {version} ")
+                    .repeat(version % 7 + 1)
+                    .into_bytes()
+            })
+            .collect();
+        put(&set, "t/x.ts", &versions[0]);
+        let replaced = AtomicBool::new(false);
+        let (reads, most_changes_in_a_row) = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let (mut reads, mut changes_in_a_row, mut most) = (0u64, 0, 0);
+                while !replaced.load(Ordering::Relaxed) {
+                    let meta = set
+                        .lookup("t/x.ts")
+                        .expect("a replaced object is never a miss while it is replaced");
+                    match set.open("t/x.ts", meta) {
+                        Ok(object) => {
+                            let mut bytes = vec![0; meta.size as usize];
+                            object.file.read_exact_at(&mut bytes, 0).unwrap();
+                            assert_eq!(sha(&bytes), meta.sha256, "bytes match their entry");
+                            reads += 1;
+                            changes_in_a_row = 0;
+                        }
+                        Err(StoreError::Changed { .. }) => {
+                            changes_in_a_row += 1;
+                            most = most.max(changes_in_a_row);
+                        }
+                        Err(err) => panic!("{err}"),
+                    }
+                }
+                (reads, most)
+            });
+            for version in &versions[1..] {
+                put(&set, "t/x.ts", version);
+            }
+            replaced.store(true, Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        assert!(reads > 0);
+        assert!(
+            most_changes_in_a_row < 3,
+            "the handler looks again three times at most: {most_changes_in_a_row} in a row"
+        );
+        assert_eq!(read_all(&set, "t/x.ts"), *versions.last().unwrap());
+        assert_eq!(set.object_count(), 1);
+    }
+
+    #[test]
     fn a_replace_records_the_old_versions_removal_between_the_two_puts() {
         use super::super::journal::{Record, records};
         let dir = tempfile::tempdir().unwrap();
