@@ -360,7 +360,9 @@ pub struct Stores {
     index: RwLock<Index>,
     /// Objects found missing or the wrong size while serving. Serving writes nothing, so they
     /// stay in the journal; the next fill plans them as missing and fetches them again.
-    damaged: Mutex<std::collections::HashSet<String>>,
+    /// Keyed by path, with the sha256 of the damaged version: a newer version is not hidden
+    /// by a report about the one it replaced.
+    damaged: Mutex<HashMap<String, [u8; 32]>>,
     /// How many objects are in `damaged`, so lookups only take its lock when it matters.
     damaged_count: AtomicU64,
     /// Open files of recently served objects (nginx's `open_file_cache`), so a hit costs no
@@ -491,7 +493,7 @@ impl Stores {
         Stores {
             stores,
             index: RwLock::new(index),
-            damaged: Mutex::new(std::collections::HashSet::new()),
+            damaged: Mutex::new(HashMap::new()),
             damaged_count: AtomicU64::new(0),
             open_files: RwLock::new(ClockMap::new(0)),
             open_file_capacity: 0,
@@ -529,10 +531,10 @@ impl Stores {
             .then(|| Arc::clone(&cached.file))
     }
 
-    /// Keeps `file` open for the next requests of `path`. The caller then checks the index
-    /// (`still_indexed`) and drops the entry if the object changed meanwhile: a change
-    /// (publish, forget) updates the index before it closes the cached file, so a check
-    /// after caching can never leave a stale file behind.
+    /// Keeps `file` open for the next requests of `path`. The caller holds the index's read
+    /// lock and has just seen it still say `meta`: a change (publish, forget) updates the
+    /// index under its write lock before it closes the cached file, so what is cached is
+    /// `meta`'s file and never outlives a change.
     fn cache_file(&self, path: &str, meta: &ObjectMeta, file: &Arc<File>) {
         if let Ok(mut files) = self.open_files.write() {
             let cached = CachedFile {
@@ -555,14 +557,16 @@ impl Stores {
     /// The index entry for an object path, if stored on a store that has not failed and not
     /// found damaged.
     pub fn lookup(&self, path: &str) -> Option<ObjectMeta> {
-        let meta = {
-            let index = self.index.read().ok()?;
-            // Checked under the index's lock: a publish puts the new entry in and lets the
-            // old version go under its write lock, so a lookup sees one or the other.
-            match index.get(path) {
-                Some(meta) => meta,
-                None => self.being_replaced(path).map(|(meta, _)| meta)?,
-            }
+        let index = self.index.read().ok()?;
+        self.lookup_in(&index, path)
+    }
+
+    /// [`Stores::lookup`] with the index's read lock held. A publish puts the new entry in
+    /// and lets the old version go under its write lock, so a lookup sees one or the other.
+    fn lookup_in(&self, index: &Index, path: &str) -> Option<ObjectMeta> {
+        let meta = match index.get(path) {
+            Some(meta) => meta,
+            None => self.being_replaced(path).map(|(meta, _)| meta)?,
         };
         if self.stores[meta.store].failed.load(Ordering::Relaxed) {
             return None;
@@ -571,7 +575,7 @@ impl Stores {
             && self
                 .damaged
                 .lock()
-                .is_ok_and(|damaged| damaged.contains(path))
+                .is_ok_and(|damaged| damaged.get(path) == Some(&meta.sha256))
         {
             return None;
         }
@@ -583,13 +587,22 @@ impl Stores {
     /// ending early while sent): it is a miss from now on, and the next fill fetches it
     /// again. A newer version published meanwhile is left alone. Nothing is written.
     pub fn report_damaged(&self, path: &str, sha256: &[u8; 32]) {
-        let Some(meta) = self.lookup(path).filter(|meta| &meta.sha256 == sha256) else {
+        // Looked up and marked under one read of the index's lock: a publish that replaces
+        // this version either comes after the mark (and clears it once done) or before the
+        // lookup (which then finds the new version and leaves it alone).
+        let Ok(index) = self.index.read() else {
+            return;
+        };
+        let Some(meta) = self
+            .lookup_in(&index, path)
+            .filter(|meta| &meta.sha256 == sha256)
+        else {
             return;
         };
         self.stores[meta.store]
             .errors
             .fetch_add(1, Ordering::Relaxed);
-        self.note_damaged(path);
+        self.note_damaged(path, &meta);
     }
 
     /// Whether the index still holds exactly `meta` for `path`: checked after opening a
@@ -631,33 +644,37 @@ impl Stores {
             Ok(file) => file,
             Err(_) if !self.still_indexed(path, &meta) => return Err(changed()),
             Err(err) => {
-                self.judge_open_failure(meta.store, path, &err);
+                self.judge_open_failure(&meta, path, &err);
                 return Err(store.io_error(format!("open objects/{path}"), err));
             }
         };
         let len = match file.metadata() {
             Ok(metadata) => metadata.len(),
             Err(err) => {
-                self.judge_open_failure(meta.store, path, &err);
+                self.judge_open_failure(&meta, path, &err);
                 return Err(store.io_error(format!("stat objects/{path}"), err));
             }
         };
         let file = Arc::new(file);
-        let caching = self.open_file_capacity > 0 && len == meta.size;
-        if caching {
-            self.cache_file(path, &meta, &file);
-        }
-        // One look at the index after the open (and after caching): a replacement that
-        // began before either has taken `meta` out, so the file may be its successor's.
-        if !self.still_indexed(path, &meta) {
-            if caching {
-                self.uncache_file(path);
+        {
+            // One look at the index after the open, and the file cached under that same
+            // read of its lock: a replacement that began before has taken `meta` out (the
+            // file may be its successor's), and one that begins after drops the cached file
+            // once it has changed the index. Cached before the look, a successor's file
+            // would sit in the cache under `meta` for another request to take meanwhile.
+            let Ok(index) = self.index.read() else {
+                return Err(changed());
+            };
+            if index.get(path).as_ref() != Some(&meta) {
+                return Err(changed());
             }
-            return Err(changed());
+            if self.open_file_capacity > 0 && len == meta.size {
+                self.cache_file(path, &meta, &file);
+            }
         }
         if len != meta.size {
             store.errors.fetch_add(1, Ordering::Relaxed);
-            self.note_damaged(path);
+            self.note_damaged(path, &meta);
             return Err(StoreError::Damaged {
                 store: store.config_path.clone(),
                 path: path.to_owned(),
@@ -674,8 +691,8 @@ impl Stores {
     /// After an object could not be opened: a store whose directory vanished or that
     /// answers EIO is failed as a whole (its objects become misses, the others keep
     /// serving); otherwise just this object is damaged.
-    fn judge_open_failure(&self, store_number: usize, path: &str, err: &io::Error) {
-        let store = &self.stores[store_number];
+    fn judge_open_failure(&self, meta: &ObjectMeta, path: &str, err: &io::Error) {
+        let store = &self.stores[meta.store];
         let whole_store = err.raw_os_error() == Some(5) || !store.objects_dir().is_dir();
         if whole_store {
             if !store.failed.swap(true, Ordering::Relaxed) {
@@ -684,14 +701,15 @@ impl Stores {
                 store.mark_failed(reason);
             }
         } else {
-            self.note_damaged(path);
+            self.note_damaged(path, meta);
         }
     }
 
-    fn note_damaged(&self, path: &str) {
+    /// Marks the version `meta` of `path` damaged (see `damaged`).
+    fn note_damaged(&self, path: &str, meta: &ObjectMeta) {
         self.uncache_file(path);
         if let Ok(mut damaged) = self.damaged.lock() {
-            if damaged.insert(path.to_owned()) {
+            if damaged.insert(path.to_owned(), meta.sha256).is_none() {
                 self.damaged_count.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     path,
@@ -810,7 +828,7 @@ impl Stores {
     pub fn damaged(&self) -> std::collections::HashSet<String> {
         self.damaged
             .lock()
-            .map(|set| set.clone())
+            .map(|damaged| damaged.keys().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -1052,7 +1070,7 @@ impl Stores {
             return;
         }
         if let Ok(mut damaged) = self.damaged.lock() {
-            if damaged.remove(path) {
+            if damaged.remove(path).is_some() {
                 self.damaged_count.fetch_sub(1, Ordering::Relaxed);
             }
         }

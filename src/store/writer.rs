@@ -931,6 +931,118 @@ mod tests {
         assert_eq!(set.object_count(), 1);
     }
 
+    /// Readers on several threads look up, open and read one object while it is replaced
+    /// by same-size versions (a successor's file passes the size check), with the
+    /// open-file cache on as by default. Returns (misses, reads whose bytes did not match
+    /// their entry).
+    fn read_through_replacements(open_files: u64, readers: usize, versions: usize) -> (u64, u64) {
+        use std::os::unix::fs::FileExt;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores_keeping_open(dir.path(), open_files);
+        let versions: Vec<Vec<u8>> = (0..versions)
+            .map(|version| format!("version {version:08} ").repeat(64).into_bytes())
+            .collect();
+        put(&set, "t/x.ts", &versions[0]);
+        let replaced = AtomicBool::new(false);
+        let (misses, wrong) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|scope| {
+            for _ in 0..readers {
+                scope.spawn(|| {
+                    let mut bytes = Vec::new();
+                    while !replaced.load(Ordering::Relaxed) {
+                        let Some(meta) = set.lookup("t/x.ts") else {
+                            misses.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        match set.open("t/x.ts", meta) {
+                            Ok(object) => {
+                                bytes.resize(meta.size as usize, 0);
+                                object.file.read_exact_at(&mut bytes, 0).unwrap();
+                                if sha(&bytes) != meta.sha256 {
+                                    wrong.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Err(StoreError::Changed { .. }) => {}
+                            Err(err) => panic!("{err}"),
+                        }
+                    }
+                });
+            }
+            for version in &versions[1..] {
+                put(&set, "t/x.ts", version);
+            }
+            replaced.store(true, Ordering::Relaxed);
+        });
+        (misses.into_inner(), wrong.into_inner())
+    }
+
+    #[test]
+    fn the_open_file_cache_never_hands_out_a_successors_file_under_the_old_entry() {
+        // Found by review: a request caching the file it opened before checking the index
+        // could cache the next version's file under the old entry, for another request to
+        // take from the cache in between (3-8 wrong reads in 400 replacements).
+        assert_eq!(read_through_replacements(16, 6, 300), (0, 0));
+        assert_eq!(read_through_replacements(0, 6, 100), (0, 0));
+    }
+
+    #[test]
+    fn a_damage_report_during_a_replacement_does_not_hide_the_new_version() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let configs = dirs.each_ref().map(|dir| StoreConfig {
+            path: dir.path().to_owned(),
+            capacity: Some(ByteSize(1 << 20)),
+        });
+        let set = Arc::new(Stores::load(&configs));
+        let old = put(&set, "t/x.ts", b"version 1");
+        // The new version goes to the other store: its publish deletes the old copy after
+        // the index switch, which keeps the old version's end slow enough to watch.
+        set.mark_full(old.store);
+        let replaced = AtomicBool::new(false);
+        let (reported, hidden) = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let (mut reported, mut hidden) = (false, 0u64);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while !replaced.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    if !reported && set.replacing_count.load(Ordering::Relaxed) > 0 {
+                        set.report_damaged("t/x.ts", &old.sha256);
+                        reported = true;
+                    }
+                    let indexed = set.index.read().unwrap().get("t/x.ts");
+                    if indexed.is_some_and(|meta| meta != old) && set.lookup("t/x.ts").is_none() {
+                        hidden += 1;
+                    }
+                }
+                (reported, hidden)
+            });
+            let new = put(&set, "t/x.ts", b"version 2, on the other store");
+            assert_ne!(new.store, old.store);
+            replaced.store(true, Ordering::Relaxed);
+            watcher.join().unwrap()
+        });
+        assert!(
+            reported,
+            "the report came while the old version was still served"
+        );
+        assert_eq!(hidden, 0, "the new, indexed version answered as a miss");
+        assert!(set.lookup("t/x.ts").is_some());
+    }
+
+    #[test]
+    fn a_late_damage_mark_for_a_replaced_version_leaves_the_new_one_served() {
+        // A damage report that looked the old version up before the replacement and marks
+        // it after (the review's interleaving, played out in order).
+        let dir = tempfile::tempdir().unwrap();
+        let set = stores(dir.path());
+        let old = put(&set, "t/x.ts", b"version 1");
+        let new = put(&set, "t/x.ts", b"version 2");
+        set.note_damaged("t/x.ts", &old);
+        assert_eq!(set.lookup("t/x.ts"), Some(new));
+        set.note_damaged("t/x.ts", &new);
+        assert_eq!(set.lookup("t/x.ts"), None);
+    }
+
     #[test]
     fn a_replace_records_the_old_versions_removal_between_the_two_puts() {
         use super::super::journal::{Record, records};
