@@ -15,7 +15,7 @@ use bytes::{Buf, BytesMut};
 use http::{Method, Request, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 
 use super::ConnectionLimits;
 use crate::serve::body::{BodyPart, EndReport};
@@ -50,8 +50,20 @@ pub async fn serve(
     let mut buffer = BytesMut::with_capacity(4096);
     let mut head = Vec::with_capacity(512);
     let mut awaiting = Awaiting::FirstRequest;
+    // One stop wait and one timer for the connection's life, re-armed for each head: a
+    // fresh pair per read registered and unregistered both every request (a lock shared by
+    // every connection of every worker for the stop signal, a timer-wheel entry).
+    let mut stopping = shutdown.clone();
+    let mut stopped = std::pin::pin!(stopping.raised());
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+    let mut waits = HeadWaits {
+        shutdown,
+        stopped: stopped.as_mut(),
+        timer: timer.as_mut(),
+    };
     loop {
-        let head_len = match read_head(&mut stream, &mut buffer, awaiting, shutdown, limits).await {
+        let head_len = match read_head(&mut stream, &mut buffer, awaiting, &mut waits, limits).await
+        {
             Ok(Some(head_len)) => head_len,
             Ok(None) => return FastPathEnd::Closed,
             Err(HeadTrouble::Malformed) => {
@@ -87,7 +99,7 @@ pub async fn serve(
             buffered.extend_from_slice(&buffer);
             return FastPathEnd::HandOver { buffered, stream };
         };
-        let keep_alive = keep_alive && !shutdown.is_raised();
+        let keep_alive = keep_alive && !waits.shutdown.is_raised();
         let response = viewer.answer(&request, Sender::Sendfile);
         let (parts, end_report) = encode_head(response, keep_alive, &mut head);
         // Reports what the socket took of the body when the answer is over: sent whole, cut
@@ -175,22 +187,31 @@ enum Awaiting {
     NextRequest,
 }
 
+/// What a connection waiting for a head also waits on: the daemon stopping, and its timeout.
+struct HeadWaits<'a, S> {
+    shutdown: &'a Shutdown,
+    /// Resolves once the daemon stops; polled again only while it has not.
+    stopped: std::pin::Pin<&'a mut S>,
+    timer: std::pin::Pin<&'a mut tokio::time::Sleep>,
+}
+
 /// Reads until `buffer` holds a whole request head and returns its length; `Ok(None)` when
 /// the connection should just close (EOF, timeout, shutdown); `Err` when hyper should take over
 /// (an oversized head: hyper answers 431; an HTTP/2 preface).
-async fn read_head(
+async fn read_head<S: std::future::Future<Output = ()>>(
     stream: &mut TcpStream,
     buffer: &mut BytesMut,
     awaiting: Awaiting,
-    shutdown: &mut Shutdown,
+    waits: &mut HeadWaits<'_, S>,
     limits: ConnectionLimits,
 ) -> Result<Option<usize>, HeadTrouble> {
     let first = awaiting == Awaiting::FirstRequest;
-    let mut deadline = if buffer.is_empty() && !first {
+    let deadline = if buffer.is_empty() && !first {
         Instant::now() + limits.idle_timeout
     } else {
         Instant::now() + limits.header_timeout
     };
+    waits.timer.as_mut().reset(deadline);
     let mut head_started = !buffer.is_empty() || first;
     loop {
         if first && buffer.starts_with(b"PRI ") {
@@ -232,22 +253,29 @@ async fn read_head(
             }
             HeadScan::Partial => {}
         }
-        if shutdown.is_raised() && buffer.is_empty() {
+        if waits.shutdown.is_raised() && buffer.is_empty() {
             return Ok(None);
         }
+        let idle = buffer.is_empty();
         let read = tokio::select! {
-            read = timeout_at(deadline, stream.read_buf(buffer)) => read,
-            _ = shutdown.raised(), if buffer.is_empty() => return Ok(None),
+            biased;
+            read = stream.read_buf(buffer) => read,
+            // Not polled once raised (checked just above): it has resolved.
+            () = waits.stopped.as_mut(), if idle => return Ok(None),
+            () = waits.timer.as_mut() => return Ok(None),
         };
         match read {
             // The client stopped sending mid-head: a valid start is closed quietly (as hyper
             // does), anything else is hyper's.
-            Ok(Ok(0)) if !buffer.is_empty() => return Err(HeadTrouble::CutShort),
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(None),
-            Ok(Ok(_)) => {
+            Ok(0) if !buffer.is_empty() => return Err(HeadTrouble::CutShort),
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {
                 if !head_started {
                     head_started = true;
-                    deadline = Instant::now() + limits.header_timeout;
+                    waits
+                        .timer
+                        .as_mut()
+                        .reset(Instant::now() + limits.header_timeout);
                 }
             }
         }
