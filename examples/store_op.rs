@@ -14,12 +14,15 @@
 //! - `remove:PATH`: delete the object.
 //! - `remove_many:PATH,PATH,...`: delete several at once, as a fill's delete phase does.
 //! - `compact`: rewrite the journal to its live entries.
+//! - `state:NAME:FILE`: replace the small state file NAME in the store's directory with
+//!   FILE's bytes through `durable::write_atomically`, the path every state file takes (the
+//!   manifest in force, the site's settled and previous members, the mode override).
 //!
 //! Every operation runs even when an earlier one failed (so a fault's aftermath is exercised
 //! too); each prints `ok OP` or `error OP: ...` on stdout. The exit code is 0 either way.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -38,14 +41,15 @@ fn main() -> ExitCode {
         eprintln!("usage: store_op STORE_DIR OP [OP...]");
         return ExitCode::from(2);
     };
+    let dir = PathBuf::from(dir);
     let stores = Arc::new(Stores::load(&[StoreConfig {
-        path: PathBuf::from(dir),
+        path: dir.clone(),
         capacity: Some(ByteSize(1 << 30)),
     }]));
     let mut stdout = std::io::stdout();
     for op in args {
         // A fault injected into this very write must not abort the run: ignore its error.
-        let _ = match run(&stores, &op) {
+        let _ = match run(&stores, &dir, &op) {
             Ok(()) => writeln!(stdout, "ok {op}"),
             Err(err) => writeln!(stdout, "error {op}: {err}"),
         };
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(stores: &Arc<Stores>, op: &str) -> Result<(), String> {
+fn run(stores: &Arc<Stores>, dir: &Path, op: &str) -> Result<(), String> {
     let parts: Vec<&str> = op.split(':').collect();
     match parts.as_slice() {
         ["put", path, file] => {
@@ -85,6 +89,11 @@ fn run(stores: &Arc<Stores>, op: &str) -> Result<(), String> {
             }
         }
         ["compact"] => stores.compact_journals().map_err(|err| err.to_string()),
+        ["state", name, file] => {
+            let data = std::fs::read(file).map_err(|err| format!("{file}: {err}"))?;
+            tidecache::durable::write_atomically(&dir.join(name), &data)
+                .map_err(|err| err.to_string())
+        }
         _ => Err("unknown operation".to_owned()),
     }
 }

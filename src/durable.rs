@@ -35,7 +35,10 @@ pub fn write_atomically_with(
         let _ = std::fs::remove_file(&temp);
         return Err(err);
     }
-    std::fs::rename(&temp, path)?;
+    if let Err(err) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(err);
+    }
     fsync_dir(dir)
 }
 

@@ -7,7 +7,9 @@
 //! killing the process there with SIGKILL. After each run the store is opened again and
 //! must be usable; every object it indexes must hash to the sha256 its ETag is made from
 //! (or the object is a miss); and running the operations again without faults must complete
-//! and leave exactly the scenario's final state. The matrix is printed.
+//! and leave exactly the scenario's final state. A small state file replaced through
+//! `durable::write_atomically` goes through the same faults and must hold its old content or
+//! its new one, whole. The matrix is printed.
 //!
 //! Needs `strace` (`.ci/run` installs it).
 
@@ -41,6 +43,9 @@ struct Scenario {
     ops: &'static [&'static str],
     /// Path -> content file name (`None`: must be absent).
     expected: &'static [(&'static str, Option<&'static str>)],
+    /// State files in the store's directory: (name, content before the operations, content
+    /// after them). After a fault each holds one or the other, whole.
+    state_files: &'static [(&'static str, &'static str, &'static str)],
     /// Also fault two calls in one run: EIO at each fdatasync (a journal append), then
     /// SIGKILL at each later fsync or rename (what a failed append must not poison), or EIO
     /// at the ftruncate that cuts the failed append back.
@@ -53,6 +58,7 @@ const SCENARIOS: &[Scenario] = &[
         setup: &[],
         ops: &["put:t/x.ts:v1", "put:t/y.ts:w"],
         expected: &[("t/x.ts", Some("v1")), ("t/y.ts", Some("w"))],
+        state_files: &[],
         pairs: false,
     },
     Scenario {
@@ -60,6 +66,7 @@ const SCENARIOS: &[Scenario] = &[
         setup: &["put:t/x.ts:v1"],
         ops: &["put:t/x.ts:v2"],
         expected: &[("t/x.ts", Some("v2"))],
+        state_files: &[],
         pairs: false,
     },
     Scenario {
@@ -67,6 +74,7 @@ const SCENARIOS: &[Scenario] = &[
         setup: &["put:t/x.ts:v1", "put:t/y.ts:w"],
         ops: &["remove:t/x.ts"],
         expected: &[("t/x.ts", None), ("t/y.ts", Some("w"))],
+        state_files: &[],
         pairs: false,
     },
     Scenario {
@@ -74,6 +82,7 @@ const SCENARIOS: &[Scenario] = &[
         setup: &["put:t/x.ts:v1", "put:t/y.ts:w", "put:t/z.ts:v2"],
         ops: &["remove_many:t/x.ts,t/z.ts"],
         expected: &[("t/x.ts", None), ("t/y.ts", Some("w")), ("t/z.ts", None)],
+        state_files: &[],
         pairs: false,
     },
     Scenario {
@@ -91,6 +100,7 @@ const SCENARIOS: &[Scenario] = &[
             ("t/z.ts", Some("w")),
             ("t/q.ts", Some("v2")),
         ],
+        state_files: &[],
         pairs: false,
     },
     Scenario {
@@ -98,6 +108,7 @@ const SCENARIOS: &[Scenario] = &[
         setup: &["checkpoint:t/x.ts:v2:100000"],
         ops: &["put:t/x.ts:v2"],
         expected: &[("t/x.ts", Some("v2"))],
+        state_files: &[],
         pairs: false,
     },
     Scenario {
@@ -105,6 +116,7 @@ const SCENARIOS: &[Scenario] = &[
         setup: &["put:t/x.ts:v1", "checkpoint:t/x.ts:v2:300000"],
         ops: &["put:t/x.ts:v2"],
         expected: &[("t/x.ts", Some("v2"))],
+        state_files: &[],
         pairs: false,
     },
     Scenario {
@@ -112,7 +124,16 @@ const SCENARIOS: &[Scenario] = &[
         setup: &["put:t/x.ts:v1"],
         ops: &["put:t/x.ts:v2", "put:t/x.ts:v3"],
         expected: &[("t/x.ts", Some("v3"))],
+        state_files: &[],
         pairs: true,
+    },
+    Scenario {
+        name: "state file replaced",
+        setup: &["state:site-settled:v1"],
+        ops: &["state:site-settled:v2"],
+        expected: &[],
+        state_files: &[("site-settled", "v1", "v2")],
+        pairs: false,
     },
 ];
 
@@ -386,6 +407,18 @@ fn check_after_fault(
                 outcome = Outcome::Pending;
             }
         }
+        for (name, before, after) in scenario.state_files {
+            let now = std::fs::read(store.join(name))
+                .map_err(|err| format!("state file {name} unreadable: {err}"))?;
+            if now == std::fs::read(&contents[before]).unwrap() {
+                outcome = Outcome::Pending;
+            } else if now != std::fs::read(&contents[after]).unwrap() {
+                return Err(format!(
+                    "state file {name} holds neither version whole ({} bytes)",
+                    now.len()
+                ));
+            }
+        }
         outcome
     };
     let again = run_ops(store, scenario.ops, contents, &[]);
@@ -399,6 +432,13 @@ fn check_after_fault(
         if now != expected.map(|name| sha_of(&contents[name])) {
             return Err(format!(
                 "{path} is not in its final state after the next run"
+            ));
+        }
+    }
+    for (name, _, after) in scenario.state_files {
+        if std::fs::read(store.join(name)).ok() != std::fs::read(&contents[after]).ok() {
+            return Err(format!(
+                "state file {name} is not in its final state after the next run"
             ));
         }
     }
