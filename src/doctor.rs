@@ -110,7 +110,13 @@ pub struct Facts {
     pub io_uring: Result<(), String>,
     /// The transparent huge page mode (`always`, `madvise` or `never`), when it can be read.
     pub transparent_hugepages: Option<String>,
+    /// The running kernel's (major, minor) version, when it can be read: whether a file
+    /// system caches files in large folios depends on it.
+    pub kernel: Option<(u32, u32)>,
 }
+
+/// The first Linux whose ext4 caches regular files in large folios (XFS has since 5.18).
+const EXT4_LARGE_FOLIOS: (u32, u32) = (6, 16);
 
 /// One line of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -289,6 +295,23 @@ fn check_stores(facts: &Facts, spec: &Spec) -> Vec<Check> {
         .map(|(path, file_system)| {
             let path = path.display();
             let (verdict, detail) = match file_system.as_deref() {
+                Some("ext4")
+                    if storage.good_file_systems.iter().any(|ok| ok == "ext4")
+                        && facts
+                            .kernel
+                            .is_some_and(|kernel| kernel < EXT4_LARGE_FOLIOS) =>
+                {
+                    let (major, minor) = facts.kernel.unwrap_or_default();
+                    (
+                        Verdict::Warn,
+                        format!(
+                            "{path} on ext4, which Linux {major}.{minor} caches in 4 KiB folios: \
+                             sendfile costs more CPU per GB served (ext4 has large folios \
+                             from Linux {}.{}; XFS has them on any 6.x)",
+                            EXT4_LARGE_FOLIOS.0, EXT4_LARGE_FOLIOS.1
+                        ),
+                    )
+                }
                 Some(fs) if storage.good_file_systems.iter().any(|ok| ok == fs) => {
                     (Verdict::Pass, format!("{path} on {fs}"))
                 }
@@ -430,8 +453,20 @@ impl Facts {
             )
             .ok()
             .and_then(|text| transparent_hugepages(&text)),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .and_then(|text| kernel_version(&text)),
         }
     }
+}
+
+/// The (major, minor) of a kernel release string (`6.18.44-fc-v657`).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    Some((numbers.next()?.ok()?, numbers.next()?.ok()?))
 }
 
 fn memory_bytes() -> Option<u64> {
@@ -546,6 +581,7 @@ mod tests {
             clock_synchronised: Some(true),
             io_uring: Ok(()),
             transparent_hugepages: Some("madvise".into()),
+            kernel: Some((6, 12)),
         }
     }
 
@@ -570,6 +606,7 @@ mod tests {
             clock_synchronised: Some(false),
             io_uring: Err("Operation not permitted".into()),
             transparent_hugepages: Some("never".into()),
+            kernel: Some((6, 1)),
         };
         let checks = evaluate(&facts, &spec());
         let verdict = |name: &str| {
@@ -588,6 +625,39 @@ mod tests {
         assert_eq!(verdict("clock"), Verdict::Fail);
         assert_eq!(verdict("io_uring"), Verdict::Warn);
         assert_eq!(verdict("huge pages"), Verdict::Warn);
+    }
+
+    #[test]
+    fn ext4_warns_before_the_kernel_that_gave_it_large_folios() {
+        let store_verdict = |file_system: &str, kernel: Option<(u32, u32)>| {
+            let facts = Facts {
+                stores: vec![(PathBuf::from("/srv/nvme0"), Some(file_system.into()))],
+                kernel,
+                ..reference_box()
+            };
+            let checks = evaluate(&facts, &spec());
+            let store = checks.iter().find(|check| check.name == "store").unwrap();
+            (store.verdict, store.detail.clone())
+        };
+        let (verdict, detail) = store_verdict("ext4", Some((6, 12)));
+        assert_eq!(verdict, Verdict::Warn);
+        assert!(
+            detail.contains("4 KiB folios") && detail.contains("6.16"),
+            "{detail}"
+        );
+        assert_eq!(store_verdict("ext4", Some((6, 16))).0, Verdict::Pass);
+        assert_eq!(store_verdict("ext4", Some((7, 0))).0, Verdict::Pass);
+        assert_eq!(store_verdict("ext4", None).0, Verdict::Pass);
+        assert_eq!(store_verdict("xfs", Some((6, 1))).0, Verdict::Pass);
+    }
+
+    #[test]
+    fn the_kernel_version_is_its_first_two_numbers() {
+        assert_eq!(kernel_version("6.18.44-fc-v657\n"), Some((6, 18)));
+        assert_eq!(kernel_version("6.1.0-27-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("7.0"), Some((7, 0)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert_eq!(kernel_version(""), None);
     }
 
     #[test]
