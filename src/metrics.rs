@@ -57,6 +57,9 @@ pub struct Metrics {
     pub ram_cache_hits: IntCounter,
     /// `tidecache_ram_cache_misses_total`: lookups of cacheable objects not in RAM (yet).
     pub ram_cache_misses: IntCounter,
+    /// `tidecache_file_checks_total`: stored files hashed while serving (a RAM-cache load, or
+    /// the once-per-version check of the sendfile path).
+    pub file_checks: IntCounter,
     /// `tidecache_fill_source_bytes_total{source}`: bytes the fill received, by where from
     /// (`origin` or `peer`, a box of the site).
     pub fill_source_bytes: IntCounterVec,
@@ -215,6 +218,10 @@ impl Metrics {
                 "tidecache_ram_cache_misses_total",
                 "Lookups of objects small enough for the RAM cache that it did not hold (yet).",
             )?,
+            file_checks: IntCounter::new(
+                "tidecache_file_checks_total",
+                "Stored files read and hashed against their sha256 while serving.",
+            )?,
             fill_source_bytes: IntCounterVec::new(
                 Opts::new(
                     "tidecache_fill_source_bytes_total",
@@ -304,6 +311,7 @@ impl Metrics {
             Box::new(metrics.ram_cache_bytes.clone()),
             Box::new(metrics.ram_cache_hits.clone()),
             Box::new(metrics.ram_cache_misses.clone()),
+            Box::new(metrics.file_checks.clone()),
             Box::new(metrics.fill_source_bytes.clone()),
             Box::new(metrics.site_redirects.clone()),
             Box::new(metrics.site_peer_ready.clone()),

@@ -518,6 +518,7 @@ fn build_viewer(
                 bytes: metrics.ram_cache_bytes.clone(),
                 hits: metrics.ram_cache_hits.clone(),
                 misses: metrics.ram_cache_misses.clone(),
+                file_checks: metrics.file_checks.clone(),
             },
         );
         viewer = viewer.with_ram_cache(cache);

@@ -428,10 +428,13 @@ impl Viewer {
         // from the page cache (benches/compare, 2 MiB and ranges against nginx). The RAM cache
         // serves the writers that copy anyway (TLS, HTTP/2, hyper).
         let prefer_file = sender == Sender::Sendfile;
-        // A GET loads the RAM cache even on the sendfile path, which never sends from it: the
-        // load's SHA-256 is what takes a flipped bit out of service while serving.
+        // A GET on the sendfile path loads nothing into RAM (it never sends from there), but
+        // has its version's file checked once: that SHA-256 is what takes a flipped bit out
+        // of service while serving (see `cache`).
         let admission = if request.method() == Method::HEAD {
             cache::Admission::Peek
+        } else if prefer_file {
+            cache::Admission::Verify
         } else {
             cache::Admission::Load
         };
@@ -502,7 +505,41 @@ impl Viewer {
                 }
                 Ok((Source::File(object.file, None), object.fresh))
             }
+            cache::Lookup::Unverified => {
+                let object = match self.stores.open(path, meta) {
+                    Ok(object) => object,
+                    Err(err) => {
+                        self.cache.checked(path, &meta, false);
+                        return Err(err);
+                    }
+                };
+                self.check_in_background(path, meta, &object.file);
+                Ok((Source::File(object.file, None), object.fresh))
+            }
         }
+    }
+
+    /// Checks an object's file against its sha256 on a blocking thread, once per version
+    /// (see [`cache::Admission::Verify`]); a mismatch takes that version out of service.
+    fn check_in_background(
+        &self,
+        path: &str,
+        meta: crate::store::ObjectMeta,
+        file: &Arc<std::fs::File>,
+    ) {
+        let (cache, stores, file, path) = (
+            Arc::clone(&self.cache),
+            Arc::clone(&self.stores),
+            Arc::clone(file),
+            path.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let checked = cache::check_file(&file, &meta);
+            cache.checked(&path, &meta, checked.is_ok());
+            if checked == Err(cache::LoadError::Mismatch) {
+                stores.report_damaged(&path, &meta.sha256);
+            }
+        });
     }
 
     /// Reads and verifies an object into the RAM cache on a blocking thread; a mismatch
@@ -519,12 +556,16 @@ impl Viewer {
             Arc::clone(file),
             path.to_string(),
         );
-        tokio::task::spawn_blocking(move || match cache::load_verified(&file, &meta) {
-            Ok(bytes) => cache.insert(&path, &meta, Some(bytes)),
-            Err(failure) => {
-                cache.insert(&path, &meta, None);
-                if failure == cache::LoadError::Mismatch {
-                    stores.report_damaged(&path, &meta.sha256);
+        tokio::task::spawn_blocking(move || {
+            let loaded = cache::load_verified(&file, &meta);
+            cache.count_check();
+            match loaded {
+                Ok(bytes) => cache.insert(&path, &meta, Some(bytes)),
+                Err(failure) => {
+                    cache.insert(&path, &meta, None);
+                    if failure == cache::LoadError::Mismatch {
+                        stores.report_damaged(&path, &meta.sha256);
+                    }
                 }
             }
         });
