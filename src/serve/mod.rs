@@ -557,8 +557,11 @@ impl Viewer {
             path.to_string(),
         );
         tokio::task::spawn_blocking(move || {
-            let loaded = cache::load_verified(&file, &meta);
-            cache.count_check();
+            let checked = cache.is_checked(&path, &meta);
+            let loaded = cache::load_verified(&file, &meta, checked);
+            if !checked {
+                cache.count_check();
+            }
             match loaded {
                 Ok(bytes) => cache.insert(&path, &meta, Some(bytes)),
                 Err(failure) => {
