@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn a_full_cache_loads_one_miss_in_sixteen() {
         let cache = RamCache::new(1000, 100);
-        let mut load = |path: &str, fill: u8| {
+        let load = |path: &str, fill: u8| {
             let object = meta(100, fill);
             let started = matches!(
                 cache.lookup(path, &object, Admission::Load),
