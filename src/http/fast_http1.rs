@@ -199,7 +199,7 @@ struct HeadWaits<'a, S> {
 /// the connection should just close (EOF, timeout, shutdown); `Err` when hyper should take over
 /// (an oversized head: hyper answers 431; an HTTP/2 preface).
 async fn read_head<S: std::future::Future<Output = ()>>(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     buffer: &mut BytesMut,
     awaiting: Awaiting,
     waits: &mut HeadWaits<'_, S>,
@@ -213,6 +213,11 @@ async fn read_head<S: std::future::Future<Output = ()>>(
     };
     waits.timer.as_mut().reset(deadline);
     let mut head_started = !buffer.is_empty() || first;
+    // Reads made for this head. The timer is polled only when a read would wait, so a
+    // client that keeps the socket full (blank lines after a request never grow the buffer
+    // to the size limit) is held to the deadline by a look at the clock before each read
+    // after the first: the first needs none, and costs a normal request nothing more.
+    let mut reads = 0u32;
     loop {
         if first && buffer.starts_with(b"PRI ") {
             return Err(HeadTrouble::HandOver);
@@ -256,6 +261,10 @@ async fn read_head<S: std::future::Future<Output = ()>>(
         if waits.shutdown.is_raised() && buffer.is_empty() {
             return Ok(None);
         }
+        if reads > 0 && waits.timer.deadline() <= Instant::now() {
+            return Ok(None);
+        }
+        reads = reads.saturating_add(1);
         let idle = buffer.is_empty();
         let read = tokio::select! {
             biased;
@@ -656,5 +665,69 @@ impl AsyncWrite for Replayed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that always has more blank lines ready, faster than any server reads them.
+    struct BlankLines;
+
+    impl AsyncRead for BlankLines {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let pairs = buf.remaining() / 2;
+            buf.put_slice(&b"\r\n".repeat(pairs));
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn blank_lines_that_never_stop_coming_are_cut_at_the_head_deadline() {
+        // Found by review: after an answered request the fast path drops each leading CRLF,
+        // so a flood of them never grows the buffer to the size limit, and the timer was
+        // only polled when a read would wait: a client keeping the socket full (faster than
+        // a worker drains it) held the connection, and the worker's core, as long as it
+        // liked. Run on a thread of its own: without the look at the clock it never ends.
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let ended = runtime.block_on(async {
+                let (_trigger, shutdown) = crate::signal::channel::<crate::signal::Stop>();
+                let mut stopping = shutdown.clone();
+                let mut stopped = std::pin::pin!(stopping.raised());
+                let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+                let mut waits = HeadWaits {
+                    shutdown: &shutdown,
+                    stopped: stopped.as_mut(),
+                    timer: timer.as_mut(),
+                };
+                let limits = ConnectionLimits {
+                    header_timeout: Duration::from_millis(100),
+                    idle_timeout: Duration::from_millis(100),
+                    max_header_size: 16 * 1024,
+                };
+                let mut buffer = BytesMut::with_capacity(4096);
+                read_head(
+                    &mut BlankLines,
+                    &mut buffer,
+                    Awaiting::NextRequest,
+                    &mut waits,
+                    limits,
+                )
+                .await
+            });
+            let _ = done.send(ended);
+        });
+        let ended = outcome.recv_timeout(Duration::from_secs(5));
+        assert_eq!(ended, Ok(Ok(None)), "cut at the deadline");
     }
 }
