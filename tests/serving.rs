@@ -440,6 +440,51 @@ async fn plain_http_checks_each_version_once_even_when_the_hot_set_outgrows_ram(
     daemon.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_file_filled_again_with_the_same_bytes_is_checked_again() {
+    // Found by review: the record of checked versions named (path, store, size, sha256), so
+    // a file deleted and filled again with the same bytes (or a damaged copy replaced) was
+    // taken as checked, and a bit flipped in the new file was served, over plain HTTP and
+    // from RAM over HTTP/2. The fill time is part of the version now.
+    let test_box = TestBox::new();
+    let config = test_box.config(1, "");
+    let data = pattern(50_000);
+    seed(&config, &[("refill.ts", &data)]);
+    let daemon = start(&config).await;
+    let addr = daemon.viewer_addrs[0];
+    assert_eq!(served(addr, "/refill.ts").await, data);
+    eventually("the first file is checked", || async {
+        metric_value(&metrics_text(&daemon).await, "tidecache_file_checks_total") >= Some(1.0)
+    })
+    .await;
+    assert!(daemon.stores.remove("refill.ts").unwrap());
+    // A later fill: fill times are in seconds.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut writer = tidecache::store::writer::ObjectWriter::begin(
+        &daemon.stores,
+        "refill.ts",
+        data.len() as u64,
+        sha256(&data),
+    )
+    .unwrap();
+    writer.write(&data).unwrap();
+    writer.finish().unwrap();
+    let file = test_box.store_path(0).join("objects/refill.ts");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[12_345] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    let _first = get(addr, "/refill.ts").await;
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while get(addr, "/refill.ts").await.status() != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new file's flipped bit taken out of service"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    daemon.shutdown().await;
+}
+
 /// Reads `log` until it holds at least `lines` lines (bounded).
 async fn log_lines(log: &std::path::Path, lines: usize) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + IO_TIMEOUT;

@@ -509,7 +509,7 @@ impl Viewer {
                 let object = match self.stores.open(path, meta) {
                     Ok(object) => object,
                     Err(err) => {
-                        self.cache.checked(path, &meta, false);
+                        self.cache.checked(path, &meta, Err(cache::LoadError::Read));
                         return Err(err);
                     }
                 };
@@ -535,9 +535,9 @@ impl Viewer {
         );
         tokio::task::spawn_blocking(move || {
             let checked = cache::check_file(&file, &meta);
-            cache.checked(&path, &meta, checked.is_ok());
+            cache.checked(&path, &meta, checked);
             if checked == Err(cache::LoadError::Mismatch) {
-                stores.report_damaged(&path, &meta.sha256);
+                stores.report_damaged_version(&path, &meta);
             }
         });
     }
@@ -567,7 +567,7 @@ impl Viewer {
                 Err(failure) => {
                     cache.insert(&path, &meta, None);
                     if failure == cache::LoadError::Mismatch {
-                        stores.report_damaged(&path, &meta.sha256);
+                        stores.report_damaged_version(&path, &meta);
                     }
                 }
             }

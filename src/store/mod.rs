@@ -587,16 +587,24 @@ impl Stores {
     /// ending early while sent): it is a miss from now on, and the next fill fetches it
     /// again. A newer version published meanwhile is left alone. Nothing is written.
     pub fn report_damaged(&self, path: &str, sha256: &[u8; 32]) {
+        self.report_damaged_if(path, |meta| &meta.sha256 == sha256);
+    }
+
+    /// [`Stores::report_damaged`] for exactly the version `version` (store, size, fill time
+    /// and sha256): a late report about a file since filled again with the same bytes (after
+    /// a delete, or to replace a damaged copy) leaves the new file alone.
+    pub fn report_damaged_version(&self, path: &str, version: &ObjectMeta) {
+        self.report_damaged_if(path, |meta| meta == version);
+    }
+
+    fn report_damaged_if(&self, path: &str, is_the_version: impl Fn(&ObjectMeta) -> bool) {
         // Looked up and marked under one read of the index's lock: a publish that replaces
         // this version either comes after the mark (and clears it once done) or before the
         // lookup (which then finds the new version and leaves it alone).
         let Ok(index) = self.index.read() else {
             return;
         };
-        let Some(meta) = self
-            .lookup_in(&index, path)
-            .filter(|meta| &meta.sha256 == sha256)
-        else {
+        let Some(meta) = self.lookup_in(&index, path).filter(is_the_version) else {
             return;
         };
         self.stores[meta.store]
