@@ -355,7 +355,9 @@ const _: () = assert!(
 #[derive(Debug)]
 pub struct VerifiedFiles {
     slots: Box<[std::sync::atomic::AtomicU64]>,
-    key: std::collections::hash_map::RandomState,
+    /// The index's hasher (foldhash), seeded at random per table: fast enough for every
+    /// GET, and its collisions cannot be aimed at without the seed.
+    key: hashbrown::DefaultHashBuilder,
 }
 
 impl VerifiedFiles {
@@ -371,7 +373,7 @@ impl VerifiedFiles {
             unsafe { Box::from_raw(Box::into_raw(zeroed) as *mut [std::sync::atomic::AtomicU64]) };
         VerifiedFiles {
             slots,
-            key: std::collections::hash_map::RandomState::new(),
+            key: hashbrown::DefaultHashBuilder::default(),
         }
     }
 
