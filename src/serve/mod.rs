@@ -141,6 +141,15 @@ pub struct Viewer {
     common_counters: Vec<(StatusCode, &'static str, prometheus::IntCounter)>,
 }
 
+/// What a blocking thread does with a file after its answer started.
+#[derive(Debug, Clone, Copy)]
+enum FileWork {
+    /// Hash it against its sha256 (the sendfile path, once per version).
+    Check,
+    /// Read it into the RAM cache.
+    Load,
+}
+
 /// Where a response's bytes come from.
 enum Source {
     /// A verified copy in the RAM cache: ranges are zero-copy slices.
@@ -501,7 +510,7 @@ impl Viewer {
                     }
                 };
                 if load {
-                    self.load_into_cache(path, meta, &object.file);
+                    self.read_in_background(path, meta, &object.file, FileWork::Load);
                 }
                 Ok((Source::File(object.file, None), object.fresh))
             }
@@ -513,19 +522,22 @@ impl Viewer {
                         return Err(err);
                     }
                 };
-                self.check_in_background(path, meta, &object.file);
+                self.read_in_background(path, meta, &object.file, FileWork::Check);
                 Ok((Source::File(object.file, None), object.fresh))
             }
         }
     }
 
-    /// Checks an object's file against its sha256 on a blocking thread, once per version
-    /// (see [`cache::Admission::Verify`]); a mismatch takes that version out of service.
-    fn check_in_background(
+    /// Reads an object's file on a blocking thread once its answer has started: to check
+    /// it against its sha256 (once per version, see [`cache::Admission::Verify`]) or to
+    /// load it into the RAM cache (hashed unless that version was checked already). A
+    /// mismatch takes the version out of service.
+    fn read_in_background(
         &self,
         path: &str,
         meta: crate::store::ObjectMeta,
         file: &Arc<std::fs::File>,
+        work: FileWork,
     ) {
         let (cache, stores, file, path) = (
             Arc::clone(&self.cache),
@@ -534,42 +546,25 @@ impl Viewer {
             path.to_string(),
         );
         tokio::task::spawn_blocking(move || {
-            let checked = cache::check_file(&file, &meta);
-            cache.checked(&path, &meta, checked);
-            if checked == Err(cache::LoadError::Mismatch) {
-                stores.report_damaged_version(&path, &meta);
-            }
-        });
-    }
-
-    /// Reads and verifies an object into the RAM cache on a blocking thread; a mismatch
-    /// takes that version out of service.
-    fn load_into_cache(
-        &self,
-        path: &str,
-        meta: crate::store::ObjectMeta,
-        file: &Arc<std::fs::File>,
-    ) {
-        let (cache, stores, file, path) = (
-            Arc::clone(&self.cache),
-            Arc::clone(&self.stores),
-            Arc::clone(file),
-            path.to_string(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let checked = cache.is_checked(&path, &meta);
-            let loaded = cache::load_verified(&file, &meta, checked);
-            if !checked {
-                cache.count_check();
-            }
-            match loaded {
-                Ok(bytes) => cache.insert(&path, &meta, Some(bytes)),
-                Err(failure) => {
-                    cache.insert(&path, &meta, None);
-                    if failure == cache::LoadError::Mismatch {
-                        stores.report_damaged_version(&path, &meta);
-                    }
+            let outcome = match work {
+                FileWork::Check => {
+                    let checked = cache::check_file(&file, &meta);
+                    cache.checked(&path, &meta, checked);
+                    checked
                 }
+                FileWork::Load => {
+                    let checked = cache.is_checked(&path, &meta);
+                    if !checked {
+                        cache.count_check();
+                    }
+                    let loaded = cache::load_verified(&file, &meta, checked);
+                    let outcome = loaded.as_ref().map(|_| ()).map_err(|failure| *failure);
+                    cache.insert(&path, &meta, loaded.ok());
+                    outcome
+                }
+            };
+            if outcome == Err(cache::LoadError::Mismatch) {
+                stores.report_damaged_version(&path, &meta);
             }
         });
     }
