@@ -366,14 +366,10 @@ async fn a_flipped_bit_found_by_the_first_check_takes_the_object_out_of_service(
     };
     for path in ["/flip.ts", "/flip-h2.ts"] {
         let _first = status(path).await;
-        let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
-        while status(path).await != StatusCode::NOT_FOUND {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{path} taken out of service"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually(&format!("{path} taken out of service"), || async {
+            status(path).await == StatusCode::NOT_FOUND
+        })
+        .await;
     }
     assert_eq!(get(addr, "/fine.ts").await.status(), StatusCode::OK);
     let metrics = metrics_text(&daemon).await;
@@ -474,14 +470,11 @@ async fn a_file_filled_again_with_the_same_bytes_is_checked_again() {
     bytes[12_345] ^= 0x10;
     std::fs::write(&file, bytes).unwrap();
     let _first = get(addr, "/refill.ts").await;
-    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
-    while get(addr, "/refill.ts").await.status() != StatusCode::NOT_FOUND {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new file's flipped bit taken out of service"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the new file's flipped bit taken out of service",
+        || async { get(addr, "/refill.ts").await.status() == StatusCode::NOT_FOUND },
+    )
+    .await;
     daemon.shutdown().await;
 }
 

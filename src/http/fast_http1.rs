@@ -44,7 +44,7 @@ pub async fn serve(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
     viewer: &Viewer,
-    shutdown: &mut Shutdown,
+    shutdown: &Shutdown,
     limits: ConnectionLimits,
 ) -> FastPathEnd {
     let mut buffer = BytesMut::with_capacity(4096);

@@ -205,9 +205,8 @@ impl<H: Handler> Connection<H> {
         let Some(viewer) = fast_path else {
             return hyper.serve(stream).await;
         };
-        let mut shutdown = hyper.shutdown.clone();
         let ended =
-            fast_http1::serve(stream, hyper.peer, &viewer, &mut shutdown, hyper.limits).await;
+            fast_http1::serve(stream, hyper.peer, &viewer, &hyper.shutdown, hyper.limits).await;
         if let FastPathEnd::HandOver { buffered, stream } = ended {
             hyper
                 .serve(fast_http1::Replayed::new(buffered, stream))

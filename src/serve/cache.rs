@@ -90,6 +90,8 @@ pub struct RamCache {
     capacity: u64,
     /// Misses that found the cache full, for [`FULL_ADMISSION`].
     full_misses: std::sync::atomic::AtomicU64,
+    /// Hashes their count into the draw, seeded at random per cache.
+    admission_key: hashbrown::DefaultHashBuilder,
     metrics: Option<CacheMetrics>,
     /// Hits take only the read lock; misses, loads and evictions the write lock.
     inner: RwLock<Inner>,
@@ -123,6 +125,7 @@ impl RamCache {
             max_loading_bytes: (capacity / 4).max(max_object),
             capacity,
             full_misses: std::sync::atomic::AtomicU64::new(0),
+            admission_key: hashbrown::DefaultHashBuilder::default(),
             metrics: None,
             inner: RwLock::new(Inner {
                 entries: ClockMap::new(capacity),
@@ -146,24 +149,30 @@ impl RamCache {
             return Lookup::Miss { load: false };
         }
         let verify = admission == Admission::Verify;
-        // Hits and misses are of the answers RAM could give: the sendfile path never sends
-        // from it, so its lookups count in neither.
-        let counted = self.metrics.as_ref().filter(|_| !verify);
-        if let Ok(inner) = self.inner.read() {
-            if let Some(entry) = inner.entries.get(path) {
-                if entry.sha256 == meta.sha256 {
-                    if let Some(metrics) = counted {
-                        metrics.hits.inc();
+        if verify {
+            // The sendfile path never sends from RAM: it neither takes the cache's lock nor
+            // counts as a hit or miss, nor keeps an entry from eviction. A version held in
+            // RAM was checked when it was loaded.
+            if self.verified.contains(path, meta) {
+                return Lookup::Miss { load: false };
+            }
+        } else {
+            if let Ok(inner) = self.inner.read() {
+                if let Some(entry) = inner.entries.get(path) {
+                    if entry.sha256 == meta.sha256 {
+                        if let Some(metrics) = &self.metrics {
+                            metrics.hits.inc();
+                        }
+                        return Lookup::Hit(entry.bytes.clone(), entry.validators.clone());
                     }
-                    return Lookup::Hit(entry.bytes.clone(), entry.validators.clone());
                 }
             }
-        }
-        if let Some(metrics) = counted {
-            metrics.misses.inc();
-        }
-        if admission == Admission::Peek || (verify && self.verified.contains(path, meta)) {
-            return Lookup::Miss { load: false };
+            if let Some(metrics) = &self.metrics {
+                metrics.misses.inc();
+            }
+            if admission == Admission::Peek {
+                return Lookup::Miss { load: false };
+            }
         }
         let Ok(mut inner) = self.inner.write() else {
             return Lookup::Miss { load: false };
@@ -216,15 +225,11 @@ impl RamCache {
     /// for good (found by review: 14 of 16 hot objects never admitted with 15 cold misses
     /// between hot requests).
     fn admit_when_full(&self) -> bool {
+        use std::hash::BuildHasher;
         let draw = self
             .full_misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // splitmix64's finaliser: consecutive draws spread over every residue.
-        let mut mixed = draw.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^= mixed >> 31;
-        mixed % FULL_ADMISSION == 0
+        self.admission_key.hash_one(draw) % FULL_ADMISSION == 0
     }
 
     /// Counts a file read and hashed (a load or a check).

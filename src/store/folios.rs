@@ -69,6 +69,7 @@ fn span(size: u64, wanted: std::ops::RangeInclusive<u64>) -> Option<(u64, u64)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Seek, Write};
 
     #[test]
     fn the_span_is_the_2_mib_around_what_is_wanted_within_the_file() {
@@ -87,7 +88,6 @@ mod tests {
         assert_eq!(span(MIB, late..=early), None);
         assert_eq!(span(MIB, MIB..=2 * MIB), None);
     }
-    use std::io::{Read, Seek, Write};
 
     #[test]
     fn a_file_read_in_stays_whole_and_odd_sizes_and_empty_files_are_fine() {

@@ -134,11 +134,7 @@ pub async fn fill_all(boxes: &[&SiteBox], id: &str) {
         last_pass.push(status["fill"]["last_fill"]["started_at"].clone());
     }
     for site_box in boxes {
-        site_box
-            .daemon()
-            .set_override(Override::Fill)
-            .await
-            .expect("override fill");
+        set_override(site_box, Override::Fill).await;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     for (site_box, before) in boxes.iter().zip(&last_pass) {
@@ -160,12 +156,16 @@ pub async fn fill_all(boxes: &[&SiteBox], id: &str) {
 /// Back to the schedule (which serves: the tests' boxes have no fill window).
 pub async fn serve_all(boxes: &[SiteBox]) {
     for site_box in boxes {
-        site_box
-            .daemon()
-            .set_override(Override::Auto)
-            .await
-            .expect("override auto");
+        set_override(site_box, Override::Auto).await;
     }
+}
+
+async fn set_override(site_box: &SiteBox, mode: Override) {
+    site_box
+        .daemon()
+        .set_override(mode)
+        .await
+        .unwrap_or_else(|err| panic!("{}: override {mode:?}: {err}", site_box.name));
 }
 
 /// Every box sees every peer ready and agreeing, then two more checks pass so settled
