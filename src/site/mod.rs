@@ -306,6 +306,16 @@ impl Site {
         let changed = fingerprint(&self.name, &running) != fingerprint(&self.name, &wanted);
         let keeps_settled = only_shrinks(&running, &wanted);
         let wanted = Arc::new(wanted);
+        if changed {
+            // A kept peer keeps its readiness, but whether it settled into the members and
+            // sees them as this box does was learnt against the old ones: until its next
+            // answer it is neither, or `previous` could be forgotten (and viewers sent to
+            // owners that have not fetched yet) on answers given before the change.
+            for peer in &wanted.peers {
+                peer.settled.store(false, Ordering::Relaxed);
+                peer.agrees.store(false, Ordering::Relaxed);
+            }
+        }
         self.members.store(Arc::clone(&wanted));
         if changed && self.previous.load().is_none() {
             self.save_previous(&running);
@@ -630,7 +640,11 @@ impl Site {
                 _ = async { while checks.join_next().await.is_some() {} } => {}
                 _ = stop.raised() => return,
             }
-            self.forget_previous_when_settled();
+            // Only on a round that the members did not change under: its answers were
+            // judged against them.
+            if Arc::ptr_eq(&members, &self.members.load()) {
+                self.forget_previous_when_settled();
+            }
             tokio::select! {
                 _ = tokio::time::sleep(members.check_interval) => {}
                 _ = stop.raised() => return,
