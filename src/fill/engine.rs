@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::schedule::{Mode, ModeState};
 use crate::signal::{self, Cancel, Shutdown, Signal};
 use crate::site::Peer;
+use crate::store::buffers::{BufferPool, PooledBuffer};
 use crate::store::writer::{ObjectWriter, partial_name};
 use crate::store::{StoreError, Stores};
 
@@ -39,6 +40,8 @@ use crate::store::{StoreError, Stores};
 const DELETE_BATCH: usize = 256;
 /// Bytes gathered from the network before one write to disk.
 const WRITE_BATCH: usize = 1 << 20;
+/// The batches, reused from one object to the next (see [`BufferPool`]).
+static BATCHES: BufferPool = BufferPool::new(WRITE_BATCH, 32);
 /// Longest pause between retries of one object.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Between two asks of a first owner about the objects a later owner waits for (one holds
@@ -153,6 +156,8 @@ struct TransferContext {
     /// `tidecache_fill_source_bytes_total`, resolved once per source.
     origin_bytes: prometheus::IntCounter,
     peer_bytes: prometheus::IntCounter,
+    /// The runtime the engine runs on, whose blocking threads publish finished objects.
+    background: tokio::runtime::Handle,
 }
 
 /// Where one attempt reads an object from.
@@ -606,6 +611,7 @@ impl Engine {
                 .fill_source_bytes
                 .with_label_values(&["origin"]),
             peer_bytes: self.metrics.fill_source_bytes.with_label_values(&["peer"]),
+            background: tokio::runtime::Handle::current(),
         };
         // Positions in the manifest: an object is copied out of its compact form only when
         // its transfer starts. Objects that wait for their first owner in the site are set
@@ -655,7 +661,11 @@ impl Engine {
                 };
                 let object = manifest.get(index).to_owned();
                 let peers = holders.remove(&index).unwrap_or_default();
-                transfers.spawn(transfer(context.clone(), object, peers));
+                let work = transfer(context.clone(), object, peers);
+                match super::idle::transfers() {
+                    Some(runtime) => transfers.spawn_on(work, runtime),
+                    None => transfers.spawn(work),
+                };
             }
             let waits_left = !waiting.is_empty() || !polls.is_empty();
             if transfers.is_empty() && (!waits_left || winding_down.is_some()) {
@@ -1078,7 +1088,9 @@ async fn open_writer(
 ) -> Result<ObjectWriter, TransferOutcome> {
     let stores = Arc::clone(&context.stores);
     let (path, size, sha256) = (object.path.clone(), object.size, object.sha256);
-    let opened = tokio::task::spawn_blocking(move || {
+    // On the idle threads: creating the file allocates an inode, and resuming re-hashes what
+    // an earlier attempt wrote; neither takes a lock viewers take.
+    let opened = super::idle::run(move || {
         if from_scratch {
             ObjectWriter::begin(&stores, &path, size, sha256)
         } else {
@@ -1257,7 +1269,7 @@ async fn attempt_object(
         // A crash or a window's end came after the last byte was written but before the
         // rename: the partial is whole, and asking the origin for `bytes=SIZE-` would only
         // get a 416. Verify and publish it as it is.
-        return finish(writer, true, counted).await;
+        return finish(writer, true, counted, &context.background).await;
     }
     let roots = context.fill.file_roots();
     let mut cancel = context.cancel.clone();
@@ -1319,12 +1331,14 @@ async fn attempt_object(
         counted = 0;
     }
     let resumed = resumed_from_partial && download.resumed;
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = BATCHES.take();
+    batch.clear();
+    let mut received = ReceivedTally::new(&context.fill);
     loop {
         let chunk = tokio::select! {
             chunk = download.next_chunk() => chunk,
             _ = cancel.raised() => {
-                return match flush(writer, batch).await {
+                return match flush(writer, &mut batch).await {
                     Ok(writer) => {
                         checkpoint(writer).await;
                         Err((AttemptEnd::Cancelled, counted))
@@ -1345,7 +1359,7 @@ async fn attempt_object(
                         _ = cancel.raised() => false,
                     };
                 if !paced {
-                    return match flush(writer, batch).await {
+                    return match flush(writer, &mut batch).await {
                         Ok(writer) => {
                             checkpoint(writer).await;
                             Err((AttemptEnd::Cancelled, counted))
@@ -1356,14 +1370,11 @@ async fn attempt_object(
                 counted += data.len() as u64;
                 context.metrics.fill_bytes.inc_by(data.len() as u64);
                 source_bytes.inc_by(data.len() as u64);
-                context
-                    .fill
-                    .with_progress(|progress| progress.add_bytes(data.len() as u64));
+                received.add(data.len() as u64);
                 if batch.len() >= WRITE_BATCH {
-                    writer = flush(writer, std::mem::take(&mut batch))
+                    writer = flush(writer, &mut batch)
                         .await
                         .map_err(|end| (end, counted))?;
-                    batch.reserve(WRITE_BATCH);
                 }
             }
             Ok(None) => break,
@@ -1373,7 +1384,7 @@ async fn attempt_object(
                     ReadFrom::Peer(_) => AttemptEnd::PeerSaid,
                     ReadFrom::Origin => fetch_end(err),
                 };
-                return match flush(writer, batch).await {
+                return match flush(writer, &mut batch).await {
                     Ok(writer) if retryable => {
                         checkpoint(writer).await;
                         Err((end, counted))
@@ -1387,19 +1398,76 @@ async fn attempt_object(
             }
         }
     }
-    let writer = flush(writer, batch).await.map_err(|end| (end, counted))?;
-    finish(writer, resumed, counted).await
+    let writer = flush(writer, &mut batch)
+        .await
+        .map_err(|end| (end, counted))?;
+    finish(writer, resumed, counted, &context.background).await
 }
 
-/// Verifies and publishes a written object on a blocking thread; returns its size, or how
-/// the attempt ended and the bytes it had counted.
+/// Bytes received, told to the fill's progress once a write batch's worth or
+/// [`PROGRESS_EVERY`] has gone by (and the rest when dropped, before the caller takes back
+/// what an attempt that failed had counted) rather than per chunk: transfers run under
+/// `SCHED_IDLE`, and the progress lock is shared with the admin API, which should seldom
+/// wait for an idle thread preempted while holding it.
+struct ReceivedTally<'a> {
+    fill: &'a Fill,
+    unreported: u64,
+    reported_at: Instant,
+}
+
+/// How stale a transfer's bytes in the fill's progress may get (a slow origin's trickle).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+impl<'a> ReceivedTally<'a> {
+    fn new(fill: &'a Fill) -> ReceivedTally<'a> {
+        ReceivedTally {
+            fill,
+            unreported: 0,
+            reported_at: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, bytes: u64) {
+        self.unreported += bytes;
+        if self.unreported >= WRITE_BATCH as u64 || self.reported_at.elapsed() >= PROGRESS_EVERY {
+            self.report();
+        }
+    }
+
+    fn report(&mut self) {
+        self.reported_at = Instant::now();
+        let bytes = std::mem::take(&mut self.unreported);
+        if bytes > 0 {
+            self.fill
+                .with_progress(|progress| progress.add_bytes(bytes));
+        }
+    }
+}
+
+impl Drop for ReceivedTally<'_> {
+    fn drop(&mut self) {
+        self.report();
+    }
+}
+
+/// Verifies and publishes a written object; returns its size, or how the attempt ended and
+/// the bytes it had counted. The check, the last write and the fsync run on the idle
+/// threads; the publish (which takes the index's lock viewers read under) on a blocking
+/// thread of the background runtime, so a viewer never waits for an idle thread.
 async fn finish(
-    writer: ObjectWriter,
+    mut writer: ObjectWriter,
     resumed: bool,
     counted: u64,
+    background: &tokio::runtime::Handle,
 ) -> Result<u64, (AttemptEnd, u64)> {
     let store = writer.store();
-    match tokio::task::spawn_blocking(move || writer.finish()).await {
+    let sealed = super::idle::run(move || writer.seal().map(|()| writer)).await;
+    let published = match sealed {
+        Ok(Ok(writer)) => background.spawn_blocking(move || writer.finish()).await,
+        Ok(Err(err)) => Ok(Err(err)),
+        Err(err) => Err(err),
+    };
+    match published {
         Ok(Ok(meta)) => Ok(meta.size),
         Ok(Err(err @ (StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. }))) => {
             Err((
@@ -1455,17 +1523,24 @@ impl From<&StoreError> for Mismatch {
     }
 }
 
-/// Writes (and hashes) a batch on a thread of the fill's idle pool and hands the writer back.
-async fn flush(writer: ObjectWriter, batch: Vec<u8>) -> Result<ObjectWriter, AttemptEnd> {
+/// Writes (and hashes) a batch on a thread of the fill's idle pool and hands the writer
+/// back, with the batch emptied for the next bytes.
+async fn flush(writer: ObjectWriter, batch: &mut PooledBuffer) -> Result<ObjectWriter, AttemptEnd> {
     if batch.is_empty() {
         return Ok(writer);
     }
     let mut writer = writer;
+    let mut full = std::mem::replace(batch, BATCHES.placeholder());
     let written = super::idle::run(move || {
-        let result = writer.write(&batch);
-        (writer, result)
+        let result = writer.write(&full);
+        full.clear();
+        (writer, result, full)
     })
     .await;
+    let written = written.map(|(writer, result, emptied)| {
+        *batch = emptied;
+        (writer, result)
+    });
     match written {
         Ok((writer, Ok(()))) => Ok(writer),
         Ok((writer, Err(err))) => {

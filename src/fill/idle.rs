@@ -1,13 +1,16 @@
-//! The fill's CPU-heavy work (hashing and writing what it downloads) on threads that run only
-//! on CPU time viewers leave.
+//! The fill's CPU-heavy work (receiving, hashing and writing what it downloads) on threads
+//! that run only on CPU time viewers leave.
 //!
 //! The daemon's background runtime runs at nice +10 from the viewer workers, which gives
 //! viewers the larger share of the CPU but still lets a running fill thread finish its slice
 //! (up to a few milliseconds) before a viewer worker that wakes. Under `SCHED_IDLE` a waking
-//! viewer worker takes the CPU at once. Only the writes and their hashing run there: the
-//! admin API, the access log writer and the publish of a finished object (whose index entry
-//! is out of service between its steps) stay at nice +10, so a box whose viewers use every
-//! core still answers health checks in milliseconds and writes every log line.
+//! viewer worker takes the CPU at once. Two things run there: the transfers themselves
+//! ([`transfers`]: the copy out of the socket, the pacing, the batching), and the writes,
+//! their hashing, the file's creation and its fsync ([`run`]). The admin API, the access
+//! log writer and the publish of a finished object (which takes the index's lock viewers
+//! read under) stay at nice +10, so a box whose viewers use every core still answers health
+//! checks in milliseconds, writes every log line, and never has a viewer wait for a lock an
+//! idle thread holds.
 
 use std::sync::OnceLock;
 
@@ -40,6 +43,24 @@ fn pool() -> Option<&'static tokio::runtime::Handle> {
     .map(tokio::runtime::Runtime::handle)
 }
 
+/// The runtime the fill's transfers run on: its async workers receive what origins and
+/// peers send (the copy out of the socket, the pacing, the batching) under `SCHED_IDLE`
+/// too. `None` where it cannot be made: transfers then run on the caller's runtime.
+pub fn transfers() -> Option<&'static tokio::runtime::Handle> {
+    static TRANSFERS: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    TRANSFERS
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("tidecache-fill-net")
+                .on_thread_start(run_when_idle)
+                .enable_all()
+                .build()
+                .ok()
+        })
+        .as_ref()
+        .map(tokio::runtime::Runtime::handle)
+}
+
 /// Puts the calling thread under `SCHED_IDLE`. Best effort: where it is refused, the thread
 /// keeps the priority it was created with (the background runtime's nice +10).
 fn run_when_idle() {
@@ -69,6 +90,25 @@ mod tests {
         );
         assert_eq!(policy(), before, "the calling thread keeps its policy");
         assert_ne!(before, libc::SCHED_IDLE);
+    }
+
+    #[tokio::test]
+    async fn transfers_run_under_sched_idle_with_io_and_timers() {
+        let runtime = transfers().expect("the transfers' runtime");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let seen = runtime
+            .spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let _connected = tokio::net::TcpStream::connect(address).await;
+                policy()
+            })
+            .await
+            .expect("transfer task");
+        assert_eq!(seen, libc::SCHED_IDLE);
+        assert_ne!(policy(), libc::SCHED_IDLE, "the caller keeps its policy");
     }
 
     async fn policies_of_idle_work(count: usize) -> Vec<i32> {

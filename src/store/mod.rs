@@ -22,6 +22,7 @@
 //! fsyncs the directory and only then records the object in the journal and the index.
 //! Dropped without `finish`, it removes its temp file.
 
+pub mod buffers;
 mod folios;
 mod index;
 pub mod journal;

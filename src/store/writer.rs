@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::buffers::{BufferPool, PooledBuffer};
 use super::{ObjectMeta, StoreError, Stores, hex, unix_now};
 use crate::durable::fsync_dir;
 
@@ -29,11 +30,15 @@ struct Sink {
     direct: Option<DirectBuffer>,
 }
 
+/// Direct sinks' buffers, reused from one object to the next (see [`BufferPool`]): as many
+/// as transfers usually run at once.
+static DIRECT_BUFFERS: BufferPool = BufferPool::new(DIRECT_CHUNK + DIRECT_ALIGN, 32);
+
 /// The aligned buffer of a direct sink.
 #[derive(Debug)]
 struct DirectBuffer {
     /// Over-allocated by [`DIRECT_ALIGN`]; the chunk starts at `start`, aligned.
-    buffer: Vec<u8>,
+    buffer: PooledBuffer,
     start: usize,
     /// Bytes of the chunk filled.
     filled: usize,
@@ -43,7 +48,12 @@ struct DirectBuffer {
 
 impl DirectBuffer {
     fn new(position: u64) -> DirectBuffer {
-        let buffer = vec![0u8; DIRECT_CHUNK + DIRECT_ALIGN];
+        let mut buffer = DIRECT_BUFFERS.take();
+        // Sized once per allocation; a reused buffer keeps its length and old bytes, of
+        // which only those written since are ever read.
+        if buffer.len() < DIRECT_CHUNK + DIRECT_ALIGN {
+            buffer.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
+        }
         let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
         DirectBuffer {
             buffer,
@@ -185,6 +195,8 @@ pub struct ObjectWriter {
     expected_sha256: [u8; 32],
     /// Set by [`ObjectWriter::checkpoint`]: the temp file stays for a later resume.
     keep_temp: bool,
+    /// Set by [`ObjectWriter::seal`]: verified and durable, ready to publish.
+    sealed: bool,
 }
 
 impl ObjectWriter {
@@ -258,6 +270,7 @@ impl ObjectWriter {
             expected_size,
             expected_sha256,
             keep_temp: false,
+            sealed: false,
         }
     }
 
@@ -408,6 +421,26 @@ impl ObjectWriter {
 
     /// Verifies, makes durable, renames into place and publishes. See the type's docs.
     pub fn finish(mut self) -> Result<ObjectMeta, StoreError> {
+        self.seal()?;
+        let meta = ObjectMeta {
+            store: self.store,
+            size: self.written,
+            sha256: self.expected_sha256,
+            filled_at: unix_now(),
+        };
+        self.stores.publish(&self.path, &self.temp, meta)?;
+        Ok(meta)
+    }
+
+    /// The first half of [`finish`](ObjectWriter::finish), which takes no lock the store's
+    /// readers take, so it may run where CPU time is scarce (the fill's idle threads):
+    /// checks the size and sha256, writes what is gathered, fsyncs the file and makes the
+    /// object's directory. Once sealed, nothing more may be written; sealing again does
+    /// nothing.
+    pub fn seal(&mut self) -> Result<(), StoreError> {
+        if self.sealed {
+            return Ok(());
+        }
         if self.written != self.expected_size {
             return Err(StoreError::SizeMismatch {
                 path: self.path.clone(),
@@ -438,14 +471,8 @@ impl ObjectWriter {
             .unwrap_or_else(|| store.objects_dir());
         create_dirs_durably(&store.objects_dir(), &parent)
             .map_err(|err| store.io_error(format!("create {}", parent.display()), err))?;
-        let meta = ObjectMeta {
-            store: self.store,
-            size: self.written,
-            sha256: actual,
-            filled_at: unix_now(),
-        };
-        self.stores.publish(&self.path, &self.temp, meta)?;
-        Ok(meta)
+        self.sealed = true;
+        Ok(())
     }
 }
 
