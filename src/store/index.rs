@@ -227,6 +227,9 @@ impl Index {
                     scope.spawn(move || {
                         let mut losers = Vec::new();
                         for (shard, incoming) in chunk.iter_mut() {
+                            // Grown once for all that comes in, not once per other index.
+                            let more = incoming.iter().map(|(_, other)| other.table.len()).sum();
+                            shard.reserve(hasher, more);
                             for (store, other) in incoming.iter() {
                                 merge_shard(shard, hasher, *store, other, &mut losers);
                             }
@@ -248,7 +251,8 @@ impl Index {
     }
 }
 
-/// Merges `other` (entries of store `store`) into `shard`; see [`Index::merge`].
+/// Merges `other` (entries of store `store`) into `shard`, which has room for them; see
+/// [`Index::merge`].
 fn merge_shard(
     shard: &mut Shard,
     hasher: &Hasher,
@@ -256,25 +260,25 @@ fn merge_shard(
     other: &Shard,
     losers: &mut Vec<(usize, u64)>,
 ) {
-    shard.reserve(hasher, other.table.len());
-    for (path, meta) in other.iter() {
+    for (path, meta) in other.iter_bytes() {
         let meta = ObjectMeta { store, ..meta };
-        let hash = hasher.hash_one(path.as_bytes());
-        match shard.get(hash, path) {
+        let hash = hasher.hash_one(path);
+        let mut lost = None;
+        shard.insert_with(hasher, hash, path, |existing| match existing {
             Some(existing)
                 if (existing.filled_at, std::cmp::Reverse(existing.store))
                     >= (meta.filled_at, std::cmp::Reverse(store)) =>
             {
-                losers.push((store, meta.size));
+                lost = Some((store, meta.size));
+                None
             }
             Some(existing) => {
-                losers.push((existing.store, existing.size));
-                shard.insert(hasher, hash, path, meta);
+                lost = Some((existing.store, existing.size));
+                Some(meta)
             }
-            None => {
-                shard.insert(hasher, hash, path, meta);
-            }
-        }
+            None => Some(meta),
+        });
+        losers.extend(lost);
     }
 }
 
@@ -317,6 +321,8 @@ impl Shard {
             .map(|slot| self.entries[slot as usize].meta())
     }
 
+    /// Records `meta` for `path` (one probe of the table, found or not) and returns what it
+    /// replaces.
     fn insert(
         &mut self,
         hasher: &Hasher,
@@ -324,33 +330,64 @@ impl Shard {
         path: &str,
         meta: ObjectMeta,
     ) -> Option<ObjectMeta> {
-        if let Some(slot) = self.find(hash, path.as_bytes()) {
-            let entry = &mut self.entries[slot as usize];
-            let previous = entry.meta();
-            let range = entry.path_range();
-            *entry = Entry::new(range.start, range.len(), &meta);
-            self.total_size = self.total_size - previous.size + meta.size;
-            return Some(previous);
+        self.insert_with(hasher, hash, path.as_bytes(), |_| Some(meta))
+    }
+
+    /// Looks `path` up once and, with what it holds (if anything), asks `choose` what to
+    /// record: `Some` is stored (replacing), `None` leaves the shard as it was. Returns what
+    /// was there. The probe that finds nothing is the one the insert uses, so a replay or a
+    /// merge touches the table once per object.
+    fn insert_with(
+        &mut self,
+        hasher: &Hasher,
+        hash: u64,
+        path: &[u8],
+        choose: impl FnOnce(Option<ObjectMeta>) -> Option<ObjectMeta>,
+    ) -> Option<ObjectMeta> {
+        let Shard {
+            paths,
+            entries,
+            table,
+            free,
+            total_size,
+            ..
+        } = self;
+        let found = table.entry(
+            hash,
+            |&slot| &paths[entries[slot as usize].path_range()] == path,
+            |&slot| hasher.hash_one(&paths[entries[slot as usize].path_range()]),
+        );
+        match found {
+            hashbrown::hash_table::Entry::Occupied(occupied) => {
+                let entry = &mut entries[*occupied.get() as usize];
+                let previous = entry.meta();
+                if let Some(meta) = choose(Some(previous)) {
+                    let range = entry.path_range();
+                    *entry = Entry::new(range.start, range.len(), &meta);
+                    *total_size = *total_size - previous.size + meta.size;
+                }
+                Some(previous)
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let meta = choose(None)?;
+                *total_size += meta.size;
+                let start = paths.len();
+                paths.extend_from_slice(path);
+                let entry = Entry::new(start, path.len(), &meta);
+                let slot = match free.pop() {
+                    Some(slot) => {
+                        entries[slot as usize] = entry;
+                        slot
+                    }
+                    None => {
+                        entries.push(entry);
+                        (entries.len() - 1) as u32
+                    }
+                };
+                vacant.insert(slot);
+                None
+            }
         }
-        self.total_size += meta.size;
-        let start = self.paths.len();
-        self.paths.extend_from_slice(path.as_bytes());
-        let entry = Entry::new(start, path.len(), &meta);
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.entries[slot as usize] = entry;
-                slot
-            }
-            None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
-            }
-        };
-        let (paths, entries) = (&self.paths, &self.entries);
-        self.table.insert_unique(hash, slot, |&other| {
-            hasher.hash_one(&paths[entries[other as usize].path_range()])
-        });
-        None
     }
 
     fn remove(&mut self, hash: u64, path: &str) -> Option<ObjectMeta> {
@@ -397,6 +434,15 @@ impl Shard {
         {
             entry.packed = (entry.packed & !FREE) | store as u64;
         }
+    }
+
+    /// Every entry's path bytes and metadata, without checking the paths are UTF-8 (they
+    /// went in as `&str`).
+    fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], ObjectMeta)> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.store() != FREE)
+            .map(|entry| (self.path_of(entry), entry.meta()))
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, ObjectMeta)> {

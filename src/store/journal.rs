@@ -69,13 +69,20 @@ pub struct Replay {
 
 /// Reads a whole journal. A missing file is an empty index.
 pub fn replay(path: &Path) -> io::Result<Replay> {
+    replay_sized(path, 0)
+}
+
+/// Like [`replay`], with the index sized for at least `room_for_bytes` of journal: the
+/// store a box's other stores' indexes merge into is sized for all of them at once, so
+/// the merge neither regrows nor rehashes it.
+pub fn replay_sized(path: &Path, room_for_bytes: u64) -> io::Result<Replay> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Replay::default()),
         Err(err) => return Err(err),
     };
     let size = file.metadata()?.len();
-    replay_from(file, size).map_err(|err| match err {
+    replay_from(file, size, size.max(room_for_bytes)).map_err(|err| match err {
         ReplayError::Io(err) => err,
         ReplayError::Format(message) => io::Error::new(
             io::ErrorKind::InvalidData,
@@ -86,7 +93,7 @@ pub fn replay(path: &Path) -> io::Result<Replay> {
 
 /// Replays journal bytes; pure, so it is tested without a disk.
 pub fn replay_bytes(bytes: &[u8]) -> Result<Replay, String> {
-    replay_from(bytes, bytes.len() as u64).map_err(|err| match err {
+    replay_from(bytes, bytes.len() as u64, bytes.len() as u64).map_err(|err| match err {
         ReplayError::Io(err) => err.to_string(),
         ReplayError::Format(message) => message,
     })
@@ -164,15 +171,16 @@ struct Scan {
     records: u64,
 }
 
-/// Replays a journal read a chunk at a time (`size` sizes the index): one thread reads,
-/// checks and decodes records while this one puts them in the index, in journal order.
-fn replay_from(input: impl Read + Send, size: u64) -> Result<Replay, ReplayError> {
+/// Replays a journal of `size` bytes read a chunk at a time, into an index sized for
+/// `room_for` bytes of journal: one thread reads, checks and decodes records while this
+/// one puts them in the index, in journal order.
+fn replay_from(input: impl Read + Send, size: u64, room_for: u64) -> Result<Replay, ReplayError> {
     let (batches, received) = std::sync::mpsc::sync_channel::<Batch>(4);
     std::thread::scope(|scope| {
         let decoding = scope.spawn(move || decode_all(input, size, &batches));
         // A put record is 59 bytes and its path (about 30 to 60 bytes here): size the index
         // once, generously (capacity never written to costs address space, not memory).
-        let estimate = usize::try_from(size).unwrap_or(usize::MAX);
+        let estimate = usize::try_from(room_for).unwrap_or(usize::MAX);
         let mut entries = None;
         for batch in received {
             let index =

@@ -429,6 +429,24 @@ impl Stores {
                 std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone())
             })
             .collect();
+        // The store with the largest journal is sized for every store's objects: the others
+        // merge into the largest index, which then neither regrows nor rehashes.
+        let journal_sizes: Vec<u64> = configs
+            .iter()
+            .map(|config| {
+                std::fs::metadata(blank_store(config).journal_path()).map_or(0, |meta| meta.len())
+            })
+            .collect();
+        let sized_for_all = (0..journal_sizes.len())
+            .rev()
+            .max_by_key(|&number| journal_sizes[number]);
+        let room_for = |number: usize| {
+            if Some(number) == sized_for_all {
+                journal_sizes.iter().sum()
+            } else {
+                0
+            }
+        };
         let opened: Vec<Opened> = std::thread::scope(|scope| {
             let replays: Vec<_> = configs
                 .iter()
@@ -449,7 +467,10 @@ impl Stores {
                             first,
                             configs[first].path.display()
                         )),
-                        None => Ok(scope.spawn(move || open_store(config))),
+                        None => {
+                            let room = room_for(number);
+                            Ok(scope.spawn(move || open_store(config, room)))
+                        }
                     }
                 })
                 .collect();
@@ -478,7 +499,7 @@ impl Stores {
                 entries
             })
             .collect();
-        let (index, not_compact) = merge_indexes(indexes, &stores);
+        let (index, not_compact) = merge_indexes(indexes, &stores, sized_for_all);
         tracing::info!(
             stores = stores.len(),
             objects = index.len(),
@@ -1166,9 +1187,11 @@ impl Stores {
 }
 
 /// Opens (or initialises) one store directory; failures become a failed store, not an error.
-fn open_store(config: &StoreConfig) -> Opened {
+/// Opens one store and replays its journal into an index sized for `room_for_bytes` of
+/// journal (at least its own).
+fn open_store(config: &StoreConfig, room_for_bytes: u64) -> Opened {
     let mut store = blank_store(config);
-    match initialise(&store) {
+    match initialise(&store, room_for_bytes) {
         Ok((id, replay, lock)) => {
             store._lock = Some(lock);
             if replay.torn_tail {
@@ -1196,18 +1219,26 @@ fn open_store(config: &StoreConfig) -> Opened {
 }
 
 /// Merges the stores' indexes (in configuration order, their entries' store still 0) into
-/// one with the store numbers set. The largest is taken whole, so a box with one store
-/// merges nothing; the others' are merged into it shard by shard, on a thread per core. A
+/// one with the store numbers set. The one sized for all of them (else the largest) is
+/// taken whole, so a box with one store merges nothing; the others' are merged into it
+/// shard by shard, on a thread per core. A
 /// path on two stores (a move cut short): the newer copy wins, the earlier store on a tie,
 /// the other is taken off its store's counters, and that store's journal is returned as
 /// having something to compact.
-fn merge_indexes(mut indexes: Vec<Index>, stores: &[Store]) -> (Index, Vec<usize>) {
-    // The first of the largest: with every store empty, store 0 (a store numbered past what
-    // the index can name has failed and holds nothing).
-    let Some(largest) = (0..indexes.len())
-        .rev()
-        .max_by_key(|&number| indexes[number].len())
-    else {
+fn merge_indexes(
+    mut indexes: Vec<Index>,
+    stores: &[Store],
+    sized_for_all: Option<usize>,
+) -> (Index, Vec<usize>) {
+    // The one sized for all (the largest journal), unless it holds nothing; otherwise the
+    // first of the largest: with every store empty, store 0 (a store numbered past what the
+    // index can name has failed and holds nothing).
+    let sized = sized_for_all.filter(|&number| !indexes[number].is_empty());
+    let Some(largest) = sized.or_else(|| {
+        (0..indexes.len())
+            .rev()
+            .max_by_key(|&number| indexes[number].len())
+    }) else {
         return (Index::default(), Vec::new());
     };
     let mut merged = std::mem::take(&mut indexes[largest]);
@@ -1274,7 +1305,7 @@ fn blank_store(config: &StoreConfig) -> Store {
 }
 
 /// Creates the layout if missing, reads the store id and replays the journal.
-fn initialise(store: &Store) -> io::Result<(String, journal::Replay, File)> {
+fn initialise(store: &Store, room_for_bytes: u64) -> io::Result<(String, journal::Replay, File)> {
     std::fs::create_dir_all(&store.root).map_err(|err| annotate(err, "create", &store.root))?;
     let mut created = false;
     for dir in [
@@ -1303,7 +1334,7 @@ fn initialise(store: &Store) -> io::Result<(String, journal::Replay, File)> {
         }
         Err(err) => return Err(annotate(err, "read", &id_path)),
     };
-    let replay = journal::replay(&store.journal_path())?;
+    let replay = journal::replay_sized(&store.journal_path(), room_for_bytes)?;
     if replay.corrupt_regions > 0 {
         tracing::warn!(store = %store.config_path.display(), regions = replay.corrupt_regions, "index journal has damaged records; they were skipped (their objects are fetched again by the next fill) and the next compaction rewrites it");
     }
