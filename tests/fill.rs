@@ -1103,3 +1103,43 @@ async fn objects_replaced_while_viewers_ask_are_never_a_404_nor_bytes_under_anot
         PASSES * PATHS
     );
 }
+
+/// A publish is asked for from the background runtime, not from the idle thread that
+/// sealed the object: a blocking thread tokio starts inherits the policy of the thread that
+/// starts it, and a background blocking thread under SCHED_IDLE would then run every later
+/// publish, delete and plan (which take the index's lock viewers read under) on idle time.
+/// Found by review: 5 of 8 background blocking tasks ran under SCHED_IDLE after a fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_blocking_threads_never_inherit_the_fills_idle_policy() {
+    let origin = Origin::start().await;
+    let objects: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|number| (format!("t/seg_{number:05}.ts"), pattern(1000 + number * 37)))
+        .collect();
+    origin.put_all(&objects);
+    let fill = fill_box(1, "concurrency = 16\n").await;
+    push(
+        &fill.daemon,
+        Some(&fill.token),
+        &manifest_json("n1", &origin.base_url(), &objects),
+    )
+    .await;
+    run_fill(&fill.daemon, "n1").await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::task::spawn_blocking(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is this thread.
+                unsafe { libc::sched_getscheduler(0) }
+            })
+        })
+        .collect();
+    let mut policies = Vec::new();
+    for task in tasks {
+        policies.push(task.await.expect("blocking task"));
+    }
+    fill.daemon.shutdown().await;
+    assert!(
+        !policies.contains(&libc::SCHED_IDLE),
+        "background blocking tasks under SCHED_IDLE after a fill: {policies:?}"
+    );
+}

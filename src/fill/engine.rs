@@ -641,7 +641,13 @@ impl Engine {
         let mut stored = 0u64;
         let mut winding_down: Option<(tokio::time::Instant, PassEnd)> = None;
         let mut cancelled = false;
+        // Lifted out of SCHED_IDLE once the pass winds down, so the transfers see the
+        // cancel and checkpoint in good time on a busy box (see `idle::hurry`).
+        let mut hurried: Option<super::idle::Hurry> = None;
         loop {
+            if winding_down.is_some() && hurried.is_none() {
+                hurried = Some(super::idle::hurry());
+            }
             // Looked at before any transfer starts, not only when the select below gets to
             // it: once the window has ended (or a manifest arrived, or a stop) no new
             // transfer starts, even if finishing ones keep the select busy.
@@ -786,6 +792,9 @@ impl Engine {
             None if queue.is_empty() && waiting.is_empty() => PassEnd::Done,
             None => PassEnd::Paused,
         };
+        if let (Some(hurried), PassEnd::Stopped) = (hurried, &end) {
+            hurried.for_good();
+        }
         (end, stored)
     }
 
@@ -1349,6 +1358,13 @@ async fn attempt_object(
         };
         match chunk {
             Ok(Some(data)) => {
+                // Written before a chunk that would not fit: a batch that grew past its
+                // capacity would be reallocated (a copy, fresh pages) and kept at twice it.
+                if !batch.is_empty() && batch.len() + data.len() > WRITE_BATCH {
+                    writer = flush(writer, &mut batch)
+                        .await
+                        .map_err(|end| (end, counted))?;
+                }
                 batch.extend_from_slice(&data);
                 // `fill.max_rate`'s pacing can be long at a low cap: it ends at cancellation
                 // too, keeping the bytes already received.
@@ -1463,7 +1479,16 @@ async fn finish(
     let store = writer.store();
     let sealed = super::idle::run(move || writer.seal().map(|()| writer)).await;
     let published = match sealed {
-        Ok(Ok(writer)) => background.spawn_blocking(move || writer.finish()).await,
+        // Asked for from a background worker, not from this idle thread: a blocking thread
+        // the pool starts inherits the policy of the thread that starts it, and would
+        // serve every later background job (publishes, deletes, the plan) under SCHED_IDLE.
+        Ok(Ok(writer)) => match background
+            .spawn(async move { tokio::task::spawn_blocking(move || writer.finish()).await })
+            .await
+        {
+            Ok(published) => published,
+            Err(err) => Err(err),
+        },
         Ok(Err(err)) => Ok(Err(err)),
         Err(err) => Err(err),
     };

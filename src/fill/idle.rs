@@ -12,7 +12,8 @@
 //! checks in milliseconds, writes every log line, and never has a viewer wait for a lock an
 //! idle thread holds.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Runs `work` on a thread of the fill's idle pool (or on the caller's runtime's blocking
 /// pool, where that pool cannot be made) and waits for it.
@@ -35,7 +36,8 @@ fn pool() -> Option<&'static tokio::runtime::Handle> {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tidecache-fill-idle")
-            .on_thread_start(run_when_idle)
+            .on_thread_start(joined)
+            .on_thread_stop(left)
             .build()
             .ok()
     })
@@ -52,7 +54,8 @@ pub fn transfers() -> Option<&'static tokio::runtime::Handle> {
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .thread_name("tidecache-fill-net")
-                .on_thread_start(run_when_idle)
+                .on_thread_start(joined)
+                .on_thread_stop(left)
                 .enable_all()
                 .build()
                 .ok()
@@ -61,13 +64,105 @@ pub fn transfers() -> Option<&'static tokio::runtime::Handle> {
         .map(tokio::runtime::Runtime::handle)
 }
 
-/// Puts the calling thread under `SCHED_IDLE`. Best effort: where it is refused, the thread
-/// keeps the priority it was created with (the background runtime's nice +10).
-fn run_when_idle() {
+/// The idle threads (both runtimes' workers and blocking threads), by thread id, so a
+/// wind-down can lift them all.
+static THREADS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+/// Winding-down fill passes (see [`hurry`]); while any is, the idle threads are not idle.
+static HURRYING: AtomicUsize = AtomicUsize::new(0);
+
+/// A new idle thread: listed, and put under the policy of the moment.
+fn joined() {
+    let tid = current_thread();
+    let mut threads = THREADS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    threads.push(tid);
+    set_policy(tid, HURRYING.load(Ordering::SeqCst) == 0);
+}
+
+/// The calling thread's id.
+fn current_thread() -> libc::pid_t {
+    // SAFETY: `gettid` takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// An idle thread that ends.
+fn left() {
+    let tid = current_thread();
+    let mut threads = THREADS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    threads.retain(|&listed| listed != tid);
+}
+
+/// While the returned guard lives, the idle threads run as the background runtime does
+/// (`SCHED_OTHER` at its nice) instead of under `SCHED_IDLE`.
+///
+/// A fill pass that winds down (its window ended, a new manifest, a stop) needs its
+/// transfers to see the cancel, write what they hold and checkpoint it. Under `SCHED_IDLE`
+/// on a box whose viewers use every core, that took the whole shutdown timeout and lost the
+/// checkpoints; lifted, it takes what it took at nice +10. Leaving `SCHED_IDLE` needs
+/// `RLIMIT_NICE` of at least 20 minus the threads' nice (the systemd unit's
+/// `LimitNICE=+10`) or `CAP_SYS_NICE`; without either the threads stay idle, and the log
+/// says so once.
+pub fn hurry() -> Hurry {
+    if HURRYING.fetch_add(1, Ordering::SeqCst) == 0 {
+        set_all(false);
+    }
+    Hurry(())
+}
+
+/// See [`hurry`]. Dropped, the idle threads go back under `SCHED_IDLE` once no pass winds
+/// down; [`Hurry::for_good`] keeps them lifted (a stop: the process ends soon, and exiting
+/// threads that wait for idle CPU time would hold its exit up).
+#[derive(Debug)]
+pub struct Hurry(());
+
+impl Hurry {
+    /// Keeps the idle threads lifted for the rest of the process's life.
+    pub fn for_good(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Hurry {
+    fn drop(&mut self) {
+        if HURRYING.fetch_sub(1, Ordering::SeqCst) == 1 {
+            set_all(true);
+        }
+    }
+}
+
+fn set_all(idle: bool) {
+    let threads = THREADS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for &tid in threads.iter() {
+        set_policy(tid, idle);
+    }
+}
+
+/// Puts thread `tid` under `SCHED_IDLE` (`idle`) or back under `SCHED_OTHER` at the nice
+/// it was created with (the background runtime's nice +10). Best effort: where it is
+/// refused, the thread keeps its policy.
+fn set_policy(tid: libc::pid_t, idle: bool) {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `sched_setscheduler` reads the `sched_param` behind the pointer, which is a
-    // valid, initialised local for the length of the call; pid 0 is the calling thread.
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    // valid, initialised local for the length of the call; `tid` names a thread of this
+    // process (listed while it runs), and a stale one is refused with ESRCH.
+    let refused = unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0;
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if refused && !idle && !SAID.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            error = %std::io::Error::last_os_error(),
+            "the fill's idle threads cannot be lifted out of SCHED_IDLE to wind a pass down (allow it with LimitNICE=+10 or CAP_SYS_NICE); a wind-down on a busy box may take up to the shutdown timeout"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +204,25 @@ mod tests {
             .expect("transfer task");
         assert_eq!(seen, libc::SCHED_IDLE);
         assert_ne!(policy(), libc::SCHED_IDLE, "the caller keeps its policy");
+    }
+
+    #[tokio::test]
+    async fn a_wind_down_lifts_the_idle_threads_and_its_end_puts_them_back() {
+        let runtime = transfers().expect("the transfers' runtime");
+        let policy_there = || async {
+            runtime
+                .spawn(async { policy() })
+                .await
+                .expect("transfer task")
+        };
+        let hurried = hurry();
+        assert_eq!(policy_there().await, libc::SCHED_OTHER);
+        assert_eq!(run(policy).await.expect("idle work"), libc::SCHED_OTHER);
+        drop(hurried);
+        // Other tests of this binary may be winding a pass down meanwhile.
+        if HURRYING.load(Ordering::SeqCst) == 0 {
+            assert_eq!(policy_there().await, libc::SCHED_IDLE);
+        }
     }
 
     async fn policies_of_idle_work(count: usize) -> Vec<i32> {
