@@ -1358,14 +1358,21 @@ async fn attempt_object(
         };
         match chunk {
             Ok(Some(data)) => {
-                // Written before a chunk that would not fit: a batch that grew past its
-                // capacity would be reallocated (a copy, fresh pages) and kept at twice it.
-                if !batch.is_empty() && batch.len() + data.len() > WRITE_BATCH {
+                // A chunk that would take the batch past its capacity fills it to exactly
+                // WRITE_BATCH, which is written, and the rest starts the next: a batch that
+                // outgrew its capacity would be reallocated (a copy, fresh pages) and kept
+                // at twice it, and written in whole megabytes the direct writer sends each
+                // to disk as it comes (so a kill loses at most the last one).
+                let mut rest: &[u8] = &data;
+                while batch.len() + rest.len() > WRITE_BATCH {
+                    let (filling, after) = rest.split_at(WRITE_BATCH - batch.len());
+                    batch.extend_from_slice(filling);
+                    rest = after;
                     writer = flush(writer, &mut batch)
                         .await
                         .map_err(|end| (end, counted))?;
                 }
-                batch.extend_from_slice(&data);
+                batch.extend_from_slice(rest);
                 // `fill.max_rate`'s pacing can be long at a low cap: it ends at cancellation
                 // too, keeping the bytes already received.
                 // `fill.max_rate` caps what crosses the transit: peers are on the site's LAN.

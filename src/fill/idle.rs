@@ -107,7 +107,7 @@ fn left() {
 /// says so once.
 pub fn hurry() -> Hurry {
     if HURRYING.fetch_add(1, Ordering::SeqCst) == 0 {
-        set_all(false);
+        apply_to_all();
     }
     Hurry(())
 }
@@ -128,15 +128,18 @@ impl Hurry {
 impl Drop for Hurry {
     fn drop(&mut self) {
         if HURRYING.fetch_sub(1, Ordering::SeqCst) == 1 {
-            set_all(true);
+            apply_to_all();
         }
     }
 }
 
-fn set_all(idle: bool) {
+/// Puts every idle thread under the policy of the moment, read under the list's lock: of a
+/// lift and a return racing (two passes in one process), the later one decides.
+fn apply_to_all() {
     let threads = THREADS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let idle = HURRYING.load(Ordering::SeqCst) == 0;
     for &tid in threads.iter() {
         set_policy(tid, idle);
     }
