@@ -429,11 +429,19 @@ impl Stores {
                 std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone())
             })
             .collect();
-        // The store with the largest journal is sized for every store's objects: the others
-        // merge into the largest index, which then neither regrows nor rehashes.
+        // The store with the largest journal is sized for every store's objects, and the
+        // others merge into its index, which then neither regrows nor rehashes.
+        // A store that fails below (numbered past what the index can name, or a directory
+        // named twice) counts for nothing.
         let journal_sizes: Vec<u64> = configs
             .iter()
-            .map(|config| {
+            .enumerate()
+            .map(|(number, config)| {
+                let usable = number < MAX_STORES - 1
+                    && !directories[..number].contains(&directories[number]);
+                if !usable {
+                    return 0;
+                }
                 std::fs::metadata(blank_store(config).journal_path()).map_or(0, |meta| meta.len())
             })
             .collect();
@@ -1186,9 +1194,9 @@ impl Stores {
     }
 }
 
-/// Opens (or initialises) one store directory; failures become a failed store, not an error.
-/// Opens one store and replays its journal into an index sized for `room_for_bytes` of
-/// journal (at least its own).
+/// Opens (or initialises) one store directory and replays its journal into an index sized
+/// for `room_for_bytes` of journal (at least its own); failures become a failed store, not
+/// an error.
 fn open_store(config: &StoreConfig, room_for_bytes: u64) -> Opened {
     let mut store = blank_store(config);
     match initialise(&store, room_for_bytes) {
@@ -1482,5 +1490,157 @@ mod tests {
             "x and z"
         );
         assert!(stores.lookup("y.ts").is_some() && stores.lookup("z.ts").is_some());
+    }
+
+    /// Written by a review of the merge into the store sized for all: five stores with
+    /// duplicates across them (many ties), the largest journal on a store with few entries,
+    /// a store without a journal and one naming another's directory (failed); every lookup
+    /// and every store's counters agree with a model.
+    #[test]
+    fn a_box_of_stores_with_duplicates_churn_and_a_failed_store_loads_as_the_model_says() {
+        use std::collections::HashMap;
+        let dir = tempfile::tempdir().unwrap();
+        // store 0: small, store 1: huge journal of removes (sized store, few entries),
+        // store 2: most entries, store 3: missing journal, store 4: same dir as 2 (failed).
+        let mut lists: Vec<Vec<Record>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut model: HashMap<String, (usize, u64, i64)> = HashMap::new();
+        let mut state: u64 = 99;
+        for n in 0..3000u64 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let path = format!("t{}/seg_{n:05}.m4s", n % 17);
+            for (s, list) in lists.iter_mut().enumerate() {
+                if (state >> (20 + s)) & 1 == 0 {
+                    continue;
+                }
+                // Four fill times: many ties.
+                let at = ((state >> (30 + 3 * s)) % 4) as i64;
+                let size = n * 10 + s as u64 + 1;
+                list.push(Record::Put(path.clone(), meta(size, at)));
+                let keep = model.get(&path).is_some_and(|&(ks, _, kat)| {
+                    (kat, std::cmp::Reverse(ks)) >= (at, std::cmp::Reverse(s))
+                });
+                if !keep {
+                    model.insert(path.clone(), (s, size, at));
+                }
+            }
+        }
+        // Churn on store 1: many other paths put and removed, the largest journal.
+        for n in 0..20000u64 {
+            let p = format!("churn/long/path/to/make/the/journal/large/{n:06}.m4s");
+            lists[1].push(Record::Put(p.clone(), meta(7, 1)));
+            lists[1].push(Record::Remove(p));
+        }
+        let mut configs = Vec::new();
+        for (s, records) in lists.iter().enumerate() {
+            let d = dir.path().join(format!("s{s}"));
+            std::fs::create_dir_all(d.join("index")).unwrap();
+            let mut journal = JournalWriter::open(&d.join("index/journal"), 0).unwrap();
+            journal.append(records).unwrap();
+            configs.push(StoreConfig {
+                path: d,
+                capacity: Some(ByteSize(1 << 40)),
+            });
+        }
+        configs.push(StoreConfig {
+            path: dir.path().join("s3"),
+            capacity: Some(ByteSize(1 << 40)),
+        });
+        configs.push(StoreConfig {
+            path: dir.path().join("s2"),
+            capacity: Some(ByteSize(1 << 40)),
+        });
+        let stores = Stores::load(&configs);
+        assert_eq!(stores.object_count(), model.len());
+        let mut objects = [0u64; 5];
+        let mut bytes = [0u64; 5];
+        for (path, &(s, size, at)) in &model {
+            let got = stores.lookup(path).unwrap();
+            assert_eq!(
+                (got.store, got.size, got.filled_at),
+                (s, size, at),
+                "{path}"
+            );
+            objects[s] += 1;
+            bytes[s] += size;
+        }
+        let status = stores.status();
+        for s in 0..5 {
+            assert_eq!(
+                (status[s].objects, status[s].bytes_used),
+                (objects[s], bytes[s]),
+                "store {s}"
+            );
+        }
+        let total: u64 = bytes.iter().sum();
+        assert_eq!(stores.index.read().unwrap().total_size(), total);
+    }
+
+    /// The store sized for all is the last one and holds duplicates (a tie, an older copy),
+    /// or holds nothing live (the merge then goes into the largest index).
+    #[test]
+    fn the_store_sized_for_all_may_be_the_last_or_hold_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |name: &str, records: Vec<Record>| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(d.join("index")).unwrap();
+            let mut journal = JournalWriter::open(&d.join("index/journal"), 0).unwrap();
+            journal.append(&records).unwrap();
+            StoreConfig {
+                path: d,
+                capacity: Some(ByteSize(1 << 40)),
+            }
+        };
+        let churn = |keep: bool| {
+            let mut r = Vec::new();
+            for n in 0..5000 {
+                let p = format!("churn/{n:06}/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.m4s");
+                r.push(Record::Put(p.clone(), meta(1, 1)));
+                r.push(Record::Remove(p));
+            }
+            if keep {
+                r.push(Record::Put("tie.ts".into(), meta(30, 5)));
+                r.push(Record::Put("old.ts".into(), meta(31, 1)));
+            }
+            r
+        };
+        for keep in [true, false] {
+            let configs = vec![
+                mk(
+                    &format!("a{keep}"),
+                    vec![
+                        Record::Put("tie.ts".into(), meta(10, 5)),
+                        Record::Put("old.ts".into(), meta(11, 2)),
+                    ],
+                ),
+                mk(
+                    &format!("b{keep}"),
+                    vec![
+                        Record::Put("tie.ts".into(), meta(20, 5)),
+                        Record::Put("old.ts".into(), meta(21, 3)),
+                        Record::Put("b.ts".into(), meta(22, 3)),
+                    ],
+                ),
+                mk(&format!("c{keep}"), churn(keep)),
+            ];
+            let stores = Stores::load(&configs);
+            let tie = stores.lookup("tie.ts").unwrap();
+            assert_eq!((tie.store, tie.size), (0, 10));
+            let old = stores.lookup("old.ts").unwrap();
+            assert_eq!((old.store, old.size), (1, 21));
+            let st = stores.status();
+            assert_eq!((st[0].objects, st[0].bytes_used), (1, 10), "{keep}");
+            assert_eq!((st[1].objects, st[1].bytes_used), (2, 43), "{keep}");
+            assert_eq!((st[2].objects, st[2].bytes_used), (0, 0), "{keep}");
+            assert_eq!(stores.object_count(), 3);
+            for n in [0, 1] {
+                assert!(
+                    !stores.stores[n].journal.lock().unwrap().compact,
+                    "compact {n} {keep}"
+                );
+            }
+            assert!(!stores.stores[2].journal.lock().unwrap().compact);
+        }
     }
 }
