@@ -329,6 +329,13 @@ async fn hot_objects_are_served_from_ram_byte_identical_with_ranges() {
     daemon.shutdown().await;
 }
 
+/// Damages a stored file behind the daemon's back: one bit, at byte 12,345.
+fn flip_a_bit(file: &std::path::Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[12_345] ^= 0x10;
+    std::fs::write(file, bytes).unwrap();
+}
+
 #[tokio::test]
 async fn a_flipped_bit_found_by_the_first_check_takes_the_object_out_of_service() {
     // Plain HTTP (sendfile) checks the file once; HTTP/2 loads it into RAM, checking it.
@@ -344,10 +351,7 @@ async fn a_flipped_bit_found_by_the_first_check_takes_the_object_out_of_service(
         ],
     );
     for name in ["flip.ts", "flip-h2.ts"] {
-        let file = test_box.store_path(0).join("objects").join(name);
-        let mut bytes = std::fs::read(&file).unwrap();
-        bytes[12_345] ^= 0x10;
-        std::fs::write(&file, bytes).unwrap();
+        flip_a_bit(&test_box.store_path(0).join("objects").join(name));
     }
     let daemon = start(&config).await;
     let addr = daemon.viewer_addrs[0];
@@ -465,10 +469,7 @@ async fn a_file_filled_again_with_the_same_bytes_is_checked_again() {
     .unwrap();
     writer.write(&data).unwrap();
     writer.finish().unwrap();
-    let file = test_box.store_path(0).join("objects/refill.ts");
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[12_345] ^= 0x10;
-    std::fs::write(&file, bytes).unwrap();
+    flip_a_bit(&test_box.store_path(0).join("objects/refill.ts"));
     let _first = get(addr, "/refill.ts").await;
     eventually(
         "the new file's flipped bit taken out of service",

@@ -15,45 +15,31 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Runs `work` on a thread of the fill's idle pool (or on the caller's runtime's blocking
-/// pool, where that pool cannot be made) and waits for it.
+/// Runs `work` on a blocking thread of the fill's runtime (under `SCHED_IDLE`, as its
+/// workers), or on the caller's runtime's blocking pool where that runtime cannot be made,
+/// and waits for it.
 pub async fn run<T, F>(work: F) -> Result<T, tokio::task::JoinError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    match pool() {
-        Some(pool) => pool.spawn_blocking(work).await,
+    match transfers() {
+        Some(runtime) => runtime.spawn_blocking(work).await,
         None => tokio::task::spawn_blocking(work).await,
     }
 }
 
-/// The idle pool: a runtime used only for its blocking threads, made once per process when
-/// the first object is written (every fill of every daemon in the process shares it).
-fn pool() -> Option<&'static tokio::runtime::Handle> {
-    static POOL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("tidecache-fill-idle")
-            .on_thread_start(joined)
-            .on_thread_stop(left)
-            .build()
-            .ok()
-    })
-    .as_ref()
-    .map(tokio::runtime::Runtime::handle)
-}
-
-/// The runtime the fill's transfers run on: its async workers receive what origins and
-/// peers send (the copy out of the socket, the pacing, the batching) under `SCHED_IDLE`
-/// too. `None` where it cannot be made: transfers then run on the caller's runtime.
+/// The runtime the fill's transfers run on, made once per process (every fill of every
+/// daemon in the process shares it): its async workers receive what origins and peers send
+/// (the copy out of the socket, the pacing, the batching) and its blocking threads write and
+/// hash ([`run`]), all under `SCHED_IDLE`. `None` where it cannot be made: transfers then run
+/// on the caller's runtime.
 pub fn transfers() -> Option<&'static tokio::runtime::Handle> {
     static TRANSFERS: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     TRANSFERS
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
-                .thread_name("tidecache-fill-net")
+                .thread_name("tidecache-fill")
                 .on_thread_start(joined)
                 .on_thread_stop(left)
                 .enable_all()
@@ -64,7 +50,7 @@ pub fn transfers() -> Option<&'static tokio::runtime::Handle> {
         .map(tokio::runtime::Runtime::handle)
 }
 
-/// The idle threads (both runtimes' workers and blocking threads), by thread id, so a
+/// The idle threads (the fill runtime's workers and blocking threads), by thread id, so a
 /// wind-down can lift them all.
 static THREADS: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 /// Winding-down fill passes (see [`hurry`]); while any is, the idle threads are not idle.
@@ -172,6 +158,10 @@ fn set_policy(tid: libc::pid_t, idle: bool) {
 mod tests {
     use super::*;
 
+    /// Held by each test here: a lift in one would show in the others' policies (no other
+    /// test of this binary runs a fill pass).
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// The calling thread's scheduling policy.
     fn policy() -> i32 {
         // SAFETY: `sched_getscheduler` takes no pointer; pid 0 is the calling thread.
@@ -180,6 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_work_runs_under_sched_idle_and_the_caller_does_not() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let before = policy();
         let seen = policies_of_idle_work(8).await;
         assert!(
@@ -192,6 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn transfers_run_under_sched_idle_with_io_and_timers() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let runtime = transfers().expect("the transfers' runtime");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -211,6 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wind_down_lifts_the_idle_threads_and_its_end_puts_them_back() {
+        let _alone = ONE_AT_A_TIME.lock().await;
         let runtime = transfers().expect("the transfers' runtime");
         let policy_there = || async {
             runtime
@@ -222,10 +215,8 @@ mod tests {
         assert_eq!(policy_there().await, libc::SCHED_OTHER);
         assert_eq!(run(policy).await.expect("idle work"), libc::SCHED_OTHER);
         drop(hurried);
-        // Other tests of this binary may be winding a pass down meanwhile.
-        if HURRYING.load(Ordering::SeqCst) == 0 {
-            assert_eq!(policy_there().await, libc::SCHED_IDLE);
-        }
+        assert_eq!(policy_there().await, libc::SCHED_IDLE);
+        assert_eq!(run(policy).await.expect("idle work"), libc::SCHED_IDLE);
     }
 
     async fn policies_of_idle_work(count: usize) -> Vec<i32> {

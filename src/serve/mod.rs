@@ -554,11 +554,12 @@ impl Viewer {
                 }
                 FileWork::Load => {
                     let checked = cache.is_checked(&path, &meta);
-                    if !checked {
-                        cache.count_check();
-                    }
                     let loaded = cache::load_verified(&file, &meta, checked);
                     let outcome = loaded.as_ref().map(|_| ()).map_err(|failure| *failure);
+                    // Counted as `checked` counts a check: hashed, so not a failed read.
+                    if !checked && outcome != Err(cache::LoadError::Read) {
+                        cache.count_check();
+                    }
                     cache.insert(&path, &meta, loaded.ok());
                     outcome
                 }

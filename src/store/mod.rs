@@ -429,56 +429,57 @@ impl Stores {
                 std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone())
             })
             .collect();
+        // Why a store cannot be opened at all, decided once: numbered past what the index
+        // can name, or a directory an earlier entry names.
+        let refused: Vec<Option<String>> = (0..configs.len())
+            .map(|number| {
+                if number >= MAX_STORES - 1 {
+                    return Some(format!(
+                        "more than {} stores are configured",
+                        MAX_STORES - 1
+                    ));
+                }
+                directories[..number]
+                    .iter()
+                    .position(|directory| directory == &directories[number])
+                    .map(|first| {
+                        format!(
+                            "the same directory as store {} ({})",
+                            first,
+                            configs[first].path.display()
+                        )
+                    })
+            })
+            .collect();
         // The store with the largest journal is sized for every store's objects, and the
-        // others merge into its index, which then neither regrows nor rehashes.
-        // A store that fails below (numbered past what the index can name, or a directory
-        // named twice) counts for nothing.
+        // others merge into its index, which then neither regrows nor rehashes. A refused
+        // store counts for nothing.
         let journal_sizes: Vec<u64> = configs
             .iter()
-            .enumerate()
-            .map(|(number, config)| {
-                let usable = number < MAX_STORES - 1
-                    && !directories[..number].contains(&directories[number]);
-                if !usable {
-                    return 0;
-                }
-                std::fs::metadata(blank_store(config).journal_path()).map_or(0, |meta| meta.len())
+            .zip(&refused)
+            .map(|(config, refused)| match refused {
+                Some(_) => 0,
+                None => std::fs::metadata(blank_store(config).journal_path())
+                    .map_or(0, |meta| meta.len()),
             })
             .collect();
         let sized_for_all = (0..journal_sizes.len())
             .rev()
             .max_by_key(|&number| journal_sizes[number]);
-        let room_for = |number: usize| {
-            if Some(number) == sized_for_all {
-                journal_sizes.iter().sum()
-            } else {
-                0
-            }
-        };
         let opened: Vec<Opened> = std::thread::scope(|scope| {
             let replays: Vec<_> = configs
                 .iter()
+                .zip(&refused)
                 .enumerate()
-                .map(|(number, config)| {
-                    if number >= MAX_STORES - 1 {
-                        return Err(format!(
-                            "more than {} stores are configured",
-                            MAX_STORES - 1
-                        ));
-                    }
-                    let earlier = directories[..number]
-                        .iter()
-                        .position(|directory| directory == &directories[number]);
-                    match earlier {
-                        Some(first) => Err(format!(
-                            "the same directory as store {} ({})",
-                            first,
-                            configs[first].path.display()
-                        )),
-                        None => {
-                            let room = room_for(number);
-                            Ok(scope.spawn(move || open_store(config, room)))
-                        }
+                .map(|(number, (config, refused))| match refused {
+                    Some(reason) => Err(reason.clone()),
+                    None => {
+                        let room = if Some(number) == sized_for_all {
+                            journal_sizes.iter().sum()
+                        } else {
+                            0
+                        };
+                        Ok(scope.spawn(move || open_store(config, room)))
                     }
                 })
                 .collect();
@@ -1229,10 +1230,9 @@ fn open_store(config: &StoreConfig, room_for_bytes: u64) -> Opened {
 /// Merges the stores' indexes (in configuration order, their entries' store still 0) into
 /// one with the store numbers set. The one sized for all of them (else the largest) is
 /// taken whole, so a box with one store merges nothing; the others' are merged into it
-/// shard by shard, on a thread per core. A
-/// path on two stores (a move cut short): the newer copy wins, the earlier store on a tie,
-/// the other is taken off its store's counters, and that store's journal is returned as
-/// having something to compact.
+/// shard by shard, on a thread per core. A path on two stores (a move cut short): the newer
+/// copy wins, the earlier store on a tie, the other is taken off its store's counters, and
+/// that store's journal is returned as having something to compact.
 fn merge_indexes(
     mut indexes: Vec<Index>,
     stores: &[Store],
