@@ -1555,7 +1555,7 @@ impl From<&StoreError> for Mismatch {
     }
 }
 
-/// Writes (and hashes) a batch on a thread of the fill's idle pool and hands the writer
+/// Writes (and hashes) a batch on one of the fill's idle threads and hands the writer
 /// back, with the batch emptied for the next bytes.
 async fn flush(writer: ObjectWriter, batch: &mut PooledBuffer) -> Result<ObjectWriter, AttemptEnd> {
     if batch.is_empty() {
