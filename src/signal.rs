@@ -36,13 +36,21 @@ pub struct Trigger<K> {
 #[derive(Debug)]
 pub struct Signal<K> {
     receiver: watch::Receiver<bool>,
+    /// Raised when this holder was made, or seen raised since: the value only ever goes from
+    /// false to true, so after that, any new version (or a dropped trigger) means raised,
+    /// and [`Signal::is_raised`] reads one atomic instead of locking the value (it is asked
+    /// on every request).
+    seen_raised: bool,
     kind: PhantomData<fn() -> K>,
 }
 
 impl<K> Clone for Signal<K> {
     fn clone(&self) -> Self {
+        let receiver = self.receiver.clone();
+        let seen_raised = *receiver.borrow();
         Signal {
-            receiver: self.receiver.clone(),
+            seen_raised,
+            receiver,
             kind: PhantomData,
         }
     }
@@ -58,6 +66,7 @@ pub fn channel<K>() -> (Trigger<K>, Signal<K>) {
         },
         Signal {
             receiver,
+            seen_raised: false,
             kind: PhantomData,
         },
     )
@@ -75,12 +84,15 @@ impl<K> Signal<K> {
     /// decide, every holder winds down rather than wait forever (as with mini-redis's
     /// closed broadcast channel).
     pub fn is_raised(&self) -> bool {
-        *self.receiver.borrow() || self.receiver.has_changed().is_err()
+        // Only `raised` marks a version seen, and it records that it saw the raise; so a
+        // version this holder has not seen is the raise.
+        self.seen_raised || !matches!(self.receiver.has_changed(), Ok(false))
     }
 
     /// Resolves once the signal is raised or its trigger dropped (at once if it already is).
     pub async fn raised(&mut self) {
         let _ = self.receiver.wait_for(|raised| *raised).await;
+        self.seen_raised = true;
     }
 }
 
@@ -94,9 +106,23 @@ mod tests {
         assert!(!early.is_raised());
         trigger.raise();
         early.raised().await;
+        assert!(early.is_raised(), "still raised once waited for");
         let mut late = early.clone();
         assert!(late.is_raised());
         late.raised().await;
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_before_the_raise_does_not_hide_it() {
+        let (trigger, mut signal) = channel::<Stop>();
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(10), signal.raised());
+        assert!(gave_up.await.is_err());
+        assert!(!signal.is_raised());
+        trigger.raise();
+        assert!(signal.is_raised());
+        trigger.raise();
+        assert!(signal.is_raised(), "raised twice is still raised");
+        assert!(signal.clone().is_raised());
     }
 
     #[tokio::test]

@@ -12,14 +12,14 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use http::{Method, Request, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::ConnectionLimits;
+use crate::serve::answer::Answer;
 use crate::serve::body::{BodyPart, EndReport};
-use crate::serve::handler::PeerAddr;
+use crate::serve::request::{self, RequestHead};
 use crate::serve::{Sender, Viewer};
 use crate::signal::Shutdown;
 
@@ -55,7 +55,11 @@ pub async fn serve(
     // every connection of every worker for the stop signal, a timer-wheel entry).
     let mut stopping = shutdown.clone();
     let mut stopped = std::pin::pin!(stopping.raised());
-    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+    // Armed for the first head's deadline (from the accept, give or take): a timer that
+    // would fire later than a head's deadline is moved, one that fires sooner is not.
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(
+        Instant::now() + limits.header_timeout
+    ));
     let mut waits = HeadWaits {
         shutdown,
         stopped: stopped.as_mut(),
@@ -92,16 +96,19 @@ pub async fn serve(
             }
         };
         awaiting = Awaiting::NextRequest;
-        // The request's URI and header values are slices of this head, not copies of it.
-        let request_head = buffer.split_to(head_len).freeze();
-        let Some((request, keep_alive)) = parse(&request_head, peer, viewer.logs_access()) else {
-            let mut buffered = BytesMut::from(&request_head[..]);
-            buffered.extend_from_slice(&buffer);
-            return FastPathEnd::HandOver { buffered, stream };
+        // The request's path and header values are slices of the head in `buffer`, which
+        // moves past it once the answer is written.
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let peer = viewer.logs_access().then_some(peer);
+        let Some((request, keep_alive)) = parse(&buffer[..head_len], &mut headers, peer) else {
+            return FastPathEnd::HandOver {
+                buffered: buffer,
+                stream,
+            };
         };
         let keep_alive = keep_alive && !waits.shutdown.is_raised();
-        let response = viewer.answer(&request, Sender::Sendfile);
-        let (parts, end_report) = encode_head(response, keep_alive, &mut head);
+        let answer = viewer.answer(&request, Sender::Sendfile);
+        let (parts, end_report) = encode_head(answer, keep_alive, &mut head);
         // Reports what the socket took of the body when the answer is over: sent whole, cut
         // by an error, or dropped with this task at the shutdown timeout.
         let mut sent = SentBody {
@@ -126,11 +133,12 @@ pub async fn serve(
                     // The file ended before its indexed size: changed behind our back while
                     // open. This answer is cut (the client sees the short body); the next
                     // is a miss and the next fill fetches the object again.
-                    viewer.report_short_file(request.uri().path(), header_value(&head, b"etag"));
+                    viewer.report_short_file(request.path(), header_value(&head, b"etag"));
                 }
                 return FastPathEnd::Closed;
             }
         }
+        buffer.advance(head_len);
         if !keep_alive {
             let _ = stream.shutdown().await;
             return FastPathEnd::Closed;
@@ -206,12 +214,14 @@ async fn read_head<S: std::future::Future<Output = ()>>(
     limits: ConnectionLimits,
 ) -> Result<Option<usize>, HeadTrouble> {
     let first = awaiting == Awaiting::FirstRequest;
-    let deadline = if buffer.is_empty() && !first {
-        Instant::now() + limits.idle_timeout
+    let mut timeout = if buffer.is_empty() && !first {
+        limits.idle_timeout
     } else {
-        Instant::now() + limits.header_timeout
+        limits.header_timeout
     };
-    waits.timer.as_mut().reset(deadline);
+    // Worked out at the first wait, from the clock then: a head already whole in the
+    // buffer (pipelining) reads no clock, and one that arrives whole reads it once.
+    let mut head_deadline: Option<Instant> = None;
     let mut head_started = !buffer.is_empty() || first;
     // Reads made for this head. The timer is polled only when a read would wait, so a
     // client that keeps the socket full (blank lines after a request never grow the buffer
@@ -261,17 +271,31 @@ async fn read_head<S: std::future::Future<Output = ()>>(
         if waits.shutdown.is_raised() && buffer.is_empty() {
             return Ok(None);
         }
-        if reads > 0 && waits.timer.deadline() <= Instant::now() {
+        if reads > 0 && head_deadline.is_some_and(|deadline| deadline <= Instant::now()) {
             return Ok(None);
         }
         reads = reads.saturating_add(1);
+        let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + timeout);
+        // The connection's one timer is moved only when it would fire after the deadline.
+        // Moving it costs a lock of the timer wheel; under keep-alive traffic each head's
+        // deadline is later than the last, so the timer stays where it is, fires early
+        // once per timeout, and is set forward then.
+        if waits.timer.deadline() > deadline {
+            waits.timer.as_mut().reset(deadline);
+        }
         let idle = buffer.is_empty();
         let read = tokio::select! {
             biased;
             read = stream.read_buf(buffer) => read,
             // Not polled once raised (checked just above): it has resolved.
             () = waits.stopped.as_mut(), if idle => return Ok(None),
-            () = waits.timer.as_mut() => return Ok(None),
+            () = waits.timer.as_mut() => {
+                if deadline <= Instant::now() {
+                    return Ok(None);
+                }
+                waits.timer.as_mut().reset(deadline);
+                continue;
+            }
         };
         match read {
             // The client stopped sending mid-head: a valid start is closed quietly (as hyper
@@ -280,11 +304,11 @@ async fn read_head<S: std::future::Future<Output = ()>>(
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {
                 if !head_started {
+                    // The header timeout runs from the head's first byte, if it has to
+                    // be waited for at all.
                     head_started = true;
-                    waits
-                        .timer
-                        .as_mut()
-                        .reset(Instant::now() + limits.header_timeout);
+                    timeout = limits.header_timeout;
+                    head_deadline = None;
                 }
             }
         }
@@ -332,37 +356,33 @@ fn scan_head(buffer: &[u8]) -> HeadScan {
 }
 
 /// The request of a plain GET or HEAD head, and whether the connection stays open; `None`
-/// for anything the fast path leaves to hyper. The client's address goes into the request's extensions only `with_peer` (the access log
-/// reads it there; the first insert allocates the extension map).
-fn parse(
-    head: &bytes::Bytes,
-    peer: std::net::SocketAddr,
-    with_peer: bool,
-) -> Option<(Request<()>, bool)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
+/// for anything the fast path leaves to hyper. The request borrows the head's bytes and
+/// `headers`; it carries the client's address `peer` when given (the access log's).
+fn parse<'h>(
+    head: &'h [u8],
+    headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'h>>; MAX_HEADERS],
+    peer: Option<std::net::SocketAddr>,
+) -> Option<(RequestHead<'h>, bool)> {
+    let mut parsed = httparse::Request::new(&mut []);
+    if !matches!(
+        parsed.parse_with_uninit_headers(head, headers),
+        Ok(httparse::Status::Complete(_))
+    ) {
         return None;
     }
     let method = match parsed.method? {
-        "GET" => Method::GET,
-        "HEAD" => Method::HEAD,
+        "GET" => &request::GET,
+        "HEAD" => &request::HEAD,
         _ => return None,
     };
     // HTTP/1.0 (keep-alive negotiated by header, answers downgraded) is hyper's.
     if parsed.version? != 1 {
         return None;
     }
-    let version = Version::HTTP_11;
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() =
-        http::Uri::from_maybe_shared(head.slice_ref(parsed.path?.as_bytes())).ok()?;
-    *request.version_mut() = version;
-    let headers = request.headers_mut();
-    headers.reserve(parsed.headers.len());
+    let target = parsed.path?;
+    let headers: &'h [httparse::Header<'h>] = &*std::mem::take(&mut parsed.headers);
     let mut connection_close = false;
-    for header in parsed.headers.iter() {
+    for header in headers {
         let name = header.name;
         if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
@@ -378,32 +398,30 @@ fn parse(
                 .split(|&byte| byte == b',')
                 .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
-        headers.append(
-            http::HeaderName::from_bytes(name.as_bytes()).ok()?,
-            http::HeaderValue::from_maybe_shared(head.slice_ref(header.value)).ok()?,
-        );
     }
-    if with_peer {
-        request.extensions_mut().insert(PeerAddr(peer));
-    }
+    let request = RequestHead::parsed(method, target, headers, peer)?;
     Some((request, !connection_close))
 }
 
 /// Writes the response head into `out` (with `Date` and, when closing, `Connection:
 /// close`), reusing its allocation, and returns the body's parts and its end report.
 fn encode_head(
-    response: http::Response<crate::serve::body::ObjectBody>,
+    answer: Answer,
     keep_alive: bool,
     out: &mut Vec<u8>,
 ) -> (Vec<BodyPart>, Option<EndReport>) {
-    let (head, body) = response.into_parts();
+    let Answer {
+        status,
+        headers,
+        body,
+    } = answer;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(head.status.as_str().as_bytes());
+    out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &head.headers {
+    for (name, value) in headers.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -584,20 +602,22 @@ async fn within<T>(
         .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))
 }
 
-/// Appends the `Date` header value, formatted once per second per thread.
+/// Appends the `Date` header value, formatted once per second per thread. The second comes
+/// from the coarse clock (a memory read, where the precise clock reads a counter every
+/// response): it lags by a kernel tick at most, a few milliseconds.
 fn append_http_date(out: &mut Vec<u8>) {
     use std::cell::RefCell;
     thread_local! {
-        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+        static CACHED: RefCell<(i64, String)> = const { RefCell::new((0, String::new())) };
     }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
+    let second = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse).tv_sec;
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != second || cached.1.is_empty() {
-            *cached = (second, httpdate::fmt_http_date(now));
+            let at = u64::try_from(second).map_or(SystemTime::UNIX_EPOCH, |second| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(second)
+            });
+            *cached = (second, httpdate::fmt_http_date(at));
         }
         out.extend_from_slice(cached.1.as_bytes());
     })

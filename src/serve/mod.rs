@@ -15,12 +15,14 @@
 //! The viewer never writes to a store; it only looks up the index and reads files.
 
 pub mod access_log;
+pub mod answer;
 pub mod body;
 pub mod cache;
 pub mod conditional;
 pub mod handler;
 pub mod popularity;
 pub mod range;
+pub mod request;
 pub mod signed;
 mod validators;
 
@@ -32,7 +34,7 @@ use jiff::Timestamp;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::watch;
@@ -43,11 +45,13 @@ use crate::object_path;
 use crate::schedule::{Clock, Mode, ModeState, SystemClock};
 use crate::site::Site;
 use crate::store::{StoreError, Stores};
+use answer::{Answer, AnswerHeaders};
 use body::ObjectBody;
 use conditional::{Preconditions, Verdict};
 use handler::Handler;
 use popularity::Popularity;
 use range::{ByteRange, RangeRequest};
+use request::RequestHead;
 pub use validators::{Validators, etag};
 
 /// Headers a viewer answer carries at most (Server, CORS, validators, Cache-Control,
@@ -176,15 +180,14 @@ impl Source {
 /// answers 400 to one with none, several, or an invalid one (smuggling and cache-poisoning
 /// attacks start with requests that disagree about their host). HTTP/2 names its authority
 /// otherwise, and HTTP/1.0 clients need not send one.
-pub fn check_host<B>(request: &Request<B>) -> Result<(), &'static str> {
+pub fn check_host(request: &RequestHead<'_>) -> Result<(), &'static str> {
     if request.version() != http::Version::HTTP_11 {
         return Ok(());
     }
-    let mut hosts = request.headers().get_all(header::HOST).iter();
-    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+    let Ok(Some(host)) = request.single_header(&header::HOST) else {
         return Err("an HTTP/1.1 request needs exactly one Host header");
     };
-    if valid_host(host.as_bytes()) {
+    if valid_host(host) {
         Ok(())
     } else {
         Err("the Host header is not a valid host[:port]")
@@ -223,8 +226,10 @@ pub enum Sender {
 
 impl Handler for Viewer {
     async fn handle(&self, request: Request<Incoming>) -> Response<ObjectBody> {
-        let response = self.answer(&request, Sender::Hyper);
-        response.map(|body| body.count_into(self.metrics.response_bytes.clone()))
+        let answer = self.answer(&RequestHead::of(&request), Sender::Hyper);
+        answer
+            .into_response()
+            .map(|body| body.count_into(self.metrics.response_bytes.clone()))
     }
 }
 
@@ -275,14 +280,14 @@ impl Viewer {
     /// Answers one request, counting it and logging it. For [`Sender::Sendfile`], a
     /// whole-object answer comes from the file even when the object is in the RAM cache, so
     /// the caller can send it with sendfile instead of copying it from memory.
-    pub fn answer<B>(&self, request: &Request<B>, sender: Sender) -> Response<ObjectBody> {
+    pub fn answer(&self, request: &RequestHead<'_>, sender: Sender) -> Answer {
         let started = Instant::now();
         let arrived = self.access_log.as_ref().map(|_| SystemTime::now());
         let mut response = self.respond(request, sender);
         if request.method() == Method::HEAD {
             // Whatever the status, a HEAD answer ends with its head (RFC 9110 section
             // 9.3.2); its Content-Length stays the GET's. Both transports rely on it.
-            *response.body_mut() = ObjectBody::empty();
+            response.body = ObjectBody::empty();
         }
         let method = match *request.method() {
             Method::GET => "GET",
@@ -290,7 +295,7 @@ impl Viewer {
             Method::OPTIONS => "OPTIONS",
             _ => "other",
         };
-        self.count_request(response.status(), method);
+        self.count_request(response.status, method);
         let duration = started.elapsed().as_secs_f64();
         self.metrics.request_duration.observe(duration);
         if let (Some(log), Some(time)) = (&self.access_log, arrived) {
@@ -298,12 +303,11 @@ impl Viewer {
             // sends none; a cut download, what the client got), as nginx's $body_bytes_sent.
             let mut record = access_record(request, &response, time, duration);
             let log = log.clone();
-            response = response.map(|body| {
-                body.on_end(Box::new(move |sent| {
-                    record.bytes = sent;
-                    log.record(record);
-                }))
-            });
+            let body = std::mem::replace(&mut response.body, ObjectBody::empty());
+            response.body = body.on_end(Box::new(move |sent| {
+                record.bytes = sent;
+                log.record(record);
+            }));
         }
         response
     }
@@ -401,7 +405,7 @@ impl Viewer {
 
     /// Turns one request into a response. Synchronous: lookups and opens do not wait on
     /// anything but the local disk; bytes are streamed later by the body.
-    fn respond<B>(&self, request: &Request<B>, sender: Sender) -> Response<ObjectBody> {
+    fn respond(&self, request: &RequestHead<'_>, sender: Sender) -> Answer {
         if let Err(problem) = check_host(request) {
             return self.text(
                 StatusCode::BAD_REQUEST,
@@ -410,25 +414,25 @@ impl Viewer {
         }
         let method = request.method();
         if method == Method::OPTIONS {
-            return self.options(request.headers());
+            return self.options(request);
         }
         if method != Method::GET && method != Method::HEAD {
             let mut response = self.text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             response
-                .headers_mut()
+                .headers
                 .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
             return response;
         }
         if let Some(key) = &self.settings.load().signing_key {
             let now = jiff::Timestamp::now().as_second();
-            if let Err(err) = signed::check(key, request.uri().path(), request.uri().query(), now) {
+            if let Err(err) = signed::check(key, request.path(), request.query(), now) {
                 return self.text(StatusCode::FORBIDDEN, &format!("forbidden: {err}\n"));
             }
         }
         if let Some(response) = self.not_serving(request) {
             return response;
         }
-        let path = match object_path::from_request(request.uri().path()) {
+        let path = match object_path::from_request(request.path()) {
             Ok(path) => path,
             Err(err) => return self.text(StatusCode::BAD_REQUEST, &format!("bad path: {err}\n")),
         };
@@ -469,7 +473,7 @@ impl Viewer {
             let bytes = if request.method() == Method::HEAD {
                 0
             } else {
-                response.body().len()
+                response.body.len()
             };
             popularity.hit(&path, bytes);
         }
@@ -573,17 +577,16 @@ impl Viewer {
     /// The answer for a found object: 200, 206, 304, 412 or 416. A body streamed by hyper
     /// ([`Sender::Hyper`]) reports a file found shorter than indexed; the sendfile path
     /// notices that itself.
-    fn object<B>(
+    fn object(
         &self,
-        request: &Request<B>,
+        request: &RequestHead<'_>,
         path: &str,
         meta: crate::store::ObjectMeta,
         source: Source,
         sender: Sender,
         fresh: bool,
-    ) -> Response<ObjectBody> {
-        let headers = request.headers();
-        let text = |name: HeaderName| headers.get(name).and_then(|value| value.to_str().ok());
+    ) -> Answer {
+        let text = |name: HeaderName| request.header_text(&name);
         let validators = match &source {
             Source::Memory(_, validators) | Source::File(_, Some(validators)) => validators.clone(),
             Source::File(_, None) => Validators::memoized(&meta),
@@ -598,9 +601,8 @@ impl Viewer {
         };
         let honor_range = match conditional::evaluate(&preconditions, etag, meta.filled_at) {
             Verdict::NotModified => {
-                let mut response = self.with_common(Response::new(ObjectBody::empty()));
-                *response.status_mut() = StatusCode::NOT_MODIFIED;
-                self.validators(response.headers_mut(), &validators);
+                let mut response = self.with_common(StatusCode::NOT_MODIFIED, ObjectBody::empty());
+                self.validators(&mut response.headers, &validators);
                 return response;
             }
             Verdict::PreconditionFailed => {
@@ -668,12 +670,12 @@ impl Viewer {
                 let mut response =
                     self.text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
                 insert(
-                    response.headers_mut(),
+                    &mut response.headers,
                     header::CONTENT_RANGE,
                     &format!("bytes */{}", meta.size),
                 );
                 response
-                    .headers_mut()
+                    .headers
                     .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
                 return response;
             }
@@ -685,47 +687,45 @@ impl Viewer {
             let sha256 = meta.sha256;
             body = body.on_short_file(Box::new(move || stores.report_damaged(&path, &sha256)));
         }
-        let mut response = self.with_common(Response::new(body));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
+        let mut response = self.with_common(status, body);
+        let headers = &mut response.headers;
         self.validators(headers, &validators);
         match multipart_type {
             Some(value) => insert(headers, header::CONTENT_TYPE, &value),
             None => {
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+                headers.append_new(header::CONTENT_TYPE, HeaderValue::from_static(mime));
             }
         }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        headers.append_new(header::CONTENT_LENGTH, HeaderValue::from(length));
         if let Some(value) = content_range {
-            headers.insert(header::CONTENT_RANGE, value);
+            headers.append_new(header::CONTENT_RANGE, value);
         }
         response
     }
 
     /// `ETag`, `Last-Modified`, `Cache-Control` and `Accept-Ranges`: sent on 200, 206 and 304.
-    fn validators(&self, headers: &mut HeaderMap, validators: &Validators) {
-        headers.insert(header::ETAG, validators.etag.clone());
-        headers.insert(header::LAST_MODIFIED, validators.last_modified.clone());
-        headers.insert(
+    fn validators(&self, headers: &mut AnswerHeaders, validators: &Validators) {
+        headers.append_new(header::ETAG, validators.etag.clone());
+        headers.append_new(header::LAST_MODIFIED, validators.last_modified.clone());
+        headers.append_new(
             header::CACHE_CONTROL,
             self.settings.load().cache_control.clone(),
         );
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.append_new(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
 
     /// Headers every viewer response carries: `Server` and CORS.
-    fn with_common(&self, mut response: Response<ObjectBody>) -> Response<ObjectBody> {
-        let headers = response.headers_mut();
-        // One allocation for the dozen headers an answer carries, instead of regrowing the
-        // map (and rehashing) twice on the way.
-        headers.reserve(RESPONSE_HEADERS);
-        headers.insert(header::SERVER, HeaderValue::from_static("tidecache"));
+    fn with_common(&self, status: StatusCode, body: ObjectBody) -> Answer {
+        // One allocation for the dozen headers an answer carries.
+        let mut response = Answer::new(status, body, RESPONSE_HEADERS);
+        let headers = &mut response.headers;
+        headers.append_new(header::SERVER, HeaderValue::from_static("tidecache"));
         if let Some(origin) = &self.settings.load().cors_origin {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            headers.append_new(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             // Resource Timing: without it a browser player (hls.js) sees no timings and no
             // protocol for cross-origin segments, so it cannot estimate bandwidth well.
-            headers.insert(TIMING_ALLOW_ORIGIN, origin.clone());
-            headers.insert(
+            headers.append_new(TIMING_ALLOW_ORIGIN, origin.clone());
+            headers.append_new(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static(CORS_EXPOSED_HEADERS),
             );
@@ -734,29 +734,25 @@ impl Viewer {
     }
 
     /// A short plain-text answer (errors, refusals).
-    fn text(&self, status: StatusCode, message: &str) -> Response<ObjectBody> {
+    fn text(&self, status: StatusCode, message: &str) -> Answer {
         let body = ObjectBody::from_bytes(Bytes::copy_from_slice(message.as_bytes()));
         let length = body.len();
-        let mut response = self.with_common(Response::new(body));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
+        let mut response = self.with_common(status, body);
+        let headers = &mut response.headers;
+        headers.append_new(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        headers.append_new(header::CONTENT_LENGTH, HeaderValue::from(length));
         response
     }
 
     /// 302 to the fallback URL plus the request's path and query.
-    fn redirect<B>(&self, fallback: &str, request: &Request<B>) -> Response<ObjectBody> {
-        let path_and_query = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |value| value.as_str());
+    fn redirect(&self, fallback: &str, request: &RequestHead<'_>) -> Answer {
+        let path_and_query = request.path_and_query();
         let mut response = self.text(StatusCode::FOUND, "found elsewhere\n");
         insert(
-            response.headers_mut(),
+            &mut response.headers,
             header::LOCATION,
             &format!("{fallback}{path_and_query}"),
         );
@@ -765,7 +761,7 @@ impl Viewer {
 
     /// [`Viewer::miss_to`], counted for popularity: a request sent to a sibling is marked so,
     /// since the sibling counts it again as a hit.
-    fn counted_miss<B>(&self, request: &Request<B>, path: &str) -> Response<ObjectBody> {
+    fn counted_miss(&self, request: &RequestHead<'_>, path: &str) -> Answer {
         let (response, to_peer) = self.miss_to(request, path);
         if let Some(popularity) = &self.popularity {
             popularity.miss(path, to_peer);
@@ -777,19 +773,19 @@ impl Viewer {
     /// the request here already); else 302 to the fallback when configured, else 404. Also
     /// says whether the answer sends the viewer to a peer of the site. `path` is the
     /// request's object path, already decoded and checked.
-    fn miss_to<B>(&self, request: &Request<B>, path: &str) -> (Response<ObjectBody>, bool) {
-        let uri = request.uri();
+    fn miss_to(&self, request: &RequestHead<'_>, path: &str) -> (Answer, bool) {
         if let Some(site) = &self.site {
-            if !crate::site::was_redirected(uri.query()) {
+            if !crate::site::was_redirected(request.query()) {
                 // Only a path the manifest lists: a scanner's guesses are plain misses.
                 let target = Some(path)
                     .filter(|path| site.may_list(path))
                     .and_then(|path| site.redirect_target(path));
                 if let Some(peer) = target {
                     self.metrics.site_redirects.inc();
-                    let location = crate::site::redirect_location(&peer, uri.path(), uri.query());
+                    let location =
+                        crate::site::redirect_location(&peer, request.path(), request.query());
                     let mut response = self.text(StatusCode::FOUND, "found elsewhere\n");
-                    insert(response.headers_mut(), header::LOCATION, &location);
+                    insert(&mut response.headers, header::LOCATION, &location);
                     return (response, true);
                 }
             }
@@ -802,7 +798,7 @@ impl Viewer {
     }
 
     /// The `during_fill` answer when the box is not serving, or `None` when it serves.
-    fn not_serving<B>(&self, request: &Request<B>) -> Option<Response<ObjectBody>> {
+    fn not_serving(&self, request: &RequestHead<'_>) -> Option<Answer> {
         let state = *self.mode.borrow();
         let settings = self.settings.load();
         if state.mode == Mode::Serving || settings.during_fill == DuringFill::Serve {
@@ -817,7 +813,7 @@ impl Viewer {
                 );
                 let seconds = retry_after_secs(state.serving_resumes_at, self.clock.now());
                 response
-                    .headers_mut()
+                    .headers
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
                 Some(response)
             }
@@ -825,22 +821,21 @@ impl Viewer {
     }
 
     /// `OPTIONS`: a CORS preflight answer, or the allowed methods.
-    fn options(&self, request_headers: &HeaderMap) -> Response<ObjectBody> {
-        let mut response = self.with_common(Response::new(ObjectBody::empty()));
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        let headers = response.headers_mut();
+    fn options(&self, request: &RequestHead<'_>) -> Answer {
+        let mut response = self.with_common(StatusCode::NO_CONTENT, ObjectBody::empty());
+        let headers = &mut response.headers;
         headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
-        let preflight = request_headers.contains_key(header::ORIGIN)
-            && request_headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let preflight = request.has_header(&header::ORIGIN)
+            && request.has_header(&header::ACCESS_CONTROL_REQUEST_METHOD);
         if preflight && self.settings.load().cors_origin.is_some() {
-            headers.remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+            headers.remove(&header::ACCESS_CONTROL_EXPOSE_HEADERS);
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static(ALLOWED_METHODS),
             );
-            let allowed = request_headers
-                .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-                .cloned()
+            let allowed = request
+                .header(&header::ACCESS_CONTROL_REQUEST_HEADERS)
+                .and_then(|value| HeaderValue::from_bytes(value).ok())
                 .unwrap_or(HeaderValue::from_static(CORS_ALLOWED_HEADERS));
             headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed);
             headers.insert(
@@ -853,9 +848,9 @@ impl Viewer {
 }
 
 /// The access-log record of an answered request.
-fn access_record<B, R>(
-    request: &Request<B>,
-    response: &Response<R>,
+fn access_record(
+    request: &RequestHead<'_>,
+    response: &Answer,
     time: SystemTime,
     duration: f64,
 ) -> access_log::AccessRecord {
@@ -863,27 +858,20 @@ fn access_record<B, R>(
     // User-Agent and Referer (escaped by the format), not `-` for a non-ASCII one.
     let header = |name: HeaderName| {
         request
-            .headers()
-            .get(name)
-            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .header(&name)
+            .map(|value| String::from_utf8_lossy(value).into_owned())
     };
     access_log::AccessRecord {
-        peer: request
-            .extensions()
-            .get::<handler::PeerAddr>()
-            .map(|peer| peer.0),
+        peer: request.peer(),
         time,
         method: request.method().to_string(),
-        target: request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |target| target.to_string()),
+        target: request.path_and_query().to_owned(),
         version: match request.version() {
             http::Version::HTTP_2 => "HTTP/2.0",
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
-        status: response.status().as_u16(),
+        status: response.status.as_u16(),
         bytes: 0,
         referer: header(header::REFERER),
         user_agent: header(header::USER_AGENT),
@@ -948,7 +936,7 @@ fn single_content_range(start: u64, end: u64, size: u64) -> HeaderValue {
 }
 
 /// Inserts a header whose value we built; values come from validated or formatted text.
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+fn insert(headers: &mut AnswerHeaders, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
     }

@@ -26,13 +26,88 @@ impl ByteRange {
 
 /// What a `Range` header asks of an object of a given length.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per request, on the stack: boxing the ranges would bring back the allocation they are inline to avoid"
+)]
 pub enum RangeRequest {
     /// Answer with the whole object (no header, malformed, unknown unit, or over the limits).
     Whole,
     /// Answer 206 with these ranges: sorted, coalesced, non-empty.
-    Partial(Vec<ByteRange>),
+    Partial(Ranges),
     /// Answer 416: well-formed, but no range overlaps the object.
     Unsatisfiable,
+}
+
+/// At most [`MAX_RANGES`] ranges, kept inline: parsing a `Range` header allocates nothing
+/// (players send one with nearly every segment request).
+#[derive(Debug, Clone, Copy)]
+pub struct Ranges {
+    items: [ByteRange; MAX_RANGES],
+    len: usize,
+}
+
+impl Ranges {
+    const EMPTY: Ranges = Ranges {
+        items: [ByteRange { start: 0, end: 0 }; MAX_RANGES],
+        len: 0,
+    };
+
+    /// Adds `range`; `false` (and nothing added) when there are [`MAX_RANGES`] already.
+    fn push(&mut self, range: ByteRange) -> bool {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = range;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::ops::Deref for Ranges {
+    type Target = [ByteRange];
+
+    fn deref(&self) -> &[ByteRange] {
+        &self.items[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Ranges {
+    fn deref_mut(&mut self) -> &mut [ByteRange] {
+        &mut self.items[..self.len]
+    }
+}
+
+impl PartialEq for Ranges {
+    fn eq(&self, other: &Ranges) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Ranges {}
+
+impl<'a> IntoIterator for &'a Ranges {
+    type Item = &'a ByteRange;
+    type IntoIter = std::slice::Iter<'a, ByteRange>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl FromIterator<ByteRange> for Ranges {
+    /// The first [`MAX_RANGES`] of `ranges` (for tests and tools; [`parse`] never makes more).
+    fn from_iter<I: IntoIterator<Item = ByteRange>>(ranges: I) -> Ranges {
+        let mut collected = Ranges::EMPTY;
+        for range in ranges {
+            if !collected.push(range) {
+                break;
+            }
+        }
+        collected
+    }
 }
 
 /// One range-spec as written, before it meets the object length.
@@ -52,13 +127,29 @@ fn number(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
+/// The range-specs of one header, inline, up to one past [`MAX_RANGES`] (which is enough
+/// to know the header asks for too many).
+struct Specs {
+    items: [Spec; MAX_RANGES + 1],
+    len: usize,
+}
+
+impl Specs {
+    fn as_slice(&self) -> &[Spec] {
+        &self.items[..self.len]
+    }
+}
+
 /// Parses the header's syntax; `None` means malformed (and the header is ignored).
-fn parse_specs(header: &str) -> Option<Vec<Spec>> {
+fn parse_specs(header: &str) -> Option<Specs> {
     let (unit, set) = header.trim().split_once('=')?;
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return None;
     }
-    let mut specs = Vec::new();
+    let mut specs = Specs {
+        items: [Spec::Suffix(0); MAX_RANGES + 1],
+        len: 0,
+    };
     for part in set.split(',') {
         let part = part.trim();
         if part.is_empty() {
@@ -80,12 +171,13 @@ fn parse_specs(header: &str) -> Option<Vec<Spec>> {
             }
             Spec::FromTo { first, last }
         };
-        specs.push(spec);
-        if specs.len() > MAX_RANGES {
+        specs.items[specs.len] = spec;
+        specs.len += 1;
+        if specs.len > MAX_RANGES {
             return Some(specs);
         }
     }
-    if specs.is_empty() { None } else { Some(specs) }
+    if specs.len == 0 { None } else { Some(specs) }
 }
 
 /// Decides what to send for `header` against an object of `length` bytes.
@@ -98,6 +190,7 @@ pub fn parse(header: &str, length: u64) -> RangeRequest {
     let Some(specs) = parse_specs(header) else {
         return RangeRequest::Whole;
     };
+    let specs = specs.as_slice();
     if specs.len() > MAX_RANGES {
         return RangeRequest::Whole;
     }
@@ -111,7 +204,7 @@ pub fn parse(header: &str, length: u64) -> RangeRequest {
         // representation, which only a 200 can carry.
         return RangeRequest::Whole;
     }
-    let mut ranges: Vec<ByteRange> = specs
+    let mut ranges: Ranges = specs
         .iter()
         .filter_map(|spec| match *spec {
             Spec::FromTo { first, last } if first < length => Some(ByteRange {
@@ -132,8 +225,8 @@ pub fn parse(header: &str, length: u64) -> RangeRequest {
     if requested > u128::from(length) {
         return RangeRequest::Whole;
     }
-    // Sorted, then coalesced in place (no second allocation on every range request).
-    ranges.sort_by_key(|range| range.start);
+    // Sorted, then coalesced in place.
+    ranges.sort_unstable_by_key(|range| range.start);
     let mut kept: usize = 0;
     for index in 0..ranges.len() {
         let range = ranges[index];
@@ -147,7 +240,7 @@ pub fn parse(header: &str, length: u64) -> RangeRequest {
             }
         }
     }
-    ranges.truncate(kept);
+    ranges.len = kept;
     RangeRequest::Partial(ranges)
 }
 

@@ -34,9 +34,11 @@ impl Validators {
     /// five allocations per request.
     pub fn memoized(meta: &crate::store::ObjectMeta) -> Validators {
         use std::cell::RefCell;
-        use std::collections::HashMap;
+        // hashbrown's default hasher: the key is a sha256 already, SipHash's DoS resistance
+        // buys nothing here.
         thread_local! {
-            static MEMO: RefCell<HashMap<([u8; 32], i64), Validators>> = RefCell::new(HashMap::new());
+            static MEMO: RefCell<hashbrown::HashMap<([u8; 32], i64), Validators>> =
+                RefCell::new(hashbrown::HashMap::new());
         }
         MEMO.with(|memo| {
             let mut memo = memo.borrow_mut();

@@ -390,7 +390,19 @@ struct CachedFile {
     file: Arc<File>,
     store: usize,
     sha256: [u8; 32],
-    opened: std::time::Instant,
+    /// When it was opened, on [`coarse_clock`].
+    opened: std::time::Duration,
+}
+
+/// The coarse monotonic clock: a memory read, where the precise clock reads a counter. Its
+/// kernel-tick resolution (a few milliseconds) is plenty for the open-file cache's minute,
+/// and it is read on every request.
+fn coarse_clock() -> std::time::Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    std::time::Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Lets go of an old version kept servable during its replacement, whatever way the
@@ -558,7 +570,7 @@ impl Stores {
         let cached = files.get(path)?;
         (cached.store == meta.store
             && cached.sha256 == meta.sha256
-            && cached.opened.elapsed() < OPEN_FILE_VALID)
+            && coarse_clock().saturating_sub(cached.opened) < OPEN_FILE_VALID)
             .then(|| Arc::clone(&cached.file))
     }
 
@@ -572,7 +584,7 @@ impl Stores {
                 file: Arc::clone(file),
                 store: meta.store,
                 sha256: meta.sha256,
-                opened: std::time::Instant::now(),
+                opened: coarse_clock(),
             };
             files.insert(path, cached, 1);
         }
