@@ -423,13 +423,15 @@ impl Viewer {
                 .insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
             return response;
         }
-        if let Some(key) = &self.settings.load().signing_key {
+        // Read once for the request: each read of the shared settings costs a few atomics.
+        let settings = self.settings.load();
+        if let Some(key) = &settings.signing_key {
             let now = jiff::Timestamp::now().as_second();
             if let Err(err) = signed::check(key, request.path(), request.query(), now) {
                 return self.text(StatusCode::FORBIDDEN, &format!("forbidden: {err}\n"));
             }
         }
-        if let Some(response) = self.not_serving(request) {
+        if let Some(response) = self.not_serving(request, &settings) {
             return response;
         }
         let path = match object_path::from_request(request.path()) {
@@ -468,7 +470,7 @@ impl Viewer {
                 }
             }
         };
-        let response = self.object(request, &path, meta, source, sender, fresh);
+        let response = self.object(request, &settings, &path, meta, source, sender, fresh);
         if let Some(popularity) = &self.popularity {
             let bytes = if request.method() == Method::HEAD {
                 0
@@ -577,9 +579,14 @@ impl Viewer {
     /// The answer for a found object: 200, 206, 304, 412 or 416. A body streamed by hyper
     /// ([`Sender::Hyper`]) reports a file found shorter than indexed; the sendfile path
     /// notices that itself.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the request's parts, each decided by a different step of `respond`"
+    )]
     fn object(
         &self,
         request: &RequestHead<'_>,
+        settings: &ViewerSettings,
         path: &str,
         meta: crate::store::ObjectMeta,
         source: Source,
@@ -601,8 +608,9 @@ impl Viewer {
         };
         let honor_range = match conditional::evaluate(&preconditions, etag, meta.filled_at) {
             Verdict::NotModified => {
-                let mut response = self.with_common(StatusCode::NOT_MODIFIED, ObjectBody::empty());
-                self.validators(&mut response.headers, &validators);
+                let mut response =
+                    self.with_common(settings, StatusCode::NOT_MODIFIED, ObjectBody::empty());
+                self.validators(settings, &mut response.headers, &validators);
                 return response;
             }
             Verdict::PreconditionFailed => {
@@ -687,9 +695,9 @@ impl Viewer {
             let sha256 = meta.sha256;
             body = body.on_short_file(Box::new(move || stores.report_damaged(&path, &sha256)));
         }
-        let mut response = self.with_common(status, body);
+        let mut response = self.with_common(settings, status, body);
         let headers = &mut response.headers;
-        self.validators(headers, &validators);
+        self.validators(settings, headers, &validators);
         match multipart_type {
             Some(value) => insert(headers, header::CONTENT_TYPE, &value),
             None => {
@@ -704,23 +712,30 @@ impl Viewer {
     }
 
     /// `ETag`, `Last-Modified`, `Cache-Control` and `Accept-Ranges`: sent on 200, 206 and 304.
-    fn validators(&self, headers: &mut AnswerHeaders, validators: &Validators) {
+    fn validators(
+        &self,
+        settings: &ViewerSettings,
+        headers: &mut AnswerHeaders,
+        validators: &Validators,
+    ) {
         headers.append_new(header::ETAG, validators.etag.clone());
         headers.append_new(header::LAST_MODIFIED, validators.last_modified.clone());
-        headers.append_new(
-            header::CACHE_CONTROL,
-            self.settings.load().cache_control.clone(),
-        );
+        headers.append_new(header::CACHE_CONTROL, settings.cache_control.clone());
         headers.append_new(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
 
     /// Headers every viewer response carries: `Server` and CORS.
-    fn with_common(&self, status: StatusCode, body: ObjectBody) -> Answer {
+    fn with_common(
+        &self,
+        settings: &ViewerSettings,
+        status: StatusCode,
+        body: ObjectBody,
+    ) -> Answer {
         // One allocation for the dozen headers an answer carries.
         let mut response = Answer::new(status, body, RESPONSE_HEADERS);
         let headers = &mut response.headers;
         headers.append_new(header::SERVER, HeaderValue::from_static("tidecache"));
-        if let Some(origin) = &self.settings.load().cors_origin {
+        if let Some(origin) = &settings.cors_origin {
             headers.append_new(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             // Resource Timing: without it a browser player (hls.js) sees no timings and no
             // protocol for cross-origin segments, so it cannot estimate bandwidth well.
@@ -737,7 +752,7 @@ impl Viewer {
     fn text(&self, status: StatusCode, message: &str) -> Answer {
         let body = ObjectBody::from_bytes(Bytes::copy_from_slice(message.as_bytes()));
         let length = body.len();
-        let mut response = self.with_common(status, body);
+        let mut response = self.with_common(&self.settings.load(), status, body);
         let headers = &mut response.headers;
         headers.append_new(
             header::CONTENT_TYPE,
@@ -798,9 +813,8 @@ impl Viewer {
     }
 
     /// The `during_fill` answer when the box is not serving, or `None` when it serves.
-    fn not_serving(&self, request: &RequestHead<'_>) -> Option<Answer> {
+    fn not_serving(&self, request: &RequestHead<'_>, settings: &ViewerSettings) -> Option<Answer> {
         let state = *self.mode.borrow();
-        let settings = self.settings.load();
         if state.mode == Mode::Serving || settings.during_fill == DuringFill::Serve {
             return None;
         }
@@ -822,12 +836,13 @@ impl Viewer {
 
     /// `OPTIONS`: a CORS preflight answer, or the allowed methods.
     fn options(&self, request: &RequestHead<'_>) -> Answer {
-        let mut response = self.with_common(StatusCode::NO_CONTENT, ObjectBody::empty());
+        let settings = self.settings.load();
+        let mut response = self.with_common(&settings, StatusCode::NO_CONTENT, ObjectBody::empty());
         let headers = &mut response.headers;
         headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         let preflight = request.has_header(&header::ORIGIN)
             && request.has_header(&header::ACCESS_CONTROL_REQUEST_METHOD);
-        if preflight && self.settings.load().cors_origin.is_some() {
+        if preflight && settings.cors_origin.is_some() {
             headers.remove(&header::ACCESS_CONTROL_EXPOSE_HEADERS);
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
