@@ -449,8 +449,14 @@ fn header_value<'a>(head: &'a [u8], name: &[u8]) -> &'a [u8] {
         .unwrap_or_default()
 }
 
-/// Largest file body the head is sent with `MSG_MORE` before.
-const CORK_BODY_MAX: u64 = 256 * 1024;
+/// Largest file body the head is sent with `MSG_MORE` before: 64 KiB, what one segment
+/// offload carries. Up to it, corking saves a packet per answer (about 5 % of the CPU per
+/// GB of 64 KiB answers, benches/compare). Past it, a corked head followed by sendfile
+/// stalled some answers for 40-70 ms (Linux 6.18, BBR, loopback): 256 KiB ranges at 200
+/// requests/s (benches/paced_viewers.rs) saw 3 to 8 such stalls per 2,400 answers corked and
+/// none uncorked; 128 KiB, now and then; 64 KiB, never. nginx's `tcp_nopush on` (TCP_CORK)
+/// shows the same stalls in benches/compare.
+const CORK_BODY_MAX: u64 = 64 * 1024;
 
 /// Slices one `sendmsg` takes at most; longer runs (many-range answers) take several.
 const MAX_IOV: usize = 16;
@@ -485,7 +491,8 @@ async fn write_response(
                 // MSG_MORE holds the head for the file's first bytes: one full segment for a
                 // small body. Before a large one it is measured to cost, not save: corked
                 // sends of megabytes took 5 times the CPU per GB of uncorked ones
-                // (benches/compare, 2 MiB; nginx's tcp_nopush on against off shows the same).
+                // (benches/compare, 2 MiB; nginx's tcp_nopush on against off shows the same),
+                // and stalled now and then (see `CORK_BODY_MAX`).
                 let more = *len <= CORK_BODY_MAX;
                 send_all(stream, &mut run[..run_len], more, idle, written).await?;
                 run_len = 0;
