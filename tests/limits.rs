@@ -142,6 +142,40 @@ async fn idle_keep_alive_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn a_half_sent_second_head_is_cut_at_the_header_timeout_not_the_idle_one() {
+    // The fast path moves its head timer only when it would fire after the deadline, and
+    // sets it forward when it fires early. Here it is set forward to the idle deadline (5 s
+    // after the first answer) when the accept's header deadline passes during the idle wait;
+    // the next head's first byte must then bring it back to the header timeout (1 s).
+    let test_box = TestBox::new();
+    let config = test_box.config(
+        1,
+        "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"5s\"\n",
+    );
+    seed_all(&config, &[("a.ts", b"segment".to_vec())]);
+    let daemon = start(&config).await;
+    let mut stream = TcpStream::connect(daemon.viewer_addrs[0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = exchange(&mut stream, b"GET /a.ts HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.ends_with("segment"), "{answer:?}");
+    // Past the accept's header deadline: the timer fires early and is set to the idle one.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Part of a head, then silence: only the timer can cut it (a dribbling client is also
+    // caught by the look at the clock before each read).
+    stream
+        .write_all(b"GET /a.ts HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let waited = time_until_closed(&mut stream).await;
+    assert!(
+        waited < Duration::from_millis(2500),
+        "a second head left half sent held the connection {waited:?}; header_timeout is 1 s \
+         (the idle deadline would cut it after about 3.7 s)"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
 async fn connections_beyond_max_connections_are_refused_and_others_kept() {
     let (_box, daemon) = limited_box().await;
     let addr = daemon.viewer_addrs[0];
