@@ -611,13 +611,20 @@ async fn within<T>(
 
 /// Appends the `Date` header value, formatted once per second per thread. The second comes
 /// from the coarse clock (a memory read, where the precise clock reads a counter every
-/// response): it lags by a kernel tick at most, a few milliseconds.
+/// response), which lags by up to a kernel tick: in the last [`COARSE_CLOCK_MARGIN`] of a
+/// second the precise clock is read instead, so `Date` never runs a second behind (RFC 9110
+/// section 6.6.1 wants it when the message is made, and `Last-Modified` must not be later).
 fn append_http_date(out: &mut Vec<u8>) {
     use std::cell::RefCell;
     thread_local! {
         static CACHED: RefCell<(i64, String)> = const { RefCell::new((0, String::new())) };
     }
-    let second = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse).tv_sec;
+    let coarse = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    let second = if coarse.tv_nsec < 1_000_000_000 - COARSE_CLOCK_MARGIN.as_nanos() as i64 {
+        coarse.tv_sec
+    } else {
+        rustix::time::clock_gettime(rustix::time::ClockId::Realtime).tv_sec
+    };
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != second || cached.1.is_empty() {
@@ -629,6 +636,10 @@ fn append_http_date(out: &mut Vec<u8>) {
         out.extend_from_slice(cached.1.as_bytes());
     })
 }
+
+/// How far the coarse clock may lag the precise one, with room: a kernel tick is 1-10 ms
+/// (HZ 1000 to 100).
+const COARSE_CLOCK_MARGIN: Duration = Duration::from_millis(20);
 
 /// A connection whose first bytes were already read: hyper reads `buffered` first.
 pub struct Replayed {
@@ -711,6 +722,32 @@ mod tests {
             let pairs = buf.remaining() / 2;
             buf.put_slice(&b"\r\n".repeat(pairs));
             std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_date_is_never_a_second_behind_the_precise_clock() {
+        // Found by review: the coarse clock lags by up to a tick, so near a second's end its
+        // second could be the one before, and `Date` earlier than a `Last-Modified` stamped
+        // in the same few milliseconds.
+        let until = std::time::Instant::now() + Duration::from_millis(2200);
+        let mut out = Vec::new();
+        while std::time::Instant::now() < until {
+            let before = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            out.clear();
+            append_http_date(&mut out);
+            let date = httpdate::parse_http_date(std::str::from_utf8(&out).unwrap())
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            assert!(
+                date >= before,
+                "Date {date} is before the second it was made in, {before}"
+            );
         }
     }
 
