@@ -451,11 +451,12 @@ fn header_value<'a>(head: &'a [u8], name: &[u8]) -> &'a [u8] {
 
 /// Largest file body the head is sent with `MSG_MORE` before: 64 KiB, what one segment
 /// offload carries. Up to it, corking saves a packet per answer (about 5 % of the CPU per
-/// GB of 64 KiB answers, benches/compare). Past it, a corked head followed by sendfile
-/// stalled some answers for 40-70 ms (Linux 6.18, BBR, loopback): 256 KiB ranges at 200
-/// requests/s (benches/paced_viewers.rs) saw 3 to 8 such stalls per 2,400 answers corked and
-/// none uncorked; 128 KiB, now and then; 64 KiB, never. nginx's `tcp_nopush on` (TCP_CORK)
-/// shows the same stalls in benches/compare.
+/// GB of 64 KiB answers, benches/compare). Past it, with BBR pacing each socket itself (no
+/// fq qdisc: this VM's default), a corked head followed by sendfile stalled some answers for
+/// 40-70 ms: 256 KiB ranges at 200 requests/s (benches/paced_viewers.rs) saw 3 to 8 such
+/// stalls per 2,400 answers corked and 0-2 uncorked; 128 KiB, now and then; 64 KiB, never.
+/// With cubic, none even corked. nginx's `tcp_nopush on` (TCP_CORK) shows the same stalls in
+/// benches/compare. Past one segment the packet saved is a small share of the answer.
 const CORK_BODY_MAX: u64 = 64 * 1024;
 
 /// Slices one `sendmsg` takes at most; longer runs (many-range answers) take several.
