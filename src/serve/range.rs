@@ -3,8 +3,8 @@
 /// Most ranges one request may ask for before the header is ignored (CONTRACT section 4).
 pub const MAX_RANGES: usize = 16;
 
-/// An inclusive byte range within an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An inclusive byte range within an object (the default, `0-0`, is the first byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ByteRange {
     /// First byte.
     pub start: u64,
@@ -41,23 +41,28 @@ pub enum RangeRequest {
 
 /// At most [`MAX_RANGES`] ranges, kept inline: parsing a `Range` header allocates nothing
 /// (players send one with nearly every segment request).
+pub type Ranges = Inline<ByteRange, MAX_RANGES>;
+
+/// Up to `N` values kept inline, in the order pushed.
 #[derive(Debug, Clone, Copy)]
-pub struct Ranges {
-    items: [ByteRange; MAX_RANGES],
+pub struct Inline<T, const N: usize> {
+    items: [T; N],
     len: usize,
 }
 
-impl Ranges {
-    const EMPTY: Ranges = Ranges {
-        items: [ByteRange { start: 0, end: 0 }; MAX_RANGES],
-        len: 0,
-    };
+impl<T: Copy + Default, const N: usize> Inline<T, N> {
+    fn new() -> Self {
+        Inline {
+            items: [T::default(); N],
+            len: 0,
+        }
+    }
 
-    /// Adds `range`; `false` (and nothing added) when there are [`MAX_RANGES`] already.
-    fn push(&mut self, range: ByteRange) -> bool {
+    /// Adds `value`; `false` (and nothing added) when there are `N` already.
+    fn push(&mut self, value: T) -> bool {
         match self.items.get_mut(self.len) {
             Some(slot) => {
-                *slot = range;
+                *slot = value;
                 self.len += 1;
                 true
             }
@@ -66,43 +71,43 @@ impl Ranges {
     }
 }
 
-impl std::ops::Deref for Ranges {
-    type Target = [ByteRange];
+impl<T, const N: usize> std::ops::Deref for Inline<T, N> {
+    type Target = [T];
 
-    fn deref(&self) -> &[ByteRange] {
+    fn deref(&self) -> &[T] {
         &self.items[..self.len]
     }
 }
 
-impl std::ops::DerefMut for Ranges {
-    fn deref_mut(&mut self) -> &mut [ByteRange] {
+impl<T, const N: usize> std::ops::DerefMut for Inline<T, N> {
+    fn deref_mut(&mut self) -> &mut [T] {
         &mut self.items[..self.len]
     }
 }
 
-impl PartialEq for Ranges {
-    fn eq(&self, other: &Ranges) -> bool {
+impl<T: PartialEq, const N: usize> PartialEq for Inline<T, N> {
+    fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl Eq for Ranges {}
+impl<T: Eq, const N: usize> Eq for Inline<T, N> {}
 
-impl<'a> IntoIterator for &'a Ranges {
-    type Item = &'a ByteRange;
-    type IntoIter = std::slice::Iter<'a, ByteRange>;
+impl<'a, T, const N: usize> IntoIterator for &'a Inline<T, N> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
     }
 }
 
-impl FromIterator<ByteRange> for Ranges {
-    /// The first [`MAX_RANGES`] of `ranges` (for tests and tools; [`parse`] never makes more).
-    fn from_iter<I: IntoIterator<Item = ByteRange>>(ranges: I) -> Ranges {
-        let mut collected = Ranges::EMPTY;
-        for range in ranges {
-            if !collected.push(range) {
+impl<T: Copy + Default, const N: usize> FromIterator<T> for Inline<T, N> {
+    /// The first `N` values (for tests and tools; [`parse`] never makes more ranges).
+    fn from_iter<I: IntoIterator<Item = T>>(values: I) -> Self {
+        let mut collected = Inline::new();
+        for value in values {
+            if !collected.push(value) {
                 break;
             }
         }
@@ -119,6 +124,13 @@ enum Spec {
     Suffix(u64),
 }
 
+impl Default for Spec {
+    /// A placeholder for unused inline slots.
+    fn default() -> Spec {
+        Spec::Suffix(0)
+    }
+}
+
 /// Parses a decimal without sign or spaces; `None` on anything else or overflow.
 fn number(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -127,18 +139,9 @@ fn number(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
-/// The range-specs of one header, inline, up to one past [`MAX_RANGES`] (which is enough
-/// to know the header asks for too many).
-struct Specs {
-    items: [Spec; MAX_RANGES + 1],
-    len: usize,
-}
-
-impl Specs {
-    fn as_slice(&self) -> &[Spec] {
-        &self.items[..self.len]
-    }
-}
+/// The range-specs of one header, up to one past [`MAX_RANGES`] (which is enough to know
+/// the header asks for too many).
+type Specs = Inline<Spec, { MAX_RANGES + 1 }>;
 
 /// Parses the header's syntax; `None` means malformed (and the header is ignored).
 fn parse_specs(header: &str) -> Option<Specs> {
@@ -146,10 +149,7 @@ fn parse_specs(header: &str) -> Option<Specs> {
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return None;
     }
-    let mut specs = Specs {
-        items: [Spec::Suffix(0); MAX_RANGES + 1],
-        len: 0,
-    };
+    let mut specs = Specs::new();
     for part in set.split(',') {
         let part = part.trim();
         if part.is_empty() {
@@ -171,13 +171,11 @@ fn parse_specs(header: &str) -> Option<Specs> {
             }
             Spec::FromTo { first, last }
         };
-        specs.items[specs.len] = spec;
-        specs.len += 1;
-        if specs.len > MAX_RANGES {
+        if !specs.push(spec) || specs.len() > MAX_RANGES {
             return Some(specs);
         }
     }
-    if specs.len == 0 { None } else { Some(specs) }
+    if specs.is_empty() { None } else { Some(specs) }
 }
 
 /// Decides what to send for `header` against an object of `length` bytes.
@@ -190,7 +188,7 @@ pub fn parse(header: &str, length: u64) -> RangeRequest {
     let Some(specs) = parse_specs(header) else {
         return RangeRequest::Whole;
     };
-    let specs = specs.as_slice();
+    let specs = &specs[..];
     if specs.len() > MAX_RANGES {
         return RangeRequest::Whole;
     }

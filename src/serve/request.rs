@@ -281,20 +281,59 @@ mod tests {
                 name: "user-agent",
                 value: b"caf\xc3\xa9",
             },
+            httparse::Header {
+                name: "If-None-Match",
+                value: b"\"x\",\t\"y\"",
+            },
         ];
-        let head = RequestHead::parsed(&GET, "/a?b", &raw, None).expect("origin form");
-        assert_eq!(head.path(), "/a");
-        assert_eq!(head.query(), Some("b"));
-        assert_eq!(head.header(&http::header::HOST), Some(&b"a"[..]));
-        assert_eq!(head.single_header(&http::header::HOST), Err(Several));
+        let parsed = RequestHead::parsed(&GET, "/a?b", &raw, None).expect("origin form");
+        let mut built = Request::builder().uri("/a?b");
+        for header in &raw {
+            built = built.header(header.name, header.value);
+        }
+        let built = built.body(()).expect("a valid request");
+        let mapped = RequestHead::of(&built);
         assert_eq!(
-            head.single_header(&http::header::RANGE),
+            (parsed.path(), parsed.query(), parsed.path_and_query()),
+            (mapped.path(), mapped.query(), mapped.path_and_query())
+        );
+        assert_eq!(parsed.path(), "/a");
+        assert_eq!(parsed.query(), Some("b"));
+        for name in [
+            http::header::HOST,
+            http::header::RANGE,
+            http::header::USER_AGENT,
+            http::header::IF_NONE_MATCH,
+            http::header::IF_RANGE,
+            http::header::REFERER,
+        ] {
+            assert_eq!(parsed.header(&name), mapped.header(&name), "{name}");
+            assert_eq!(
+                parsed.header_text(&name),
+                mapped.header_text(&name),
+                "{name}"
+            );
+            assert_eq!(parsed.has_header(&name), mapped.has_header(&name), "{name}");
+            assert_eq!(
+                parsed.single_header(&name),
+                mapped.single_header(&name),
+                "{name}"
+            );
+        }
+        assert_eq!(parsed.header(&http::header::HOST), Some(&b"a"[..]));
+        assert_eq!(parsed.single_header(&http::header::HOST), Err(Several));
+        assert_eq!(
+            parsed.single_header(&http::header::RANGE),
             Ok(Some(&b"bytes=0-1"[..]))
         );
-        assert_eq!(head.single_header(&http::header::IF_RANGE), Ok(None));
-        assert_eq!(head.header_text(&http::header::RANGE), Some("bytes=0-1"));
-        assert_eq!(head.header_text(&http::header::USER_AGENT), None);
-        assert!(head.has_header(&http::header::USER_AGENT));
-        assert!(!head.has_header(&http::header::REFERER));
+        assert_eq!(parsed.single_header(&http::header::IF_RANGE), Ok(None));
+        assert_eq!(parsed.header_text(&http::header::RANGE), Some("bytes=0-1"));
+        assert_eq!(parsed.header_text(&http::header::USER_AGENT), None);
+        assert!(parsed.has_header(&http::header::USER_AGENT));
+        assert!(!parsed.has_header(&http::header::REFERER));
+        assert_eq!(
+            parsed.header_text(&http::header::IF_NONE_MATCH),
+            Some("\"x\",\t\"y\"")
+        );
     }
 }
