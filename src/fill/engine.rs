@@ -1343,6 +1343,8 @@ async fn attempt_object(
     let mut batch = BATCHES.take();
     batch.clear();
     let mut received = ReceivedTally::new(&context.fill);
+    // Bytes from the origin not yet paid to `fill.max_rate`.
+    let mut unpaced = 0;
     loop {
         let chunk = tokio::select! {
             chunk = download.next_chunk() => chunk,
@@ -1373,15 +1375,20 @@ async fn attempt_object(
                         .map_err(|end| (end, counted))?;
                 }
                 batch.extend_from_slice(rest);
-                // `fill.max_rate`'s pacing can be long at a low cap: it ends at cancellation
-                // too, keeping the bytes already received.
                 // `fill.max_rate` caps what crosses the transit: peers are on the site's LAN.
-                let paced = !paced
+                // It is paid a write batch's worth at a time, not per read (a read is at most
+                // 64 KiB): one sleep and wake-up per MiB instead of sixteen, each a turn on
+                // a CPU viewers share. The pacing can be long at a low cap: it ends at
+                // cancellation too, keeping the bytes already received.
+                if paced {
+                    unpaced += data.len();
+                }
+                let paced_on = unpaced < WRITE_BATCH
                     || tokio::select! {
-                        _ = context.rate.acquire(data.len()) => true,
+                        _ = context.rate.acquire(std::mem::take(&mut unpaced)) => true,
                         _ = cancel.raised() => false,
                     };
-                if !paced {
+                if !paced_on {
                     return match flush(writer, &mut batch).await {
                         Ok(writer) => {
                             checkpoint(writer).await;
@@ -1400,8 +1407,13 @@ async fn attempt_object(
                         .map_err(|end| (end, counted))?;
                 }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                context.rate.charge(unpaced).await;
+                break;
+            }
             Err(err) => {
+                // An origin that breaks off each attempt short of a batch is paced too.
+                context.rate.charge(unpaced).await;
                 let retryable = err.retryable || matches!(from, ReadFrom::Peer(_));
                 let end = match from {
                     ReadFrom::Peer(_) => AttemptEnd::PeerSaid,

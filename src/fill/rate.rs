@@ -31,19 +31,28 @@ impl RateLimiter {
 
     /// Waits until `bytes` more may flow.
     pub async fn acquire(&self, bytes: usize) {
+        if let Some(start) = self.reserve(bytes).await {
+            tokio::time::sleep_until(start).await;
+        }
+    }
+
+    /// Counts `bytes` that have flowed without waiting for them (the end of a transfer): the
+    /// next caller waits for them instead, so the cap still holds.
+    pub async fn charge(&self, bytes: usize) {
+        self.reserve(bytes).await;
+    }
+
+    /// Takes `bytes`' time on the timeline; returns when it starts (None when unlimited).
+    async fn reserve(&self, bytes: usize) -> Option<Instant> {
         let rate = self.bytes_per_sec.load(Ordering::Relaxed);
         if rate == 0 {
-            return;
+            return None;
         }
         let cost = Duration::from_secs_f64(bytes as f64 / rate as f64);
-        let start = {
-            let mut next_free = self.next_free.lock().await;
-            let now = Instant::now();
-            let start = (*next_free).max(now);
-            *next_free = start + cost;
-            start
-        };
-        tokio::time::sleep_until(start).await;
+        let mut next_free = self.next_free.lock().await;
+        let start = (*next_free).max(Instant::now());
+        *next_free = start + cost;
+        Some(start)
     }
 }
 
@@ -72,6 +81,16 @@ mod tests {
             elapsed >= Duration::from_millis(1900) && elapsed <= Duration::from_millis(2000),
             "2 MB at 1 MB/s took {elapsed:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_charged_is_waited_for_by_the_next_caller() {
+        let limiter = RateLimiter::new(1_000_000);
+        let started = Instant::now();
+        limiter.charge(500_000).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        limiter.acquire(1).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
     }
 
     #[tokio::test(start_paused = true)]
