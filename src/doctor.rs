@@ -592,7 +592,9 @@ fn file_system(path: &Path) -> Option<String> {
 
 /// Whether the ext4 file system holding `path` has a journal, from its block device's
 /// entries: /sys/fs/ext4/DEV/journal_task names the journal's thread or says `<none>`
-/// (Linux 6.x); before it, /proc/fs/jbd2 has an entry DEV-N for each journal.
+/// (Linux 6.x). Before it, /proc/fs/jbd2 has an entry DEV-N for an internal journal; none
+/// is not proof (an external journal is listed under its own device), so that says
+/// nothing rather than warn wrongly.
 fn ext4_has_journal(path: &Path) -> Option<bool> {
     let stats = rustix::fs::stat(path).ok()?;
     let (major, minor) = (
@@ -605,13 +607,16 @@ fn ext4_has_journal(path: &Path) -> Option<bool> {
         return Some(task.trim() != "<none>");
     }
     let journals = std::fs::read_dir("/proc/fs/jbd2").ok()?;
-    Some(journals.flatten().any(|entry| {
-        entry
-            .file_name()
-            .to_str()
-            .and_then(|journal| journal.rsplit_once('-'))
-            .is_some_and(|(device, _)| device == name)
-    }))
+    journals
+        .flatten()
+        .any(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|journal| journal.rsplit_once('-'))
+                .is_some_and(|(device, _)| device == name)
+        })
+        .then_some(true)
 }
 
 fn clock_synchronised() -> Option<bool> {

@@ -199,6 +199,49 @@ async fn a_low_rate_cap_does_not_keep_the_fill_writing_after_the_window_ends() {
     assert!(took <= PROMPT_STOP, "took {took:?}");
 }
 
+/// `fill.max_rate` is paid a write batch (1 MiB) at a time; objects smaller than that, and
+/// attempts an origin cuts short of it, pay too (found by a review: they flowed unpaced).
+#[tokio::test]
+async fn the_rate_cap_holds_for_objects_and_attempts_smaller_than_a_write_batch() {
+    let origin = Origin::start().await;
+    // 8 objects of 500 KB at 2 MB/s: the last one's turn comes 1.75 s in.
+    let small: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("small{i}.ts"), pattern(500_000 + i)))
+        .collect();
+    // 4 objects of 1.8 MB, each first attempt cut at 900 KB (then resumed): 7.2 MB in
+    // attempts of 900 KB, 3.6 s at 2 MB/s.
+    let cut: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("cut{i}.ts"), pattern(1_800_000 + i)))
+        .collect();
+    for (path, data) in &small {
+        origin.put(path, data, Fault::None);
+    }
+    for (path, data) in &cut {
+        origin.put(
+            path,
+            data,
+            Fault::CutFirst {
+                n: 1,
+                bytes: 900_000,
+            },
+        );
+    }
+    let fill = fill_box("max_rate = \"2MB/s\"\nretries = 5\n").await;
+    for (id, objects, at_least) in [
+        ("small", &small, Duration::from_millis(1500)),
+        ("cut", &cut, Duration::from_millis(3000)),
+    ] {
+        push(&fill, &manifest_json(id, &origin.base_url(), objects)).await;
+        let started = Instant::now();
+        let done = fill_until_done(&fill.daemon, id).await;
+        let took = started.elapsed();
+        println!("{id}: {} objects at 2 MB/s took {took:?}", objects.len());
+        assert_eq!(done["fill"]["objects_failed"], 0, "{done}");
+        assert!(took >= at_least, "{id}: the cap was escaped: {took:?}");
+    }
+    fill.daemon.shutdown().await;
+}
+
 #[tokio::test]
 async fn retry_after_on_503_is_honoured_before_the_next_attempt() {
     let origin = Origin::start().await;

@@ -1343,8 +1343,10 @@ async fn attempt_object(
     let mut batch = BATCHES.take();
     batch.clear();
     let mut received = ReceivedTally::new(&context.fill);
-    // Bytes from the origin not yet paid to `fill.max_rate`.
-    let mut unpaced = 0;
+    let mut owed = Owed {
+        rate: &context.rate,
+        bytes: 0,
+    };
     loop {
         let chunk = tokio::select! {
             chunk = download.next_chunk() => chunk,
@@ -1381,14 +1383,12 @@ async fn attempt_object(
                 // a CPU viewers share. The pacing can be long at a low cap: it ends at
                 // cancellation too, keeping the bytes already received.
                 if paced {
-                    unpaced += data.len();
+                    owed.bytes += data.len();
                 }
-                let paced_on = unpaced < WRITE_BATCH
-                    || tokio::select! {
-                        _ = context.rate.acquire(std::mem::take(&mut unpaced)) => true,
-                        _ = cancel.raised() => false,
-                    };
-                if !paced_on {
+                let turn = (owed.bytes >= WRITE_BATCH)
+                    .then(|| owed.reserve())
+                    .flatten();
+                if !wait_for_turn(turn, &mut cancel).await {
                     return match flush(writer, &mut batch).await {
                         Ok(writer) => {
                             checkpoint(writer).await;
@@ -1408,12 +1408,14 @@ async fn attempt_object(
                 }
             }
             Ok(None) => {
-                context.rate.charge(unpaced).await;
+                // An object smaller than a batch waits its turn too (once), or small
+                // objects would flow unpaced. Cancelled here, it is whole: it is finished.
+                wait_for_turn(owed.reserve(), &mut cancel).await;
                 break;
             }
             Err(err) => {
-                // An origin that breaks off each attempt short of a batch is paced too.
-                context.rate.charge(unpaced).await;
+                // So does an attempt the origin broke off short of a batch.
+                wait_for_turn(owed.reserve(), &mut cancel).await;
                 let retryable = err.retryable || matches!(from, ReadFrom::Peer(_));
                 let end = match from {
                     ReadFrom::Peer(_) => AttemptEnd::PeerSaid,
@@ -1437,6 +1439,42 @@ async fn attempt_object(
         .await
         .map_err(|end| (end, counted))?;
     finish(writer, resumed, counted, &context.background).await
+}
+
+/// Bytes from the origin not yet paid to `fill.max_rate`. They are paid a write batch's
+/// worth at a time, not per read (a read is at most 64 KiB): one sleep and wake-up per MiB
+/// instead of sixteen, each a turn of an idle fill thread on a CPU viewers share. What an
+/// attempt still owes when it ends any other way (cancelled, a write that failed) is
+/// charged when this is dropped, for the next transfer to wait for.
+struct Owed<'a> {
+    rate: &'a RateLimiter,
+    bytes: usize,
+}
+
+impl Owed<'_> {
+    /// Reserves everything owed on the limiter's timeline; returns when that turn starts.
+    fn reserve(&mut self) -> Option<tokio::time::Instant> {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.rate.reserve(bytes)
+    }
+}
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        self.rate.charge(self.bytes);
+    }
+}
+
+/// Waits until `turn` (None: at once); false when `cancel` came first. At a low cap the wait
+/// can be long, so it ends at cancellation too, keeping the bytes already received.
+async fn wait_for_turn(turn: Option<tokio::time::Instant>, cancel: &mut Signal<Cancel>) -> bool {
+    let Some(turn) = turn else {
+        return true;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep_until(turn) => true,
+        _ = cancel.raised() => false,
+    }
 }
 
 /// Bytes received, told to the fill's progress once a write batch's worth or

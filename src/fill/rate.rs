@@ -1,9 +1,9 @@
 //! The global `fill.max_rate` cap: a pacing limiter shared by every transfer.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Paces bytes so that, across all transfers, no more than `bytes_per_sec` flow on average.
@@ -12,6 +12,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct RateLimiter {
     bytes_per_sec: AtomicU64,
+    /// Where the timeline is free from; only ever held for the arithmetic, never across a
+    /// wait.
     next_free: Mutex<Instant>,
 }
 
@@ -24,35 +26,46 @@ impl RateLimiter {
         }
     }
 
-    /// Changes the cap (SIGHUP); 0 means unlimited.
+    /// Changes the cap (SIGHUP); 0 means unlimited. What was reserved at the old cap is
+    /// forgotten: a raised cap applies to the next byte, not after a queue priced at the old.
     pub fn set_rate(&self, bytes_per_sec: u64) {
-        self.bytes_per_sec.store(bytes_per_sec, Ordering::Relaxed);
+        if self.bytes_per_sec.swap(bytes_per_sec, Ordering::Relaxed) != bytes_per_sec {
+            *self.timeline() = Instant::now();
+        }
     }
 
     /// Waits until `bytes` more may flow.
     pub async fn acquire(&self, bytes: usize) {
-        if let Some(start) = self.reserve(bytes).await {
+        if let Some(start) = self.reserve(bytes) {
             tokio::time::sleep_until(start).await;
         }
     }
 
-    /// Counts `bytes` that have flowed without waiting for them (the end of a transfer): the
-    /// next caller waits for them instead, so the cap still holds.
-    pub async fn charge(&self, bytes: usize) {
-        self.reserve(bytes).await;
+    /// Counts `bytes` that have flowed without waiting for them (an attempt that ended
+    /// while it still owed): the next caller waits for them instead, so the cap holds.
+    pub fn charge(&self, bytes: usize) {
+        self.reserve(bytes);
     }
 
-    /// Takes `bytes`' time on the timeline; returns when it starts (None when unlimited).
-    async fn reserve(&self, bytes: usize) -> Option<Instant> {
+    /// Takes `bytes`' time on the timeline now; returns when that time starts, which the
+    /// caller waits for (None when unlimited or nothing is reserved).
+    pub fn reserve(&self, bytes: usize) -> Option<Instant> {
         let rate = self.bytes_per_sec.load(Ordering::Relaxed);
-        if rate == 0 {
+        if rate == 0 || bytes == 0 {
             return None;
         }
         let cost = Duration::from_secs_f64(bytes as f64 / rate as f64);
-        let mut next_free = self.next_free.lock().await;
+        let mut next_free = self.timeline();
         let start = (*next_free).max(Instant::now());
         *next_free = start + cost;
         Some(start)
+    }
+
+    fn timeline(&self) -> std::sync::MutexGuard<'_, Instant> {
+        // Only arithmetic runs under the lock: a poisoned one still holds a valid instant.
+        self.next_free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -87,10 +100,22 @@ mod tests {
     async fn what_is_charged_is_waited_for_by_the_next_caller() {
         let limiter = RateLimiter::new(1_000_000);
         let started = Instant::now();
-        limiter.charge(500_000).await;
+        limiter.charge(500_000);
         assert_eq!(started.elapsed(), Duration::ZERO);
         limiter.acquire(1).await;
         assert_eq!(started.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_cap_forgets_what_was_queued_at_the_old_one() {
+        let limiter = RateLimiter::new(1_000_000);
+        limiter.charge(10_000_000);
+        limiter.set_rate(10_000_000);
+        let started = Instant::now();
+        limiter.acquire(1 << 20).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        limiter.acquire(1).await;
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
