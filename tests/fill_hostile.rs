@@ -232,12 +232,25 @@ async fn the_rate_cap_holds_for_objects_and_attempts_smaller_than_a_write_batch(
         ("cut", &cut, Duration::from_millis(3000)),
     ] {
         push(&fill, &manifest_json(id, &origin.base_url(), objects)).await;
+        let sent_before = origin.bytes_sent();
         let started = Instant::now();
+        fill.daemon.set_override(Override::Fill).await.unwrap();
+        // What crossed in the first 0.6 s: 1.2 MB at the cap, plus the batch (1 MiB) paid
+        // at once, and slack. Paid after reading, the eight transfers took 4 MB at once.
+        tokio::time::sleep_until((started + Duration::from_millis(600)).into()).await;
+        let early = origin.bytes_sent() - sent_before;
         let done = fill_until_done(&fill.daemon, id).await;
         let took = started.elapsed();
-        println!("{id}: {} objects at 2 MB/s took {took:?}", objects.len());
+        println!(
+            "{id}: {} objects at 2 MB/s took {took:?}; {early} bytes sent in the first 0.6 s",
+            objects.len()
+        );
         assert_eq!(done["fill"]["objects_failed"], 0, "{done}");
         assert!(took >= at_least, "{id}: the cap was escaped: {took:?}");
+        assert!(
+            early <= 2_700_000,
+            "{id}: a burst over the cap: {early} bytes in 0.6 s"
+        );
     }
     fill.daemon.shutdown().await;
 }

@@ -1300,6 +1300,20 @@ async fn attempt_object(
         ReadFrom::Origin => (&context.origin_bytes, true),
         ReadFrom::Peer(_) => (&context.peer_bytes, false),
     };
+    // The first batch is paid for before the request goes out: what the origin sends
+    // before it is read is the kernel's receive buffer, not a batch per transfer.
+    let mut prepaid = Prepaid {
+        rate: &context.rate,
+        credit: 0,
+    };
+    if paced
+        && !prepaid
+            .pay_next(object.size.saturating_sub(counted), &mut cancel)
+            .await
+    {
+        checkpoint(writer).await;
+        return Err((AttemptEnd::Cancelled, counted));
+    }
     let opened = tokio::select! {
         opened = open => opened,
         _ = cancel.raised() => {
@@ -1343,11 +1357,20 @@ async fn attempt_object(
     let mut batch = BATCHES.take();
     batch.clear();
     let mut received = ReceivedTally::new(&context.fill);
-    let mut owed = Owed {
-        rate: &context.rate,
-        bytes: 0,
-    };
     loop {
+        if paced
+            && !prepaid
+                .pay_next(object.size.saturating_sub(counted), &mut cancel)
+                .await
+        {
+            return match flush(writer, &mut batch).await {
+                Ok(writer) => {
+                    checkpoint(writer).await;
+                    Err((AttemptEnd::Cancelled, counted))
+                }
+                Err(end) => Err((end, counted)),
+            };
+        }
         let chunk = tokio::select! {
             chunk = download.next_chunk() => chunk,
             _ = cancel.raised() => {
@@ -1377,25 +1400,8 @@ async fn attempt_object(
                         .map_err(|end| (end, counted))?;
                 }
                 batch.extend_from_slice(rest);
-                // `fill.max_rate` caps what crosses the transit: peers are on the site's LAN.
-                // It is paid a write batch's worth at a time, not per read (a read is at most
-                // 64 KiB): one sleep and wake-up per MiB instead of sixteen, each a turn on
-                // a CPU viewers share. The pacing can be long at a low cap: it ends at
-                // cancellation too, keeping the bytes already received.
                 if paced {
-                    owed.bytes += data.len();
-                }
-                let turn = (owed.bytes >= WRITE_BATCH)
-                    .then(|| owed.reserve())
-                    .flatten();
-                if !wait_for_turn(turn, &mut cancel).await {
-                    return match flush(writer, &mut batch).await {
-                        Ok(writer) => {
-                            checkpoint(writer).await;
-                            Err((AttemptEnd::Cancelled, counted))
-                        }
-                        Err(end) => Err((end, counted)),
-                    };
+                    prepaid.spend(data.len());
                 }
                 counted += data.len() as u64;
                 context.metrics.fill_bytes.inc_by(data.len() as u64);
@@ -1407,15 +1413,8 @@ async fn attempt_object(
                         .map_err(|end| (end, counted))?;
                 }
             }
-            Ok(None) => {
-                // An object smaller than a batch waits its turn too (once), or small
-                // objects would flow unpaced. Cancelled here, it is whole: it is finished.
-                wait_for_turn(owed.reserve(), &mut cancel).await;
-                break;
-            }
+            Ok(None) => break,
             Err(err) => {
-                // So does an attempt the origin broke off short of a batch.
-                wait_for_turn(owed.reserve(), &mut cancel).await;
                 let retryable = err.retryable || matches!(from, ReadFrom::Peer(_));
                 let end = match from {
                     ReadFrom::Peer(_) => AttemptEnd::PeerSaid,
@@ -1441,39 +1440,42 @@ async fn attempt_object(
     finish(writer, resumed, counted, &context.background).await
 }
 
-/// Bytes from the origin not yet paid to `fill.max_rate`. They are paid a write batch's
-/// worth at a time, not per read (a read is at most 64 KiB): one sleep and wake-up per MiB
-/// instead of sixteen, each a turn of an idle fill thread on a CPU viewers share. What an
-/// attempt still owes when it ends any other way (cancelled, a write that failed) is
-/// charged when this is dropped, for the next transfer to wait for.
-struct Owed<'a> {
+/// `fill.max_rate` paid ahead: it caps what crosses the transit (peers are on the site's
+/// LAN), so a transfer pays for its next write batch (1 MiB, or what is left of the object)
+/// before it reads it. Paid a batch at a time, not per read (a read is at most 64 KiB): one
+/// sleep and wake-up per MiB instead of sixteen, each a turn of an idle fill thread on a CPU
+/// viewers share. An object or an attempt smaller than a batch pays before it starts.
+struct Prepaid<'a> {
     rate: &'a RateLimiter,
-    bytes: usize,
+    /// Bytes paid for and not yet read.
+    credit: usize,
 }
 
-impl Owed<'_> {
-    /// Reserves everything owed on the limiter's timeline; returns when that turn starts.
-    fn reserve(&mut self) -> Option<tokio::time::Instant> {
-        let bytes = std::mem::take(&mut self.bytes);
-        self.rate.reserve(bytes)
+impl Prepaid<'_> {
+    /// Pays for the next batch when what was paid is used up, waiting for its turn; false
+    /// when `cancel` came first (the wait can be long at a low cap). `remaining`: bytes of
+    /// the object not yet received.
+    async fn pay_next(&mut self, remaining: u64, cancel: &mut Signal<Cancel>) -> bool {
+        if self.credit > 0 {
+            return true;
+        }
+        let ahead = usize::try_from(remaining).map_or(WRITE_BATCH, |left| left.min(WRITE_BATCH));
+        self.credit = ahead;
+        let Some(turn) = self.rate.reserve(ahead) else {
+            return true;
+        };
+        tokio::select! {
+            _ = self.rate.wait_for(turn) => true,
+            _ = cancel.raised() => false,
+        }
     }
-}
 
-impl Drop for Owed<'_> {
-    fn drop(&mut self) {
-        self.rate.charge(self.bytes);
-    }
-}
-
-/// Waits until `turn` (None: at once); false when `cancel` came first. At a low cap the wait
-/// can be long, so it ends at cancellation too, keeping the bytes already received.
-async fn wait_for_turn(turn: Option<tokio::time::Instant>, cancel: &mut Signal<Cancel>) -> bool {
-    let Some(turn) = turn else {
-        return true;
-    };
-    tokio::select! {
-        _ = tokio::time::sleep_until(turn) => true,
-        _ = cancel.raised() => false,
+    /// Takes `bytes` read off what was paid; bytes beyond it (an origin sending more than
+    /// the object's size, or a whole object for a resume) are charged for the next payer.
+    fn spend(&mut self, bytes: usize) {
+        let covered = bytes.min(self.credit);
+        self.credit -= covered;
+        self.rate.charge(bytes - covered);
     }
 }
 
