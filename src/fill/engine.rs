@@ -1296,26 +1296,19 @@ async fn attempt_object(
             }
         }
     };
-    let (source_bytes, paced) = match from {
-        ReadFrom::Origin => (&context.origin_bytes, true),
-        ReadFrom::Peer(_) => (&context.peer_bytes, false),
+    // `fill.max_rate` caps what crosses the transit: peers are on the site's LAN.
+    let (source_bytes, mut prepaid) = match from {
+        ReadFrom::Origin => (&context.origin_bytes, Prepaid::paced(&context.rate)),
+        ReadFrom::Peer(_) => (&context.peer_bytes, Prepaid::unpaced()),
     };
     // The first batch is paid for before the request goes out: what the origin sends
     // before it is read is the kernel's receive buffer, not a batch per transfer.
-    let mut prepaid = Prepaid {
-        rate: &context.rate,
-        credit: 0,
-    };
-    if paced
-        && !prepaid
-            .pay_next(object.size.saturating_sub(counted), &mut cancel)
-            .await
-    {
-        checkpoint(writer).await;
-        return Err((AttemptEnd::Cancelled, counted));
-    }
+    let first_batch = object.size.saturating_sub(counted);
     let opened = tokio::select! {
-        opened = open => opened,
+        opened = async {
+            prepaid.pay_next(first_batch).await;
+            open.await
+        } => opened,
         _ = cancel.raised() => {
             checkpoint(writer).await;
             return Err((AttemptEnd::Cancelled, counted));
@@ -1358,21 +1351,12 @@ async fn attempt_object(
     batch.clear();
     let mut received = ReceivedTally::new(&context.fill);
     loop {
-        if paced
-            && !prepaid
-                .pay_next(object.size.saturating_sub(counted), &mut cancel)
-                .await
-        {
-            return match flush(writer, &mut batch).await {
-                Ok(writer) => {
-                    checkpoint(writer).await;
-                    Err((AttemptEnd::Cancelled, counted))
-                }
-                Err(end) => Err((end, counted)),
-            };
-        }
+        let remaining = object.size.saturating_sub(counted);
         let chunk = tokio::select! {
-            chunk = download.next_chunk() => chunk,
+            chunk = async {
+                prepaid.pay_next(remaining).await;
+                download.next_chunk().await
+            } => chunk,
             _ = cancel.raised() => {
                 return match flush(writer, &mut batch).await {
                     Ok(writer) => {
@@ -1400,9 +1384,7 @@ async fn attempt_object(
                         .map_err(|end| (end, counted))?;
                 }
                 batch.extend_from_slice(rest);
-                if paced {
-                    prepaid.spend(data.len());
-                }
+                prepaid.spend(data.len());
                 counted += data.len() as u64;
                 context.metrics.fill_bytes.inc_by(data.len() as u64);
                 source_bytes.inc_by(data.len() as u64);
@@ -1440,42 +1422,55 @@ async fn attempt_object(
     finish(writer, resumed, counted, &context.background).await
 }
 
-/// `fill.max_rate` paid ahead: it caps what crosses the transit (peers are on the site's
-/// LAN), so a transfer pays for its next write batch (1 MiB, or what is left of the object)
-/// before it reads it. Paid a batch at a time, not per read (a read is at most 64 KiB): one
-/// sleep and wake-up per MiB instead of sixteen, each a turn of an idle fill thread on a CPU
-/// viewers share. An object or an attempt smaller than a batch pays before it starts.
+/// `fill.max_rate` paid ahead: a transfer from the origin pays for its next write batch
+/// (1 MiB, or what is left of the object) before it reads it. Paid a batch at a time, not
+/// per read (a read is at most 64 KiB): one sleep and wake-up per MiB instead of sixteen,
+/// each a turn of an idle fill thread on a CPU viewers share. An object or an attempt
+/// smaller than a batch pays before it starts. The waits are raced with cancellation by
+/// the caller; one dropped mid-wait has paid for bytes it never reads (the cap errs low).
 struct Prepaid<'a> {
-    rate: &'a RateLimiter,
+    /// None for a source that is not paced (a peer of the site).
+    rate: Option<&'a RateLimiter>,
     /// Bytes paid for and not yet read.
     credit: usize,
 }
 
-impl Prepaid<'_> {
-    /// Pays for the next batch when what was paid is used up, waiting for its turn; false
-    /// when `cancel` came first (the wait can be long at a low cap). `remaining`: bytes of
-    /// the object not yet received.
-    async fn pay_next(&mut self, remaining: u64, cancel: &mut Signal<Cancel>) -> bool {
-        if self.credit > 0 {
-            return true;
+impl<'a> Prepaid<'a> {
+    fn paced(rate: &'a RateLimiter) -> Prepaid<'a> {
+        Prepaid {
+            rate: Some(rate),
+            credit: 0,
         }
+    }
+
+    fn unpaced() -> Prepaid<'a> {
+        Prepaid {
+            rate: None,
+            credit: 0,
+        }
+    }
+
+    /// Pays for the next batch when what was paid is used up, and waits for its turn (long
+    /// at a low cap). `remaining`: bytes of the object not yet received.
+    async fn pay_next(&mut self, remaining: u64) {
+        let Some(rate) = self.rate.filter(|_| self.credit == 0) else {
+            return;
+        };
         let ahead = usize::try_from(remaining).map_or(WRITE_BATCH, |left| left.min(WRITE_BATCH));
         self.credit = ahead;
-        let Some(turn) = self.rate.reserve(ahead) else {
-            return true;
-        };
-        tokio::select! {
-            _ = self.rate.wait_for(turn) => true,
-            _ = cancel.raised() => false,
+        if let Some(turn) = rate.reserve(ahead) {
+            rate.wait_for(turn).await;
         }
     }
 
     /// Takes `bytes` read off what was paid; bytes beyond it (an origin sending more than
     /// the object's size, or a whole object for a resume) are charged for the next payer.
     fn spend(&mut self, bytes: usize) {
-        let covered = bytes.min(self.credit);
-        self.credit -= covered;
-        self.rate.charge(bytes - covered);
+        if let Some(rate) = self.rate {
+            let covered = bytes.min(self.credit);
+            self.credit -= covered;
+            rate.charge(bytes - covered);
+        }
     }
 }
 
