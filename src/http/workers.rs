@@ -83,7 +83,7 @@ impl ViewerWorkers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .max_blocking_threads(blocking_threads)
-                .thread_name(format!("tidecache-viewer-{number}-io"))
+                .thread_name(format!("viewer-{number}-disk"))
                 .build()?;
             let (sockets, shared, shutdown, finished, cut_rx) = (
                 Arc::clone(&sockets),
@@ -93,7 +93,7 @@ impl ViewerWorkers {
                 cut_rx.clone(),
             );
             let thread = std::thread::Builder::new()
-                .name(format!("tidecache-viewer-{number}"))
+                .name(format!("viewer-{number}"))
                 .spawn(move || {
                     let _finished = finished;
                     runtime.block_on(worker(sockets, shared, shutdown, cut_rx));

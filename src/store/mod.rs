@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::ClockMap;
 use crate::config::StoreConfig;
-pub use folios::read_in_large_folios;
+pub use folios::{ReadIn, next_window, read_in_large_folios};
 use index::Index;
 pub use index::{MAX_STORES, ObjectMeta};
 use journal::{JournalEntry, JournalWriter, Record};
@@ -142,9 +142,6 @@ pub struct OpenObject {
     pub file: Arc<File>,
     /// What the index says about it (size already checked against the file).
     pub meta: ObjectMeta,
-    /// Opened just now, not found in the open-file cache: the first answer from this open
-    /// may read it into the page cache ([`read_in_large_folios`]).
-    pub fresh: bool,
 }
 
 /// Whether a store takes part, as `/v1/status` spells it (`ok`, `full`, `failed`).
@@ -673,18 +670,10 @@ impl Stores {
             .being_replaced(path)
             .filter(|(replaced, _)| *replaced == meta)
         {
-            return Ok(OpenObject {
-                file,
-                meta,
-                fresh: false,
-            });
+            return Ok(OpenObject { file, meta });
         }
         if let Some(file) = self.cached_file(path, &meta) {
-            return Ok(OpenObject {
-                file,
-                meta,
-                fresh: false,
-            });
+            return Ok(OpenObject { file, meta });
         }
         let store = &self.stores[meta.store];
         let changed = || StoreError::Changed {
@@ -732,11 +721,7 @@ impl Stores {
                 detail: format!("index says {} bytes, file has {len}", meta.size),
             });
         }
-        Ok(OpenObject {
-            file,
-            meta,
-            fresh: true,
-        })
+        Ok(OpenObject { file, meta })
     }
 
     /// After an object could not be opened: a store whose directory vanished or that
