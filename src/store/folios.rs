@@ -301,7 +301,7 @@ fn memo_slot(file: &Arc<File>) -> (usize, usize, i32) {
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(super::coarse_clock().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(coarse_clock().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether this thread found `offset..offset + len` of `file` cached less than
@@ -328,6 +328,18 @@ fn remember_cached(file: &Arc<File>, offset: u64, len: u64) {
         at_ms: now_ms(),
     };
     SEEN_CACHED.with(|seen| seen.borrow_mut()[slot] = entry);
+}
+
+/// The coarse monotonic clock: a memory read, where the precise clock reads a counter. Its
+/// kernel-tick resolution (a few milliseconds) is plenty for the open-file cache's minute
+/// and the sendfile path's one-second memo of cached spans,
+/// and it is read on every request.
+pub(super) fn coarse_clock() -> std::time::Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    std::time::Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// The 2 MiB-aligned span (offset, length) around `wanted` within a file of `size` bytes;

@@ -42,6 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::ClockMap;
 use crate::config::StoreConfig;
+use folios::coarse_clock;
 pub use folios::{ReadIn, next_window, read_in_large_folios};
 use index::Index;
 pub use index::{MAX_STORES, ObjectMeta};
@@ -389,17 +390,6 @@ struct CachedFile {
     sha256: [u8; 32],
     /// When it was opened, on [`coarse_clock`].
     opened: std::time::Duration,
-}
-
-/// The coarse monotonic clock: a memory read, where the precise clock reads a counter. Its
-/// kernel-tick resolution (a few milliseconds) is plenty for the open-file cache's minute,
-/// and it is read on every request.
-fn coarse_clock() -> std::time::Duration {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    std::time::Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or(0),
-        u32::try_from(now.tv_nsec).unwrap_or(0),
-    )
 }
 
 /// Lets go of an old version kept servable during its replacement, whatever way the
