@@ -251,16 +251,13 @@ impl Admin {
             None => text(StatusCode::OK, "ready\n"),
         };
         if let Some(site) = self.fill.site() {
-            let settled = if site.is_settled() {
-                "settled"
-            } else {
-                "settling"
-            };
+            let (members, settled) = site.settled_members();
+            let settled = if settled { "settled" } else { "settling" };
             response.headers_mut().insert(
                 crate::site::SETTLED_HEADER,
                 HeaderValue::from_static(settled),
             );
-            if let Ok(members) = HeaderValue::from_str(&site.fingerprint()) {
+            if let Ok(members) = HeaderValue::from_str(&members) {
                 response
                     .headers_mut()
                     .insert(crate::site::MEMBERS_HEADER, members);

@@ -252,6 +252,9 @@ pub struct Site {
     /// Since when (Unix milliseconds) this box has been settled.
     settled_since_ms: AtomicI64,
     settled_file: std::path::PathBuf,
+    /// Held while the members or `settled` change ([`Site::reload`], [`Site::settle`]), so
+    /// a pass that settles under the old members cannot mark this box settled under new ones.
+    changing: Mutex<()>,
     token: ArcSwap<SiteToken>,
     share: Mutex<Share>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -292,6 +295,7 @@ impl Site {
             settled: AtomicBool::new(settled),
             settled_since_ms: AtomicI64::new(jiff::Timestamp::now().as_millisecond()),
             settled_file,
+            changing: Mutex::new(()),
             token: ArcSwap::from_pointee(token),
             share: Mutex::new(Share::default()),
             client,
@@ -301,6 +305,7 @@ impl Site {
     /// Applies a changed member list, weights, copies or token (SIGHUP). Peers that did
     /// not change keep their readiness. The box's own name needs a restart.
     pub fn reload(&self, config: &SiteConfig, token: SiteToken) {
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let running = self.members.load_full();
         let wanted = members(config, &running.peers);
         let changed = fingerprint(&self.name, &running) != fingerprint(&self.name, &wanted);
@@ -316,22 +321,28 @@ impl Site {
                 peer.agrees.store(false, Ordering::Relaxed);
             }
         }
-        self.members.store(Arc::clone(&wanted));
+        // This box stops saying "settled" before its new members are in force: a peer must
+        // never read "settled" with the new members' fingerprint (see
+        // [`Site::settled_members`]) before this box's fill has run under them.
+        let unsettles = changed && !keeps_settled && self.is_settled();
+        if unsettles {
+            self.settled.store(false, Ordering::SeqCst);
+        }
+        // Where objects were is kept before the new members are in force, so a redirect
+        // never ranks by the new members with no `previous` to fall back on.
         if changed && self.previous.load().is_none() {
             self.save_previous(&running);
         }
+        self.members.store(Arc::clone(&wanted));
         self.token.store(Arc::new(token));
-        if changed && self.is_settled() {
-            if keeps_settled {
-                // Members joined or others grew: this box only loses objects, and it holds
-                // what it keeps.
-                self.save_settled(&fingerprint(&self.name, &wanted));
-            } else {
-                self.settled.store(false, Ordering::Relaxed);
-                tracing::info!(
-                    "the site's members changed: this box settles into them at its next whole fill pass"
-                );
-            }
+        if unsettles {
+            tracing::info!(
+                "the site's members changed: this box settles into them at its next whole fill pass"
+            );
+        } else if changed && keeps_settled && self.is_settled() {
+            // Members joined or others grew: this box only loses objects, and it holds
+            // what it keeps.
+            self.save_settled(&fingerprint(&self.name, &wanted));
         }
     }
 
@@ -343,6 +354,21 @@ impl Site {
     /// only once it has.
     pub fn is_settled(&self) -> bool {
         self.settled.load(Ordering::Relaxed)
+    }
+
+    /// The fingerprint of the current members and whether this box has settled into them,
+    /// as one answer (`/readyz`, `/v1/site/holds`): both read while the same members were
+    /// in force, so "settled" is never paired with members this box has not filled under.
+    /// [`Site::reload`] clears `settled` before it swaps the members; a pair read across a
+    /// swap (the members before, a `settled` set since under the new ones) is read again.
+    pub fn settled_members(&self) -> (String, bool) {
+        loop {
+            let members = self.members.load_full();
+            let settled = self.settled.load(Ordering::SeqCst);
+            if Arc::ptr_eq(&members, &self.members.load()) {
+                return (fingerprint(&self.name, &members), settled);
+            }
+        }
     }
 
     /// How long this box has been settled (zero when it is not).
@@ -371,6 +397,7 @@ impl Site {
     /// A fill pass that started under the members `fingerprint` finished: this box has
     /// settled into them, unless they changed meanwhile.
     pub fn settle(&self, members: &str) {
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         if self.fingerprint() == members && !self.is_settled() {
             self.save_settled(members);
             tracing::info!("this box has settled into the site's members");
@@ -380,7 +407,7 @@ impl Site {
     /// Marks this box settled under `members` and keeps it across restarts (a failed save
     /// is logged: the box stays settled until it restarts).
     fn save_settled(&self, members: &str) {
-        if !self.settled.swap(true, Ordering::Relaxed) {
+        if !self.settled.swap(true, Ordering::SeqCst) {
             self.settled_since_ms
                 .store(jiff::Timestamp::now().as_millisecond(), Ordering::Relaxed);
         }
@@ -548,11 +575,18 @@ impl Site {
 
     /// Forgets where objects were once every box has settled into the current members and
     /// agrees on them: they are all where the current members put them.
-    fn forget_previous_when_settled(&self) {
-        if self.previous.load().is_none() || !self.is_settled() {
+    /// Only on a round of checks that the members did not change under (`round` is what
+    /// they were when it started): its answers were judged against them. Under the lock a
+    /// reload holds, so `previous` is never forgotten half-way through one.
+    fn forget_previous_when_settled(&self, round: &Arc<Members>) {
+        // A reload under way changes the members anyway: not waited for (a check task).
+        let Ok(_changing) = self.changing.try_lock() else {
+            return;
+        };
+        let members = self.members.load();
+        if !Arc::ptr_eq(round, &members) || self.previous.load().is_none() || !self.is_settled() {
             return;
         }
-        let members = self.members.load();
         if members
             .peers
             .iter()
@@ -642,9 +676,7 @@ impl Site {
             }
             // Only on a round that the members did not change under: its answers were
             // judged against them.
-            if Arc::ptr_eq(&members, &self.members.load()) {
-                self.forget_previous_when_settled();
-            }
+            self.forget_previous_when_settled(&members);
             tokio::select! {
                 _ = tokio::time::sleep(members.check_interval) => {}
                 _ = stop.raised() => return,
@@ -891,6 +923,68 @@ mod tests {
             }
         }
         assert!((1350..=1650).contains(&moved), "{moved}");
+    }
+
+    /// Found flaky in tests/site_changes.rs: during the reload that grew its share, a box
+    /// answered "settled" with the new members' fingerprint for as long as saving where
+    /// objects were took (two fsyncs); a peer that checked it then forgot where moved
+    /// objects were and sent viewers to a box that did not hold them yet (404s after a
+    /// hop). An observer thread reads the pair the whole time of every reload.
+    #[test]
+    fn a_box_whose_share_grows_never_says_settled_with_the_new_members() {
+        let dir = tempfile::tempdir().expect("state directory");
+        let mut wanted = config("box-c", &["box-a", "box-b"]);
+        let site = Arc::new(Site::new(&wanted, SiteToken::none(), dir.path()));
+        let before = site.fingerprint();
+        wanted.weight = 2.0;
+        let grown = {
+            let probe = Site::new(
+                &wanted,
+                SiteToken::none(),
+                std::path::Path::new("/nonexistent"),
+            );
+            probe.fingerprint()
+        };
+        let back = config("box-c", &["box-a", "box-b"]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let observer = {
+            let (site, stop, grown) = (Arc::clone(&site), Arc::clone(&stop), grown.clone());
+            std::thread::spawn(move || {
+                let mut looks = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let (members, settled) = site.settled_members();
+                    looks += 1;
+                    if settled && members == grown {
+                        return Err(format!("settled with the new members (look {looks})"));
+                    }
+                    if site.fingerprint() == grown && site.previous.load().is_none() {
+                        return Err(
+                            "the new members in force with nothing saved before them".into()
+                        );
+                    }
+                }
+                Ok(looks)
+            })
+        };
+        for round in 0..10 {
+            site.settle(&before);
+            assert!(site.is_settled(), "round {round}: a pass settles it");
+            // Where objects were is forgotten once all settle; each round starts so.
+            site.previous.store(None);
+            site.reload(&wanted, SiteToken::none());
+            assert!(
+                !site.is_settled(),
+                "round {round}: its share grew, so it fills first"
+            );
+            assert_eq!(site.fingerprint(), grown);
+            site.reload(&back, SiteToken::none());
+        }
+        stop.store(true, Ordering::SeqCst);
+        let looks = observer
+            .join()
+            .expect("observer")
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert!(looks > 10, "the observer looked {looks} times");
     }
 
     #[tokio::test]
