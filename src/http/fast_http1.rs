@@ -606,7 +606,7 @@ async fn send_file(
             let reading = Arc::clone(file);
             tokio::task::spawn_blocking(move || read_in.run(&reading))
                 .await
-                .map_err(io::Error::other)?;
+                .map_err(io::Error::other)??;
             read_in.remember(file);
         }
         let mut left = window;

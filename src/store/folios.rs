@@ -41,19 +41,20 @@ pub fn read_in_large_folios(file: &File, size: u64, wanted: std::ops::RangeInclu
     let Some((offset, len)) = span(size, wanted) else {
         return;
     };
-    populate(file, offset, len, true);
+    let _ = populate(file, offset, len, true);
 }
 
 /// Faults `offset..offset + len` of `file` into the page cache through a mapping, in large
-/// folios when `large_folios` (the mapping advised `MADV_HUGEPAGE`). Best effort.
-fn populate(file: &File, offset: u64, len: u64, large_folios: bool) {
+/// folios when `large_folios` (the mapping advised `MADV_HUGEPAGE`). Only a read error
+/// (`EIO`) is an error; the rest is best effort (see [`ReadIn::run`]).
+fn populate(file: &File, offset: u64, len: u64, large_folios: bool) -> std::io::Result<()> {
     let page = page_size();
     let start = offset - offset % page;
     let Ok(len) = usize::try_from(offset + len - start) else {
-        return;
+        return Ok(());
     };
     if len == 0 {
-        return;
+        return Ok(());
     }
     // SAFETY: a fresh read-only shared mapping of our own file, placed by the kernel (no
     // address given, so nothing existing is replaced). Its memory is never read or written
@@ -69,24 +70,32 @@ fn populate(file: &File, offset: u64, len: u64, large_folios: bool) {
             file,
             start,
         ) else {
-            return;
+            return Ok(());
         };
         if large_folios {
             let _ = rustix::mm::madvise(mapping, len, Advice::LinuxHugepage);
         }
-        let _ = rustix::mm::madvise(mapping, len, Advice::LinuxPopulateRead);
+        let populated = rustix::mm::madvise(mapping, len, Advice::LinuxPopulateRead);
         let _ = rustix::mm::munmap(mapping, len);
+        match populated {
+            Err(rustix::io::Errno::IO) => Err(std::io::Error::from_raw_os_error(libc::EIO)),
+            _ => Ok(()),
+        }
     }
 }
 
-/// Objects up to this size are read into the page cache in large folios, the 2 MiB span
-/// around what is sent; a larger one is read just where it is sent, and the kernel's
-/// read-ahead does the rest.
-const LARGE_FOLIO_OBJECT_MAX: u64 = 16 << 20;
+/// Objects up to this size are read in whole, in large folios, when at least half of one
+/// is asked for (a segment asked for whole, or resumed); a larger one is read just where it
+/// is sent.
+const WHOLE_OBJECT_MAX: u64 = 16 << 20;
+
+/// Objects up to this size are read in whole for any answer of [`WHOLE_ANSWER_MIN`] or
+/// more: at most as much as the kernel's read-ahead of a 2 MiB span read before.
+const ALWAYS_WHOLE_MAX: u64 = 4 << 20;
 
 /// Smaller answers read only what they send: a player's probe of a few bytes does not read
 /// megabytes.
-const LARGE_FOLIO_ANSWER_MIN: u64 = 64 << 10;
+const WHOLE_ANSWER_MIN: u64 = 64 << 10;
 
 /// How long a span found in the page cache is taken to stay there without looking again. A
 /// hot object then costs one `cachestat` a second per worker instead of one per answer
@@ -121,16 +130,20 @@ impl ReadIn {
     /// on the sender's thread (seen here as 4 and 8 MiB read by the sender after a 2 MiB
     /// populate). A whole object's marks lead only past its end, where there is nothing to
     /// read; `POSIX_FADV_WILLNEED` reads exactly the window and marks nothing.
-    pub fn run(&self, file: &File) {
+    ///
+    /// An error is the disk's (`EIO`): sendfile would meet it again, on the worker. A file
+    /// cut behind tidecache's back, or a mapping the kernel refuses, is no error here: the
+    /// send finds the first itself, and the second only costs the read-ahead.
+    pub fn run(&self, file: &File) -> std::io::Result<()> {
         if self.whole_object {
-            populate(file, 0, self.len, true);
+            populate(file, 0, self.len, true)
         } else {
             if let Some(len) = std::num::NonZeroU64::new(self.len) {
                 let _ =
                     rustix::fs::fadvise(file, self.offset, Some(len), rustix::fs::Advice::WillNeed);
             }
             // Waits for those reads (the pages are in the cache, so it starts no more).
-            populate(file, self.offset, self.len, false);
+            populate(file, self.offset, self.len, false)
         }
     }
 
@@ -146,10 +159,13 @@ impl ReadIn {
 /// does not hold all of them ready. `None` means sendfile will not wait for the disk, as
 /// far as the kernel tells.
 ///
-/// An object up to 16 MiB, sent 64 KiB or more at a time, is read in whole and in large
-/// folios: one large folio per 2 MiB makes each later sendfile of it cheaper (benches/compare
-/// measured 0.235 CPU s/GB at 64 KiB from 4 KiB folios against 0.200 from large ones), and
-/// video segments are asked for whole. Anything else reads just the window.
+/// An object up to 4 MiB asked for 64 KiB or more at a time, or up to 16 MiB asked for at
+/// least half, is read in whole and in large folios: one large folio per 2 MiB makes each
+/// later sendfile of it cheaper (benches/compare measured 0.235 CPU s/GB at 64 KiB from
+/// 4 KiB folios against 0.200 from large ones), and video segments are asked for whole.
+/// Anything else reads just the window, so no answer makes the disk read more than 64
+/// times its length (a 64 KiB range of a 4 MiB object), as a 2 MiB span with the kernel's
+/// read-ahead did before.
 pub fn next_window(file: &Arc<File>, size: u64, offset: u64, end: u64) -> (u64, Option<ReadIn>) {
     let end = end.min(size).max(offset);
     let window_end = end.min((offset | (LARGE_FOLIO - 1)).saturating_add(1));
@@ -161,7 +177,9 @@ pub fn next_window(file: &Arc<File>, size: u64, offset: u64, end: u64) -> (u64, 
         remember_cached(file, offset, window);
         return (window, None);
     }
-    let whole_object = size <= LARGE_FOLIO_OBJECT_MAX && end - offset >= LARGE_FOLIO_ANSWER_MIN;
+    let asked = end - offset;
+    let whole_object = asked >= WHOLE_ANSWER_MIN
+        && (size <= ALWAYS_WHOLE_MAX || (size <= WHOLE_OBJECT_MAX && asked >= size / 2));
     let read_in = if whole_object {
         ReadIn {
             offset: 0,
@@ -454,7 +472,17 @@ mod tests {
             }),
             "a small answer reads just its bytes"
         );
-        read_in.run(&small);
+        let (_, quarter) = next_window(&small, small_size, MIB, 2 * MIB);
+        assert_eq!(
+            quarter,
+            Some(ReadIn {
+                offset: MIB,
+                len: MIB,
+                whole_object: false
+            }),
+            "a fifth of an object over 4 MiB reads just its window"
+        );
+        read_in.run(&small).expect("read in");
         assert_eq!(is_ready(&small, 0, small_size), Some(true));
         read_in.remember(&small);
         assert_eq!(
@@ -475,7 +503,7 @@ mod tests {
                 whole_object: false
             }
         );
-        read_in.run(&large);
+        read_in.run(&large).expect("read in");
         assert_eq!(is_ready(&large, 3 * MIB, MIB), Some(true));
         let mut back = vec![0u8; 10];
         use std::os::unix::fs::FileExt;
