@@ -7,7 +7,8 @@
 //!
 //! CONNECTIONS keep-alive HTTP/1.1 connections, one thread each, together send RATE
 //! requests per second, each for a random RANGE_BYTES-aligned range of a random path of
-//! PATHS_FILE (one per line; objects of at least 8 ranges). Each request has a due time on
+//! PATHS_FILE (one per line; objects of at least 8 ranges), or for the whole object when
+//! RANGE_BYTES is 0 (answered 200, any length). Each request has a due time on
 //! a fixed schedule and its latency is measured from then, so a late start counts against
 //! the server (no coordinated omission). Runs SECONDS, or until stdin closes when none is
 //! given. Prints one JSON object: every latency in milliseconds, sorted, the body bytes
@@ -172,28 +173,34 @@ fn viewer(
             std::thread::sleep(due - now);
         }
         let path = &paths[chooser.below(paths.len())];
-        let start = chooser.below(8) as u64 * range;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes={start}-{}\r\n\r\n",
-            start + range - 1
-        );
+        let whole = range == 0;
+        let request = if whole {
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        } else {
+            let start = chooser.below(8) as u64 * range;
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes={start}-{}\r\n\r\n",
+                start + range - 1
+            )
+        };
+        let wanted = if whole { 200 } else { 206 };
         let outcome = writer
             .write_all(request.as_bytes())
             .map_err(|err| format!("send: {err}"))
-            .and_then(|()| read_answer(&mut reader, &mut body));
+            .and_then(|()| read_answer(&mut reader, &mut body, whole));
         let took = due.elapsed();
         match outcome {
-            Ok(206) => {
+            Ok(status) if status == wanted => {
                 measured.latencies_ms.push(took.as_secs_f64() * 1000.0);
                 measured.trace.push((
                     seed,
                     (due - started).as_secs_f64(),
                     took.as_secs_f64() * 1000.0,
                 ));
-                measured.served += range;
+                measured.served += body.len() as u64;
             }
             Ok(status) => {
-                measured.error = Some(format!("a viewer got {status}, not 206"));
+                measured.error = Some(format!("a viewer got {status}, not {wanted}"));
                 return measured;
             }
             Err(err) => {
@@ -206,8 +213,13 @@ fn viewer(
     measured
 }
 
-/// Reads one answer whose body is exactly `body.len()` bytes; returns its status.
-fn read_answer(reader: &mut impl BufRead, body: &mut [u8]) -> Result<u16, String> {
+/// Reads one answer whose body is exactly `body.len()` bytes (any length, `body` resized to
+/// it, when `any_length`); returns its status.
+fn read_answer(
+    reader: &mut impl BufRead,
+    body: &mut Vec<u8>,
+    any_length: bool,
+) -> Result<u16, String> {
     let mut line = String::new();
     reader
         .read_line(&mut line)
@@ -232,6 +244,9 @@ fn read_answer(reader: &mut impl BufRead, body: &mut [u8]) -> Result<u16, String
                 length = value.trim().parse::<usize>().ok();
             }
         }
+    }
+    if let (true, Some(length)) = (any_length, length) {
+        body.resize(length, 0);
     }
     match length {
         Some(length) if length == body.len() => reader
