@@ -156,7 +156,7 @@ impl Admin {
         };
         let mut body = ObjectBody::empty();
         if request.method() == Method::GET {
-            body.push_file_range(object.file, size, offset, size - offset);
+            body.push_file_range(object.file, offset, size - offset);
         }
         let mut response = Response::new(body);
         *response.status_mut() = status;

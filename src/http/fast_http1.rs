@@ -9,7 +9,6 @@
 //! the rest of the connection, so the fast path never has to be right about the unusual.
 
 use std::io;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
@@ -489,12 +488,7 @@ async fn write_response(
                 run[run_len] = bytes;
                 run_len += 1;
             }
-            BodyPart::File {
-                file,
-                size,
-                offset,
-                len,
-            } => {
+            BodyPart::File { file, offset, len } => {
                 // MSG_MORE holds the head for the file's first bytes: one full segment for a
                 // small body. Before a large one it is measured to cost, not save: corked
                 // sends of megabytes took 5 times the CPU per GB of uncorked ones
@@ -503,7 +497,7 @@ async fn write_response(
                 let more = *len <= CORK_BODY_MAX;
                 send_all(stream, &mut run[..run_len], more, idle, written).await?;
                 run_len = 0;
-                send_file(stream, file, *size, *offset, *len, idle, written).await?;
+                send_file(stream, file, *offset, *len, idle, written).await?;
             }
         }
     }
@@ -582,47 +576,27 @@ async fn when_writable(
     }
 }
 
-/// `sendfile(2)` of `remaining` bytes from `offset` of `file` (of `size` bytes), waiting for
-/// the socket as needed, adding what the socket takes to `total`. It goes a window (up to
-/// 2 MiB) at a time, and a window the page cache does not hold is read in on a blocking
-/// thread first: sendfile would otherwise wait for the disk on this worker, and every
-/// other connection of the worker with it (see `store::next_window`).
+/// `sendfile(2)` of `len` bytes from `offset`, waiting for the socket as needed, adding what
+/// the socket takes to `total`.
 async fn send_file(
     stream: &TcpStream,
-    file: &Arc<std::fs::File>,
-    size: u64,
+    file: &std::fs::File,
     mut offset: u64,
     mut remaining: u64,
     idle: Duration,
     total: &mut u64,
 ) -> io::Result<()> {
     while remaining > 0 {
-        let (window, read_in) = crate::store::next_window(file, size, offset, offset + remaining);
-        if window == 0 {
-            // The file is shorter than the answer promised (cut behind our back).
+        let chunk = usize::try_from(remaining.min(1 << 22)).unwrap_or(1 << 22);
+        let sent = when_writable(stream, idle, || {
+            rustix::fs::sendfile(stream, file, Some(&mut offset), chunk)
+        })
+        .await?;
+        if sent == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
-        if let Some(read_in) = read_in {
-            let reading = Arc::clone(file);
-            tokio::task::spawn_blocking(move || read_in.run(&reading))
-                .await
-                .map_err(io::Error::other)??;
-            read_in.remember(file);
-        }
-        let mut left = window;
-        while left > 0 {
-            let chunk = usize::try_from(left).unwrap_or(usize::MAX);
-            let sent = when_writable(stream, idle, || {
-                rustix::fs::sendfile(stream, file, Some(&mut offset), chunk)
-            })
-            .await?;
-            if sent == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            *total += sent as u64;
-            remaining -= sent as u64;
-            left -= sent as u64;
-        }
+        *total += sent as u64;
+        remaining -= sent as u64;
     }
     Ok(())
 }

@@ -35,7 +35,6 @@ enum Segment {
     /// `remaining` bytes of `file` starting at `offset`.
     File {
         file: Arc<File>,
-        size: u64,
         offset: u64,
         remaining: u64,
     },
@@ -50,8 +49,6 @@ pub enum BodyPart {
     File {
         /// The open file.
         file: Arc<File>,
-        /// Its size, so a sender can tell how far around the bytes to read ahead.
-        size: u64,
         /// Where the bytes start.
         offset: u64,
         /// How many.
@@ -376,13 +373,12 @@ impl ObjectBody {
         }
     }
 
-    /// Appends `len` bytes of `file` (of `size` bytes) from `offset`.
-    pub fn push_file_range(&mut self, file: Arc<File>, size: u64, offset: u64, len: u64) {
+    /// Appends `len` bytes of `file` from `offset`.
+    pub fn push_file_range(&mut self, file: Arc<File>, offset: u64, len: u64) {
         if len > 0 {
             self.remaining += len;
             self.segments.push_back(Segment::File {
                 file,
-                size,
                 offset,
                 remaining: len,
             });
@@ -399,12 +395,10 @@ impl ObjectBody {
                 Segment::Memory(bytes) => BodyPart::Memory(bytes),
                 Segment::File {
                     file,
-                    size,
                     offset,
                     remaining,
                 } => BodyPart::File {
                     file,
-                    size,
                     offset,
                     len: remaining,
                 },
@@ -565,7 +559,6 @@ impl Body for ObjectBody {
                 }
                 Some(Segment::File {
                     file,
-                    size,
                     offset,
                     remaining,
                 }) => {
@@ -579,7 +572,6 @@ impl Body for ObjectBody {
                         Poll::Pending => {
                             this.segments.push_front(Segment::File {
                                 file,
-                                size,
                                 offset,
                                 remaining,
                             });
@@ -589,7 +581,6 @@ impl Body for ObjectBody {
                     if remaining > len {
                         this.segments.push_front(Segment::File {
                             file: Arc::clone(&file),
-                            size,
                             offset: offset + len,
                             remaining: remaining - len,
                         });
@@ -630,12 +621,7 @@ mod tests {
             .collect();
         let file = file_with(&content);
         let mut body = ObjectBody::from_bytes("head|");
-        body.push_file_range(
-            Arc::clone(&file),
-            content.len() as u64,
-            3,
-            content.len() as u64 - 3,
-        );
+        body.push_file_range(Arc::clone(&file), 3, content.len() as u64 - 3);
         body.push_bytes(Bytes::from_static(b"|tail"));
         let expected_len = 5 + content.len() as u64 - 3 + 5;
         assert_eq!(body.len(), expected_len);
@@ -649,7 +635,7 @@ mod tests {
     async fn file_shorter_than_promised_is_an_error_not_a_short_body() {
         let file = file_with(b"short");
         let mut body = ObjectBody::empty();
-        body.push_file_range(file, 100, 0, 100);
+        body.push_file_range(file, 0, 100);
         let reported = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Arc::clone(&reported);
         let body = body.on_short_file(Box::new(move || {
@@ -676,12 +662,7 @@ mod tests {
         let empty_pool = Arc::new(Semaphore::new(0));
         let budget = QueueBudget::for_connection(&empty_pool, None);
         let mut body = ObjectBody::empty();
-        body.push_file_range(
-            file_with(&content),
-            content.len() as u64,
-            0,
-            content.len() as u64,
-        );
+        body.push_file_range(file_with(&content), 0, content.len() as u64);
         let mut body = body.within(budget);
         let first = next_data(&mut body).await.expect("first piece");
         let second = next_data(&mut body).await.expect("second piece");
@@ -703,12 +684,7 @@ mod tests {
         let pool = Arc::new(Semaphore::new(64 << 20));
         let budget = QueueBudget::for_connection(&pool, None);
         let mut body = ObjectBody::empty();
-        body.push_file_range(
-            file_with(&content),
-            content.len() as u64,
-            0,
-            content.len() as u64,
-        );
+        body.push_file_range(file_with(&content), 0, content.len() as u64);
         let mut body = body.within(budget);
         let mut queued = Vec::new();
         while let Some(piece) = next_data(&mut body).await {
@@ -747,24 +723,14 @@ mod tests {
         );
         // Siblings the viewer does not read hold the connection's whole share.
         let mut parked = ObjectBody::empty();
-        parked.push_file_range(
-            file_with(&content),
-            content.len() as u64,
-            0,
-            content.len() as u64,
-        );
+        parked.push_file_range(file_with(&content), 0, content.len() as u64);
         let mut parked = parked.within(Arc::clone(&budget));
         let held = [
             next_data(&mut parked).await.unwrap(),
             next_data(&mut parked).await.unwrap(),
         ];
         let mut read = ObjectBody::empty();
-        read.push_file_range(
-            file_with(&content),
-            content.len() as u64,
-            0,
-            content.len() as u64,
-        );
+        read.push_file_range(file_with(&content), 0, content.len() as u64);
         let mut read = read.within(Arc::clone(&budget));
         assert!(
             next_data(&mut read).await.is_none(),

@@ -164,14 +164,14 @@ enum Source {
 }
 
 impl Source {
-    /// Appends `len` bytes from `offset` of the object (of `size` bytes) to `body`.
-    fn push(&self, body: &mut ObjectBody, size: u64, offset: u64, len: u64) {
+    /// Appends `len` bytes from `offset` to `body`.
+    fn push(&self, body: &mut ObjectBody, offset: u64, len: u64) {
         match self {
             Source::Memory(bytes, _) => {
                 let start = offset as usize;
                 body.push_bytes(bytes.slice(start..start + len as usize));
             }
-            Source::File(file, _) => body.push_file_range(Arc::clone(file), size, offset, len),
+            Source::File(file, _) => body.push_file_range(Arc::clone(file), offset, len),
         }
     }
 }
@@ -454,12 +454,12 @@ impl Viewer {
             cache::Admission::Load
         };
         let mut replaced_meanwhile = 0;
-        let (meta, source) = loop {
+        let (meta, source, fresh) = loop {
             let Some(meta) = self.stores.lookup(&path) else {
                 return self.counted_miss(request, &path);
             };
             match self.source(&path, meta, prefer_file, admission) {
-                Ok(source) => break (meta, source),
+                Ok((source, fresh)) => break (meta, source, fresh),
                 // A fill replaced it between the lookup and the open: look again.
                 Err(StoreError::Changed { .. }) if replaced_meanwhile < 3 => {
                     replaced_meanwhile += 1;
@@ -470,7 +470,7 @@ impl Viewer {
                 }
             }
         };
-        let response = self.object(request, &settings, &path, meta, source, sender);
+        let response = self.object(request, &settings, &path, meta, source, sender, fresh);
         if let Some(popularity) = &self.popularity {
             let bytes = if request.method() == Method::HEAD {
                 0
@@ -483,7 +483,8 @@ impl Viewer {
     }
 
     /// Where the bytes of the object `meta` describes come from: the RAM cache, or its
-    /// file (opened, and a RAM-cache load started when the cache wants it). `prefer_file`:
+    /// file (opened, and a RAM-cache load started when the cache wants it), and whether the
+    /// file was opened just now rather than found in the open-file cache. `prefer_file`:
     /// cached objects are sent from their file too (sendfile beats a copy).
     fn source(
         &self,
@@ -491,16 +492,16 @@ impl Viewer {
         meta: crate::store::ObjectMeta,
         prefer_file: bool,
         admission: cache::Admission,
-    ) -> Result<Source, StoreError> {
+    ) -> Result<(Source, bool), StoreError> {
         match self.cache.lookup(path, &meta, admission) {
             cache::Lookup::Hit(bytes, validators) if !prefer_file => {
-                Ok(Source::Memory(bytes, validators))
+                Ok((Source::Memory(bytes, validators), false))
             }
             // A verified, cached object the caller will sendfile: the file, whose bytes the
             // cache checked when it loaded them.
             cache::Lookup::Hit(_, validators) => {
                 let object = self.stores.open(path, meta)?;
-                Ok(Source::File(object.file, Some(validators)))
+                Ok((Source::File(object.file, Some(validators)), object.fresh))
             }
             cache::Lookup::Miss { load } => {
                 let object = match self.stores.open(path, meta) {
@@ -517,7 +518,7 @@ impl Viewer {
                 if load {
                     self.read_in_background(path, meta, &object.file, FileWork::Load);
                 }
-                Ok(Source::File(object.file, None))
+                Ok((Source::File(object.file, None), object.fresh))
             }
             cache::Lookup::Unverified => {
                 let object = match self.stores.open(path, meta) {
@@ -528,7 +529,7 @@ impl Viewer {
                     }
                 };
                 self.read_in_background(path, meta, &object.file, FileWork::Check);
-                Ok(Source::File(object.file, None))
+                Ok((Source::File(object.file, None), object.fresh))
             }
         }
     }
@@ -590,6 +591,7 @@ impl Viewer {
         meta: crate::store::ObjectMeta,
         source: Source,
         sender: Sender,
+        fresh: bool,
     ) -> Answer {
         let text = |name: HeaderName| request.header_text(&name);
         let validators = match &source {
@@ -622,16 +624,35 @@ impl Viewer {
             _ => RangeRequest::Whole,
         };
         let mime = content_type(path);
+        // A file opened just now for a GET the sendfile path answers is read into the page
+        // cache in large folios first (see `store::read_in_large_folios`): the bytes this
+        // answer sends, for objects up to 16 MiB and answers of at least 64 KiB. A HEAD, 304,
+        // 412, 416 or small range reads nothing more than it sends, and an open-file cache
+        // hit nothing more.
+        let read_ahead = |start: u64, end: u64| {
+            if let Source::File(file, _) = &source {
+                if fresh
+                    && !is_head
+                    && sender == Sender::Sendfile
+                    && meta.size <= LARGE_FOLIO_OBJECT_MAX
+                    && end - start >= LARGE_FOLIO_ANSWER_MIN - 1
+                {
+                    crate::store::read_in_large_folios(file, meta.size, start..=end);
+                }
+            }
+        };
         let (status, mut body, content_range, multipart_type) = match range {
             RangeRequest::Whole => {
+                read_ahead(0, meta.size.saturating_sub(1));
                 let mut body = ObjectBody::empty();
-                source.push(&mut body, meta.size, 0, meta.size);
+                source.push(&mut body, 0, meta.size);
                 (StatusCode::OK, body, None, None)
             }
             RangeRequest::Partial(ranges) if ranges.len() == 1 => {
                 let ByteRange { start, end } = ranges[0];
+                read_ahead(start, end);
                 let mut body = ObjectBody::empty();
-                source.push(&mut body, meta.size, start, end - start + 1);
+                source.push(&mut body, start, end - start + 1);
                 (
                     StatusCode::PARTIAL_CONTENT,
                     body,
@@ -900,11 +921,19 @@ fn multipart(
             range.start, range.end, size
         );
         body.push_bytes(Bytes::from(head));
-        source.push(&mut body, size, range.start, range.len());
+        source.push(&mut body, range.start, range.len());
     }
     body.push_bytes(Bytes::from(format!("\r\n--{boundary}--\r\n")));
     body
 }
+
+/// Objects up to this size are read into the page cache in large folios when a GET opens
+/// them for the sendfile path; a larger one is left to the kernel's read-ahead.
+const LARGE_FOLIO_OBJECT_MAX: u64 = 16 << 20;
+
+/// Smaller answers are left to the kernel's read-ahead: a player's probe of a few bytes does
+/// not read megabytes.
+const LARGE_FOLIO_ANSWER_MIN: u64 = 64 << 10;
 
 /// `Content-Range: bytes start-end/size` of a single-range answer, written without the
 /// formatting machinery (one allocation, on every range request).

@@ -42,8 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::ClockMap;
 use crate::config::StoreConfig;
-use folios::coarse_clock;
-pub use folios::{ReadIn, next_window, read_in_large_folios};
+pub use folios::read_in_large_folios;
 use index::Index;
 pub use index::{MAX_STORES, ObjectMeta};
 use journal::{JournalEntry, JournalWriter, Record};
@@ -143,6 +142,9 @@ pub struct OpenObject {
     pub file: Arc<File>,
     /// What the index says about it (size already checked against the file).
     pub meta: ObjectMeta,
+    /// Opened just now, not found in the open-file cache: the first answer from this open
+    /// may read it into the page cache ([`read_in_large_folios`]).
+    pub fresh: bool,
 }
 
 /// Whether a store takes part, as `/v1/status` spells it (`ok`, `full`, `failed`).
@@ -390,6 +392,17 @@ struct CachedFile {
     sha256: [u8; 32],
     /// When it was opened, on [`coarse_clock`].
     opened: std::time::Duration,
+}
+
+/// The coarse monotonic clock: a memory read, where the precise clock reads a counter. Its
+/// kernel-tick resolution (a few milliseconds) is plenty for the open-file cache's minute,
+/// and it is read on every request.
+fn coarse_clock() -> std::time::Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    std::time::Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Lets go of an old version kept servable during its replacement, whatever way the
@@ -660,10 +673,18 @@ impl Stores {
             .being_replaced(path)
             .filter(|(replaced, _)| *replaced == meta)
         {
-            return Ok(OpenObject { file, meta });
+            return Ok(OpenObject {
+                file,
+                meta,
+                fresh: false,
+            });
         }
         if let Some(file) = self.cached_file(path, &meta) {
-            return Ok(OpenObject { file, meta });
+            return Ok(OpenObject {
+                file,
+                meta,
+                fresh: false,
+            });
         }
         let store = &self.stores[meta.store];
         let changed = || StoreError::Changed {
@@ -711,7 +732,11 @@ impl Stores {
                 detail: format!("index says {} bytes, file has {len}", meta.size),
             });
         }
-        Ok(OpenObject { file, meta })
+        Ok(OpenObject {
+            file,
+            meta,
+            fresh: true,
+        })
     }
 
     /// After an object could not be opened: a store whose directory vanished or that
