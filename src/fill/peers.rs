@@ -237,6 +237,11 @@ pub async fn hand_off(
     let mut by_owner: HashMap<String, (Arc<Peer>, Vec<usize>)> = HashMap::new();
     for &index in handoff {
         let object = manifest.get(index);
+        // The list was made when the pass began; a reload since may have made the object
+        // this box's own again (found by review: given up, then redirected here).
+        if site.is_mine(object.path, object.copies) {
+            continue;
+        }
         for owner in site.peer_owners(object.path, object.copies) {
             if !owner.is_reachable() {
                 continue;
@@ -271,7 +276,9 @@ pub async fn hand_off(
     }
     let paths: Vec<String> = given_up
         .iter()
-        .map(|&index| manifest.get(index).path.to_owned())
+        .map(|&index| manifest.get(index))
+        .filter(|object| !site.is_mine(object.path, object.copies))
+        .map(|object| object.path.to_owned())
         .collect();
     let mut deleted = 0;
     for batch in paths.chunks(DELETE_BATCH) {

@@ -311,15 +311,20 @@ impl Site {
         let changed = fingerprint(&self.name, &running) != fingerprint(&self.name, &wanted);
         let keeps_settled = only_shrinks(&running, &wanted);
         let wanted = Arc::new(wanted);
-        if changed {
-            // A kept peer keeps its readiness, but whether it settled into the members and
-            // sees them as this box does was learnt against the old ones: until its next
-            // answer it is neither, or `previous` could be forgotten (and viewers sent to
-            // owners that have not fetched yet) on answers given before the change.
+        // A kept peer keeps its readiness, but whether it settled into the members and
+        // sees them as this box does was learnt against the old ones: until its next answer
+        // it is neither, or `previous` could be forgotten (and viewers sent to owners that
+        // have not fetched yet) on answers given before the change. Cleared before the swap
+        // and again after it: a check answered under the old members may store its flags in
+        // between (see [`Site::check`]).
+        let forget_peers = || {
             for peer in &wanted.peers {
-                peer.settled.store(false, Ordering::Relaxed);
-                peer.agrees.store(false, Ordering::Relaxed);
+                peer.settled.store(false, Ordering::SeqCst);
+                peer.agrees.store(false, Ordering::SeqCst);
             }
+        };
+        if changed {
+            forget_peers();
         }
         // This box stops saying "settled" before its new members are in force: a peer must
         // never read "settled" with the new members' fingerprint (see
@@ -327,6 +332,10 @@ impl Site {
         let unsettles = changed && !keeps_settled && self.is_settled();
         if unsettles {
             self.settled.store(false, Ordering::SeqCst);
+            // On disk too: restarted under the old members (a change reverted), the box would
+            // otherwise read itself settled into them, though its passes under the new ones
+            // may have given up objects that are its own again (found by review).
+            self.forget_settled_file();
         }
         // Where objects were is kept before the new members are in force, so a redirect
         // never ranks by the new members with no `previous` to fall back on.
@@ -334,6 +343,9 @@ impl Site {
             self.save_previous(&running);
         }
         self.members.store(Arc::clone(&wanted));
+        if changed {
+            forget_peers();
+        }
         self.token.store(Arc::new(token));
         if unsettles {
             tracing::info!(
@@ -415,6 +427,22 @@ impl Site {
             crate::durable::write_atomically(&self.settled_file, format!("{members}\n").as_bytes())
         {
             tracing::warn!(file = %self.settled_file.display(), error = %err, "cannot save that this box settled into the site; it settles again after a restart's first fill pass");
+        }
+    }
+
+    /// Removes the file that says which members this box settled into, durably (a failure
+    /// is logged: a restart may then take the box as settled under those members).
+    fn forget_settled_file(&self) {
+        let removed = match std::fs::remove_file(&self.settled_file) {
+            Ok(()) => self
+                .settled_file
+                .parent()
+                .map_or(Ok(()), crate::durable::fsync_dir),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = removed {
+            tracing::warn!(file = %self.settled_file.display(), error = %err, "cannot forget that this box settled into the site's earlier members; remove the file before restarting with them");
         }
     }
 
@@ -666,9 +694,10 @@ impl Site {
             let members = self.members.load_full();
             let mut checks = tokio::task::JoinSet::new();
             for peer in &members.peers {
-                let (site, peer) = (Arc::clone(&self), Arc::clone(peer));
+                let (site, peer, round) =
+                    (Arc::clone(&self), Arc::clone(peer), Arc::clone(&members));
                 let timeout = members.check_timeout;
-                checks.spawn(async move { site.check(&peer, timeout).await });
+                checks.spawn(async move { site.check(&peer, &round, timeout).await });
             }
             tokio::select! {
                 _ = async { while checks.join_next().await.is_some() {} } => {}
@@ -684,8 +713,10 @@ impl Site {
         }
     }
 
-    /// One readiness check of `peer`.
-    async fn check(&self, peer: &Peer, timeout: Duration) {
+    /// One readiness check of `peer`, in a round under the members `round`: whether it
+    /// agrees is judged against them, and what it said is not kept if they changed before it
+    /// was stored (a reload clears those flags; a late store must not bring them back).
+    async fn check(&self, peer: &Peer, round: &Arc<Members>, timeout: Duration) {
         let asked = Request::get(format!("{}/readyz", peer.admin)).body(Empty::new());
         // An answer; or no answer in time (a box busy filling may be slow to answer); or a
         // refused connection (the box is down).
@@ -724,9 +755,9 @@ impl Site {
         };
         let ready = answer.status() == StatusCode::OK;
         let settled = header(&SETTLED_HEADER, "settled");
-        let agrees = header(&MEMBERS_HEADER, &self.fingerprint());
-        peer.settled.store(settled, Ordering::Relaxed);
-        let agreed = peer.agrees.swap(agrees, Ordering::Relaxed);
+        let agrees = header(&MEMBERS_HEADER, &fingerprint(&self.name, round));
+        peer.settled.store(settled, Ordering::SeqCst);
+        let agreed = peer.agrees.swap(agrees, Ordering::SeqCst);
         if agreed != agrees {
             if agrees {
                 tracing::info!(peer = %peer.name, "site peer sees the same members as this box");
@@ -737,6 +768,10 @@ impl Site {
         let was = peer.ready.swap(ready, Ordering::Relaxed);
         if was != ready {
             tracing::info!(peer = %peer.name, ready, "site peer readiness changed");
+        }
+        if !Arc::ptr_eq(round, &self.members.load()) {
+            peer.settled.store(false, Ordering::SeqCst);
+            peer.agrees.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -871,6 +906,14 @@ mod tests {
         )
     }
 
+    fn site_with(config: &SiteConfig) -> Site {
+        Site::new(
+            config,
+            SiteToken::none(),
+            std::path::Path::new("/nonexistent"),
+        )
+    }
+
     fn paths() -> Vec<String> {
         (0..6000)
             .map(|i| format!("t{}/seg_{i}.m4s", i % 50))
@@ -985,6 +1028,93 @@ mod tests {
             .expect("observer")
             .unwrap_or_else(|err| panic!("{err}"));
         assert!(looks > 10, "the observer looked {looks} times");
+    }
+
+    /// Found by review: a reload that grew this box's share cleared `settled` in memory
+    /// only; restarted under the old members (the change reverted), the box read itself
+    /// settled into them from its file, though its passes under the new members may have
+    /// given up objects that are its own again.
+    #[test]
+    fn a_box_restarted_under_members_it_was_unsettled_from_is_not_settled() {
+        let dir = tempfile::tempdir().expect("state directory");
+        let before = config("box-e", &["box-a", "box-d"]);
+        let site = Site::new(&before, SiteToken::none(), dir.path());
+        site.settle(&site.fingerprint());
+        assert!(site.is_settled());
+        let mut grown = before.clone();
+        grown.weight = 2.0;
+        site.reload(&grown, SiteToken::none());
+        assert!(!site.is_settled(), "its share grew");
+        drop(site);
+        let restarted = Site::new(&before, SiteToken::none(), dir.path());
+        assert!(!restarted.is_settled(), "settled from a stale file");
+        // A reload that only shrinks the share keeps it settled, on disk too.
+        restarted.settle(&restarted.fingerprint());
+        let mut joined = before.clone();
+        joined.peers.push(PeerConfig {
+            name: "box-f".to_owned(),
+            url: "http://box-f:8080/".to_owned(),
+            admin: "http://box-f:8081".to_owned(),
+            weight: 1.0,
+        });
+        restarted.reload(&joined, SiteToken::none());
+        assert!(
+            restarted.is_settled(),
+            "a box joined: this one only loses objects"
+        );
+        drop(restarted);
+        assert!(Site::new(&joined, SiteToken::none(), dir.path()).is_settled());
+    }
+
+    /// Found by review: a check answered under the old members stored "settled, agrees"
+    /// after a reload had cleared those flags, so the peer counted as settled into members
+    /// it had not seen. The peer here answers only once the reload is done.
+    #[tokio::test]
+    async fn a_check_answered_across_a_reload_keeps_nothing_of_its_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listener");
+        let admin = format!("http://{}", listener.local_addr().expect("address"));
+        let mut before = config("box-a", &[]);
+        before.peers.push(PeerConfig {
+            name: "box-b".to_owned(),
+            url: "http://box-b:8080/".to_owned(),
+            admin,
+            weight: 1.0,
+        });
+        let site = Arc::new(site_with(&before));
+        let members_before = site.fingerprint();
+        let (answer_now, answer) = tokio::sync::oneshot::channel::<()>();
+        let peer_box = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("the check connects");
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            let _ = answer.await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\n{}: settled\r\n{}: {members_before}\r\ncontent-length: 0\r\n\r\n",
+                SETTLED_HEADER, MEMBERS_HEADER
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+        });
+        let round = site.members.load_full();
+        let peer = site.peer("box-b").expect("peer");
+        let checking = {
+            let (site, peer, round) = (Arc::clone(&site), Arc::clone(&peer), Arc::clone(&round));
+            tokio::spawn(async move { site.check(&peer, &round, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut grown = before.clone();
+        grown.weight = 2.0;
+        site.reload(&grown, SiteToken::none());
+        answer_now.send(()).expect("the peer waits");
+        checking.await.expect("check");
+        peer_box.await.expect("peer");
+        assert!(peer.ready.load(Ordering::SeqCst), "it answered 200");
+        assert!(
+            !peer.settled.load(Ordering::SeqCst) && !peer.agrees.load(Ordering::SeqCst),
+            "settled/agrees learnt under the old members survived the reload"
+        );
     }
 
     #[tokio::test]
