@@ -113,6 +113,9 @@ pub struct Facts {
     /// The running kernel's (major, minor) version, when it can be read: whether a file
     /// system caches files in large folios depends on it.
     pub kernel: Option<(u32, u32)>,
+    /// TCP's congestion control and the default queueing discipline new interfaces get
+    /// (`net.ipv4.tcp_congestion_control`, `net.core.default_qdisc`), when they can be read.
+    pub tcp_pacing: Option<(String, String)>,
 }
 
 /// What doctor learns of one store's file system.
@@ -207,6 +210,7 @@ pub fn evaluate(facts: &Facts, spec: &Spec) -> Vec<Check> {
     checks.push(check_clock(facts, spec));
     checks.push(check_io_uring(facts, spec));
     checks.push(check_huge_pages(facts));
+    checks.push(check_tcp_pacing(facts));
     checks
 }
 
@@ -457,6 +461,33 @@ fn check_huge_pages(facts: &Facts) -> Check {
     }
 }
 
+/// BBR paces every socket; without the `fq` queueing discipline the kernel does it with a
+/// timer per socket, and on this project's test VM (BBR, no fq) single answers waited 40 ms
+/// for that timer under load, 13-35 times per 3,300 (README, Performance). `default_qdisc`
+/// is what interfaces get when their root qdisc is made: read as the likely one, since the
+/// NICs' own would take netlink to ask.
+fn check_tcp_pacing(facts: &Facts) -> Check {
+    match facts.tcp_pacing.as_ref() {
+        Some((congestion, qdisc)) if congestion == "bbr" && qdisc != "fq" => Check::new(
+            Verdict::Warn,
+            "tcp pacing",
+            format!(
+                "congestion control bbr with default qdisc {qdisc}: the kernel paces each socket with a timer of its own, which stalled answers by 40 ms under load; set net.core.default_qdisc = fq and re-create the NICs' root qdisc (tc qdisc replace dev NIC root fq), or use cubic"
+            ),
+        ),
+        Some((congestion, qdisc)) => Check::new(
+            Verdict::Pass,
+            "tcp pacing",
+            format!("congestion control {congestion}, default qdisc {qdisc}"),
+        ),
+        None => Check::new(
+            Verdict::Warn,
+            "tcp pacing",
+            "congestion control or default qdisc unknown (no /proc/sys/net)".to_owned(),
+        ),
+    }
+}
+
 /// The selected mode in `/sys/kernel/mm/transparent_hugepage/enabled` (`always [madvise]
 /// never`: the one in brackets).
 fn transparent_hugepages(text: &str) -> Option<String> {
@@ -501,6 +532,10 @@ impl Facts {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .ok()
                 .and_then(|text| kernel_version(&text)),
+            tcp_pacing: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+                .ok()
+                .zip(std::fs::read_to_string("/proc/sys/net/core/default_qdisc").ok())
+                .map(|(congestion, qdisc)| (congestion.trim().to_owned(), qdisc.trim().to_owned())),
         }
     }
 }
@@ -656,6 +691,7 @@ mod tests {
             io_uring: Ok(()),
             transparent_hugepages: Some("madvise".into()),
             kernel: Some((6, 12)),
+            tcp_pacing: Some(("bbr".into(), "fq".into())),
         }
     }
 
@@ -681,6 +717,7 @@ mod tests {
             io_uring: Err("Operation not permitted".into()),
             transparent_hugepages: Some("never".into()),
             kernel: Some((6, 1)),
+            tcp_pacing: Some(("bbr".into(), "fq_codel".into())),
         };
         let checks = evaluate(&facts, &spec());
         let verdict = |name: &str| {
@@ -699,6 +736,26 @@ mod tests {
         assert_eq!(verdict("clock"), Verdict::Fail);
         assert_eq!(verdict("io_uring"), Verdict::Warn);
         assert_eq!(verdict("huge pages"), Verdict::Warn);
+        assert_eq!(verdict("tcp pacing"), Verdict::Warn);
+    }
+
+    #[test]
+    fn bbr_without_fq_warns_and_cubic_or_fq_pass() {
+        let pacing = |congestion: &str, qdisc: &str| {
+            let facts = Facts {
+                tcp_pacing: Some((congestion.into(), qdisc.into())),
+                ..reference_box()
+            };
+            check_tcp_pacing(&facts)
+        };
+        let warned = pacing("bbr", "fq_codel");
+        assert_eq!(warned.verdict, Verdict::Warn);
+        assert!(
+            warned.detail.contains("net.core.default_qdisc = fq"),
+            "{warned:?}"
+        );
+        assert_eq!(pacing("bbr", "fq").verdict, Verdict::Pass);
+        assert_eq!(pacing("cubic", "pfifo_fast").verdict, Verdict::Pass);
     }
 
     #[test]
@@ -784,8 +841,8 @@ mod tests {
         assert!(facts.cores >= 1);
         assert_eq!(
             evaluate(&facts, &spec()).len(),
-            9,
-            "eight checks and one per store"
+            10,
+            "nine checks and one per store"
         );
     }
 }

@@ -270,7 +270,7 @@ async fn doctor_prints_one_verdict_line_per_check() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&good.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 9, "eight checks and one per store: {stdout}");
+    assert_eq!(lines.len(), 10, "nine checks and one per store: {stdout}");
     for line in &lines {
         assert!(
             ["pass  ", "warn  ", "fail  "]
