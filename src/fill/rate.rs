@@ -41,12 +41,17 @@ impl RateLimiter {
     /// left to wait, is repriced at the new cap: a raised cap speeds them up at once, a
     /// lowered one slows them down (nothing reserved is forgotten).
     pub fn set_rate(&self, bytes_per_sec: u64) {
-        let old = self.bytes_per_sec.swap(bytes_per_sec, Ordering::Relaxed);
-        if old != bytes_per_sec {
-            {
-                let mut next_free = self.timeline();
+        let changed = {
+            // Under the timeline's lock, as `reserve` reads the cap: a reservation is priced
+            // wholly before the change (and repriced with the queue) or wholly after it.
+            let mut next_free = self.timeline();
+            let old = self.bytes_per_sec.swap(bytes_per_sec, Ordering::Relaxed);
+            if old != bytes_per_sec {
                 *next_free = reprice(*next_free, Instant::now(), old, bytes_per_sec);
             }
+            old != bytes_per_sec
+        };
+        if changed {
             self.changed.notify_waiters();
         }
     }
@@ -69,12 +74,15 @@ impl RateLimiter {
     /// Takes `bytes`' time on the timeline now; returns the turn, which the caller waits for
     /// with [`RateLimiter::wait_for`] (None when unlimited or nothing is reserved).
     pub fn reserve(&self, bytes: usize) -> Option<Turn> {
+        if bytes == 0 {
+            return None;
+        }
+        let mut next_free = self.timeline();
         let rate = self.bytes_per_sec.load(Ordering::Relaxed);
-        if rate == 0 || bytes == 0 {
+        if rate == 0 {
             return None;
         }
         let cost = Duration::from_secs_f64(bytes as f64 / rate as f64);
-        let mut next_free = self.timeline();
         let start = (*next_free).max(Instant::now());
         *next_free = start + cost;
         Some(Turn { start, rate })

@@ -703,8 +703,6 @@ impl Site {
                 _ = async { while checks.join_next().await.is_some() {} } => {}
                 _ = stop.raised() => return,
             }
-            // Only on a round that the members did not change under: its answers were
-            // judged against them.
             self.forget_previous_when_settled(&members);
             tokio::select! {
                 _ = tokio::time::sleep(members.check_interval) => {}
@@ -899,13 +897,10 @@ mod tests {
             .collect();
         let mut config = config(name, &others);
         config.copies = copies;
-        Site::new(
-            &config,
-            SiteToken::none(),
-            std::path::Path::new("/nonexistent"),
-        )
+        site_with(&config)
     }
 
+    /// A site of `config` with no state directory to keep anything in.
     fn site_with(config: &SiteConfig) -> Site {
         Site::new(
             config,
@@ -980,14 +975,7 @@ mod tests {
         let site = Arc::new(Site::new(&wanted, SiteToken::none(), dir.path()));
         let before = site.fingerprint();
         wanted.weight = 2.0;
-        let grown = {
-            let probe = Site::new(
-                &wanted,
-                SiteToken::none(),
-                std::path::Path::new("/nonexistent"),
-            );
-            probe.fingerprint()
-        };
+        let grown = site_with(&wanted).fingerprint();
         let back = config("box-c", &["box-a", "box-b"]);
         let stop = Arc::new(AtomicBool::new(false));
         let observer = {
@@ -1103,7 +1091,8 @@ mod tests {
             let (site, peer, round) = (Arc::clone(&site), Arc::clone(&peer), Arc::clone(&round));
             tokio::spawn(async move { site.check(&peer, &round, Duration::from_secs(5)).await })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The check holds the round's members from the start; the peer answers only after
+        // the reload, whenever the check's request arrives.
         let mut grown = before.clone();
         grown.weight = 2.0;
         site.reload(&grown, SiteToken::none());
