@@ -14,7 +14,7 @@
 pub mod listed;
 pub mod token;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -75,6 +75,7 @@ impl SavedMembers {
     /// name among the current peers).
     fn members(self, me: &str) -> Members {
         Members {
+            generation: next_generation(),
             weight: self.weight,
             key: key_of(me),
             copies: self.copies,
@@ -87,6 +88,13 @@ impl SavedMembers {
             check_timeout: Duration::from_secs(1),
         }
     }
+}
+
+/// A [`Members::generation`] no member list of this process had before (from 1: 0 tags
+/// nothing).
+fn next_generation() -> u64 {
+    static HANDED_OUT: AtomicU64 = AtomicU64::new(0);
+    HANDED_OUT.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// Checks in a row a peer may miss before a fill stops asking it for objects.
@@ -108,13 +116,16 @@ pub struct Peer {
     weight: f64,
     key: u64,
     ready: AtomicBool,
-    /// Whether its last `/readyz` said it has settled into the current members.
-    settled: AtomicBool,
+    /// The members (their [`Members::generation`]) its last `/readyz` said it has settled
+    /// into, as this box saw them when it asked; 0: not settled. Tagged, not a flag: what a
+    /// peer said under other members means nothing under the current ones, so a reload
+    /// needs to clear nothing, and a check answered across one stores nothing that counts.
+    settled_under: AtomicU64,
     /// Checks in a row that got no answer at all (any status is an answer: a box filling
     /// with `during_fill = "refuse"` is not ready but still fills its peers).
     missed: std::sync::atomic::AtomicU32,
-    /// Whether its last `/readyz` gave the same members fingerprint as this box's.
-    agrees: AtomicBool,
+    /// The members (their generation) its last `/readyz` fingerprint matched; 0: none.
+    agrees_under: AtomicU64,
     /// When its readiness was last checked, Unix milliseconds; 0: never.
     checked_at_ms: AtomicI64,
 }
@@ -128,9 +139,9 @@ impl Peer {
             weight,
             key: key_of(name),
             ready: AtomicBool::new(false),
-            settled: AtomicBool::new(false),
+            settled_under: AtomicU64::new(0),
             missed: std::sync::atomic::AtomicU32::new(0),
-            agrees: AtomicBool::new(false),
+            agrees_under: AtomicU64::new(0),
             checked_at_ms: AtomicI64::new(0),
         }
     }
@@ -140,9 +151,9 @@ impl Peer {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Whether its last `/readyz` said it has settled into the current members.
-    pub fn is_settled(&self) -> bool {
-        self.settled.load(Ordering::Relaxed)
+    /// Whether its last `/readyz`, asked under `members`, said it has settled into them.
+    fn is_settled_in(&self, members: &Members) -> bool {
+        self.settled_under.load(Ordering::SeqCst) == members.generation
     }
 
     /// Whether it is worth asking for objects: one of its last [`MISSED_CHECKS`] checks
@@ -153,10 +164,16 @@ impl Peer {
         self.missed.load(Ordering::Relaxed) < MISSED_CHECKS
     }
 
-    /// Whether it sees the same members as this box (names, weights, copies): only then do
+    /// Whether it sees `members` as this box does (names, weights, copies): only then do
     /// the two agree on who owns what.
-    pub fn agrees(&self) -> bool {
-        self.agrees.load(Ordering::Relaxed)
+    fn agrees_in(&self, members: &Members) -> bool {
+        self.agrees_under.load(Ordering::SeqCst) == members.generation
+    }
+
+    /// Settled into `members` and sees them as this box does: it holds what they make its
+    /// share.
+    fn in_step_with(&self, members: &Members) -> bool {
+        self.is_settled_in(members) && self.agrees_in(members)
     }
 
     /// Whether two peers are the same box at the same addresses (so a reload keeps what
@@ -181,6 +198,9 @@ pub enum Member {
 /// The site's members, swapped whole on reload.
 #[derive(Debug)]
 struct Members {
+    /// Tells this member list from every other this process made (from 1): what a peer
+    /// said is tagged with the list it was asked under.
+    generation: u64,
     weight: f64,
     key: u64,
     copies: u8,
@@ -307,25 +327,18 @@ impl Site {
     pub fn reload(&self, config: &SiteConfig, token: SiteToken) {
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let running = self.members.load_full();
-        let wanted = members(config, &running.peers);
+        let mut wanted = members(config, &running.peers);
         let changed = fingerprint(&self.name, &running) != fingerprint(&self.name, &wanted);
         let keeps_settled = only_shrinks(&running, &wanted);
-        let wanted = Arc::new(wanted);
-        // A kept peer keeps its readiness, but whether it settled into the members and
-        // sees them as this box does was learnt against the old ones: until its next answer
-        // it is neither, or `previous` could be forgotten (and viewers sent to owners that
-        // have not fetched yet) on answers given before the change. Cleared before the swap
-        // and again after it: a check answered under the old members may store its flags in
-        // between (see [`Site::check`]).
-        let forget_peers = || {
-            for peer in &wanted.peers {
-                peer.settled.store(false, Ordering::SeqCst);
-                peer.agrees.store(false, Ordering::SeqCst);
-            }
-        };
-        if changed {
-            forget_peers();
+        // A kept peer keeps its readiness; whether it settled into the members and sees them
+        // as this box does was said of the old ones, and counts for nothing under changed
+        // ones (a new generation) until its next answer: otherwise `previous` could be
+        // forgotten, and viewers sent to owners that have not fetched yet. Unchanged members
+        // (a new token, other check timings) keep what was said of them.
+        if !changed {
+            wanted.generation = running.generation;
         }
+        let wanted = Arc::new(wanted);
         // This box stops saying "settled" before its new members are in force: a peer must
         // never read "settled" with the new members' fingerprint (see
         // [`Site::settled_members`]) before this box's fill has run under them.
@@ -343,9 +356,6 @@ impl Site {
             self.save_previous(&running);
         }
         self.members.store(Arc::clone(&wanted));
-        if changed {
-            forget_peers();
-        }
         self.token.store(Arc::new(token));
         if unsettles {
             tracing::info!(
@@ -559,17 +569,14 @@ impl Site {
                     _ => None,
                 })
         };
-        let first = first_ready(self.ranking(path));
-        if let Some(first) = first
-            .as_ref()
-            .filter(|first| first.is_settled() && first.agrees())
-        {
+        let current = self.members.load();
+        let first = first_ready(self.ranking_among(&current, path));
+        if let Some(first) = first.as_ref().filter(|first| first.in_step_with(&current)) {
             return Some(Arc::clone(first));
         }
         let previous = self.previous.load_full();
         let before = previous.and_then(|previous| {
             // Readiness is the current members' view of each box.
-            let current = self.members.load();
             let ranking = self
                 .ranking_among(&previous, path)
                 .into_iter()
@@ -615,11 +622,7 @@ impl Site {
         if !Arc::ptr_eq(round, &members) || self.previous.load().is_none() || !self.is_settled() {
             return;
         }
-        if members
-            .peers
-            .iter()
-            .all(|peer| peer.is_settled() && peer.agrees())
-        {
+        if members.peers.iter().all(|peer| peer.in_step_with(&members)) {
             self.previous.store(None);
             let _ = std::fs::remove_file(&self.previous_file);
             tracing::info!("every box of the site has settled into its members");
@@ -678,8 +681,8 @@ impl Site {
                             .then(|| jiff::Timestamp::from_millisecond(at).ok())
                             .flatten()
                             .map(|at| at.to_string()),
-                        settled: peer.is_settled(),
-                        agrees: peer.agrees(),
+                        settled: peer.is_settled_in(&members),
+                        agrees: peer.agrees_in(&members),
                         reachable: peer.is_reachable(),
                     }
                 })
@@ -712,8 +715,8 @@ impl Site {
     }
 
     /// One readiness check of `peer`, in a round under the members `round`: whether it
-    /// agrees is judged against them, and what it said is not kept if they changed before it
-    /// was stored (a reload clears those flags; a late store must not bring them back).
+    /// agrees is judged against them, and what it said is tagged with them, so an answer
+    /// stored after a reload counts for nothing under the new members.
     async fn check(&self, peer: &Peer, round: &Arc<Members>, timeout: Duration) {
         let asked = Request::get(format!("{}/readyz", peer.admin)).body(Empty::new());
         // An answer; or no answer in time (a box busy filling may be slow to answer); or a
@@ -741,7 +744,7 @@ impl Site {
             // is not taken out of every redirect for one late answer. A refused connection,
             // or too many late answers, and it is out.
             if !timed_out || missed >= MISSED_CHECKS {
-                peer.settled.store(false, Ordering::Relaxed);
+                peer.settled_under.store(0, Ordering::SeqCst);
                 if peer.ready.swap(false, Ordering::Relaxed) {
                     tracing::info!(peer = %peer.name, ready = false, "site peer readiness changed");
                 }
@@ -754,8 +757,10 @@ impl Site {
         let ready = answer.status() == StatusCode::OK;
         let settled = header(&SETTLED_HEADER, "settled");
         let agrees = header(&MEMBERS_HEADER, &fingerprint(&self.name, round));
-        peer.settled.store(settled, Ordering::SeqCst);
-        let agreed = peer.agrees.swap(agrees, Ordering::SeqCst);
+        // Tagged with the round's members: stored after a reload, it counts for nothing.
+        let tag = |yes: bool| if yes { round.generation } else { 0 };
+        peer.settled_under.store(tag(settled), Ordering::SeqCst);
+        let agreed = peer.agrees_under.swap(tag(agrees), Ordering::SeqCst) == round.generation;
         if agreed != agrees {
             if agrees {
                 tracing::info!(peer = %peer.name, "site peer sees the same members as this box");
@@ -766,10 +771,6 @@ impl Site {
         let was = peer.ready.swap(ready, Ordering::Relaxed);
         if was != ready {
             tracing::info!(peer = %peer.name, ready, "site peer readiness changed");
-        }
-        if !Arc::ptr_eq(round, &self.members.load()) {
-            peer.settled.store(false, Ordering::SeqCst);
-            peer.agrees.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -822,12 +823,9 @@ fn members(config: &SiteConfig, running: &[Arc<Peer>]) -> Members {
             if let Some(known) = running.iter().find(|known| {
                 known.name == fresh.name && known.url == fresh.url && known.admin == fresh.admin
             }) {
-                for (from, to) in [
-                    (&known.ready, &fresh.ready),
-                    (&known.settled, &fresh.settled),
-                ] {
-                    to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
-                }
+                fresh
+                    .ready
+                    .store(known.ready.load(Ordering::Relaxed), Ordering::Relaxed);
                 fresh
                     .missed
                     .store(known.missed.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -840,6 +838,7 @@ fn members(config: &SiteConfig, running: &[Arc<Peer>]) -> Members {
         })
         .collect();
     Members {
+        generation: next_generation(),
         weight: config.weight,
         key: key_of(&config.box_name),
         copies: u8::try_from(config.copies).unwrap_or(u8::MAX),
@@ -1054,6 +1053,30 @@ mod tests {
         assert!(Site::new(&joined, SiteToken::none(), dir.path()).is_settled());
     }
 
+    #[test]
+    fn what_peers_said_holds_across_a_reload_only_while_the_members_are_the_same() {
+        let unchanged = config("box-a", &["box-b"]);
+        let site = site_with(&unchanged);
+        let peer = site.peer("box-b").expect("peer");
+        let generation = site.members.load().generation;
+        peer.settled_under.store(generation, Ordering::SeqCst);
+        peer.agrees_under.store(generation, Ordering::SeqCst);
+        site.reload(&unchanged, SiteToken::none());
+        assert!(
+            peer.in_step_with(&site.members.load()),
+            "a reload that changes no member (a new token) forgets nothing"
+        );
+        let mut grown = unchanged.clone();
+        grown.weight = 2.0;
+        site.reload(&grown, SiteToken::none());
+        let now = site.members.load();
+        assert!(Arc::ptr_eq(&peer, &site.peer("box-b").expect("kept")));
+        assert!(
+            !peer.is_settled_in(&now) && !peer.agrees_in(&now),
+            "said of other members"
+        );
+    }
+
     /// Found by review: a check answered under the old members stored "settled, agrees"
     /// after a reload had cleared those flags, so the peer counted as settled into members
     /// it had not seen. The peer here answers only once the reload is done.
@@ -1100,9 +1123,14 @@ mod tests {
         checking.await.expect("check");
         peer_box.await.expect("peer");
         assert!(peer.ready.load(Ordering::SeqCst), "it answered 200");
+        let now = site.members.load();
         assert!(
-            !peer.settled.load(Ordering::SeqCst) && !peer.agrees.load(Ordering::SeqCst),
-            "settled/agrees learnt under the old members survived the reload"
+            !peer.is_settled_in(&now) && !peer.agrees_in(&now),
+            "settled/agrees learnt under the old members count under the new ones"
+        );
+        assert!(
+            peer.in_step_with(&round),
+            "what it said holds for the members it was asked under"
         );
     }
 
@@ -1132,7 +1160,9 @@ mod tests {
         // Only owners are candidates: what box-a owns and lacks goes to no other box.
         let box_b = site.peer("box-b").unwrap();
         box_b.ready.store(true, Ordering::Relaxed);
-        box_b.agrees.store(true, Ordering::Relaxed);
+        box_b
+            .agrees_under
+            .store(site.members.load().generation, Ordering::Relaxed);
         assert!(site.redirect_target(&first_is("box-a")).is_none());
         assert_eq!(
             redirect_location(&target, "/x.ts", Some("exp=1&sig=ab")),
