@@ -42,6 +42,22 @@ pub fn write_atomically_with(
     fsync_dir(dir)
 }
 
+/// Removes `path` durably: once this returns, a crash does not bring the file back. A file
+/// already gone is not an error (its directory is still fsynced: an earlier removal may not
+/// have been).
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fsync_dir(dir)
+}
+
 /// Makes a directory's entries (a rename, a new file) durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

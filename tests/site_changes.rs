@@ -82,16 +82,24 @@ async fn stop_all(boxes: &mut [SiteBox]) {
 }
 
 async fn three_filled_boxes(objects: &[(String, Vec<u8>, u8)]) -> (Origin, Vec<SiteBox>) {
+    filled_boxes(&["box-a", "box-b", "box-c"], objects).await
+}
+
+/// Boxes `names` of equal weight, each given manifest "m1" of `objects` and filled.
+async fn filled_boxes(
+    names: &[&'static str],
+    objects: &[(String, Vec<u8>, u8)],
+) -> (Origin, Vec<SiteBox>) {
     let origin = Origin::start().await;
     for (path, data, _) in objects {
         origin.put(path, data, Fault::None);
     }
     let body = Bytes::from(manifest("m1", &origin.base_url(), objects));
     let mut boxes = Vec::new();
-    for name in ["box-a", "box-b", "box-c"] {
+    for name in names {
         boxes.push(SiteBox::start(name, "").await);
     }
-    let site = addresses(&boxes, &[1.0, 1.0, 1.0]);
+    let site = addresses(&boxes, &vec![1.0; names.len()]);
     for b in &mut boxes {
         b.peer_with(&site, 1);
         b.daemon()
@@ -205,6 +213,103 @@ async fn two_changes_before_a_fill_keep_moved_objects_reachable() {
         total, 0,
         "objects held by a ready box answered 404 with redirects followed"
     );
+}
+
+/// Was (found by review): a second change of members while the first one's earlier
+/// members were still kept (box-d had not filled, so not every box had settled) sent viewers
+/// of an object that moved in both changes to where it was before the first, box-a or
+/// box-b, which had given it up to box-c at the fill after box-c settled: 404 everywhere.
+/// A box now gives up a moved object only once every box has settled into the members and
+/// forgotten the earlier ones; the test then lets every box fill and shows the hand-offs
+/// resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_change_before_every_box_settled_keeps_moved_objects_reachable() {
+    let objects = objects(300, "s", 600);
+    let (_origin, mut boxes) = filled_boxes(&["box-a", "box-b", "box-c", "box-d"], &objects).await;
+    // First change: box-c and box-d grow. box-c fills (twice: the first pass settles it, the
+    // second is where the others would give up to it); box-d does not fill.
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let filling: Vec<&SiteBox> = boxes[..3].iter().collect();
+    fill_all(&filling, "m1").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    serve_all(&boxes).await;
+    fill_all(&filling, "m1").await;
+    serve_all(&boxes).await;
+    let moved_to_c: Vec<&str> = objects
+        .iter()
+        .map(|(path, _, _)| path.as_str())
+        .filter(|path| boxes[2].daemon().fill().site().unwrap().is_mine(path, 0))
+        .collect();
+    let still_elsewhere = moved_to_c
+        .iter()
+        .filter(|path| holders(&boxes, path).len() > 1)
+        .count();
+    println!(
+        "after the first change: box-c owns {} objects, {still_elsewhere} of them still also on their earlier owner",
+        moved_to_c.len()
+    );
+    // Second change: box-b grows too. What moved to box-c and now moves to box-b is on
+    // box-c, and on box-a or box-b unless given up.
+    let site = addresses(&boxes, &[1.0, 2.0, 2.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let twice: Vec<_> = objects
+        .iter()
+        .filter(|(path, _, _)| {
+            moved_to_c.contains(&path.as_str())
+                && boxes[1].daemon().fill().site().unwrap().is_mine(path, 0)
+        })
+        .cloned()
+        .collect();
+    println!("{} objects moved in both changes", twice.len());
+    assert!(!twice.is_empty());
+    let unavailable = unavailable_everywhere(&boxes, &objects, "after the second change").await;
+    assert_eq!(
+        unavailable, 0,
+        "objects held by a ready box answered 404 with redirects followed"
+    );
+    // Every box fills under the new members and settles; once every box says the change
+    // is over, the next pass gives up what moved, and every object is on its owners only.
+    let every: Vec<&SiteBox> = boxes.iter().collect();
+    fill_all(&every, "m1").await;
+    for b in &boxes {
+        let admin = b.daemon().admin_addr;
+        eventually(&format!("{}: the change is over", b.name), || async move {
+            admin_status(admin).await["site"]["moves_over"] == true
+        })
+        .await;
+    }
+    // An owner must also have been settled for two checks and a timeout (900 ms here).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    serve_all(&boxes).await;
+    fill_all(&every, "m1").await;
+    serve_all(&boxes).await;
+    all_ready(&boxes).await;
+    let mut not_on_owners = Vec::new();
+    for (path, _, _) in &objects {
+        let owners: Vec<&str> = boxes
+            .iter()
+            .filter(|b| b.daemon().fill().site().unwrap().is_mine(path, 0))
+            .map(|b| b.name)
+            .collect();
+        if holders(&boxes, path) != owners {
+            not_on_owners.push(path.clone());
+        }
+    }
+    let unavailable = unavailable_everywhere(&boxes, &objects, "after every box settled").await;
+    stop_all(&mut boxes).await;
+    assert!(
+        not_on_owners.is_empty(),
+        "{:?}",
+        &not_on_owners[..not_on_owners.len().min(3)]
+    );
+    assert_eq!(unavailable, 0);
 }
 
 /// Was: an object the manifest gives two copies (site.copies = 1) is not redirected

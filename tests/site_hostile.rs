@@ -182,6 +182,7 @@ fn willing_peer(req: &Req) -> Option<Answer> {
 fn readyz() -> Answer {
     Answer::new(200, b"ready\n".to_vec())
         .header("tidecache-site", "settled")
+        .header("tidecache-site-earlier", "none")
         .header("tidecache-site-members", MEMBERS.lock().unwrap().clone())
 }
 
@@ -604,6 +605,71 @@ async fn no_object_is_given_up_after_the_window_ended() {
     println!("mode {} holding {later}", status["mode"]);
     assert_eq!(status["mode"], "serving");
     assert_eq!(later, at_switch, "objects deleted while serving");
+    daemon.shutdown().await;
+}
+
+/// A peer that holds every object, has settled and agrees, but still keeps the members
+/// before the site's last change (`Tidecache-Site-Earlier: kept`, or says nothing of them,
+/// as a box of an older version) may send viewers to where moved objects were: this box
+/// gives it nothing up until it says `none`, then gives up its share at the next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_given_up_while_a_peer_keeps_earlier_members() {
+    let earlier = Arc::new(Mutex::new(Some("kept")));
+    let said = Arc::clone(&earlier);
+    let (peer, _) = fake(Arc::new(move |req: Req| {
+        if req.path == "/readyz" {
+            let answer = Answer::new(200, b"ready\n".to_vec())
+                .header("tidecache-site", "settled")
+                .header("tidecache-site-members", MEMBERS.lock().unwrap().clone());
+            return Some(match *said.lock().unwrap() {
+                Some(earlier) => answer.header("tidecache-site-earlier", earlier),
+                None => answer,
+            });
+        }
+        willing_peer(&req).or(Some(Answer::new(404, Vec::new())))
+    }))
+    .await;
+    let objects = objects(60, "earlier");
+    let origin = Origin::start().await;
+    origin.put_all(&objects);
+    let test_box = TestBox::new();
+    let config = site_config(&test_box, "box-a", &[("box-b", peer, peer)], "");
+    seed_all(&config, &objects);
+    let daemon = start(&config).await;
+    claim_members_of(&daemon);
+    peers_ready(&daemon).await;
+    accept(&daemon, manifest_json("m1", &origin.base_url(), &objects)).await;
+    let mine = objects
+        .iter()
+        .filter(|(path, _)| daemon.fill().site().unwrap().is_mine(path, 0))
+        .count();
+    for (what, says) in [("keeps them", Some("kept")), ("says nothing of them", None)] {
+        *earlier.lock().unwrap() = says;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let status = one_pass(&daemon, "m1").await;
+        println!(
+            "peer {what}: deleted {}, holding {} of {}, moves over {}",
+            status["fill"]["last_fill"]["deleted"],
+            daemon.stores.object_count(),
+            objects.len(),
+            status["site"]["moves_over"]
+        );
+        assert_eq!(status["site"]["moves_over"], false);
+        assert_eq!(daemon.stores.object_count(), objects.len());
+    }
+    *earlier.lock().unwrap() = Some("none");
+    let admin = daemon.admin_addr;
+    eventually("the change is over", || async move {
+        admin_status(admin).await["site"]["moves_over"] == true
+    })
+    .await;
+    let status = one_pass(&daemon, "m1").await;
+    println!(
+        "peer keeps none: deleted {}, holding {} ({mine} of them this box's share)",
+        status["fill"]["last_fill"]["deleted"],
+        daemon.stores.object_count()
+    );
+    assert_eq!(daemon.stores.object_count(), mine);
     daemon.shutdown().await;
 }
 

@@ -241,7 +241,9 @@ impl Admin {
 
     /// 200 when viewers are served; 503 with the reason otherwise. In a site it also says
     /// whether this box has settled into the site's current members (`Tidecache-Site:
-    /// settled` or `settling`), which its peers redirect by.
+    /// settled` or `settling`), which its peers redirect by, and whether it keeps the members
+    /// before the last change (`Tidecache-Site-Earlier: kept` or `none`), without which its
+    /// peers give up no moved object.
     fn readiness(&self) -> Response<ObjectBody> {
         let mut response = match self.not_ready() {
             Some(reason) => text(
@@ -251,16 +253,28 @@ impl Admin {
             None => text(StatusCode::OK, "ready\n"),
         };
         if let Some(site) = self.fill.site() {
-            let (members, settled) = site.settled_members();
-            let settled = if settled { "settled" } else { "settling" };
-            response.headers_mut().insert(
+            let standing = site.standing();
+            let settled = if standing.settled {
+                "settled"
+            } else {
+                "settling"
+            };
+            let earlier = if standing.keeps_earlier {
+                "kept"
+            } else {
+                "none"
+            };
+            let headers = response.headers_mut();
+            headers.insert(
                 crate::site::SETTLED_HEADER,
                 HeaderValue::from_static(settled),
             );
-            if let Ok(members) = HeaderValue::from_str(&members) {
-                response
-                    .headers_mut()
-                    .insert(crate::site::MEMBERS_HEADER, members);
+            headers.insert(
+                crate::site::EARLIER_HEADER,
+                HeaderValue::from_static(earlier),
+            );
+            if let Ok(members) = HeaderValue::from_str(&standing.members) {
+                headers.insert(crate::site::MEMBERS_HEADER, members);
             }
         }
         response

@@ -223,14 +223,14 @@ impl Admin {
             .zip(&held)
             .map(|(object, held)| !held && self.fill.is_coming(&object.path))
             .collect();
-        let (members, settled) = site.settled_members();
+        let standing = site.standing();
         super::json(
             StatusCode::OK,
             &HoldsAnswer {
                 stocked: self.fill.stocked().is_set(),
-                settled,
+                settled: standing.settled,
                 settled_for_ms: u64::try_from(site.settled_for().as_millis()).unwrap_or(u64::MAX),
-                members,
+                members: standing.members,
                 held,
                 coming,
                 manifest_id: self.fill.manifest().map(|accepted| accepted.id.clone()),

@@ -363,7 +363,8 @@ impl Engine {
             if let (Some(site), Some(members)) = (self.fill.site(), &members) {
                 site.settle(members);
             }
-            // What moved here during this pass may be given up now, not a night later.
+            // What moved away may be given up now, not a night later, when its owners
+            // settled meanwhile and the site's change is over (see `Site::moves_are_over`).
             counts.deleted += self.hand_off(&manifest, &handoff, stop).await;
         }
         self.fill.pass_over();

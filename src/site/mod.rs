@@ -46,6 +46,14 @@ pub const SETTLED_HEADER: http::HeaderName = http::HeaderName::from_static("tide
 pub const MEMBERS_HEADER: http::HeaderName =
     http::HeaderName::from_static("tidecache-site-members");
 
+/// The `/readyz` header in which a box of a site says whether it still keeps the members
+/// objects were placed by before the site's last change (`kept`) or not (`none`, every box
+/// having settled into the current ones). A box that keeps them may send viewers of a moved
+/// object to where it was, and keeps them through a further change: no box gives up a moved
+/// object until every box says `none` (see [`Site::moves_are_over`]).
+pub const EARLIER_HEADER: http::HeaderName =
+    http::HeaderName::from_static("tidecache-site-earlier");
+
 /// The file in `state_dir` that holds the members objects were last placed by, while the
 /// site settles into new ones.
 const PREVIOUS_FILE: &str = "site-previous";
@@ -126,6 +134,9 @@ pub struct Peer {
     missed: std::sync::atomic::AtomicU32,
     /// The members (their generation) its last `/readyz` fingerprint matched; 0: none.
     agrees_under: AtomicU64,
+    /// The members (their generation) under which its last `/readyz` said it keeps no
+    /// earlier members ([`EARLIER_HEADER`]); 0: it keeps some, or did not say.
+    forgot_under: AtomicU64,
     /// When its readiness was last checked, Unix milliseconds; 0: never.
     checked_at_ms: AtomicI64,
 }
@@ -142,6 +153,7 @@ impl Peer {
             settled_under: AtomicU64::new(0),
             missed: std::sync::atomic::AtomicU32::new(0),
             agrees_under: AtomicU64::new(0),
+            forgot_under: AtomicU64::new(0),
             checked_at_ms: AtomicI64::new(0),
         }
     }
@@ -168,6 +180,11 @@ impl Peer {
     /// the two agree on who owns what.
     fn agrees_in(&self, members: &Members) -> bool {
         self.agrees_under.load(Ordering::SeqCst) == members.generation
+    }
+
+    /// Whether its last `/readyz`, asked under `members`, said it keeps no earlier members.
+    fn forgot_earlier_in(&self, members: &Members) -> bool {
+        self.forgot_under.load(Ordering::SeqCst) == members.generation
     }
 
     /// Settled into `members` and sees them as this box does: it holds what they make its
@@ -235,6 +252,18 @@ pub struct PeerStatus {
     pub reachable: bool,
 }
 
+/// What a box of a site says of itself to its peers (`/readyz`, `/v1/site/holds`), read as
+/// one answer under the same members (see [`Site::standing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    /// The fingerprint of the members as this box sees them ([`MEMBERS_HEADER`]).
+    pub members: String,
+    /// Whether it has settled into them ([`SETTLED_HEADER`]).
+    pub settled: bool,
+    /// Whether it still keeps the members before the last change ([`EARLIER_HEADER`]).
+    pub keeps_earlier: bool,
+}
+
 /// The `site` section of `/v1/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SiteStatus {
@@ -247,6 +276,10 @@ pub struct SiteStatus {
     pub share: Share,
     /// Whether this box has settled into the current members (see [`Site::is_settled`]).
     pub settled: bool,
+    /// Whether the site's last change of members is over on every box (see
+    /// [`Site::moves_are_over`]): objects that moved away from this box are given up only
+    /// then, so an operator sees why a box still holds them.
+    pub moves_over: bool,
     /// The other boxes.
     pub peers: Vec<PeerStatus>,
 }
@@ -341,7 +374,7 @@ impl Site {
         let wanted = Arc::new(wanted);
         // This box stops saying "settled" before its new members are in force: a peer must
         // never read "settled" with the new members' fingerprint (see
-        // [`Site::settled_members`]) before this box's fill has run under them.
+        // [`Site::standing`]) before this box's fill has run under them.
         let unsettles = changed && !keeps_settled && self.is_settled();
         if unsettles {
             self.settled.store(false, Ordering::SeqCst);
@@ -378,19 +411,44 @@ impl Site {
         self.settled.load(Ordering::Relaxed)
     }
 
-    /// The fingerprint of the current members and whether this box has settled into them,
-    /// as one answer (`/readyz`, `/v1/site/holds`): both read while the same members were
-    /// in force, so "settled" is never paired with members this box has not filled under.
-    /// [`Site::reload`] clears `settled` before it swaps the members; a pair read across a
-    /// swap (the members before, a `settled` set since under the new ones) is read again.
-    pub fn settled_members(&self) -> (String, bool) {
+    /// The fingerprint of the current members, whether this box has settled into them and
+    /// whether it keeps earlier ones, as one answer (`/readyz`, `/v1/site/holds`): all read
+    /// while the same members were in force, so "settled" is never paired with members this
+    /// box has not filled under. [`Site::reload`] clears `settled` and keeps the earlier
+    /// members before it swaps the members; an answer read across a swap (the members
+    /// before, a `settled` set since under the new ones) is read again.
+    pub fn standing(&self) -> Standing {
         loop {
             let members = self.members.load_full();
             let settled = self.settled.load(Ordering::SeqCst);
+            let keeps_earlier = self.previous.load().is_some();
             if Arc::ptr_eq(&members, &self.members.load()) {
-                return (fingerprint(&self.name, &members), settled);
+                return Standing {
+                    members: fingerprint(&self.name, &members),
+                    settled,
+                    keeps_earlier,
+                };
             }
         }
+    }
+
+    /// Whether the site's last change of members is over everywhere: this box and every
+    /// peer have settled into the current members, agree on them, and keep no earlier ones
+    /// (each said so under the current members). Only then may a box give up an object that
+    /// moved: a box that still keeps earlier members sends viewers of a moved object to
+    /// where it was, and keeps those members through a further change, so an object given
+    /// up meanwhile would be sent for where it no longer is (found by review: a second
+    /// change while a box was down sent viewers to a box two changes old that had given
+    /// the object up). A peer that is down, or has not answered since the members changed,
+    /// holds every hand-off back.
+    pub fn moves_are_over(&self) -> bool {
+        let members = self.members.load();
+        self.is_settled()
+            && self.previous.load().is_none()
+            && members
+                .peers
+                .iter()
+                .all(|peer| peer.in_step_with(&members) && peer.forgot_earlier_in(&members))
     }
 
     /// How long this box has been settled (zero when it is not).
@@ -443,15 +501,7 @@ impl Site {
     /// Removes the file that says which members this box settled into, durably (a failure
     /// is logged: a restart may then take the box as settled under those members).
     fn forget_settled_file(&self) {
-        let removed = match std::fs::remove_file(&self.settled_file) {
-            Ok(()) => self
-                .settled_file
-                .parent()
-                .map_or(Ok(()), crate::durable::fsync_dir),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err),
-        };
-        if let Err(err) = removed {
+        if let Err(err) = crate::durable::remove(&self.settled_file) {
             tracing::warn!(file = %self.settled_file.display(), error = %err, "cannot forget that this box settled into the site's earlier members; remove the file before restarting with them");
         }
     }
@@ -622,10 +672,19 @@ impl Site {
         if !Arc::ptr_eq(round, &members) || self.previous.load().is_none() || !self.is_settled() {
             return;
         }
-        if members.peers.iter().all(|peer| peer.in_step_with(&members)) {
-            self.previous.store(None);
-            let _ = std::fs::remove_file(&self.previous_file);
-            tracing::info!("every box of the site has settled into its members");
+        if !members.peers.iter().all(|peer| peer.in_step_with(&members)) {
+            return;
+        }
+        // Gone from the disk before this box says it keeps none: peers give up moved
+        // objects on that word, and a restart must not bring the earlier members back.
+        match crate::durable::remove(&self.previous_file) {
+            Ok(()) => {
+                self.previous.store(None);
+                tracing::info!("every box of the site has settled into its members");
+            }
+            Err(err) => {
+                tracing::warn!(file = %self.previous_file.display(), error = %err, "cannot remove the site's earlier members: they are kept, and no box gives up moved objects until it is removed");
+            }
         }
     }
 
@@ -669,6 +728,7 @@ impl Site {
             copies: members.copies,
             share: *self.share.lock().unwrap_or_else(PoisonError::into_inner),
             settled: self.is_settled(),
+            moves_over: self.moves_are_over(),
             peers: members
                 .peers
                 .iter()
@@ -745,6 +805,7 @@ impl Site {
             // or too many late answers, and it is out.
             if !timed_out || missed >= MISSED_CHECKS {
                 peer.settled_under.store(0, Ordering::SeqCst);
+                peer.forgot_under.store(0, Ordering::SeqCst);
                 if peer.ready.swap(false, Ordering::Relaxed) {
                     tracing::info!(peer = %peer.name, ready = false, "site peer readiness changed");
                 }
@@ -760,6 +821,8 @@ impl Site {
         // Tagged with the round's members: stored after a reload, it counts for nothing.
         let tag = |yes: bool| if yes { round.generation } else { 0 };
         peer.settled_under.store(tag(settled), Ordering::SeqCst);
+        peer.forgot_under
+            .store(tag(header(&EARLIER_HEADER, "none")), Ordering::SeqCst);
         let agreed = peer.agrees_under.swap(tag(agrees), Ordering::SeqCst) == round.generation;
         if agreed != agrees {
             if agrees {
@@ -982,9 +1045,9 @@ mod tests {
             std::thread::spawn(move || {
                 let mut looks = 0u64;
                 while !stop.load(Ordering::SeqCst) {
-                    let (members, settled) = site.settled_members();
+                    let standing = site.standing();
                     looks += 1;
-                    if settled && members == grown {
+                    if standing.settled && standing.members == grown {
                         return Err(format!("settled with the new members (look {looks})"));
                     }
                     if site.fingerprint() == grown && site.previous.load().is_none() {
