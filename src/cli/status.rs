@@ -109,10 +109,15 @@ pub fn render(status: &Value, now: jiff::Timestamp) -> String {
             },
             share["objects"].as_u64().unwrap_or(0),
             bytes(share["bytes"].as_u64().unwrap_or(0)),
-            if site.get("settled").and_then(Value::as_bool) == Some(true) {
-                "settled"
-            } else {
-                "settling into its members"
+            match (
+                site.get("settled").and_then(Value::as_bool),
+                site.get("moves_over").and_then(Value::as_bool),
+            ) {
+                (Some(true), Some(false)) => {
+                    "settled, keeping moved objects until every box has settled"
+                }
+                (Some(true), _) => "settled",
+                _ => "settling into its members",
             },
         ));
         for peer in site
@@ -298,6 +303,13 @@ mod tests {
         );
         assert!(
             text.contains("  peer box-b  ready  (checked 2026-11-25T03:00:00Z)"),
+            "{text}"
+        );
+        let mut waiting = status.clone();
+        waiting["site"]["moves_over"] = false.into();
+        let text = render(&waiting, "2026-11-25T03:00:00Z".parse().unwrap());
+        assert!(
+            text.contains("(3.0 GB), settled, keeping moved objects until every box has settled"),
             "{text}"
         );
         assert!(
