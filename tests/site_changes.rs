@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::origin::{Fault, Origin};
 use common::site::*;
 use common::*;
+use tidecache::config::{ByteSize, PeerConfig};
 use tidecache::fill::Received;
 use tidecache::schedule::Override;
 
@@ -310,6 +311,166 @@ async fn a_second_change_before_every_box_settled_keeps_moved_objects_reachable(
         &not_on_owners[..not_on_owners.len().min(3)]
     );
     assert_eq!(unavailable, 0);
+}
+
+/// Was (found by review of the gate above): box-d down, a weight change (box-a 1 -> 0.25,
+/// box-c 1 -> 4) moves objects from box-a to box-b and from box-b to box-c, and box-b's store
+/// has little room beyond what it holds. Nothing was given up while box-d was down, so box-b
+/// settled without part of its new share (no room) and viewers sent to it got 404 while
+/// box-a still held the objects, for as long as box-d stayed down. A box short of room for
+/// its share now gives up what moved away once its owner holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_box_whose_share_grew_takes_it_while_another_box_is_down() {
+    let objects = objects(300, "f", 600);
+    let (_origin, mut boxes) = filled_boxes(&["box-a", "box-b", "box-c", "box-d"], &objects).await;
+    let status = admin_status(boxes[1].daemon().admin_addr).await;
+    let used = status["stores"][0]["bytes_used"].as_u64().unwrap();
+    // box-b restarts with a store just over what it holds.
+    boxes[1].daemon.take().unwrap().shutdown().await;
+    boxes[1].config.stores[0].capacity = Some(ByteSize(used + 2_000));
+    boxes[1].restart().await;
+    let site = addresses(&boxes, &[1.0; 4]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    // box-d goes down; the weights change on the others.
+    let new_site = addresses(&boxes, &[0.25, 1.0, 4.0, 1.0]);
+    boxes[3].daemon.take().unwrap().shutdown().await;
+    for b in &mut boxes[..3] {
+        b.peer_with(&new_site, 1);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let up: Vec<&SiteBox> = boxes[..3].iter().collect();
+    for _ in 0..3 {
+        fill_all(&up, "m1").await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        serve_all(&boxes[..3]).await;
+    }
+    let status = admin_status(boxes[1].daemon().admin_addr).await;
+    println!(
+        "box-b after three passes: skipped for no room {}, settled {}, moves over {}",
+        status["fill"]["last_fill"]["skipped_no_room"],
+        status["site"]["settled"],
+        status["site"]["moves_over"]
+    );
+    let to_b: Vec<_> = objects
+        .iter()
+        .filter(|(path, _, _)| boxes[1].daemon().fill().site().unwrap().is_mine(path, 0))
+        .cloned()
+        .collect();
+    let total = unavailable_everywhere(&boxes[..3], &to_b, "box-d down (box-b's share)").await;
+    stop_all(&mut boxes).await;
+    assert_eq!(status["site"]["moves_over"], false);
+    assert_eq!(total, 0, "objects held by a ready box answered 404");
+}
+
+/// Was (found by review): box-a stopped, box-c's weight doubled on box-b and box-c (a
+/// reload) and in box-a's configuration file, then box-a started: it kept no earlier
+/// members, and sent viewers of what moved to box-c, which had not filled, to box-c: 404
+/// while box-a and box-b held every object. A box now keeps the members it ran under and
+/// takes a start under others as the change it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_box_started_under_members_changed_while_it_was_stopped_keeps_moved_objects_reachable() {
+    let objects = objects(300, "z", 600);
+    let (_origin, mut boxes) = three_filled_boxes(&objects).await;
+    boxes[0].daemon.take().unwrap().shutdown().await;
+    let new_site = addresses(&boxes[1..], &[1.0, 2.0]);
+    let box_a_was = boxes[0].config.site.clone().unwrap();
+    for b in &mut boxes[1..] {
+        let mut site = new_site.clone();
+        site.push((
+            "box-a",
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+            1.0,
+        ));
+        b.peer_with(&site, 1);
+    }
+    // box-a's file edited as the others' were, then box-a started.
+    let config = boxes[0].config.site.as_mut().unwrap();
+    config.peers = box_a_was
+        .peers
+        .iter()
+        .map(|peer| PeerConfig {
+            weight: if peer.name == "box-c" {
+                2.0
+            } else {
+                peer.weight
+            },
+            ..peer.clone()
+        })
+        .collect();
+    boxes[0].daemon = Some(start(&boxes[0].config).await);
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1); // box-a's new ports; the members are the same
+    }
+    all_ready(&boxes).await;
+    let moved: Vec<_> = objects
+        .iter()
+        .filter(|(path, _, _)| {
+            !boxes[2].holds(path) && boxes[2].daemon().fill().site().unwrap().is_mine(path, 0)
+        })
+        .cloned()
+        .collect();
+    println!("{} objects moved to box-c", moved.len());
+    assert!(!moved.is_empty());
+    let total = unavailable_everywhere(&boxes, &moved, "box-a started under the new members").await;
+    stop_all(&mut boxes).await;
+    assert_eq!(total, 0, "objects held by a ready box answered 404");
+}
+
+/// What a box says of the earlier members counts, in a real site: box-b cannot remove its
+/// file of them (a directory stands in its place), so after every box has settled into a
+/// change it still keeps them and says so. Nothing is given up meanwhile, and a second
+/// change, which box-b ranks against the members before the first, finds every object
+/// where box-b sends viewers (found by review: with that answer ignored, box-a gave up 31
+/// objects to box-c, and box-b sent their viewers to box-a: 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_box_that_still_keeps_the_earlier_members_holds_every_hand_off_back() {
+    let objects = objects(300, "h", 600);
+    let (_origin, mut boxes) = three_filled_boxes(&objects).await;
+    let stand_in = boxes[1].config.state_dir.join("site-previous");
+    std::fs::create_dir_all(stand_in.join("kept")).unwrap();
+    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let every: Vec<&SiteBox> = boxes.iter().collect();
+    fill_all(&every, "m1").await;
+    serve_all(&boxes).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fill_all(&every, "m1").await;
+    serve_all(&boxes).await;
+    let mut deleted = 0;
+    for b in &boxes {
+        let status = admin_status(b.daemon().admin_addr).await;
+        println!(
+            "{}: settled {}, moves over {}, deleted {}, peers {}",
+            b.name,
+            status["site"]["settled"],
+            status["site"]["moves_over"],
+            status["fill"]["last_fill"]["deleted"],
+            status["site"]["peers"]
+        );
+        assert_eq!(status["site"]["settled"], true);
+        assert_eq!(status["site"]["moves_over"], false);
+        deleted += status["fill"]["last_fill"]["deleted"].as_u64().unwrap();
+    }
+    let site = addresses(&boxes, &[1.0, 3.0, 2.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let total = unavailable_everywhere(&boxes, &objects, "after the second change").await;
+    stop_all(&mut boxes).await;
+    assert_eq!(
+        deleted, 0,
+        "objects given up while box-b kept the earlier members"
+    );
+    assert_eq!(total, 0, "objects held by a ready box answered 404");
 }
 
 /// Was: an object the manifest gives two copies (site.copies = 1) is not redirected

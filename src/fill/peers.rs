@@ -220,9 +220,9 @@ pub async fn plan_sources(
 /// Deletes the objects of `handoff` (manifest positions of stored objects that are now
 /// other boxes' share) that an owner holds, once that owner holds its content, has been
 /// settled into the members for [`Site::hand_off_delay`] and agrees with this box on them
-/// (viewers are sent to it for its share only then), and only while the site's last change
-/// is over on every box ([`Site::moves_are_over`]: no box still sends viewers to where
-/// objects were before it); returns how many went. Deletes stop as soon as `filling` says
+/// (viewers are sent to it for its share only then), and only once the site's last change
+/// is over on every box, or while this box is short of room for its share
+/// ([`Site::may_give_up`]); returns how many went. Deletes stop as soon as `filling` says
 /// the window ended: a serving box writes nothing. The rest stay for a later pass: an
 /// object leaves this box only once the site has it elsewhere.
 pub async fn hand_off(
@@ -236,7 +236,7 @@ pub async fn hand_off(
     if handoff.is_empty() || site.token().bearer().is_none() {
         return 0;
     }
-    if !site.moves_are_over() {
+    if !site.may_give_up() {
         tracing::info!(
             kept = handoff.len(),
             "objects now other boxes' share stay until every box of the site has settled into its members and forgotten the earlier ones"
@@ -295,7 +295,7 @@ pub async fn hand_off(
             tracing::info!("the fill window ended: giving up moved objects waits for the next");
             break;
         }
-        if !site.moves_are_over() {
+        if !site.may_give_up() {
             tracing::info!(
                 "the site's members changed, or a box has not settled into them: giving up moved objects waits"
             );

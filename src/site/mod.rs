@@ -112,6 +112,10 @@ pub const MISSED_CHECKS: u32 = 3;
 /// settled into.
 const SETTLED_FILE: &str = "site-settled";
 
+/// The file in `state_dir` that holds the members in force (written when they change), so a
+/// box started under other members knows where objects were.
+const MEMBERS_FILE: &str = "site-members";
+
 /// Another box of the site, as this box sees it.
 #[derive(Debug)]
 pub struct Peer {
@@ -248,6 +252,9 @@ pub struct PeerStatus {
     pub settled: bool,
     /// Whether it sees the same members as this box (see [`MEMBERS_HEADER`]).
     pub agrees: bool,
+    /// Whether it said it keeps no members from before the site's last change (see
+    /// [`EARLIER_HEADER`]): a peer that keeps some is what holds hand-offs back.
+    pub forgot_earlier: bool,
     /// Whether a fill asks it for objects (it answered one of its last few checks).
     pub reachable: bool,
 }
@@ -305,6 +312,12 @@ pub struct Site {
     /// Since when (Unix milliseconds) this box has been settled.
     settled_since_ms: AtomicI64,
     settled_file: std::path::PathBuf,
+    /// Whether this box's last fill pass skipped objects of its share for lack of room (see
+    /// [`Site::may_give_up`]).
+    short_of_room: AtomicBool,
+    /// Where the members in force are kept, so a start under other ones (its configuration
+    /// edited while it was stopped) is taken as the change it is.
+    members_file: std::path::PathBuf,
     /// Held while the members or `settled` change ([`Site::reload`], [`Site::settle`]), so
     /// a pass that settles under the old members cannot mark this box settled under new ones.
     changing: Mutex<()>,
@@ -322,6 +335,11 @@ impl std::fmt::Debug for Site {
 impl Site {
     /// The site `config` describes, guarded by `token`; whether this box settled into its
     /// members is kept in `state_dir`.
+    ///
+    /// Members other than those this box last ran under (its configuration edited while it
+    /// was stopped) are the change they are: the ones it ran under are kept as where objects
+    /// were, unless earlier ones are kept already (found by review: a box started after a
+    /// change sent viewers of moved objects to owners that had not fetched them, 404).
     pub fn new(config: &SiteConfig, token: SiteToken, state_dir: &std::path::Path) -> Site {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -338,7 +356,13 @@ impl Site {
         let settled_file = state_dir.join(SETTLED_FILE);
         let settled = std::fs::read_to_string(&settled_file)
             .is_ok_and(|saved| saved.trim() == fingerprint(&config.box_name, &members));
-        Site {
+        let members_file = state_dir.join(MEMBERS_FILE);
+        let last_run = std::fs::read(&members_file)
+            .ok()
+            .and_then(|saved| serde_json::from_slice::<SavedMembers>(&saved).ok())
+            .map(|saved| Arc::new(saved.members(&config.box_name)));
+        let in_force = fingerprint(&config.box_name, &members);
+        let site = Site {
             name: config.box_name.clone(),
             members: ArcSwap::from_pointee(members),
             previous: arc_swap::ArcSwapOption::new(previous),
@@ -348,11 +372,27 @@ impl Site {
             settled: AtomicBool::new(settled),
             settled_since_ms: AtomicI64::new(jiff::Timestamp::now().as_millisecond()),
             settled_file,
+            short_of_room: AtomicBool::new(false),
+            members_file,
             changing: Mutex::new(()),
             token: ArcSwap::from_pointee(token),
             share: Mutex::new(Share::default()),
             client,
+        };
+        match last_run {
+            Some(last) if fingerprint(&site.name, &last) == in_force => {}
+            Some(last) => {
+                if site.previous.load().is_none() {
+                    site.save_previous(&last);
+                }
+                tracing::info!(
+                    "the site's members changed while this box was stopped: it settles into them at its next whole fill pass"
+                );
+                site.save_members(&site.members.load());
+            }
+            None => site.save_members(&site.members.load()),
         }
+        site
     }
 
     /// Applies a changed member list, weights, copies or token (SIGHUP). Peers that did
@@ -389,6 +429,9 @@ impl Site {
             self.save_previous(&running);
         }
         self.members.store(Arc::clone(&wanted));
+        if changed {
+            self.save_members(&wanted);
+        }
         self.token.store(Arc::new(token));
         if unsettles {
             tracing::info!(
@@ -449,6 +492,24 @@ impl Site {
                 .peers
                 .iter()
                 .all(|peer| peer.in_step_with(&members) && peer.forgot_earlier_in(&members))
+    }
+
+    /// Whether a fill pass may give up objects that moved away from this box: once the
+    /// site's last change is over everywhere ([`Site::moves_are_over`]), or while this box
+    /// lacks room for part of its share (its last pass skipped objects for it). Then what
+    /// moved away makes that room as soon as its owner holds it, as before the gate: a box
+    /// whose share grew while another was down would otherwise stay without part of it,
+    /// and its viewers get 404, for as long as that box stayed down (found by review). The
+    /// price, only while short of room: a further change made before every box settled may
+    /// send viewers of an object that moved in both to where it was before both.
+    pub fn may_give_up(&self) -> bool {
+        self.moves_are_over() || self.short_of_room.load(Ordering::SeqCst)
+    }
+
+    /// Records whether this box's fill pass under way skipped objects of its share for lack
+    /// of room.
+    pub fn set_short_of_room(&self, short: bool) {
+        self.short_of_room.store(short, Ordering::SeqCst);
     }
 
     /// How long this box has been settled (zero when it is not).
@@ -607,42 +668,57 @@ impl Site {
     /// hold it); with none ready, the plain miss answer. A peer that sees other members
     /// (a rolling reload half done) counts as not settled.
     pub fn redirect_target(&self, path: &str) -> Option<Arc<Peer>> {
-        let owners = self
-            .copies(0)
-            .max(self.copies(self.manifest_copies.load(Ordering::Relaxed)));
-        let first_ready = |ranking: Vec<Member>| {
-            ranking
-                .into_iter()
-                .take(owners)
-                .find_map(|member| match member {
-                    Member::Peer(peer) if peer.is_ready() => Some(peer),
-                    _ => None,
-                })
-        };
         let current = self.members.load();
-        let first = first_ready(self.ranking_among(&current, path));
+        let first = first_ready(
+            self.ranking_among(&current, path),
+            self.owners_among(&current),
+        );
         if let Some(first) = first.as_ref().filter(|first| first.in_step_with(&current)) {
             return Some(Arc::clone(first));
         }
-        let previous = self.previous.load_full();
-        let before = previous.and_then(|previous| {
-            // Readiness is the current members' view of each box.
-            let ranking = self
-                .ranking_among(&previous, path)
-                .into_iter()
-                .filter_map(|member| match member {
-                    Member::Peer(old) => current
-                        .peers
-                        .iter()
-                        .find(|peer| peer.name == old.name)
-                        .cloned()
-                        .map(Member::Peer),
-                    Member::Me => Some(Member::Me),
-                })
-                .collect();
-            first_ready(ranking)
+        let before = self.previous.load_full().and_then(|previous| {
+            first_ready(
+                self.earlier_ranking(&previous, &current, path),
+                self.owners_among(&previous),
+            )
         });
         before.or(first)
+    }
+
+    /// How many boxes of `members` own an object at most: the site's copies, or more when the
+    /// manifest in force asks more of some objects.
+    fn owners_among(&self, members: &Members) -> usize {
+        let manifest_copies = self.manifest_copies.load(Ordering::Relaxed);
+        effective_copies(members, 0).max(effective_copies(members, manifest_copies))
+    }
+
+    /// The boxes of the `earlier` members ranked for `path`, each peer as the `current`
+    /// members know it (readiness is the current members' view of each box; a box no longer
+    /// a member is left out).
+    fn earlier_ranking(&self, earlier: &Members, current: &Members, path: &str) -> Vec<Member> {
+        self.ranking_among(earlier, path)
+            .into_iter()
+            .filter_map(|member| match member {
+                Member::Peer(old) => current
+                    .peers
+                    .iter()
+                    .find(|peer| peer.name == old.name)
+                    .cloned()
+                    .map(Member::Peer),
+                Member::Me => Some(Member::Me),
+            })
+            .collect()
+    }
+
+    /// Keeps `members` as the members in force, for the next start (a failed save is
+    /// logged: a start under other members then cannot tell where objects were).
+    fn save_members(&self, members: &Members) {
+        let written = serde_json::to_vec(&SavedMembers::of(members))
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::durable::write_atomically(&self.members_file, &bytes));
+        if let Err(err) = written {
+            tracing::warn!(file = %self.members_file.display(), error = %err, "cannot save the site's members in force");
+        }
     }
 
     /// Keeps `members` as where objects were, across restarts (a failed save is logged:
@@ -681,6 +757,13 @@ impl Site {
             Ok(()) => {
                 self.previous.store(None);
                 tracing::info!("every box of the site has settled into its members");
+            }
+            // Removed, but its directory could not be fsynced (a state directory on a
+            // filesystem that refuses it): forgotten, since keeping them would hold back
+            // every hand-off of the site for good; a crash may bring them back.
+            Err(err) if matches!(self.previous_file.try_exists(), Ok(false)) => {
+                self.previous.store(None);
+                tracing::warn!(file = %self.previous_file.display(), error = %err, "every box of the site has settled into its members; removing the file of the earlier ones may not survive a crash");
             }
             Err(err) => {
                 tracing::warn!(file = %self.previous_file.display(), error = %err, "cannot remove the site's earlier members: they are kept, and no box gives up moved objects until it is removed");
@@ -743,6 +826,7 @@ impl Site {
                             .map(|at| at.to_string()),
                         settled: peer.is_settled_in(&members),
                         agrees: peer.agrees_in(&members),
+                        forgot_earlier: peer.forgot_earlier_in(&members),
                         reachable: peer.is_reachable(),
                     }
                 })
@@ -909,6 +993,18 @@ fn members(config: &SiteConfig, running: &[Arc<Peer>]) -> Members {
         check_interval: config.check_interval.0,
         check_timeout: config.check_timeout.0,
     }
+}
+
+/// The first ready peer among the first `owners` boxes of `ranking` (this box takes a place
+/// but is never the answer).
+fn first_ready(ranking: Vec<Member>, owners: usize) -> Option<Arc<Peer>> {
+    ranking
+        .into_iter()
+        .take(owners)
+        .find_map(|member| match member {
+            Member::Peer(peer) if peer.is_ready() => Some(peer),
+            _ => None,
+        })
 }
 
 /// Whether a viewer request's query says another box of the site already redirected it.
