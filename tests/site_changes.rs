@@ -473,6 +473,117 @@ async fn a_box_that_still_keeps_the_earlier_members_holds_every_hand_off_back() 
     assert_eq!(total, 0, "objects held by a ready box answered 404");
 }
 
+/// Was (found by review): box-b renamed box-x while stopped (same disk, same weight, every
+/// box's file edited): box-x saw no change of members (its kept members carried no name),
+/// kept no earlier ones, and sent its viewers of what it now owns but had not fetched
+/// nowhere: 56 of 56 such objects 404 from box-x. The other boxes dropped box-b from the
+/// earlier ranking, so the boxes after it moved up, and sent viewers of what box-x held to
+/// boxes that never held it (56 and 63 of 300 from box-a and box-c). Renaming is a change:
+/// box-x ranks the members it ran under by its old name, and a removed box keeps its
+/// place in an earlier ranking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_box_renamed_while_stopped_keeps_what_it_held_reachable() {
+    let objects = objects(300, "r", 600);
+    let (_origin, mut boxes) = three_filled_boxes(&objects).await;
+    boxes[1].daemon.take().unwrap().shutdown().await;
+    boxes[1].name = "box-x";
+    boxes[1].config.site.as_mut().unwrap().box_name = "box-x".to_owned();
+    boxes[1].daemon = Some(start(&boxes[1].config).await);
+    let site = addresses(&boxes, &[1.0, 1.0, 1.0]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let x = Arc::clone(boxes[1].daemon().fill().site().unwrap());
+    println!(
+        "box-x keeps earlier members: {}",
+        x.standing().keeps_earlier
+    );
+    let moved_to_x: Vec<_> = objects
+        .iter()
+        .filter(|(path, _, _)| !boxes[1].holds(path) && x.is_mine(path, 0))
+        .cloned()
+        .collect();
+    let held_by_x: Vec<_> = objects
+        .iter()
+        .filter(|(path, _, _)| boxes[1].holds(path))
+        .cloned()
+        .collect();
+    println!(
+        "{} objects moved to box-x, {} held by it",
+        moved_to_x.len(),
+        held_by_x.len()
+    );
+    assert!(!moved_to_x.is_empty());
+    let moved = unavailable_everywhere(&boxes, &moved_to_x, "moved to box-x").await;
+    // What box-x held that is now another box's share is a miss there until that box
+    // fetches it (a rename is a removal and a join; left out, see README).
+    let held = unavailable_from(boxes[1].viewer(), &held_by_x).await;
+    unavailable_everywhere(&boxes, &held_by_x, "held by box-x").await;
+    stop_all(&mut boxes).await;
+    assert!(x.standing().keeps_earlier);
+    assert_eq!(moved, 0, "objects held by a ready box answered 404");
+    assert!(held.is_empty(), "{:?}", &held[..held.len().min(3)]);
+}
+
+/// Was (found by review): "short of room" was read by the hand-off that opens the next
+/// pass whatever changed since: after a reload that ended box-b's shortage (box-a's
+/// weight back to 1), that hand-off gave up 29 objects while the change was not over and
+/// box-b was not short, and a further change sent their viewers to box-b: 404 while box-c
+/// held them. A shortage counts only under the members and manifest it was found under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shortage_of_room_counts_only_under_the_members_it_was_found_under() {
+    let objects = objects(300, "g", 600);
+    let (_origin, mut boxes) = filled_boxes(&["box-a", "box-b", "box-c", "box-d"], &objects).await;
+    let status = admin_status(boxes[1].daemon().admin_addr).await;
+    let used = status["stores"][0]["bytes_used"].as_u64().unwrap();
+    boxes[1].daemon.take().unwrap().shutdown().await;
+    boxes[1].config.stores[0].capacity = Some(ByteSize(used + 2_000));
+    boxes[1].restart().await;
+    let site = addresses(&boxes, &[1.0; 4]);
+    for b in &mut boxes {
+        b.peer_with(&site, 1);
+    }
+    all_ready(&boxes).await;
+    let new_site = addresses(&boxes, &[0.25, 1.0, 4.0, 1.0]);
+    boxes[3].daemon.take().unwrap().shutdown().await;
+    for b in &mut boxes[..3] {
+        b.peer_with(&new_site, 1);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let up: Vec<&SiteBox> = boxes[..3].iter().collect();
+    fill_all(&up, "m1").await;
+    serve_all(&boxes[..3]).await;
+    let first = admin_status(boxes[1].daemon().admin_addr).await;
+    // box-a back to weight 1: box-b's share shrinks (no longer short).
+    let third = addresses(&boxes[..3], &[1.0, 1.0, 4.0]);
+    for b in &mut boxes[..3] {
+        let mut site = third.clone();
+        site.push(new_site[3]);
+        b.peer_with(&site, 1);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let only_b: Vec<&SiteBox> = boxes[1..2].iter().collect();
+    fill_all(&only_b, "m1").await;
+    serve_all(&boxes[..3]).await;
+    let second = admin_status(boxes[1].daemon().admin_addr).await;
+    println!(
+        "box-b: first pass skipped {} for no room; second pass skipped {}, deleted {}, moves over {}",
+        first["fill"]["last_fill"]["skipped_no_room"],
+        second["fill"]["last_fill"]["skipped_no_room"],
+        second["fill"]["last_fill"]["deleted"],
+        second["site"]["moves_over"]
+    );
+    stop_all(&mut boxes).await;
+    assert_ne!(first["fill"]["last_fill"]["skipped_no_room"], 0);
+    assert_eq!(second["fill"]["last_fill"]["skipped_no_room"], 0);
+    assert_eq!(second["site"]["moves_over"], false);
+    assert_eq!(
+        second["fill"]["last_fill"]["deleted"], 0,
+        "objects given up while neither short of room nor the change over"
+    );
+}
+
 /// Was: an object the manifest gives two copies (site.copies = 1) is not redirected
 /// to its second owner when its first owner is down: 404 although a ready box holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -529,7 +529,7 @@ impl Engine {
             .with_label_values(&["skipped"])
             .inc_by(work.no_room.len() as u64);
         if let Some(site) = self.fill.site() {
-            site.set_short_of_room(!work.no_room.is_empty());
+            site.set_short_of_room(&manifest.id, !work.no_room.is_empty());
         }
         if self.fill.site().is_some() {
             self.fill.fetching(

@@ -236,7 +236,7 @@ pub async fn hand_off(
     if handoff.is_empty() || site.token().bearer().is_none() {
         return 0;
     }
-    if !site.may_give_up() {
+    if !site.may_give_up(&manifest.id) {
         tracing::info!(
             kept = handoff.len(),
             "objects now other boxes' share stay until every box of the site has settled into its members and forgotten the earlier ones"
@@ -295,7 +295,7 @@ pub async fn hand_off(
             tracing::info!("the fill window ended: giving up moved objects waits for the next");
             break;
         }
-        if !site.may_give_up() {
+        if !site.may_give_up(&manifest.id) {
             tracing::info!(
                 "the site's members changed, or a box has not settled into them: giving up moved objects waits"
             );

@@ -58,17 +58,23 @@ pub const EARLIER_HEADER: http::HeaderName =
 /// site settles into new ones.
 const PREVIOUS_FILE: &str = "site-previous";
 
-/// [`Members`] as `state_dir/site-previous` keeps them: what placement needs.
+/// [`Members`] as `state_dir/site-previous` and `site-members` keep them: what placement
+/// needs, and the box they were this box's members as.
 #[derive(Debug, Serialize, serde::Deserialize)]
 struct SavedMembers {
+    /// This box's `site.box` then (absent in files of earlier versions): a box renamed
+    /// since is ranked among them by this name, and a start under a new name is a change.
+    #[serde(default, rename = "box")]
+    box_name: Option<String>,
     weight: f64,
     copies: u8,
     peers: Vec<(String, f64)>,
 }
 
 impl SavedMembers {
-    fn of(members: &Members) -> SavedMembers {
+    fn of(me: &str, members: &Members) -> SavedMembers {
         SavedMembers {
+            box_name: Some(me.to_owned()),
             weight: members.weight,
             copies: members.copies,
             peers: members
@@ -79,13 +85,27 @@ impl SavedMembers {
         }
     }
 
-    /// Members to rank by (the peers' addresses are not kept: readiness is looked up by
-    /// name among the current peers).
-    fn members(self, me: &str) -> Members {
-        Members {
+    /// What `file` keeps, if it is there and reads (one that does not read is logged and
+    /// taken as absent).
+    fn read(file: &std::path::Path) -> Option<SavedMembers> {
+        let saved = std::fs::read(file).ok()?;
+        serde_json::from_slice::<SavedMembers>(&saved)
+            .inspect_err(|err| {
+                tracing::warn!(file = %file.display(), error = %err, "cannot read the site's members kept there; taken as none");
+            })
+            .ok()
+    }
+
+    /// Members to rank by, with the name this box had among them (`me` when the file does
+    /// not say): a box renamed while stopped ranks them as it was ranked then, since it
+    /// holds what it held under its old name. The peers' addresses are not kept: readiness
+    /// is looked up by name among the current peers.
+    fn members(self, me: &str) -> (String, Members) {
+        let name = self.box_name.unwrap_or_else(|| me.to_owned());
+        let members = Members {
             generation: next_generation(),
             weight: self.weight,
-            key: key_of(me),
+            key: key_of(&name),
             copies: self.copies,
             peers: self
                 .peers
@@ -94,7 +114,8 @@ impl SavedMembers {
                 .collect(),
             check_interval: Duration::from_secs(2),
             check_timeout: Duration::from_secs(1),
-        }
+        };
+        (name, members)
     }
 }
 
@@ -312,9 +333,10 @@ pub struct Site {
     /// Since when (Unix milliseconds) this box has been settled.
     settled_since_ms: AtomicI64,
     settled_file: std::path::PathBuf,
-    /// Whether this box's last fill pass skipped objects of its share for lack of room (see
-    /// [`Site::may_give_up`]).
-    short_of_room: AtomicBool,
+    /// The members (fingerprint) and manifest (id) under which this box's last fill pass
+    /// skipped objects of its share for lack of room (see [`Site::may_give_up`]); none when
+    /// it did not.
+    short_of_room: Mutex<Option<(String, String)>>,
     /// Where the members in force are kept, so a start under other ones (its configuration
     /// edited while it was stopped) is taken as the change it is.
     members_file: std::path::PathBuf,
@@ -349,18 +371,16 @@ impl Site {
             .build(connector);
         let members = members(config, &[]);
         let previous_file = state_dir.join(PREVIOUS_FILE);
-        let previous = std::fs::read(&previous_file)
-            .ok()
-            .and_then(|saved| serde_json::from_slice::<SavedMembers>(&saved).ok())
-            .map(|saved| Arc::new(saved.members(&config.box_name)));
+        let previous = SavedMembers::read(&previous_file)
+            .map(|saved| Arc::new(saved.members(&config.box_name).1));
         let settled_file = state_dir.join(SETTLED_FILE);
         let settled = std::fs::read_to_string(&settled_file)
             .is_ok_and(|saved| saved.trim() == fingerprint(&config.box_name, &members));
         let members_file = state_dir.join(MEMBERS_FILE);
-        let last_run = std::fs::read(&members_file)
-            .ok()
-            .and_then(|saved| serde_json::from_slice::<SavedMembers>(&saved).ok())
-            .map(|saved| Arc::new(saved.members(&config.box_name)));
+        let last_run = SavedMembers::read(&members_file).map(|saved| {
+            let (name, members) = saved.members(&config.box_name);
+            (fingerprint(&name, &members), Arc::new(members))
+        });
         let in_force = fingerprint(&config.box_name, &members);
         let site = Site {
             name: config.box_name.clone(),
@@ -372,7 +392,7 @@ impl Site {
             settled: AtomicBool::new(settled),
             settled_since_ms: AtomicI64::new(jiff::Timestamp::now().as_millisecond()),
             settled_file,
-            short_of_room: AtomicBool::new(false),
+            short_of_room: Mutex::new(None),
             members_file,
             changing: Mutex::new(()),
             token: ArcSwap::from_pointee(token),
@@ -380,8 +400,8 @@ impl Site {
             client,
         };
         match last_run {
-            Some(last) if fingerprint(&site.name, &last) == in_force => {}
-            Some(last) => {
+            Some((was, _)) if was == in_force => {}
+            Some((_, last)) => {
                 if site.previous.load().is_none() {
                     site.save_previous(&last);
                 }
@@ -494,22 +514,35 @@ impl Site {
                 .all(|peer| peer.in_step_with(&members) && peer.forgot_earlier_in(&members))
     }
 
-    /// Whether a fill pass may give up objects that moved away from this box: once the
-    /// site's last change is over everywhere ([`Site::moves_are_over`]), or while this box
-    /// lacks room for part of its share (its last pass skipped objects for it). Then what
-    /// moved away makes that room as soon as its owner holds it, as before the gate: a box
-    /// whose share grew while another was down would otherwise stay without part of it,
-    /// and its viewers get 404, for as long as that box stayed down (found by review). The
-    /// price, only while short of room: a further change made before every box settled may
-    /// send viewers of an object that moved in both to where it was before both.
-    pub fn may_give_up(&self) -> bool {
-        self.moves_are_over() || self.short_of_room.load(Ordering::SeqCst)
+    /// Whether a fill pass toward manifest `manifest_id` may give up objects that moved away
+    /// from this box: once the site's last change is over everywhere
+    /// ([`Site::moves_are_over`]), or while this box lacks room for part of its share: its
+    /// last pass skipped objects for it under the same members and manifest. Then what moved
+    /// away makes that room as soon as its owner holds it, as before the gate: a box whose
+    /// share grew while another was down would otherwise stay without part of it, and its
+    /// viewers get 404, for as long as that box stayed down (found by review). The price,
+    /// only while short of room: a further change made before every box settled may send
+    /// viewers of an object that moved in both to where it was before both.
+    pub fn may_give_up(&self, manifest_id: &str) -> bool {
+        self.moves_are_over() || {
+            let short = self
+                .short_of_room
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            short.as_ref().is_some_and(|(members, manifest)| {
+                *members == self.fingerprint() && manifest == manifest_id
+            })
+        }
     }
 
-    /// Records whether this box's fill pass under way skipped objects of its share for lack
-    /// of room.
-    pub fn set_short_of_room(&self, short: bool) {
-        self.short_of_room.store(short, Ordering::SeqCst);
+    /// Records whether this box's fill pass toward manifest `manifest_id`, under way, skipped
+    /// objects of its share for lack of room.
+    pub fn set_short_of_room(&self, manifest_id: &str, short: bool) {
+        let mut recorded = self
+            .short_of_room
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *recorded = short.then(|| (self.fingerprint(), manifest_id.to_owned()));
     }
 
     /// How long this box has been settled (zero when it is not).
@@ -693,19 +726,23 @@ impl Site {
     }
 
     /// The boxes of the `earlier` members ranked for `path`, each peer as the `current`
-    /// members know it (readiness is the current members' view of each box; a box no longer
-    /// a member is left out).
+    /// members know it (readiness is the current members' view of each box). A box no longer
+    /// a member keeps its place as one that is never ready: dropped, the boxes after it
+    /// would move up among the owners, and viewers would be sent to a box that never held
+    /// the object (found by review).
     fn earlier_ranking(&self, earlier: &Members, current: &Members, path: &str) -> Vec<Member> {
         self.ranking_among(earlier, path)
             .into_iter()
-            .filter_map(|member| match member {
-                Member::Peer(old) => current
-                    .peers
-                    .iter()
-                    .find(|peer| peer.name == old.name)
-                    .cloned()
-                    .map(Member::Peer),
-                Member::Me => Some(Member::Me),
+            .map(|member| match member {
+                Member::Peer(old) => Member::Peer(
+                    current
+                        .peers
+                        .iter()
+                        .find(|peer| peer.name == old.name)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Peer::new(&old.name, "", "", old.weight))),
+                ),
+                Member::Me => Member::Me,
             })
             .collect()
     }
@@ -713,7 +750,7 @@ impl Site {
     /// Keeps `members` as the members in force, for the next start (a failed save is
     /// logged: a start under other members then cannot tell where objects were).
     fn save_members(&self, members: &Members) {
-        let written = serde_json::to_vec(&SavedMembers::of(members))
+        let written = serde_json::to_vec(&SavedMembers::of(&self.name, members))
             .map_err(std::io::Error::other)
             .and_then(|bytes| crate::durable::write_atomically(&self.members_file, &bytes));
         if let Err(err) = written {
@@ -725,7 +762,7 @@ impl Site {
     /// the box then forgets it at a restart).
     fn save_previous(&self, members: &Arc<Members>) {
         self.previous.store(Some(Arc::clone(members)));
-        let saved = SavedMembers::of(members);
+        let saved = SavedMembers::of(&self.name, members);
         let written = serde_json::to_vec(&saved)
             .map_err(std::io::Error::other)
             .and_then(|bytes| crate::durable::write_atomically(&self.previous_file, &bytes));
