@@ -336,7 +336,9 @@ impl Engine {
         let (end, stored) = match interrupted {
             Some(end) => (end, 0),
             None => {
-                let work = self.plan_fetches(&manifest, survey).await;
+                let work = self
+                    .plan_fetches(&manifest, survey, members.as_deref())
+                    .await;
                 counts.already_present = work.present;
                 counts.skipped_no_room = work.no_room.len() as u64;
                 self.note_content(false).await;
@@ -489,7 +491,12 @@ impl Engine {
     /// Plans what to fetch against what the stores hold and have room for, removes partial
     /// files nothing will resume, and starts the pass's progress (objects with no room are
     /// failed at once).
-    async fn plan_fetches(&self, manifest: &Manifest, survey: Survey) -> FillPlan {
+    async fn plan_fetches(
+        &self,
+        manifest: &Manifest,
+        survey: Survey,
+        members: Option<&str>,
+    ) -> FillPlan {
         let (share_objects, share_bytes) = (survey.share_objects, survey.share_bytes);
         let work = fit(manifest, survey, self.stores.free_bytes());
         let keep: HashSet<String> = work
@@ -528,8 +535,8 @@ impl Engine {
             .fill_objects
             .with_label_values(&["skipped"])
             .inc_by(work.no_room.len() as u64);
-        if let Some(site) = self.fill.site() {
-            site.set_short_of_room(&manifest.id, !work.no_room.is_empty());
+        if let (Some(site), Some(members)) = (self.fill.site(), members) {
+            site.set_short_of_room(members, &manifest.id, !work.no_room.is_empty());
         }
         if self.fill.site().is_some() {
             self.fill.fetching(

@@ -72,9 +72,9 @@ struct SavedMembers {
 }
 
 impl SavedMembers {
-    fn of(me: &str, members: &Members) -> SavedMembers {
+    fn of(members: &Members) -> SavedMembers {
         SavedMembers {
-            box_name: Some(me.to_owned()),
+            box_name: Some(members.me.clone()),
             weight: members.weight,
             copies: members.copies,
             peers: members
@@ -106,6 +106,7 @@ impl SavedMembers {
             generation: next_generation(),
             weight: self.weight,
             key: key_of(&name),
+            me: name.clone(),
             copies: self.copies,
             peers: self
                 .peers
@@ -243,6 +244,9 @@ struct Members {
     /// Tells this member list from every other this process made (from 1): what a peer
     /// said is tagged with the list it was asked under.
     generation: u64,
+    /// This box's name among these members (the one it is ranked by; kept with them, so a
+    /// box renamed since still ranks its earlier members by the name it had).
+    me: String,
     weight: f64,
     key: u64,
     copies: u8,
@@ -520,29 +524,41 @@ impl Site {
     /// last pass skipped objects for it under the same members and manifest. Then what moved
     /// away makes that room as soon as its owner holds it, as before the gate: a box whose
     /// share grew while another was down would otherwise stay without part of it, and its
-    /// viewers get 404, for as long as that box stayed down (found by review). The price,
-    /// only while short of room: a further change made before every box settled may send
-    /// viewers of an object that moved in both to where it was before both.
+    /// viewers get 404, for as long as that box stayed down (found by review). Not while a
+    /// ready peer sees other members (a rolling reload half done): it still ranks by the
+    /// members under which this box owns what moved away, and sends viewers here for it
+    /// (found by review). The price, only while short of room: a further change made before
+    /// every box settled, or a box that was down through a change coming back under the
+    /// members before it, may send viewers of an object given up to where it was.
     pub fn may_give_up(&self, manifest_id: &str) -> bool {
-        self.moves_are_over() || {
-            let short = self
-                .short_of_room
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            short.as_ref().is_some_and(|(members, manifest)| {
-                *members == self.fingerprint() && manifest == manifest_id
-            })
+        if self.moves_are_over() {
+            return true;
         }
+        let current = self.members.load();
+        let short = self
+            .short_of_room
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|(members, manifest)| {
+                *members == fingerprint(&self.name, &current) && manifest == manifest_id
+            });
+        short
+            && current
+                .peers
+                .iter()
+                .all(|peer| !peer.is_ready() || peer.agrees_in(&current))
     }
 
-    /// Records whether this box's fill pass toward manifest `manifest_id`, under way, skipped
-    /// objects of its share for lack of room.
-    pub fn set_short_of_room(&self, manifest_id: &str, short: bool) {
+    /// Records whether a fill pass toward manifest `manifest_id` that began under the members
+    /// `members` (a fingerprint) skipped objects of its share for lack of room: tagged with
+    /// the members its survey ran under, not those of a reload since (found by review).
+    pub fn set_short_of_room(&self, members: &str, manifest_id: &str, short: bool) {
         let mut recorded = self
             .short_of_room
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        *recorded = short.then(|| (self.fingerprint(), manifest_id.to_owned()));
+        *recorded = short.then(|| (members.to_owned(), manifest_id.to_owned()));
     }
 
     /// How long this box has been settled (zero when it is not).
@@ -750,7 +766,7 @@ impl Site {
     /// Keeps `members` as the members in force, for the next start (a failed save is
     /// logged: a start under other members then cannot tell where objects were).
     fn save_members(&self, members: &Members) {
-        let written = serde_json::to_vec(&SavedMembers::of(&self.name, members))
+        let written = serde_json::to_vec(&SavedMembers::of(members))
             .map_err(std::io::Error::other)
             .and_then(|bytes| crate::durable::write_atomically(&self.members_file, &bytes));
         if let Err(err) = written {
@@ -762,7 +778,7 @@ impl Site {
     /// the box then forgets it at a restart).
     fn save_previous(&self, members: &Arc<Members>) {
         self.previous.store(Some(Arc::clone(members)));
-        let saved = SavedMembers::of(&self.name, members);
+        let saved = SavedMembers::of(members);
         let written = serde_json::to_vec(&saved)
             .map_err(std::io::Error::other)
             .and_then(|bytes| crate::durable::write_atomically(&self.previous_file, &bytes));
@@ -1025,6 +1041,7 @@ fn members(config: &SiteConfig, running: &[Arc<Peer>]) -> Members {
         generation: next_generation(),
         weight: config.weight,
         key: key_of(&config.box_name),
+        me: config.box_name.clone(),
         copies: u8::try_from(config.copies).unwrap_or(u8::MAX),
         peers,
         check_interval: config.check_interval.0,
