@@ -73,6 +73,21 @@ async fn unavailable_everywhere(
     total
 }
 
+/// Restarts `boxes[which]` with a store just over what it holds (2,000 bytes of room), as a
+/// real box is full of its share, and re-peers the site with its new ports.
+async fn fill_up_store_of(boxes: &mut [SiteBox], which: usize) {
+    let status = admin_status(boxes[which].daemon().admin_addr).await;
+    let used = status["stores"][0]["bytes_used"].as_u64().unwrap();
+    boxes[which].daemon.take().unwrap().shutdown().await;
+    boxes[which].config.stores[0].capacity = Some(ByteSize(used + 2_000));
+    boxes[which].restart().await;
+    let site = addresses(boxes, &vec![1.0; boxes.len()]);
+    for b in boxes.iter_mut() {
+        b.peer_with(&site, 1);
+    }
+    all_ready(boxes).await;
+}
+
 /// Stops every box still running.
 async fn stop_all(boxes: &mut [SiteBox]) {
     for b in boxes.iter_mut() {
@@ -323,17 +338,7 @@ async fn a_second_change_before_every_box_settled_keeps_moved_objects_reachable(
 async fn a_full_box_whose_share_grew_takes_it_while_another_box_is_down() {
     let objects = objects(300, "f", 600);
     let (_origin, mut boxes) = filled_boxes(&["box-a", "box-b", "box-c", "box-d"], &objects).await;
-    let status = admin_status(boxes[1].daemon().admin_addr).await;
-    let used = status["stores"][0]["bytes_used"].as_u64().unwrap();
-    // box-b restarts with a store just over what it holds.
-    boxes[1].daemon.take().unwrap().shutdown().await;
-    boxes[1].config.stores[0].capacity = Some(ByteSize(used + 2_000));
-    boxes[1].restart().await;
-    let site = addresses(&boxes, &[1.0; 4]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    fill_up_store_of(&mut boxes, 1).await;
     // box-d goes down; the weights change on the others.
     let new_site = addresses(&boxes, &[0.25, 1.0, 4.0, 1.0]);
     boxes[3].daemon.take().unwrap().shutdown().await;
@@ -535,16 +540,7 @@ async fn a_box_renamed_while_stopped_keeps_what_it_held_reachable() {
 async fn a_shortage_of_room_counts_only_under_the_members_it_was_found_under() {
     let objects = objects(300, "g", 600);
     let (_origin, mut boxes) = filled_boxes(&["box-a", "box-b", "box-c", "box-d"], &objects).await;
-    let status = admin_status(boxes[1].daemon().admin_addr).await;
-    let used = status["stores"][0]["bytes_used"].as_u64().unwrap();
-    boxes[1].daemon.take().unwrap().shutdown().await;
-    boxes[1].config.stores[0].capacity = Some(ByteSize(used + 2_000));
-    boxes[1].restart().await;
-    let site = addresses(&boxes, &[1.0; 4]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    fill_up_store_of(&mut boxes, 1).await;
     let new_site = addresses(&boxes, &[0.25, 1.0, 4.0, 1.0]);
     boxes[3].daemon.take().unwrap().shutdown().await;
     for b in &mut boxes[..3] {
@@ -593,16 +589,7 @@ async fn a_shortage_of_room_counts_only_under_the_members_it_was_found_under() {
 async fn a_box_short_of_room_gives_up_nothing_during_a_rolling_reload() {
     let objects = objects(300, "q", 600);
     let (_origin, mut boxes) = three_filled_boxes(&objects).await;
-    let status = admin_status(boxes[1].daemon().admin_addr).await;
-    let used = status["stores"][0]["bytes_used"].as_u64().unwrap();
-    boxes[1].daemon.take().unwrap().shutdown().await;
-    boxes[1].config.stores[0].capacity = Some(ByteSize(used + 2_000));
-    boxes[1].restart().await;
-    let site = addresses(&boxes, &[1.0; 3]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    fill_up_store_of(&mut boxes, 1).await;
     // Rolling reload: box-a and box-b first; box-c later.
     let new_site = addresses(&boxes, &[4.0, 1.0, 0.25]);
     for b in &mut boxes[..2] {

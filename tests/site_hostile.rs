@@ -250,6 +250,26 @@ async fn one_pass(daemon: &Daemon, id: &str) -> serde_json::Value {
     }
 }
 
+/// box-a, holding every one of `objects`, with `peer` as its only peer (box-b), the members
+/// claimed for the fake peer, the peer seen ready, and manifest "m1" of `objects` accepted
+/// (their origin holds them too). The origin and the box's directory live as long as the
+/// values returned.
+async fn seeded_box_beside(
+    peer: SocketAddr,
+    objects: &[(String, Vec<u8>)],
+) -> (Origin, TestBox, Daemon) {
+    let origin = Origin::start().await;
+    origin.put_all(objects);
+    let test_box = TestBox::new();
+    let config = site_config(&test_box, "box-a", &[("box-b", peer, peer)], "");
+    seed_all(&config, objects);
+    let daemon = start(&config).await;
+    claim_members_of(&daemon);
+    peers_ready(&daemon).await;
+    accept(&daemon, manifest_json("m1", &origin.base_url(), objects)).await;
+    (origin, test_box, daemon)
+}
+
 async fn peers_ready(daemon: &Daemon) {
     let admin = daemon.admin_addr;
     eventually("peers ready", || async move {
@@ -579,15 +599,7 @@ async fn no_object_is_given_up_after_the_window_ended() {
     }))
     .await;
     let objects = objects(100, "late");
-    let origin = Origin::start().await;
-    origin.put_all(&objects);
-    let test_box = TestBox::new();
-    let config = site_config(&test_box, "box-a", &[("box-b", peer, peer)], "");
-    seed_all(&config, &objects);
-    let daemon = start(&config).await;
-    claim_members_of(&daemon);
-    peers_ready(&daemon).await;
-    accept(&daemon, manifest_json("m1", &origin.base_url(), &objects)).await;
+    let (_origin, _test_box, daemon) = seeded_box_beside(peer, &objects).await;
     daemon.set_override(Override::Fill).await.unwrap();
     let counter = Arc::clone(&asked);
     eventually("holds asked", || {
@@ -630,15 +642,7 @@ async fn nothing_is_given_up_while_a_peer_keeps_earlier_members() {
     }))
     .await;
     let objects = objects(60, "earlier");
-    let origin = Origin::start().await;
-    origin.put_all(&objects);
-    let test_box = TestBox::new();
-    let config = site_config(&test_box, "box-a", &[("box-b", peer, peer)], "");
-    seed_all(&config, &objects);
-    let daemon = start(&config).await;
-    claim_members_of(&daemon);
-    peers_ready(&daemon).await;
-    accept(&daemon, manifest_json("m1", &origin.base_url(), &objects)).await;
+    let (_origin, _test_box, daemon) = seeded_box_beside(peer, &objects).await;
     let mine = objects
         .iter()
         .filter(|(path, _)| daemon.fill().site().unwrap().is_mine(path, 0))
