@@ -88,6 +88,28 @@ async fn fill_up_store_of(boxes: &mut [SiteBox], which: usize) {
     all_ready(boxes).await;
 }
 
+/// The objects that `boxes[which]` owns and does not hold (moved to it and not fetched yet);
+/// at least one, or the test shows nothing.
+fn moved_to(
+    boxes: &[SiteBox],
+    which: usize,
+    objects: &[(String, Vec<u8>, u8)],
+) -> Vec<(String, Vec<u8>, u8)> {
+    let site = boxes[which].daemon().fill().site().unwrap();
+    let moved: Vec<_> = objects
+        .iter()
+        .filter(|(path, _, _)| !boxes[which].holds(path) && site.is_mine(path, 0))
+        .cloned()
+        .collect();
+    println!("{} objects moved to {}", moved.len(), boxes[which].name);
+    assert!(
+        !moved.is_empty(),
+        "no object moved to {}",
+        boxes[which].name
+    );
+    moved
+}
+
 /// Stops every box still running.
 async fn stop_all(boxes: &mut [SiteBox]) {
     for b in boxes.iter_mut() {
@@ -412,15 +434,7 @@ async fn a_box_started_under_members_changed_while_it_was_stopped_keeps_moved_ob
         b.peer_with(&site, 1); // box-a's new ports; the members are the same
     }
     all_ready(&boxes).await;
-    let moved: Vec<_> = objects
-        .iter()
-        .filter(|(path, _, _)| {
-            !boxes[2].holds(path) && boxes[2].daemon().fill().site().unwrap().is_mine(path, 0)
-        })
-        .cloned()
-        .collect();
-    println!("{} objects moved to box-c", moved.len());
-    assert!(!moved.is_empty());
+    let moved = moved_to(&boxes, 2, &objects);
     let total = unavailable_everywhere(&boxes, &moved, "box-a started under the new members").await;
     stop_all(&mut boxes).await;
     assert_eq!(total, 0, "objects held by a ready box answered 404");
@@ -504,22 +518,12 @@ async fn a_box_renamed_while_stopped_keeps_what_it_held_reachable() {
         "box-x keeps earlier members: {}",
         x.standing().keeps_earlier
     );
-    let moved_to_x: Vec<_> = objects
-        .iter()
-        .filter(|(path, _, _)| !boxes[1].holds(path) && x.is_mine(path, 0))
-        .cloned()
-        .collect();
+    let moved_to_x = moved_to(&boxes, 1, &objects);
     let held_by_x: Vec<_> = objects
         .iter()
         .filter(|(path, _, _)| boxes[1].holds(path))
         .cloned()
         .collect();
-    println!(
-        "{} objects moved to box-x, {} held by it",
-        moved_to_x.len(),
-        held_by_x.len()
-    );
-    assert!(!moved_to_x.is_empty());
     let moved = unavailable_everywhere(&boxes, &moved_to_x, "moved to box-x").await;
     // What box-x held that is now another box's share is a miss there until that box
     // fetches it (a rename is a removal and a join; left out, see README).
@@ -636,14 +640,7 @@ async fn a_renamed_box_restarted_again_still_ranks_its_earlier_members_by_its_ol
         b.peer_with(&site, 1);
     }
     all_ready(&boxes).await;
-    let x = Arc::clone(boxes[1].daemon().fill().site().unwrap());
-    let moved_to_x: Vec<_> = objects
-        .iter()
-        .filter(|(path, _, _)| !boxes[1].holds(path) && x.is_mine(path, 0))
-        .cloned()
-        .collect();
-    println!("{} objects moved to box-x", moved_to_x.len());
-    assert!(!moved_to_x.is_empty());
+    let moved_to_x = moved_to(&boxes, 1, &objects);
     let moved = unavailable_everywhere(&boxes, &moved_to_x, "moved to box-x").await;
     stop_all(&mut boxes).await;
     assert_eq!(moved, 0, "objects held by a ready box answered 404");
