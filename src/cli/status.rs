@@ -97,7 +97,7 @@ pub fn render(status: &Value, now: jiff::Timestamp) -> String {
         }
     }
     if let Some(site) = status["site"].as_object() {
-        let share = &site["share"];
+        let share = site.get("share").unwrap_or(&Value::Null);
         out.push_str(&format!(
             "site:      box {}, {} cop{} by default, share {} objects ({}), {}\n",
             site.get("box").map_or_else(|| "?".to_owned(), text),
@@ -112,11 +112,15 @@ pub fn render(status: &Value, now: jiff::Timestamp) -> String {
             match (
                 site.get("settled").and_then(Value::as_bool),
                 site.get("moves_over").and_then(Value::as_bool),
+                site.get("short_of_room").and_then(Value::as_bool),
             ) {
-                (Some(true), Some(false)) => {
-                    "settled, keeping moved objects until every box has settled"
+                (Some(true), Some(false), Some(true)) => {
+                    "settled, short of room: giving up what moved away as its owners hold it"
                 }
-                (Some(true), _) => "settled",
+                (Some(true), Some(false), _) => {
+                    "settled, keeping moved objects until every box has settled and forgotten the earlier members"
+                }
+                (Some(true), _, _) => "settled",
                 _ => "settling into its members",
             },
         ));
@@ -133,6 +137,11 @@ pub fn render(status: &Value, now: jiff::Timestamp) -> String {
             ) {
                 (_, _, Some(false)) if peer["checked_at"].is_string() => {
                     "SEES OTHER MEMBERS (compare the [site] sections)"
+                }
+                (Some(true), Some(true), _)
+                    if peer.get("forgot_earlier").and_then(Value::as_bool) == Some(false) =>
+                {
+                    "ready, keeps the earlier members (holds hand-offs back)"
                 }
                 (Some(true), Some(true), _) => "ready",
                 (Some(true), _, _) => "ready, settling",
@@ -309,7 +318,7 @@ mod tests {
         waiting["site"]["moves_over"] = false.into();
         let text = render(&waiting, "2026-11-25T03:00:00Z".parse().unwrap());
         assert!(
-            text.contains("(3.0 GB), settled, keeping moved objects until every box has settled"),
+            text.contains("(3.0 GB), settled, keeping moved objects until every box has settled and forgotten the earlier members"),
             "{text}"
         );
         assert!(
@@ -317,5 +326,101 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  peer box-d  SEES OTHER MEMBERS"), "{text}");
+    }
+}
+
+#[cfg(test)]
+/// Odd JSON and the peer that holds hand-offs back, found by a fourth review.
+mod site_section {
+    use super::*;
+
+    fn site_status(peers: serde_json::Value) -> Value {
+        serde_json::json!({
+            "mode": "serving", "override": "auto", "fill": {"state": "idle"}, "stores": [],
+            "site": {"box": "box-a", "copies": 1, "share": {"objects": 3, "bytes": 3},
+                     "settled": true, "moves_over": false, "peers": peers}
+        })
+    }
+
+    /// Was (found by review): every peer ready, settled and agreeing, one still keeping the
+    /// earlier members: every peer line read the same, naming no box.
+    #[test]
+    fn the_box_that_holds_hand_offs_back_is_named() {
+        let peer = |name: &str, forgot: bool| {
+            serde_json::json!({"name": name, "ready": true,
+            "settled": true, "agrees": true, "forgot_earlier": forgot, "reachable": true,
+            "checked_at": "2026-11-25T03:00:00Z"})
+        };
+        let status = site_status(serde_json::json!([
+            peer("box-b", true),
+            peer("box-c", false)
+        ]));
+        let text = render(&status, "2026-11-25T03:00:00Z".parse().unwrap());
+        let line_c = text
+            .lines()
+            .find(|line| line.contains("peer box-c"))
+            .unwrap();
+        let line_b = text
+            .lines()
+            .find(|line| line.contains("peer box-b"))
+            .unwrap();
+        assert_ne!(
+            line_b.replace("box-b", ""),
+            line_c.replace("box-c", ""),
+            "{text}"
+        );
+    }
+
+    /// Was (found by review): a site section without `share` panicked.
+    #[test]
+    fn odd_site_json_does_not_panic() {
+        let odd = [
+            serde_json::json!(null),
+            serde_json::json!(5),
+            serde_json::json!("x"),
+            serde_json::json!([1, 2]),
+            serde_json::json!({"peers": 3}),
+            serde_json::json!({"peers": [null, 4, "x", {"ready": "yes"}]}),
+            serde_json::json!({"share": [1], "settled": "true", "moves_over": 1, "copies": -1, "box": 7}),
+            serde_json::json!({"settled": true, "moves_over": null}),
+        ];
+        for site in odd {
+            let status = serde_json::json!({"site": site, "fill": {"state": "running", "bytes_done": 5, "bytes_total": 1}});
+            let _ = render(&status, "2026-11-25T03:00:00Z".parse().unwrap());
+        }
+        for mut site in [
+            serde_json::json!({"peers": [null, 4, "x", {"ready": "yes", "agrees": false, "checked_at": 5}]}),
+            serde_json::json!({"settled": true, "moves_over": null, "copies": 1e300}),
+        ] {
+            site["share"] = serde_json::json!(null);
+            let status = serde_json::json!({"site": site});
+            let _ = render(&status, "2026-11-25T03:00:00Z".parse().unwrap());
+        }
+        let _ = render(
+            &serde_json::json!(null),
+            "2026-11-25T03:00:00Z".parse().unwrap(),
+        );
+        let _ = render(
+            &serde_json::json!([]),
+            "2026-11-25T03:00:00Z".parse().unwrap(),
+        );
+    }
+}
+
+#[cfg(test)]
+/// Odd JSON with a share.
+mod site_section_with_a_share {
+    use super::*;
+    #[test]
+    fn odd_site_json_with_a_share_does_not_panic() {
+        for mut site in [
+            serde_json::json!({"peers": [null, 4, "x", {"ready": "yes", "agrees": false, "checked_at": 5}]}),
+            serde_json::json!({"settled": true, "moves_over": null, "copies": 1e300, "box": [1]}),
+            serde_json::json!({"settled": "true", "moves_over": 1, "copies": -1, "peers": {"a": 1}}),
+        ] {
+            site["share"] = serde_json::json!([1]);
+            let status = serde_json::json!({"site": site, "fill": {"state": "running", "bytes_done": 5, "bytes_total": 1, "bytes_per_sec": 1}});
+            let _ = render(&status, "2026-11-25T03:00:00Z".parse().unwrap());
+        }
     }
 }

@@ -312,6 +312,10 @@ pub struct SiteStatus {
     /// [`Site::moves_are_over`]): objects that moved away from this box are given up only
     /// then, so an operator sees why a box still holds them.
     pub moves_over: bool,
+    /// Whether this box's last fill pass, under the members in force, lacked room for part
+    /// of its share: it then gives up what moved away before the change is over (see
+    /// [`Site::may_give_up`]).
+    pub short_of_room: bool,
     /// The other boxes.
     pub peers: Vec<PeerStatus>,
 }
@@ -405,6 +409,10 @@ impl Site {
         };
         match last_run {
             Some((was, _)) if was == in_force => {}
+            // Settled into the members in force (a change since would have removed the
+            // settled file): the kept ones are stale (a version that did not keep them ran
+            // meanwhile), not a change (found by review).
+            Some(_) if settled => site.save_members(&site.members.load()),
             Some((_, last)) => {
                 if site.previous.load().is_none() {
                     site.save_previous(&last);
@@ -865,6 +873,12 @@ impl Site {
             share: *self.share.lock().unwrap_or_else(PoisonError::into_inner),
             settled: self.is_settled(),
             moves_over: self.moves_are_over(),
+            short_of_room: self
+                .short_of_room
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|(short_under, _)| *short_under == fingerprint(&self.name, &members)),
             peers: members
                 .peers
                 .iter()
@@ -1384,5 +1398,238 @@ mod tests {
         assert!(was_redirected(Some("exp=1&tidecache-hop=1")));
         assert!(!was_redirected(Some("tidecache-hopx=1")));
         assert!(!was_redirected(None));
+    }
+}
+
+#[cfg(test)]
+/// Restarts, renames, upgrades and the status, found by a fourth review.
+mod restarts_and_status {
+    use super::*;
+    use crate::config::PeerConfig;
+
+    fn config(name: &str, others: &[&str], weight: f64) -> SiteConfig {
+        SiteConfig {
+            box_name: name.to_owned(),
+            token_file: None,
+            weight,
+            peers: others
+                .iter()
+                .map(|other| PeerConfig {
+                    name: (*other).to_owned(),
+                    url: format!("http://{other}:8080/"),
+                    admin: format!("http://{other}:8081"),
+                    weight: 1.0,
+                })
+                .collect(),
+            ..SiteConfig::default()
+        }
+    }
+
+    /// A reload racing the forgetting of the earlier members (`changing` serialises them):
+    /// changed members are never left without earlier ones.
+    #[test]
+    fn a_reload_racing_the_forget_never_leaves_changed_members_without_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = Arc::new(Site::new(
+            &config("box-a", &["box-b"], 1.0),
+            SiteToken::none(),
+            dir.path(),
+        ));
+        // Start with earlier members kept.
+        site.reload(&config("box-a", &["box-b"], 0.5), SiteToken::none());
+        assert!(site.previous.load().is_some());
+        let mut lost = 0;
+        for round in 0..300 {
+            // Every peer in step with the members in force, this box settled.
+            let members = site.members.load_full();
+            for peer in &members.peers {
+                peer.settled_under
+                    .store(members.generation, Ordering::SeqCst);
+                peer.agrees_under
+                    .store(members.generation, Ordering::SeqCst);
+            }
+            site.settled.store(true, Ordering::SeqCst);
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let (s, b) = (Arc::clone(&site), Arc::clone(&barrier));
+            let forget = std::thread::spawn(move || {
+                b.wait();
+                s.forget_previous_when_settled(&members);
+            });
+            barrier.wait();
+            let weight = if round % 2 == 0 { 1.0 } else { 0.5 };
+            site.reload(&config("box-a", &["box-b"], weight), SiteToken::none());
+            forget.join().unwrap();
+            // The members changed under this reload, and no peer has said anything of the
+            // new ones: the earlier members must be kept.
+            if site.previous.load().is_none() {
+                lost += 1;
+                let running = site.members.load_full();
+                site.save_previous(&running);
+            }
+        }
+        assert_eq!(
+            lost, 0,
+            "rounds in which a reload's change was left with no earlier members"
+        );
+    }
+
+    /// A site-previous written by 1657009 (no "box") reads, ranked by the box's name;
+    /// no site-members: the start is no change.
+    #[test]
+    fn an_upgrade_start_reads_the_old_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("site-previous"),
+            br#"{"weight":1.0,"copies":1,"peers":[["box-b",1.0],["box-c",1.0]]}"#,
+        )
+        .unwrap();
+        let site = Site::new(
+            &config("box-a", &["box-b"], 1.0),
+            SiteToken::none(),
+            dir.path(),
+        );
+        let previous = site.previous.load_full().expect("kept");
+        assert_eq!(previous.me, "box-a");
+        assert_eq!(previous.peers.len(), 2);
+        assert!(site.standing().keeps_earlier);
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("site-members")).unwrap())
+                .unwrap();
+        assert_eq!(saved["box"], "box-a");
+        // A second start under the same config is no change.
+        drop(site);
+        let again = Site::new(
+            &config("box-a", &["box-b"], 1.0),
+            SiteToken::none(),
+            dir.path(),
+        );
+        assert_eq!(again.previous.load_full().unwrap().peers.len(), 2);
+    }
+
+    /// A first start with no files keeps nothing earlier and is not settled.
+    #[test]
+    fn a_first_start_of_a_joining_box_says_none_and_settling() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = Site::new(
+            &config("box-d", &["box-a", "box-b", "box-c"], 1.0),
+            SiteToken::none(),
+            dir.path(),
+        );
+        let standing = site.standing();
+        assert!(!standing.settled && !standing.keeps_earlier);
+        assert!(!site.may_give_up("m1"));
+        assert!(dir.path().join("site-members").exists());
+        assert!(!dir.path().join("site-previous").exists());
+    }
+    fn all_in_step(site: &Site, forgot: bool) {
+        let members = site.members.load_full();
+        for peer in &members.peers {
+            peer.settled_under
+                .store(members.generation, Ordering::SeqCst);
+            peer.agrees_under
+                .store(members.generation, Ordering::SeqCst);
+            peer.forgot_under.store(
+                if forgot { members.generation } else { 0 },
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// site-members and site-previous disagree, and the box was renamed while
+    /// stopped: once every box is in step it forgets, and the change is over.
+    #[test]
+    fn a_renamed_box_with_members_and_previous_apart_forgets_once_all_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("site-previous"),
+            br#"{"box":"box-b","weight":1.0,"copies":1,"peers":[["box-a",1.0]]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("site-members"),
+            br#"{"box":"box-b","weight":2.0,"copies":1,"peers":[["box-a",1.0],["box-c",1.0]]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("site-settled"), "whatever\n").unwrap();
+        let site = Site::new(
+            &config("box-b2", &["box-a", "box-c"], 1.0),
+            SiteToken::none(),
+            dir.path(),
+        );
+        let previous = site.previous.load_full().unwrap();
+        assert_eq!((previous.me.as_str(), previous.peers.len()), ("box-b", 1));
+        assert!(!site.is_settled() && !site.moves_are_over());
+        site.settle(&site.fingerprint());
+        all_in_step(&site, false);
+        site.forget_previous_when_settled(&site.members.load_full());
+        assert!(site.previous.load().is_none());
+        assert!(!dir.path().join("site-previous").exists());
+        assert!(!site.moves_are_over(), "a peer still keeps earlier members");
+        all_in_step(&site, true);
+        assert!(site.moves_are_over());
+        drop(site);
+        // Restarted under the same config: nothing earlier, settled, no change.
+        let again = Site::new(
+            &config("box-b2", &["box-a", "box-c"], 1.0),
+            SiteToken::none(),
+            dir.path(),
+        );
+        assert!(again.previous.load().is_none() && again.is_settled());
+    }
+
+    /// Was (found by review): a box short of room that gives up (may_give_up) reported only
+    /// moves_over false, which `tidecache status` rendered as "keeping moved objects".
+    #[test]
+    fn the_status_of_a_box_short_of_room_says_whether_it_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = Site::new(
+            &config("box-a", &["box-b", "box-c"], 1.0),
+            SiteToken::none(),
+            dir.path(),
+        );
+        site.reload(
+            &config("box-a", &["box-b", "box-c"], 2.0),
+            SiteToken::none(),
+        );
+        site.settle(&site.fingerprint());
+        all_in_step(&site, false);
+        // box-c is down (not ready), box-b agrees: the exception opens the gate.
+        site.set_short_of_room(&site.fingerprint(), "m1", true);
+        assert!(site.may_give_up("m1"));
+        let status = site.status();
+        assert!(status.settled);
+        // status renders settled + !moves_over as "keeping moved objects until every box
+        // has settled" (src/cli/status.rs), while this box gives them up.
+        assert!(!status.moves_over && status.short_of_room, "{status:?}");
+    }
+
+    /// Was (found by review): a site-members left stale by a downgrade to 1657009 (which
+    /// ran, reloaded to M2, settled and forgot without writing it): the upgrade start, settled
+    /// into M2 by its own site-settled, took the stale M1 as earlier members and said `kept`.
+    #[test]
+    fn a_stale_members_file_under_a_settled_box_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let m2 = config("box-a", &["box-b", "box-c"], 1.0);
+        std::fs::write(
+            dir.path().join("site-members"),
+            br#"{"box":"box-a","weight":1.0,"copies":1,"peers":[["box-b",1.0]]}"#,
+        )
+        .unwrap();
+        let probe = site_with_dir(&m2, &tempfile::tempdir().unwrap());
+        std::fs::write(
+            dir.path().join("site-settled"),
+            format!("{}\n", probe.fingerprint()),
+        )
+        .unwrap();
+        let site = site_with_dir(&m2, &dir);
+        assert!(site.is_settled());
+        assert!(
+            !site.standing().keeps_earlier,
+            "settled into its members, yet keeps the stale ones"
+        );
+    }
+
+    fn site_with_dir(config: &SiteConfig, dir: &tempfile::TempDir) -> Site {
+        Site::new(config, SiteToken::none(), dir.path())
     }
 }
