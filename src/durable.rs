@@ -82,6 +82,17 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_file_is_gone_and_one_already_gone_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomically(&path, b"kept").unwrap();
+        remove(&path).unwrap();
+        assert!(!path.exists());
+        remove(&path).unwrap();
+        assert!(remove(Path::new("/nonexistent/dir/state.json")).is_err());
+    }
+
+    #[test]
     fn a_missing_directory_is_an_error_not_a_panic() {
         let err = write_atomically(Path::new("/nonexistent/dir/state.json"), b"x");
         assert!(err.is_err());

@@ -81,11 +81,8 @@ async fn fill_up_store_of(boxes: &mut [SiteBox], which: usize) {
     boxes[which].daemon.take().unwrap().shutdown().await;
     boxes[which].config.stores[0].capacity = Some(ByteSize(used + 2_000));
     boxes[which].restart().await;
-    let site = addresses(boxes, &vec![1.0; boxes.len()]);
-    for b in boxes.iter_mut() {
-        b.peer_with(&site, 1);
-    }
-    all_ready(boxes).await;
+    let weights = vec![1.0; boxes.len()];
+    peer_all(boxes, &weights, 1).await;
 }
 
 /// The objects that `boxes[which]` owns and does not hold (moved to it and not fetched yet);
@@ -164,11 +161,7 @@ async fn a_restart_after_a_weight_change_keeps_moved_objects_reachable() {
         assert!(unavailable_from(b.viewer(), &objects).await.is_empty());
     }
     // box-c's weight doubled on every box (reload), no fill window yet.
-    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 1.0, 2.0], 1).await;
     let moved: Vec<_> = objects
         .iter()
         .filter(|(path, _, _)| {
@@ -192,22 +185,15 @@ async fn a_restart_after_a_weight_change_keeps_moved_objects_reachable() {
     }
     // box-a restarts (an upgrade, a crash): same configuration, same state directory.
     boxes[0].restart().await;
-    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1); // box-a's new ports; the members are unchanged
-    }
-    all_ready(&boxes).await;
+    // box-a's new ports; the members are unchanged
+    peer_all(&mut boxes, &[1.0, 1.0, 2.0], 1).await;
     let status = admin_status(boxes[0].daemon().admin_addr).await;
     println!("box-a after restart: settled {}", status["site"]["settled"]);
     let mut total =
         unavailable_everywhere(&boxes, &moved, "after box-a restarted (moved objects)").await;
     // box-c restarts as well: its own misses for what moved to it go nowhere.
     boxes[2].restart().await;
-    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 1.0, 2.0], 1).await;
     let failed = unavailable_from(boxes[2].viewer(), &moved).await;
     println!(
         "after box-c restarted, from box-c: {} of {} moved objects unavailable, e.g. {:?}",
@@ -229,21 +215,13 @@ async fn a_restart_after_a_weight_change_keeps_moved_objects_reachable() {
 async fn two_changes_before_a_fill_keep_moved_objects_reachable() {
     let objects = objects(300, "t", 600);
     let (_origin, mut boxes) = three_filled_boxes(&objects).await;
-    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 1.0, 2.0], 1).await;
     let mut before = 0;
     for b in &boxes {
         before += unavailable_from(b.viewer(), &objects).await.len();
     }
     println!("after the first change: {before} unavailable");
-    let site = addresses(&boxes, &[1.0, 0.5, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 0.5, 2.0], 1).await;
     let total = unavailable_everywhere(&boxes, &objects, "after the second change").await;
     stop_all(&mut boxes).await;
     assert_eq!(before, 0);
@@ -266,11 +244,7 @@ async fn a_second_change_before_every_box_settled_keeps_moved_objects_reachable(
     let (_origin, mut boxes) = filled_boxes(&["box-a", "box-b", "box-c", "box-d"], &objects).await;
     // First change: box-c and box-d grow. box-c fills (twice: the first pass settles it, the
     // second is where the others would give up to it); box-d does not fill.
-    let site = addresses(&boxes, &[1.0, 1.0, 2.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 1.0, 2.0, 2.0], 1).await;
     let filling: Vec<&SiteBox> = boxes[..3].iter().collect();
     fill_all(&filling, "m1").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -292,11 +266,7 @@ async fn a_second_change_before_every_box_settled_keeps_moved_objects_reachable(
     );
     // Second change: box-b grows too. What moved to box-c and now moves to box-b is on
     // box-c, and on box-a or box-b unless given up.
-    let site = addresses(&boxes, &[1.0, 2.0, 2.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 2.0, 2.0, 2.0], 1).await;
     let twice: Vec<_> = objects
         .iter()
         .filter(|(path, _, _)| {
@@ -429,11 +399,8 @@ async fn a_box_started_under_members_changed_while_it_was_stopped_keeps_moved_ob
         })
         .collect();
     boxes[0].daemon = Some(start(&boxes[0].config).await);
-    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1); // box-a's new ports; the members are the same
-    }
-    all_ready(&boxes).await;
+    // box-a's new ports; the members are the same
+    peer_all(&mut boxes, &[1.0, 1.0, 2.0], 1).await;
     let moved = moved_to(&boxes, 2, &objects);
     let total = unavailable_everywhere(&boxes, &moved, "box-a started under the new members").await;
     stop_all(&mut boxes).await;
@@ -452,11 +419,7 @@ async fn a_box_that_still_keeps_the_earlier_members_holds_every_hand_off_back() 
     let (_origin, mut boxes) = three_filled_boxes(&objects).await;
     let stand_in = boxes[1].config.state_dir.join("site-previous");
     std::fs::create_dir_all(stand_in.join("kept")).unwrap();
-    let site = addresses(&boxes, &[1.0, 1.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 1.0, 2.0], 1).await;
     let every: Vec<&SiteBox> = boxes.iter().collect();
     fill_all(&every, "m1").await;
     serve_all(&boxes).await;
@@ -478,11 +441,7 @@ async fn a_box_that_still_keeps_the_earlier_members_holds_every_hand_off_back() 
         assert_eq!(status["site"]["moves_over"], false);
         deleted += status["fill"]["last_fill"]["deleted"].as_u64().unwrap();
     }
-    let site = addresses(&boxes, &[1.0, 3.0, 2.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 3.0, 2.0], 1).await;
     let total = unavailable_everywhere(&boxes, &objects, "after the second change").await;
     stop_all(&mut boxes).await;
     assert_eq!(
@@ -508,11 +467,7 @@ async fn a_box_renamed_while_stopped_keeps_what_it_held_reachable() {
     boxes[1].name = "box-x";
     boxes[1].config.site.as_mut().unwrap().box_name = "box-x".to_owned();
     boxes[1].daemon = Some(start(&boxes[1].config).await);
-    let site = addresses(&boxes, &[1.0, 1.0, 1.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 1.0, 1.0], 1).await;
     let x = Arc::clone(boxes[1].daemon().fill().site().unwrap());
     println!(
         "box-x keeps earlier members: {}",
@@ -635,11 +590,7 @@ async fn a_renamed_box_restarted_again_still_ranks_its_earlier_members_by_its_ol
     boxes[1].config.site.as_mut().unwrap().box_name = "box-x".to_owned();
     boxes[1].daemon = Some(start(&boxes[1].config).await);
     boxes[1].restart().await;
-    let site = addresses(&boxes, &[1.0, 1.0, 1.0]);
-    for b in &mut boxes {
-        b.peer_with(&site, 1);
-    }
-    all_ready(&boxes).await;
+    peer_all(&mut boxes, &[1.0, 1.0, 1.0], 1).await;
     let moved_to_x = moved_to(&boxes, 1, &objects);
     let moved = unavailable_everywhere(&boxes, &moved_to_x, "moved to box-x").await;
     stop_all(&mut boxes).await;

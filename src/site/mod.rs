@@ -727,7 +727,12 @@ impl Site {
     pub fn redirect_target(&self, path: &str) -> Option<Arc<Peer>> {
         let current = self.members.load();
         let first = first_ready(
-            self.ranking_among(&current, path),
+            self.ranking_among(&current, path)
+                .into_iter()
+                .map(|member| match member {
+                    Member::Peer(peer) => Some(peer),
+                    Member::Me => None,
+                }),
             self.owners_among(&current),
         );
         if let Some(first) = first.as_ref().filter(|first| first.in_step_with(&current)) {
@@ -750,25 +755,26 @@ impl Site {
     }
 
     /// The boxes of the `earlier` members ranked for `path`, each peer as the `current`
-    /// members know it (readiness is the current members' view of each box). A box no longer
-    /// a member keeps its place as one that is never ready: dropped, the boxes after it
-    /// would move up among the owners, and viewers would be sent to a box that never held
-    /// the object (found by review).
-    fn earlier_ranking(&self, earlier: &Members, current: &Members, path: &str) -> Vec<Member> {
+    /// members know it (readiness is the current members' view of each box); `None` for this
+    /// box and for a box no longer a member, which keep their places: dropped, the boxes
+    /// after them would move up among the owners, and viewers would be sent to a box that
+    /// never held the object (found by review).
+    fn earlier_ranking<'a>(
+        &self,
+        earlier: &Members,
+        current: &'a Members,
+        path: &str,
+    ) -> impl Iterator<Item = Option<Arc<Peer>>> + 'a {
         self.ranking_among(earlier, path)
             .into_iter()
-            .map(|member| match member {
-                Member::Peer(old) => Member::Peer(
-                    current
-                        .peers
-                        .iter()
-                        .find(|peer| peer.name == old.name)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(Peer::new(&old.name, "", "", old.weight))),
-                ),
-                Member::Me => Member::Me,
+            .map(move |member| match member {
+                Member::Peer(old) => current
+                    .peers
+                    .iter()
+                    .find(|peer| peer.name == old.name)
+                    .cloned(),
+                Member::Me => None,
             })
-            .collect()
     }
 
     /// Keeps `members` as the members in force, for the next start (a failed save is
@@ -1063,16 +1069,13 @@ fn members(config: &SiteConfig, running: &[Arc<Peer>]) -> Members {
     }
 }
 
-/// The first ready peer among the first `owners` boxes of `ranking` (this box takes a place
-/// but is never the answer).
-fn first_ready(ranking: Vec<Member>, owners: usize) -> Option<Arc<Peer>> {
-    ranking
-        .into_iter()
-        .take(owners)
-        .find_map(|member| match member {
-            Member::Peer(peer) if peer.is_ready() => Some(peer),
-            _ => None,
-        })
+/// The first ready peer among the first `owners` places of `ranking` (`None`: a place no
+/// viewer is sent to, this box's or a former member's).
+fn first_ready(
+    ranking: impl Iterator<Item = Option<Arc<Peer>>>,
+    owners: usize,
+) -> Option<Arc<Peer>> {
+    ranking.take(owners).flatten().find(|peer| peer.is_ready())
 }
 
 /// Whether a viewer request's query says another box of the site already redirected it.
@@ -1098,7 +1101,7 @@ mod tests {
     use super::*;
     use crate::config::PeerConfig;
 
-    fn config(name: &str, others: &[&str]) -> SiteConfig {
+    pub(super) fn config(name: &str, others: &[&str]) -> SiteConfig {
         SiteConfig {
             box_name: name.to_owned(),
             token_file: None,
@@ -1412,23 +1415,12 @@ mod tests {
 /// Restarts, renames, upgrades and the status, found by a fourth review.
 mod restarts_and_status {
     use super::*;
-    use crate::config::PeerConfig;
 
+    /// `tests::config`, with this box's weight.
     fn config(name: &str, others: &[&str], weight: f64) -> SiteConfig {
         SiteConfig {
-            box_name: name.to_owned(),
-            token_file: None,
             weight,
-            peers: others
-                .iter()
-                .map(|other| PeerConfig {
-                    name: (*other).to_owned(),
-                    url: format!("http://{other}:8080/"),
-                    admin: format!("http://{other}:8081"),
-                    weight: 1.0,
-                })
-                .collect(),
-            ..SiteConfig::default()
+            ..super::tests::config(name, others)
         }
     }
 
@@ -1449,12 +1441,7 @@ mod restarts_and_status {
         for round in 0..300 {
             // Every peer in step with the members in force, this box settled.
             let members = site.members.load_full();
-            for peer in &members.peers {
-                peer.settled_under
-                    .store(members.generation, Ordering::SeqCst);
-                peer.agrees_under
-                    .store(members.generation, Ordering::SeqCst);
-            }
+            all_in_step(&site, false);
             site.settled.store(true, Ordering::SeqCst);
             let barrier = Arc::new(std::sync::Barrier::new(2));
             let (s, b) = (Arc::clone(&site), Arc::clone(&barrier));
@@ -1528,6 +1515,9 @@ mod restarts_and_status {
         assert!(dir.path().join("site-members").exists());
         assert!(!dir.path().join("site-previous").exists());
     }
+
+    /// Every peer of the members in force has said it settled into them and agrees, and
+    /// (when `forgot`) that it keeps no earlier members.
     fn all_in_step(site: &Site, forgot: bool) {
         let members = site.members.load_full();
         for peer in &members.peers {

@@ -125,6 +125,16 @@ pub fn addresses(
         .collect()
 }
 
+/// Peers every box of `boxes` with the others at `weights` and `copies` (a reload on each,
+/// as SIGHUP does), then waits until every box sees its peers ready and agreeing.
+pub async fn peer_all(boxes: &mut [SiteBox], weights: &[f64], copies: u32) {
+    let site = addresses(boxes, weights);
+    for site_box in boxes.iter_mut() {
+        site_box.peer_with(&site, copies);
+    }
+    all_ready(boxes).await;
+}
+
 /// Fills every box at once (later owners wait for first owners, so they must fill
 /// together) until each has finished a pass toward manifest `id`.
 pub async fn fill_all(boxes: &[&SiteBox], id: &str) {
